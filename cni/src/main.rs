@@ -1,0 +1,2 @@
+//! weft-cni
+fn main() {}

@@ -1,0 +1,7 @@
+//! The mesh: how weft routers find each other, prove they belong, agree on who is connected to
+//! whom, and decide how a frame reaches any peer.
+//!
+//! The protocol cores do no I/O and read no clock (`now` is passed in); the QUIC driver wraps them.
+//! - [`peer`]: peer names (48-bit, shown MAC-style) and nicknames.
+
+pub mod peer;
