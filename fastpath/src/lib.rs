@@ -1,1 +1,25 @@
-//! placeholder
+//! weft's kernel layer: everything that programs the Linux kernel over netlink.
+//!
+//! - [`netns`]: named network namespaces (as `ip netns` makes them) and running code inside one;
+//! - [`netlink`]: a blocking rtnetlink [`Handle`](netlink::Handle), opened in the current
+//!   namespace or inside another one, with typed operations on links (veth, bridge, VXLAN, TAP
+//!   attach, namespace moves, MTU, up/down, bridge ports with hairpin and isolation), addresses,
+//!   routes and FDB entries;
+//! - [`tap`]: opening a TAP device with the virtio-net header and offloads;
+//! - [`testbed`]: topologies of namespaces (hosts, segments, a routing host, NAT, pods) for tests
+//!   and `weft demo`, torn down on drop.
+//!
+//! Contract: every operation takes effect in the namespace its handle was opened in, never
+//! elsewhere; errors name the operation, the link and the namespace. Later this crate also owns
+//! the fast-path health probe (heartbeats through the VXLAN device).
+
+pub mod error;
+pub mod netlink;
+pub mod netns;
+mod sys;
+pub mod tap;
+pub mod testbed;
+
+pub use error::{Error, Result};
+pub use netlink::Handle;
+pub use netns::NetNs;
