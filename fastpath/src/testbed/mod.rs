@@ -111,7 +111,32 @@ impl TestBed {
         require_privileges()?;
         sweep_stale()?;
         let id = format!("{NS_PREFIX}{}-{}", std::process::id(), NEXT_BED.fetch_add(1, Ordering::Relaxed));
-        Ok(TestBed { id, nodes: Vec::new(), segments: Vec::new(), cables: Vec::new(), children: Vec::new(), torn_down: false })
+        Ok(Self::empty(id))
+    }
+
+    /// Starts an empty bed whose namespaces are named `ID-NAME` and which is never swept as stale
+    /// (for `weft demo`, whose bed may outlive the process). Fails if namespaces named so exist.
+    pub fn named(id: &str) -> Result<TestBed> {
+        require_privileges()?;
+        if id.starts_with(NS_PREFIX) {
+            return Err(Error::Invalid(format!("bed name {id:?} must not start with {NS_PREFIX:?}")));
+        }
+        let taken: Vec<String> = netns::list()?.into_iter().filter(|n| n.starts_with(&format!("{id}-"))).collect();
+        if !taken.is_empty() {
+            return Err(Error::TestBed(format!("namespaces of a bed named {id} exist already: {}", taken.join(" "))));
+        }
+        Ok(Self::empty(id.to_owned()))
+    }
+
+    fn empty(id: String) -> TestBed {
+        TestBed { id, nodes: Vec::new(), segments: Vec::new(), cables: Vec::new(), children: Vec::new(), torn_down: false }
+    }
+
+    /// Leaves everything in place when the bed is dropped (processes keep running); remove it
+    /// later with [`remove_named`].
+    pub fn keep(mut self) {
+        self.torn_down = true;
+        self.children.clear();
     }
 
     /// The prefix of this bed's namespace names.
@@ -331,6 +356,23 @@ impl Drop for TestBed {
         if let Err(e) = self.teardown_inner() {
             eprintln!("test bed {}: teardown: {e}", self.id);
         }
+    }
+}
+
+/// Removes every namespace of the bed named `id` (see [`TestBed::named`]); returns their names.
+pub fn remove_named(id: &str) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let mut errors = Vec::new();
+    for name in netns::list()?.into_iter().filter(|n| n.starts_with(&format!("{id}-"))) {
+        match netns::delete(&name) {
+            Ok(()) => removed.push(name),
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok(removed),
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::Many(errors)),
     }
 }
 

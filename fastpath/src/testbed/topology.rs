@@ -133,6 +133,8 @@ pub struct Cluster {
     pub hosts: Vec<NodeId>,
     /// Each host's underlay address (the one its peers dial).
     pub host_addrs: Vec<Ipv4Addr>,
+    /// Every underlay address of each host (B has one on each segment).
+    pub all_addrs: Vec<Vec<Ipv4Addr>>,
     /// The NAT host in front of D.
     pub nat: NodeId,
     /// Pods per host, in host order, with their addresses.
@@ -157,7 +159,7 @@ pub fn cluster(bed: &mut TestBed, pods_per_host: u8) -> Result<Cluster> {
     let d = bed.add_node("d")?;
     let a_cable = bed.attach(a, s1, 11)?;
     let b1 = bed.attach(b, s1, 12)?;
-    let _b2 = bed.attach(b, s2, 12)?;
+    let b2 = bed.attach(b, s2, 12)?;
     let c_link = bed.attach(c, s2, 13)?;
     let nat_out = bed.attach(nat, s2, 254)?;
     let nat_in = bed.attach(nat, private, 1)?;
@@ -167,6 +169,7 @@ pub fn cluster(bed: &mut TestBed, pods_per_host: u8) -> Result<Cluster> {
 
     let hosts = vec![a, b, c, d];
     let host_addrs = vec![a_cable.addr, b1.addr, c_link.addr, d_link.addr];
+    let all_addrs = vec![vec![a_cable.addr], vec![b1.addr, b2.addr], vec![c_link.addr], vec![d_link.addr]];
     let mut pods = Vec::new();
     for (i, &h) in hosts.iter().enumerate() {
         let i = i as u8 + 1;
@@ -181,5 +184,5 @@ pub fn cluster(bed: &mut TestBed, pods_per_host: u8) -> Result<Cluster> {
         }
         pods.push(list);
     }
-    Ok(Cluster { hosts, host_addrs, nat, pods, a_cable })
+    Ok(Cluster { hosts, host_addrs, all_addrs, nat, pods, a_cable })
 }
