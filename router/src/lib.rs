@@ -2,13 +2,14 @@
 //!
 //! What it owns, by module (as they land):
 //! - the TAP driver (batched reads and writes of `weft-tap` with the virtio-net header);
-//! - the switch: MAC learning, aging, forwarding decisions (local / unicast / flood along the
+//! - [`switch`]: MAC learning, aging, forwarding decisions (local / unicast / flood along the
 //!   broadcast tree) and relaying for other peers;
 //! - the overlay choice per peer (kernel VXLAN fast path or the encrypted sleeve);
 //! - the local API (HTTP on a unix socket), metrics, the daemon and the CLI;
 //! - [`demo`]: `weft demo`, a whole virtual cluster in network namespaces.
 //!
-//! Today only [`demo`] exists: the daemon, the switch and the API are the Router, Status and
-//! IPAM issues' work.
+//! Present so far: [`ethernet`], [`switch`], [`demo`].
 
 pub mod demo;
+pub mod ethernet;
+pub mod switch;
