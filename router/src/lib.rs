@@ -8,8 +8,10 @@
 //! - the local API (HTTP on a unix socket), metrics, the daemon and the CLI;
 //! - [`demo`]: `weft demo`, a whole virtual cluster in network namespaces.
 //!
-//! Present so far: [`ethernet`], [`switch`], [`demo`].
+//! Present so far: [`ethernet`], [`vnet`], [`switch`], [`plumbing`], [`demo`].
 
 pub mod demo;
 pub mod ethernet;
+pub mod plumbing;
 pub mod switch;
+pub mod vnet;

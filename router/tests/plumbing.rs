@@ -1,0 +1,38 @@
+//! Host plumbing against the real kernel, in a test-bed namespace (root needed).
+
+use weft_fastpath::tap::Tap;
+use weft_fastpath::testbed::TestBed;
+use weft_router::plumbing::{self, Devices};
+
+#[test]
+fn plumbing_is_idempotent_and_repairs_what_was_changed() {
+    let mut bed = TestBed::new().expect("cannot build a test bed");
+    let h = bed.add_node("h").unwrap();
+    let dev = Devices::default();
+    let tap = bed.ns(h).run(|| Tap::open(&dev.tap)).unwrap().unwrap();
+    let nl = bed.netlink(h);
+
+    let first = plumbing::ensure(nl, &dev).unwrap();
+    assert!(first.0.iter().any(|r| r.contains("created bridge weft")), "{first:?}");
+    let br = nl.link("weft").unwrap();
+    let t = nl.link("weft-tap").unwrap();
+    assert_eq!((t.master, t.isolated, t.up, t.mtu), (Some(br.index), Some(true), true, dev.mtu));
+    assert!(br.up);
+    assert_eq!(plumbing::ensure(nl, &dev).unwrap().0, Vec::<String>::new(), "second run changes nothing");
+
+    // Someone deletes the bridge: it comes back with the TAP on it.
+    nl.delete_link("weft").unwrap();
+    let again = plumbing::ensure(nl, &dev).unwrap();
+    assert!(again.0.iter().any(|r| r.contains("created bridge")) && again.0.iter().any(|r| r.contains("attached")), "{again:?}");
+    // Someone takes the TAP down and changes its MTU.
+    nl.set_down("weft-tap").unwrap();
+    nl.set_mtu("weft-tap", 1200).unwrap();
+    let fixed = plumbing::ensure(nl, &dev).unwrap();
+    assert_eq!(fixed.0.len(), 2, "{fixed:?}");
+    let t = nl.link("weft-tap").unwrap();
+    assert_eq!((t.up, t.mtu), (true, dev.mtu));
+
+    drop(tap);
+    let gone = plumbing::ensure(bed.netlink(h), &dev).unwrap_err();
+    assert!(gone.is_not_found(), "a deleted TAP is reported so the router reopens it: {gone}");
+}
