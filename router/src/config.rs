@@ -1,0 +1,333 @@
+//! `weft router` configuration: flags, each with an environment variable (the DaemonSet passes
+//! environment), checked into a [`Config`] before anything starts.
+//!
+//! The cluster password is read from a file (`--password-file` / `WEFT_PASSWORD_FILE`) or from
+//! `WEFT_PASSWORD`; never from a command-line argument, and never logged.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Default mesh control port (QUIC).
+pub const MESH_PORT: u16 = 6783;
+/// Default sleeve data port.
+pub const SLEEVE_PORT: u16 = 6784;
+/// Default fast-path (kernel VXLAN) port.
+pub const FASTPATH_PORT: u16 = 6785;
+
+/// Flags of `weft router`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// A peer to connect to, HOST or HOST:PORT (repeatable; WEFT_PEERS takes a comma- or
+    /// space-separated list).
+    #[arg(long = "peer", value_name = "HOST[:PORT]")]
+    pub peers: Vec<String>,
+    /// File holding the cluster password (encryption and authentication on).
+    #[arg(long, env = "WEFT_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// This peer's nickname (default: the host name).
+    #[arg(long, env = "WEFT_NICKNAME")]
+    pub nickname: Option<String>,
+    /// Where identity, IPAM and persisted peers live.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    pub state_dir: PathBuf,
+    /// The local API's unix socket.
+    #[arg(long, env = "WEFT_API_SOCKET", default_value = "/run/weft/weft.sock")]
+    pub api_socket: PathBuf,
+    /// The pod address range, shared by the whole cluster.
+    #[arg(long, env = "WEFT_IPALLOC_RANGE", default_value = "10.32.0.0/12")]
+    pub ipalloc_range: String,
+    /// Pod MTU (default: the sleeve's path MTU less its overhead).
+    #[arg(long, env = "WEFT_MTU")]
+    pub mtu: Option<u32>,
+    /// At most this many peer connections.
+    #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 100)]
+    pub conn_limit: usize,
+    /// Mesh control (QUIC) port.
+    #[arg(long, env = "WEFT_MESH_PORT", default_value_t = MESH_PORT)]
+    pub mesh_port: u16,
+    /// Sleeve data port.
+    #[arg(long, env = "WEFT_SLEEVE_PORT", default_value_t = SLEEVE_PORT)]
+    pub sleeve_port: u16,
+    /// Prometheus metrics address.
+    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
+    pub metrics_addr: SocketAddr,
+}
+
+/// An IPv4 network, `ADDR/LEN` with no host bits set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    /// The network address.
+    pub addr: Ipv4Addr,
+    /// The prefix length.
+    pub prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    /// Number of addresses in the network.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - u32::from(self.prefix_len))
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = l.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("{l:?} is not a prefix length 0-32"))?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        if u32::from(addr) & !mask != 0 {
+            let net = Ipv4Addr::from(u32::from(addr) & mask);
+            return Err(format!("{s} has host bits set; did you mean {net}/{prefix_len}?"));
+        }
+        Ok(Ipv4Cidr { addr, prefix_len })
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// A peer to dial: host name or address, and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Mesh port.
+    pub port: u16,
+}
+
+/// The checked configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// Peers to dial at start.
+    pub peers: Vec<PeerTarget>,
+    /// The cluster password, if any. Never printed: `Debug` hides it.
+    pub password: Option<Vec<u8>>,
+    /// Nickname.
+    pub nickname: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// API socket path.
+    pub api_socket: PathBuf,
+    /// Pod range.
+    pub ipalloc_range: Ipv4Cidr,
+    /// Pod MTU if fixed.
+    pub mtu: Option<u32>,
+    /// Connection limit.
+    pub conn_limit: usize,
+    /// Mesh port.
+    pub mesh_port: u16,
+    /// Sleeve port.
+    pub sleeve_port: u16,
+    /// Metrics address.
+    pub metrics_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("peers", &self.peers)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("nickname", &self.nickname)
+            .field("state_dir", &self.state_dir)
+            .field("api_socket", &self.api_socket)
+            .field("ipalloc_range", &self.ipalloc_range)
+            .field("mtu", &self.mtu)
+            .field("conn_limit", &self.conn_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The password file could not be read.
+    #[error("cannot read the password file {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The password is empty.
+    #[error("the cluster password from {0} is empty: put the password in it, or leave encryption off by not setting one")]
+    EmptyPassword(String),
+    /// A bad `--peer` / `WEFT_PEERS` entry.
+    #[error("bad peer {0:?}: expected HOST or HOST:PORT")]
+    Peer(String),
+    /// A bad `--ipalloc-range`.
+    #[error("bad --ipalloc-range: {0}")]
+    Range(String),
+    /// A bad `--mtu`.
+    #[error("bad --mtu {0}: must be between 576 and 65000")]
+    Mtu(u32),
+    /// A bad `--conn-limit`.
+    #[error("bad --conn-limit 0: must allow at least one connection")]
+    ConnLimit,
+}
+
+impl Config {
+    /// Checks `args`, with `env` giving `WEFT_PEERS` and `WEFT_PASSWORD` (passed in for tests).
+    pub fn from_args(args: RouterArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut peers = Vec::new();
+        let listed = env("WEFT_PEERS").unwrap_or_default();
+        for p in args.peers.iter().map(String::as_str).chain(listed.split([',', ' ', '\n', '\t'])) {
+            let p = p.trim();
+            if !p.is_empty() {
+                peers.push(parse_peer(p, args.mesh_port)?);
+            }
+        }
+        let password = match (&args.password_file, env("WEFT_PASSWORD")) {
+            (Some(path), _) => Some(read_password(path)?),
+            (None, Some(p)) if p.is_empty() => return Err(ConfigError::EmptyPassword("WEFT_PASSWORD".into())),
+            (None, Some(p)) => Some(p.into_bytes()),
+            (None, None) => None,
+        };
+        let ipalloc_range: Ipv4Cidr = args.ipalloc_range.parse().map_err(ConfigError::Range)?;
+        if ipalloc_range.prefix_len > 30 {
+            return Err(ConfigError::Range(format!("{ipalloc_range} is too small for pods: use /30 or larger")));
+        }
+        if let Some(m) = args.mtu.filter(|m| !(576..=65000).contains(m)) {
+            return Err(ConfigError::Mtu(m));
+        }
+        if args.conn_limit == 0 {
+            return Err(ConfigError::ConnLimit);
+        }
+        let nickname = args.nickname.unwrap_or_else(hostname);
+        Ok(Config {
+            peers,
+            password,
+            nickname,
+            state_dir: args.state_dir,
+            api_socket: args.api_socket,
+            ipalloc_range,
+            mtu: args.mtu,
+            conn_limit: args.conn_limit,
+            mesh_port: args.mesh_port,
+            sleeve_port: args.sleeve_port,
+            metrics_addr: args.metrics_addr,
+        })
+    }
+}
+
+fn parse_peer(p: &str, default_port: u16) -> Result<PeerTarget, ConfigError> {
+    let bad = || ConfigError::Peer(p.to_owned());
+    // [v6]:port, v6, host:port, host
+    if let Some(rest) = p.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match tail.strip_prefix(':') {
+            Some(port) => port.parse().map_err(|_| bad())?,
+            None if tail.is_empty() => default_port,
+            None => return Err(bad()),
+        };
+        return Ok(PeerTarget { host: host.to_owned(), port });
+    }
+    if p.matches(':').count() > 1 {
+        return Ok(PeerTarget { host: p.to_owned(), port: default_port }); // bare IPv6
+    }
+    match p.split_once(':') {
+        Some((h, port)) if !h.is_empty() => Ok(PeerTarget { host: h.to_owned(), port: port.parse().map_err(|_| bad())? }),
+        Some(_) => Err(bad()),
+        None => Ok(PeerTarget { host: p.to_owned(), port: default_port }),
+    }
+}
+
+fn read_password(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let mut pw = std::fs::read(path).map_err(|source| ConfigError::PasswordFile { path: path.to_owned(), source })?;
+    while pw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        pw.pop();
+    }
+    if pw.is_empty() {
+        return Err(ConfigError::EmptyPassword(path.display().to_string()));
+    }
+    Ok(pw)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "weft".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: RouterArgs,
+    }
+
+    fn args(flags: &[&str]) -> RouterArgs {
+        T::try_parse_from(std::iter::once("weft").chain(flags.iter().copied())).unwrap().a
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::from_args(args(&[]), no_env).unwrap();
+        assert_eq!(c.ipalloc_range.to_string(), "10.32.0.0/12");
+        assert_eq!(c.ipalloc_range.size(), 1 << 20);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/weft"));
+        assert_eq!(c.api_socket, PathBuf::from("/run/weft/weft.sock"));
+        assert_eq!((c.mesh_port, c.sleeve_port, c.conn_limit), (6783, 6784, 100));
+        assert!(c.password.is_none() && c.peers.is_empty());
+    }
+
+    #[test]
+    fn peers_come_from_flags_and_environment() {
+        let env = |k: &str| (k == "WEFT_PEERS").then(|| "192.0.2.3, 192.0.2.4:7000 [2001:db8::1]:7001".to_owned());
+        let c = Config::from_args(args(&["--peer", "node-a", "--peer", "198.51.100.2:6790"]), env).unwrap();
+        let got: Vec<(String, u16)> = c.peers.iter().map(|p| (p.host.clone(), p.port)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("node-a".into(), 6783),
+                ("198.51.100.2".into(), 6790),
+                ("192.0.2.3".into(), 6783),
+                ("192.0.2.4".into(), 7000),
+                ("2001:db8::1".into(), 7001)
+            ]
+        );
+        assert!(matches!(Config::from_args(args(&["--peer", "a:b"]), no_env), Err(ConfigError::Peer(_))));
+        assert!(matches!(Config::from_args(args(&["--peer", ":80"]), no_env), Err(ConfigError::Peer(_))));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_what_to_do() {
+        let e = Config::from_args(args(&["--ipalloc-range", "10.32.0.1/12"]), no_env).unwrap_err();
+        assert!(e.to_string().contains("did you mean 10.32.0.0/12"), "{e}");
+        assert!(matches!(Config::from_args(args(&["--ipalloc-range", "10.32.0.0/33"]), no_env), Err(ConfigError::Range(_))));
+        assert!(matches!(Config::from_args(args(&["--mtu", "100"]), no_env), Err(ConfigError::Mtu(100))));
+        assert!(matches!(Config::from_args(args(&["--conn-limit", "0"]), no_env), Err(ConfigError::ConnLimit)));
+        let missing = Config::from_args(args(&["--password-file", "/nonexistent/weft-pw"]), no_env).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/weft-pw"), "{missing}");
+    }
+
+    #[test]
+    fn password_from_a_file_is_trimmed_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("weft-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pw");
+        std::fs::write(&f, "s3cret-value\n").unwrap();
+        let c = Config::from_args(args(&["--password-file", f.to_str().unwrap()]), no_env).unwrap();
+        assert_eq!(c.password.as_deref(), Some(&b"s3cret-value"[..]));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        std::fs::write(&f, "\n").unwrap();
+        assert!(matches!(Config::from_args(args(&["--password-file", f.to_str().unwrap()]), no_env), Err(ConfigError::EmptyPassword(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
