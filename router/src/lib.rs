@@ -10,6 +10,7 @@
 //!
 //! Present so far: [`ethernet`], [`vnet`], [`switch`], [`plumbing`], [`demo`].
 
+pub mod api;
 pub mod config;
 pub mod demo;
 pub mod ethernet;
