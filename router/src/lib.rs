@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dataplane;
 pub mod demo;
 pub mod ethernet;
 pub mod plumbing;
