@@ -1,0 +1,159 @@
+//! Forwarding plans: given a switch verdict (frames from the bridge) or an envelope (frames from
+//! a peer), which next hops get a copy and whether the bridge does. Pure functions over a
+//! [`RouteView`], so the rules are tested without sockets.
+
+use weft_mesh::peer::PeerName;
+
+use super::envelope::{BROADCAST, Envelope, MAX_HOPS};
+use crate::switch::Verdict;
+
+/// What the forwarder needs to know of the mesh routes.
+pub trait RouteView {
+    /// The neighbour to send to on the way to `dest` (`dest` itself when directly connected).
+    fn next_hop(&self, dest: PeerName) -> Option<PeerName>;
+    /// The neighbours this peer forwards `source`'s broadcasts to (its children in `source`'s
+    /// spanning tree).
+    fn broadcast_hops(&self, source: PeerName) -> &[PeerName];
+}
+
+/// Where copies of a frame go on (no allocation: a tree's hops are borrowed from the routes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Onward<'a> {
+    /// Nowhere.
+    #[default]
+    Nowhere,
+    /// To one next hop.
+    One(PeerName, Envelope),
+    /// To each of these next hops, all with the same envelope.
+    Tree(&'a [PeerName], Envelope),
+}
+
+impl Onward<'_> {
+    /// Every (next hop, envelope) copy.
+    pub fn sends(&self) -> impl Iterator<Item = (PeerName, Envelope)> + '_ {
+        let (one, tree, env) = match *self {
+            Onward::Nowhere => (None, &[][..], None),
+            Onward::One(h, e) => (Some((h, e)), &[][..], None),
+            Onward::Tree(hops, e) => (None, hops, Some(e)),
+        };
+        one.into_iter().chain(tree.iter().filter_map(move |h| env.map(|e| (*h, e))))
+    }
+}
+
+/// What to do with one frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan<'a> {
+    /// Write the frame to the local bridge.
+    pub local: bool,
+    /// Copies sent on.
+    pub onward: Onward<'a>,
+    /// Why nothing was sent where something should have been (no route, hop limit).
+    pub dropped: Option<&'static str>,
+}
+
+/// For a frame read from the bridge.
+pub fn from_bridge<R: RouteView>(me: PeerName, verdict: Verdict, routes: &R) -> Plan<'_> {
+    match verdict {
+        Verdict::ToPeer(p) => match routes.next_hop(p) {
+            Some(hop) => Plan { onward: Onward::One(hop, Envelope { dst: p, src: me, hops: MAX_HOPS }), ..Plan::default() },
+            None => Plan { dropped: Some("no route"), ..Plan::default() },
+        },
+        Verdict::Flood => Plan {
+            onward: Onward::Tree(routes.broadcast_hops(me), Envelope { dst: BROADCAST, src: me, hops: MAX_HOPS }),
+            ..Plan::default()
+        },
+        Verdict::Local | Verdict::Drop(_) => Plan::default(),
+    }
+}
+
+/// For a frame that arrived from a peer with envelope `env`.
+pub fn from_peer<R: RouteView>(me: PeerName, env: Envelope, routes: &R) -> Plan<'_> {
+    if env.src == me {
+        return Plan { dropped: Some("own frame came back"), ..Plan::default() };
+    }
+    let hops = env.hops.saturating_sub(1);
+    if env.is_broadcast() {
+        let onward = if hops == 0 { Onward::Nowhere } else { Onward::Tree(routes.broadcast_hops(env.src), Envelope { hops, ..env }) };
+        return Plan { local: true, onward, dropped: None };
+    }
+    if env.dst == me {
+        return Plan { local: true, ..Plan::default() };
+    }
+    if hops == 0 {
+        return Plan { dropped: Some("hop limit"), ..Plan::default() };
+    }
+    match routes.next_hop(env.dst) {
+        Some(hop) => Plan { onward: Onward::One(hop, Envelope { hops, ..env }), ..Plan::default() },
+        None => Plan { dropped: Some("no route"), ..Plan::default() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A line A - B - C seen from one peer: next hops and broadcast children per source.
+    struct Table {
+        next: HashMap<PeerName, PeerName>,
+        bcast: HashMap<PeerName, Vec<PeerName>>,
+    }
+    impl RouteView for Table {
+        fn next_hop(&self, d: PeerName) -> Option<PeerName> {
+            self.next.get(&d).copied()
+        }
+        fn broadcast_hops(&self, s: PeerName) -> &[PeerName] {
+            self.bcast.get(&s).map(Vec::as_slice).unwrap_or(&[])
+        }
+    }
+    const A: PeerName = PeerName([0x0e, 0, 0, 0, 0, 0xa]);
+    const B: PeerName = PeerName([0x0e, 0, 0, 0, 0, 0xb]);
+    const C: PeerName = PeerName([0x0e, 0, 0, 0, 0, 0xc]);
+
+    fn at_b() -> Table {
+        Table {
+            next: [(A, A), (C, C)].into(),
+            bcast: [(A, vec![C]), (C, vec![A]), (B, vec![A, C])].into(),
+        }
+    }
+    fn at_a() -> Table {
+        Table { next: [(B, B), (C, B)].into(), bcast: [(A, vec![B])].into() }
+    }
+
+    #[test]
+    fn unicast_to_a_far_peer_goes_via_its_next_hop_and_is_relayed() {
+        let (a, b) = (at_a(), at_b());
+        let plan = from_bridge(A, Verdict::ToPeer(C), &a);
+        assert_eq!(plan.onward, Onward::One(B, Envelope { dst: C, src: A, hops: MAX_HOPS }));
+        let Onward::One(_, env) = plan.onward else { unreachable!() };
+        let relay = from_peer(B, env, &b);
+        assert_eq!((relay.local, relay.onward), (false, Onward::One(C, Envelope { dst: C, src: A, hops: MAX_HOPS - 1 })));
+        let Onward::One(_, env) = relay.onward else { unreachable!() };
+        let arrive = from_peer(C, env, &b);
+        assert!(arrive.local && arrive.onward.sends().next().is_none());
+    }
+
+    #[test]
+    fn broadcasts_follow_the_sources_tree_and_are_delivered_on_the_way() {
+        let (a, b) = (at_a(), at_b());
+        let flood = from_bridge(A, Verdict::Flood, &a);
+        let sends: Vec<_> = flood.onward.sends().collect();
+        assert_eq!(sends.iter().map(|s| s.0).collect::<Vec<_>>(), vec![B]);
+        let at_b_plan = from_peer(B, sends[0].1, &b);
+        assert!(at_b_plan.local);
+        assert_eq!(at_b_plan.onward.sends().map(|s| s.0).collect::<Vec<_>>(), vec![C]);
+    }
+
+    #[test]
+    fn loops_and_missing_routes_are_dropped_with_a_reason() {
+        let (a, b) = (at_a(), at_b());
+        let no_route = from_bridge(A, Verdict::ToPeer(PeerName([9; 6])), &a);
+        assert_eq!((no_route.onward, no_route.dropped), (Onward::Nowhere, Some("no route")));
+        let tired = from_peer(B, Envelope { dst: C, src: A, hops: 1 }, &b);
+        assert_eq!(tired.dropped, Some("hop limit"));
+        let own = from_peer(A, Envelope { dst: BROADCAST, src: A, hops: 5 }, &a);
+        assert_eq!((own.local, own.dropped), (false, Some("own frame came back")));
+        let last_bcast_hop = from_peer(B, Envelope { dst: BROADCAST, src: A, hops: 1 }, &b);
+        assert!(last_bcast_hop.local && last_bcast_hop.onward == Onward::Nowhere);
+    }
+}
