@@ -15,6 +15,7 @@ pub mod config;
 pub mod dataplane;
 pub mod demo;
 pub mod ethernet;
+pub mod logging;
 pub mod plumbing;
 pub mod switch;
 pub mod vnet;
