@@ -9,3 +9,201 @@ pub struct ErrorBody {
     /// What went wrong and what to do.
     pub error: String,
 }
+
+/// `GET /status`: the summary `weft status` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// weft's version.
+    pub version: String,
+    /// This peer's name (MAC-style).
+    pub name: String,
+    /// This peer's nickname.
+    pub nickname: String,
+    /// Whether a cluster password is set (sleeve encrypted, peers authenticated).
+    pub encryption: bool,
+    /// Whether addresses learned from peers are dialled.
+    pub peer_discovery: bool,
+    /// Addresses this peer tries to stay connected to.
+    pub targets: Vec<String>,
+    /// Connections by state.
+    pub connections: ConnectionCounts,
+    /// Peers in the topology, this one included.
+    pub peers: usize,
+    /// IPAM's state.
+    pub ipam: IpamSummary,
+}
+
+/// Connection counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionCounts {
+    /// Authenticated and carrying traffic.
+    pub established: usize,
+    /// Being set up.
+    pub pending: usize,
+    /// Failed (and retrying).
+    pub failed: usize,
+}
+
+/// IPAM's state for the status summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamSummary {
+    /// `ready`, `awaiting-consensus`, `waiting-for-space`, or `not-running`.
+    pub state: String,
+    /// A sentence for the operator, with what to do when something is wrong.
+    pub detail: String,
+    /// The pod range.
+    pub range: String,
+    /// Addresses this peer owns.
+    pub owned: u64,
+    /// Addresses allocated to pods here.
+    pub allocated: u64,
+}
+
+/// `GET /peers`: each peer and its connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Name.
+    pub name: String,
+    /// Nickname.
+    pub nickname: String,
+    /// Whether it is reachable from here.
+    pub reachable: bool,
+    /// Its connections as it gossips them.
+    pub connections: Vec<PeerLink>,
+}
+
+/// One connection of a peer, as gossiped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLink {
+    /// The remote peer's name.
+    pub name: String,
+    /// The remote peer's nickname, if known.
+    pub nickname: String,
+    /// The remote address.
+    pub address: String,
+    /// Whether the peer dialled it.
+    pub outbound: bool,
+    /// Whether it is established.
+    pub established: bool,
+}
+
+/// `GET /connections`: this peer's connections and connection attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    /// Remote address.
+    pub remote: String,
+    /// Remote peer's name, once known.
+    pub peer: Option<String>,
+    /// Remote peer's nickname, once known.
+    pub nickname: Option<String>,
+    /// `established`, `pending`, `failed` or `retrying`.
+    pub state: String,
+    /// `sleeve`, `fastpath`, or `none` before data flows.
+    pub overlay: String,
+    /// Whether the data path is encrypted.
+    pub encrypted: bool,
+    /// The pod MTU this connection allows.
+    pub mtu: Option<u32>,
+    /// Round-trip time in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// For a failed or retrying one: why.
+    pub reason: Option<String>,
+    /// For a retrying one: seconds until the next attempt.
+    pub retry_in_secs: Option<f64>,
+}
+
+/// A container attachment: container ID and interface, the key of an allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The runtime's container ID.
+    pub container_id: String,
+    /// The interface inside the container.
+    pub ifname: String,
+}
+
+/// `POST /ipam/allocate`: an address for an attachment (the same one again if it has one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocateRequest {
+    /// Who asks.
+    #[serde(flatten)]
+    pub attachment: Attachment,
+}
+
+/// `POST /ipam/claim`: a specific address for an attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// Who asks.
+    #[serde(flatten)]
+    pub attachment: Attachment,
+    /// The address wanted.
+    pub address: String,
+}
+
+/// `POST /ipam/release`: give an attachment's address back (succeeds if it has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// Whose address.
+    #[serde(flatten)]
+    pub attachment: Attachment,
+}
+
+/// An allocation, as the API answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Whose.
+    #[serde(flatten)]
+    pub attachment: Attachment,
+    /// `ADDRESS/PREFIX` in the pod range.
+    pub address: String,
+    /// The gateway pods route through (the bridge's address), if any.
+    pub gateway: Option<String>,
+    /// The MTU pods should use.
+    pub mtu: u32,
+}
+
+/// `POST /ipam/gc`: release every allocation not in `keep`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcRequest {
+    /// The attachments that still exist.
+    pub keep: Vec<Attachment>,
+}
+
+/// `GET /ipam`: each peer's share of the range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IpamShare {
+    /// Peer name.
+    pub peer: String,
+    /// Nickname, if known.
+    pub nickname: String,
+    /// Whether the peer is reachable.
+    pub reachable: bool,
+    /// Addresses owned.
+    pub size: u64,
+    /// Share of the whole range, in percent.
+    pub percent: f64,
+    /// Addresses allocated (known for this peer only).
+    pub allocated: Option<u64>,
+}
+
+/// `POST /connect` and `POST /forget`: an address to dial or to stop dialling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRequest {
+    /// `HOST` or `HOST:PORT`.
+    pub address: String,
+}
+
+/// `POST /rmpeer`: reclaim a dead peer's address space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RmpeerRequest {
+    /// The peer's name or nickname.
+    pub peer: String,
+}
+
+/// The answer to `POST /rmpeer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RmpeerResponse {
+    /// Addresses reclaimed by this peer.
+    pub reclaimed: u64,
+}
