@@ -1,23 +1,145 @@
-//! `weft-cni`: the CNI plugin (type `weft-cni`) through which container runtimes attach pods.
+//! `weft-cni`: the CNI plugin (type `weft-cni`) through which container runtimes attach pods to
+//! weft: spec 0.4.0, 1.0.0 and 1.1.0; ADD, DEL, CHECK, STATUS, GC and VERSION.
 //!
-//! It reads `CNI_COMMAND` and the other `CNI_*` variables and the network configuration on stdin,
-//! and answers on stdout in the CNI version it was given. It must start and finish fast: it links
-//! neither tokio nor quinn, and reaches the router only over its unix socket.
-//!
-//! Today it answers VERSION; ADD, DEL, CHECK, STATUS and GC are the CNI issue's work and answer
-//! with CNI error 4 ("not supported yet") rather than pretending to succeed.
+//! It reads `CNI_*` from the environment and the network configuration from stdin, and answers
+//! on stdout in the version it was given (errors as the spec's error JSON, exit status 1). It
+//! must start and finish fast: it links neither tokio nor quinn, reaches the router over its
+//! unix socket with a blocking client, and does netlink itself.
 
-mod cni;
+mod plugin;
+mod spec;
 
 use std::io::Read;
 use std::process::ExitCode;
 
+use spec::{CniError, Env, NetConf, code};
+
 fn main() -> ExitCode {
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
+    let env = Env::read(|k| std::env::var(k).ok());
     let mut stdin = Vec::new();
-    // VERSION may come with an empty stdin; other commands need the configuration.
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let answer = cni::dispatch(&command, &stdin);
-    println!("{}", answer.body);
-    if answer.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        let err = CniError::new(code::IO, "cannot read stdin", e.to_string());
+        println!("{}", err.to_json(spec::NEWEST));
+        return ExitCode::FAILURE;
+    }
+    let (version, outcome) = run(&env, &stdin);
+    match outcome {
+        Ok(Some(v)) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("{}", e.to_json(&version));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one invocation: the version to answer in, and the result body (if any) or the error.
+fn run(env: &Env, stdin: &[u8]) -> (String, Result<Option<serde_json::Value>, CniError>) {
+    let conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return (spec::NEWEST.into(), Err(e)),
+    };
+    let version = conf.cni_version.clone();
+    if env.command != "VERSION" && !spec::SUPPORTED.contains(&version.as_str()) {
+        let e = CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("CNI version {version} is not supported"),
+            format!("weft-cni speaks {}", spec::SUPPORTED.join(", ")),
+        );
+        return (spec::NEWEST.into(), Err(e));
+    }
+    let outcome = match env.command.as_str() {
+        "VERSION" => Ok(Some(spec::version_result(&version))),
+        "ADD" => plugin::add(env, &conf).map(Some),
+        "DEL" => plugin::del(env, &conf).map(|()| None),
+        "CHECK" => plugin::check(env, &conf).map(|()| None),
+        "STATUS" => plugin::status(&conf).map(|()| None),
+        "GC" => plugin::gc(&conf).map(|()| None),
+        "" => Err(CniError::new(code::BAD_ENVIRONMENT, "CNI_COMMAND is not set", "set it to ADD, DEL, CHECK, STATUS, GC or VERSION")),
+        other => Err(CniError::new(code::BAD_ENVIRONMENT, format!("unknown CNI_COMMAND {other:?}"), "expected ADD, DEL, CHECK, STATUS, GC or VERSION")),
+    };
+    (version, outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn invoke(vars: &[(&str, &str)], stdin: &str) -> (String, Result<Option<Value>, CniError>) {
+        let env = Env::read(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()));
+        run(&env, stdin.as_bytes())
+    }
+
+    #[test]
+    fn version_answers_in_the_requested_version() {
+        let (_, r) = invoke(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
+        let v = r.unwrap().unwrap();
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(v["supportedVersions"], serde_json::json!(["0.4.0", "1.0.0", "1.1.0"]));
+        let (_, r) = invoke(&[("CNI_COMMAND", "VERSION")], "");
+        assert_eq!(r.unwrap().unwrap()["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn bad_invocations_get_the_spec_codes() {
+        let cases: &[(&[(&str, &str)], &str, u32, &str)] = &[
+            (&[("CNI_COMMAND", "ADD")], "{not json", code::DECODE, "decode"),
+            (&[("CNI_COMMAND", "ADD")], r#"{"cniVersion":"0.3.1"}"#, code::INCOMPATIBLE_VERSION, "0.3.1"),
+            (&[], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "CNI_COMMAND"),
+            (&[("CNI_COMMAND", "FROB")], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "FROB"),
+            (&[("CNI_COMMAND", "ADD"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "CNI_CONTAINERID"),
+            (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "CNI_NETNS"),
+            (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/x")], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "CNI_IFNAME"),
+            (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "a-very-long-ifname")], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "not a valid interface name"),
+            (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/nonexistent/netns"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "cannot be opened"),
+            (&[("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0"}"#, code::INVALID_CONFIG, "prevResult"),
+            (&[("CNI_COMMAND", "GC")], r#"{"cniVersion":"1.1.0"}"#, code::INVALID_CONFIG, "valid-attachments"),
+            (&[("CNI_COMMAND", "STATUS")], r#"{"cniVersion":"1.1.0","apiSocket":"/nonexistent/weft.sock"}"#, code::NOT_AVAILABLE, "not running"),
+            (&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0","apiSocket":"/nonexistent/weft.sock"}"#, code::TRY_AGAIN, "not running"),
+        ];
+        for (vars, stdin, want, needle) in cases {
+            let (_, r) = invoke(vars, stdin);
+            let e = r.expect_err(stdin);
+            assert_eq!(e.code, *want, "{vars:?} {stdin}: {e:?}");
+            assert!(format!("{} {}", e.msg, e.details).contains(needle), "{e:?} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn cni_args_are_parsed_leniently() {
+        let env = Env::read(|k| (k == "CNI_ARGS").then(|| "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;junk".to_owned()));
+        assert_eq!(env.args.get("K8S_POD_NAME").map(String::as_str), Some("web-0"));
+        assert_eq!(env.args.get("IgnoreUnknown").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn results_have_the_shape_of_each_version() {
+        let a = spec::Attached {
+            bridge: "weft".into(),
+            bridge_mac: Some("02:00:00:00:00:01".into()),
+            host_if: "vw0123".into(),
+            host_mac: None,
+            pod_if: "eth0".into(),
+            pod_mac: Some("02:00:00:00:00:02".into()),
+            sandbox: "/var/run/netns/p".into(),
+            address: "10.32.0.5/12".into(),
+            gateway: Some("10.32.0.1".into()),
+            mtu: 1376,
+        };
+        let v04 = spec::result("0.4.0", &a);
+        assert_eq!(v04["ips"][0]["version"], "4");
+        assert_eq!(v04["ips"][0]["interface"], 2);
+        assert_eq!(v04["interfaces"][2]["sandbox"], "/var/run/netns/p");
+        assert!(v04["interfaces"][1].get("sandbox").is_none());
+        let v10 = spec::result("1.0.0", &a);
+        assert!(v10["ips"][0].get("version").is_none());
+        assert!(v10["interfaces"][2].get("mtu").is_none());
+        let v11 = spec::result("1.1.0", &a);
+        assert_eq!(v11["interfaces"][2]["mtu"], 1376);
+        assert_eq!(v11["routes"][0]["gw"], "10.32.0.1");
+    }
 }
