@@ -11,6 +11,7 @@
 //! Present so far: [`ethernet`], [`vnet`], [`switch`], [`plumbing`], [`demo`].
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod demo;

@@ -1,0 +1,245 @@
+//! The command line's client side: `weft status [peers|connections|ipam|targets] [--json]`,
+//! `weft connect`, `weft forget`, `weft rmpeer`, talking to the local daemon's API.
+//!
+//! The text forms follow what Weave Net users know; `--json` prints the API's documented JSON
+//! (see `weft_api::types`) unchanged.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use weft_api::Client;
+use weft_api::types::{Connection, IpamShare, Peer, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
+
+/// `weft status` arguments.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// What to show: the summary (default), peers, connections, ipam or targets.
+    #[arg(value_enum)]
+    pub what: Option<StatusView>,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's API socket.
+    #[arg(long, env = "WEFT_API_SOCKET", default_value = weft_api::client::DEFAULT_SOCKET)]
+    pub api_socket: PathBuf,
+}
+
+/// The views of `weft status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusView {
+    /// Each peer and its connections.
+    Peers,
+    /// This peer's connections and attempts.
+    Connections,
+    /// Each peer's share of the address range.
+    Ipam,
+    /// The addresses this peer dials.
+    Targets,
+}
+
+/// Arguments of `weft connect` / `weft forget` / `weft rmpeer`.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The address (`HOST[:PORT]`) or, for rmpeer, the peer's name or nickname.
+    pub target: String,
+    /// The daemon's API socket.
+    #[arg(long, env = "WEFT_API_SOCKET", default_value = weft_api::client::DEFAULT_SOCKET)]
+    pub api_socket: PathBuf,
+}
+
+/// Runs `weft status`; returns what to print.
+pub fn status(args: &StatusArgs) -> Result<String, weft_api::ClientError> {
+    let c = Client::new(&args.api_socket);
+    fn json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+    }
+    Ok(match (args.what, args.json) {
+        (None, false) => render_status(&c.get("/status")?),
+        (None, true) => json(&c.get::<Status>("/status")?),
+        (Some(StatusView::Peers), false) => render_peers(&c.get::<Vec<Peer>>("/peers")?),
+        (Some(StatusView::Peers), true) => json(&c.get::<Vec<Peer>>("/peers")?),
+        (Some(StatusView::Connections), false) => render_connections(&c.get::<Vec<Connection>>("/connections")?),
+        (Some(StatusView::Connections), true) => json(&c.get::<Vec<Connection>>("/connections")?),
+        (Some(StatusView::Ipam), false) => render_ipam(&c.get::<Vec<IpamShare>>("/ipam")?),
+        (Some(StatusView::Ipam), true) => json(&c.get::<Vec<IpamShare>>("/ipam")?),
+        (Some(StatusView::Targets), false) => c.get::<Vec<String>>("/targets")?.iter().map(|t| format!("{t}\n")).collect(),
+        (Some(StatusView::Targets), true) => json(&c.get::<Vec<String>>("/targets")?),
+    })
+}
+
+/// Runs `weft connect ADDR`.
+pub fn connect(args: &AdminArgs) -> Result<String, weft_api::ClientError> {
+    Client::new(&args.api_socket).post::<_, serde_json::Value>("/connect", &TargetRequest { address: args.target.clone() })?;
+    Ok(format!("connecting to {}\n", args.target))
+}
+
+/// Runs `weft forget ADDR`.
+pub fn forget(args: &AdminArgs) -> Result<String, weft_api::ClientError> {
+    Client::new(&args.api_socket).post::<_, serde_json::Value>("/forget", &TargetRequest { address: args.target.clone() })?;
+    Ok(format!("forgot {}\n", args.target))
+}
+
+/// Runs `weft rmpeer PEER`.
+pub fn rmpeer(args: &AdminArgs) -> Result<String, weft_api::ClientError> {
+    let r: RmpeerResponse = Client::new(&args.api_socket).post("/rmpeer", &RmpeerRequest { peer: args.target.clone() })?;
+    Ok(format!("{} IPs taken over from {}\n", r.reclaimed, args.target))
+}
+
+/// The summary, aligned as `weave status` is.
+pub fn render_status(s: &Status) -> String {
+    let onoff = |b: bool| if b { "enabled" } else { "disabled" };
+    let c = &s.connections;
+    let total = c.established + c.pending + c.failed;
+    let rows = [
+        ("Version", s.version.clone()),
+        ("Name", format!("{}({})", s.name, s.nickname)),
+        ("Encryption", onoff(s.encryption).to_owned() + if s.encryption { "" } else { " (no password: the mesh is open)" }),
+        ("PeerDiscovery", onoff(s.peer_discovery).to_owned()),
+        ("Targets", s.targets.len().to_string()),
+        ("Connections", format!("{total} ({} established, {} pending, {} failed)", c.established, c.pending, c.failed)),
+        ("Peers", s.peers.to_string()),
+        ("IPAM", format!("{} — {}", s.ipam.state, s.ipam.detail)),
+        ("Range", format!("{} ({} owned here, {} allocated)", s.ipam.range, s.ipam.owned, s.ipam.allocated)),
+    ];
+    let mut out = String::new();
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:>15}: {v}");
+    }
+    out
+}
+
+/// Each peer and, below it, its connections.
+pub fn render_peers(peers: &[Peer]) -> String {
+    let mut out = String::new();
+    for p in peers {
+        let mark = if p.reachable { "" } else { "  (unreachable)" };
+        let _ = writeln!(out, "{}({}){mark}", p.name, p.nickname);
+        for l in &p.connections {
+            let arrow = if l.outbound { "->" } else { "<-" };
+            let state = if l.established { "established" } else { "pending" };
+            let _ = writeln!(out, "   {arrow} {:<22} {}({:<10} {state}", l.address, l.name, l.nickname.clone() + ")");
+        }
+    }
+    out
+}
+
+/// One line per connection: direction, address, state, overlay, encryption, MTU, RTT, peer,
+/// and for a failed one the reason and the next retry.
+pub fn render_connections(conns: &[Connection]) -> String {
+    let mut out = String::new();
+    for c in conns {
+        let arrow = if c.direction == "outbound" { "->" } else { "<-" };
+        let enc = if c.encrypted { "encrypted" } else { "unencrypted" };
+        let mtu = c.mtu.map(|m| format!("mtu={m}")).unwrap_or_else(|| "mtu=-".into());
+        let rtt = c.rtt_ms.map(|r| format!("rtt={r:.1}ms")).unwrap_or_else(|| "rtt=-".into());
+        let who = match (&c.peer, &c.nickname) {
+            (Some(p), Some(n)) => format!("{p}({n})"),
+            (Some(p), None) => p.clone(),
+            _ => String::new(),
+        };
+        let _ = write!(out, "{arrow} {:<22} {:<11} {:<8} {enc:<11} {mtu:<9} {rtt:<12} {who}", c.remote, c.state, c.overlay);
+        if let Some(r) = &c.reason {
+            let _ = write!(out, " — {r}");
+        }
+        if let Some(t) = c.retry_in_secs {
+            let _ = write!(out, ", retry in {t:.1}s");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Each peer's share of the range.
+pub fn render_ipam(shares: &[IpamShare]) -> String {
+    let mut out = String::new();
+    for s in shares {
+        let active = s.allocated.map(|a| format!(" - {a} active")).unwrap_or_default();
+        let mark = if s.reachable { "" } else { " - unreachable!" };
+        let _ = writeln!(out, "{}({:<12} {:>8} IPs ({:>5.1}% of total){active}{mark}", s.peer, s.nickname.clone() + ")", s.size, s.percent);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::types::{ConnectionCounts, IpamSummary, PeerLink};
+
+    #[test]
+    fn the_summary_reads_like_weave_status() {
+        let s = Status {
+            version: "0.1.0".into(),
+            name: "0e:00:00:00:00:0a".into(),
+            nickname: "host-a".into(),
+            encryption: true,
+            peer_discovery: true,
+            targets: vec!["192.0.2.12:6783".into()],
+            connections: ConnectionCounts { established: 1, pending: 0, failed: 1 },
+            peers: 3,
+            ipam: IpamSummary { state: "ready".into(), detail: "allocating from 1 range".into(), range: "10.32.0.0/12".into(), owned: 524288, allocated: 2 },
+        };
+        let text = render_status(&s);
+        let expected = "        Version: 0.1.0
+           Name: 0e:00:00:00:00:0a(host-a)
+     Encryption: enabled
+  PeerDiscovery: enabled
+        Targets: 1
+    Connections: 2 (1 established, 0 pending, 1 failed)
+          Peers: 3
+           IPAM: ready — allocating from 1 range
+          Range: 10.32.0.0/12 (524288 owned here, 2 allocated)
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn connections_show_overlay_and_failure_reasons() {
+        let ok = Connection {
+            direction: "outbound".into(),
+            remote: "192.0.2.12:6783".into(),
+            peer: Some("0e:00:00:00:00:0b".into()),
+            nickname: Some("host-b".into()),
+            state: "established".into(),
+            overlay: "sleeve".into(),
+            encrypted: true,
+            mtu: Some(1376),
+            rtt_ms: Some(0.42),
+            reason: None,
+            retry_in_secs: None,
+        };
+        let bad = Connection {
+            direction: "outbound".into(),
+            remote: "192.0.2.99:6783".into(),
+            peer: None,
+            nickname: None,
+            state: "retrying".into(),
+            overlay: "none".into(),
+            encrypted: false,
+            mtu: None,
+            rtt_ms: None,
+            reason: Some("timed out".into()),
+            retry_in_secs: Some(4.25),
+        };
+        let text = render_connections(&[ok, bad]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "-> 192.0.2.12:6783        established sleeve   encrypted   mtu=1376  rtt=0.4ms    0e:00:00:00:00:0b(host-b)");
+        assert!(lines[1].starts_with("-> 192.0.2.99:6783        retrying    none     unencrypted mtu=-"), "{}", lines[1]);
+        assert!(lines[1].ends_with("— timed out, retry in 4.2s"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn peers_print_as_a_tree_and_ipam_as_shares() {
+        let p = Peer {
+            name: "0e:00:00:00:00:0a".into(),
+            nickname: "host-a".into(),
+            reachable: true,
+            connections: vec![PeerLink { name: "0e:00:00:00:00:0b".into(), nickname: "host-b".into(), address: "192.0.2.12:6783".into(), outbound: true, established: true }],
+        };
+        assert_eq!(
+            render_peers(&[p]),
+            "0e:00:00:00:00:0a(host-a)\n   -> 192.0.2.12:6783        0e:00:00:00:00:0b(host-b)    established\n"
+        );
+        let s = IpamShare { peer: "0e:00:00:00:00:0c".into(), nickname: "host-c".into(), reachable: false, size: 262144, percent: 25.0, allocated: None };
+        assert_eq!(render_ipam(&[s]), "0e:00:00:00:00:0c(host-c)        262144 IPs ( 25.0% of total) - unreachable!\n");
+    }
+}
