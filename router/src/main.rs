@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use weft_router::cli;
 
 /// weft: a container network for Kubernetes.
 #[derive(Parser)]
@@ -14,26 +15,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show what the mesh is doing: a summary, or peers, connections, ipam, targets.
+    Status(cli::StatusArgs),
+    /// Add an address to the peers this router dials.
+    Connect(cli::AdminArgs),
+    /// Stop dialling an address.
+    Forget(cli::AdminArgs),
+    /// Reclaim the address space of a peer that is gone for good.
+    Rmpeer(cli::AdminArgs),
     /// Bring up a virtual cluster in network namespaces on this machine, show traffic across it,
     /// and tear it down (needs root).
     Demo(weft_router::demo::Options),
 }
 
+fn report(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("weft: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        eprintln!("  caused by: {s}");
+        source = s.source();
+    }
+    ExitCode::FAILURE
+}
+
+fn print(r: Result<String, weft_api::ClientError>) -> ExitCode {
+    match r {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(&e),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(opts) => weft_router::demo::run(&opts),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("weft: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
-            ExitCode::FAILURE
-        }
+    match cli.command {
+        Command::Status(a) => print(cli::status(&a)),
+        Command::Connect(a) => print(cli::connect(&a)),
+        Command::Forget(a) => print(cli::forget(&a)),
+        Command::Rmpeer(a) => print(cli::rmpeer(&a)),
+        Command::Demo(opts) => match weft_router::demo::run(&opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => report(&e),
+        },
     }
 }
