@@ -157,3 +157,12 @@ mod tests {
         assert!(last_bcast_hop.local && last_bcast_hop.onward == Onward::Nowhere);
     }
 }
+
+impl RouteView for weft_mesh::routes::Routes {
+    fn next_hop(&self, dest: PeerName) -> Option<PeerName> {
+        weft_mesh::routes::Routes::next_hop(self, dest)
+    }
+    fn broadcast_hops(&self, source: PeerName) -> &[PeerName] {
+        self.broadcast_next_hops(source)
+    }
+}
