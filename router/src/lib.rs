@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod ethernet;

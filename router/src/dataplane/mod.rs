@@ -5,4 +5,5 @@
 //! - [`forward`]: which next hops (and whether the bridge) get a frame.
 pub mod envelope;
 pub mod forward;
+pub mod peers;
 pub mod tapio;

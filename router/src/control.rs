@@ -1,0 +1,281 @@
+//! The router's control plane, sans-IO: topology gossip and routes (from `weft_mesh`), plus
+//! what this router knows of its own connections and attempts, for `weft status`.
+//!
+//! The daemon feeds it connection events from the mesh transport and the gossip it receives,
+//! sends what [`Control::poll_transmit`] returns, and calls [`Control::handle_timeout`] when
+//! [`Control::poll_timeout`] says. Routes are published for the data plane on every change.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use weft_api::types::{Connection as ApiConnection, Peer as ApiPeer, PeerLink};
+use weft_mesh::peer::PeerName;
+use weft_mesh::routes::{RouteEngine, RoutesHandle};
+use weft_mesh::topology::{self, Capabilities, Direction, HandleError, Topology, Transmit};
+
+/// How often routes may be recomputed.
+const ROUTE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// One of our connections, or an attempt at one.
+#[derive(Clone, Debug)]
+struct Conn {
+    direction: Direction,
+    remote: SocketAddr,
+    peer: Option<PeerName>,
+    nickname: Option<String>,
+    state: &'static str,
+    reason: Option<String>,
+    retry_at: Option<Instant>,
+    mtu: Option<u32>,
+    rtt: Option<Duration>,
+}
+
+/// Topology, routes and our connections.
+#[derive(Debug)]
+pub struct Control {
+    topology: Topology,
+    routes: RouteEngine,
+    conns: BTreeMap<SocketAddr, Conn>,
+    encrypted: bool,
+}
+
+impl Control {
+    /// A control plane for peer `me`.
+    pub fn new(now: Instant, me: PeerName, nickname: String, incarnation: u64, encrypted: bool) -> Control {
+        let caps = Capabilities { sleeve: true, fastpath: false, encryption: encrypted };
+        let topology = Topology::new(now, topology::Config::default(), me, nickname, incarnation, caps);
+        let mut routes = RouteEngine::new(me, ROUTE_INTERVAL);
+        routes.recompute(now, &topology);
+        Control { topology, routes, conns: BTreeMap::new(), encrypted }
+    }
+
+    /// The routes, for the data plane (lock-free reads).
+    pub fn routes(&self) -> RoutesHandle {
+        self.routes.routes()
+    }
+
+    /// The topology (read-only).
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// How many times routes were recomputed.
+    pub fn recomputations(&self) -> u64 {
+        self.routes.recomputations()
+    }
+
+    /// A connection to `peer` at `remote` is authenticated and up.
+    pub fn connected(&mut self, now: Instant, peer: PeerName, nickname: &str, remote: SocketAddr, direction: Direction, mtu: u32) {
+        self.conns.retain(|a, c| *a == remote || c.peer != Some(peer));
+        self.conns.insert(
+            remote,
+            Conn { direction, remote, peer: Some(peer), nickname: Some(nickname.to_owned()), state: "established", reason: None, retry_at: None, mtu: Some(mtu), rtt: None },
+        );
+        self.topology.set_connection(now, peer, remote, direction, true);
+        self.routes.handle_timeout(now, &self.topology);
+    }
+
+    /// We are dialling `remote`.
+    pub fn dialling(&mut self, remote: SocketAddr) {
+        let c = self.conns.entry(remote).or_insert(Conn {
+            direction: Direction::Outbound,
+            remote,
+            peer: None,
+            nickname: None,
+            state: "pending",
+            reason: None,
+            retry_at: None,
+            mtu: None,
+            rtt: None,
+        });
+        if c.state != "established" {
+            c.state = "pending";
+        }
+    }
+
+    /// A connection (or attempt) with `remote` ended or failed; `retry_at` if we will try again.
+    pub fn lost(&mut self, now: Instant, remote: SocketAddr, peer: Option<PeerName>, reason: String, retry_at: Option<Instant>) {
+        if let Some(p) = peer {
+            self.topology.remove_connection(now, p);
+            self.routes.handle_timeout(now, &self.topology);
+        }
+        match retry_at {
+            Some(at) => {
+                let c = self.conns.entry(remote).or_insert(Conn {
+                    direction: Direction::Outbound,
+                    remote,
+                    peer,
+                    nickname: None,
+                    state: "retrying",
+                    reason: None,
+                    retry_at: None,
+                    mtu: None,
+                    rtt: None,
+                });
+                c.state = "retrying";
+                c.reason = Some(reason);
+                c.retry_at = Some(at);
+            }
+            None => {
+                self.conns.remove(&remote);
+            }
+        }
+    }
+
+    /// Records the round-trip time measured on the connection to `peer`.
+    pub fn set_rtt(&mut self, peer: PeerName, rtt: Duration) {
+        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer)) {
+            c.rtt = Some(rtt);
+        }
+    }
+
+    /// Gossip from neighbour `from`.
+    pub fn gossip(&mut self, now: Instant, from: PeerName, bytes: &[u8]) -> Result<(), HandleError> {
+        self.topology.handle(now, from, bytes)?;
+        self.routes.handle_timeout(now, &self.topology);
+        Ok(())
+    }
+
+    /// The next gossip message to send.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.topology.poll_transmit(now)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.topology.poll_timeout(), self.routes.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.topology.handle_timeout(now);
+        self.routes.handle_timeout(now, &self.topology);
+    }
+
+    /// (established, pending, failed) connection counts.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let n = |s: &str| self.conns.values().filter(|c| c.state == s).count();
+        (n("established"), n("pending"), n("retrying") + n("failed"))
+    }
+
+    /// Every peer of the topology with its gossiped connections, for `weft status peers`.
+    pub fn peers(&self) -> Vec<ApiPeer> {
+        let routes = self.routes.routes().load_full();
+        let nick = |n: PeerName| self.topology.entry(n).map(|e| e.nickname.clone()).unwrap_or_default();
+        let mut out: Vec<ApiPeer> = self
+            .topology
+            .entries()
+            .map(|e| ApiPeer {
+                name: e.name.to_string(),
+                nickname: e.nickname.clone(),
+                reachable: e.name == self.topology.me() || routes.next_hop(e.name).is_some(),
+                connections: e
+                    .connections
+                    .iter()
+                    .map(|c| PeerLink {
+                        name: c.remote.to_string(),
+                        nickname: nick(c.remote),
+                        address: c.addr.to_string(),
+                        outbound: c.direction == Direction::Outbound,
+                        established: c.established,
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Our connections and attempts, for `weft status connections`.
+    pub fn connections(&self, now: Instant) -> Vec<ApiConnection> {
+        self.conns
+            .values()
+            .map(|c| ApiConnection {
+                direction: if c.direction == Direction::Outbound { "outbound" } else { "inbound" }.into(),
+                remote: c.remote.to_string(),
+                peer: c.peer.map(|p| p.to_string()),
+                nickname: c.nickname.clone(),
+                state: c.state.into(),
+                overlay: if c.state == "established" { "sleeve" } else { "none" }.into(),
+                encrypted: self.encrypted && c.state == "established",
+                mtu: c.mtu,
+                rtt_ms: c.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                reason: c.reason.clone(),
+                retry_in_secs: c.retry_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: u8) -> PeerName {
+        PeerName([0x0e, 0, 0, 0, 0, n])
+    }
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, n], 6783))
+    }
+
+    /// Delivers every pending gossip message between the controls, until quiet.
+    fn exchange(now: Instant, peers: &mut [Control]) {
+        loop {
+            let mut moved = false;
+            for i in 0..peers.len() {
+                while let Some(t) = peers[i].poll_transmit(now) {
+                    let from = peers[i].topology().me();
+                    if let Some(j) = peers.iter().position(|p| p.topology().me() == t.to) {
+                        peers[j].gossip(now, from, &t.payload).unwrap();
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_of_three_learns_its_routes_and_reports_them() {
+        let now = Instant::now();
+        let mut c: Vec<Control> = (1..=3).map(|i| Control::new(now, name(i), format!("h{i}"), 1, true)).collect();
+        // 1 - 2 - 3: each side of each link reports it.
+        c[0].connected(now, name(2), "h2", addr(2), Direction::Outbound, 1376);
+        c[1].connected(now, name(1), "h1", addr(1), Direction::Inbound, 1376);
+        c[1].connected(now, name(3), "h3", addr(3), Direction::Inbound, 1376);
+        c[2].connected(now, name(2), "h2", addr(2), Direction::Outbound, 1376);
+        exchange(now, &mut c);
+        let later = now + Duration::from_secs(1);
+        for x in c.iter_mut() {
+            x.handle_timeout(later);
+        }
+        let r = c[0].routes().load_full();
+        assert_eq!(r.next_hop(name(3)), Some(name(2)), "1 reaches 3 through 2");
+        assert_eq!(c[2].routes().load_full().next_hop(name(1)), Some(name(2)));
+        assert_eq!(c[0].peers().len(), 3);
+        assert!(c[0].peers().iter().all(|p| p.reachable));
+        assert_eq!(c[1].counts(), (2, 0, 0));
+        let conns = c[0].connections(later);
+        assert_eq!((conns[0].state.as_str(), conns[0].overlay.as_str(), conns[0].encrypted), ("established", "sleeve", true));
+    }
+
+    #[test]
+    fn failures_show_their_reason_and_retry() {
+        let now = Instant::now();
+        let mut c = Control::new(now, name(1), "h1".into(), 1, false);
+        c.dialling(addr(9));
+        assert_eq!(c.counts(), (0, 1, 0));
+        c.lost(now, addr(9), None, "connection refused".into(), Some(now + Duration::from_secs(4)));
+        assert_eq!(c.counts(), (0, 0, 1));
+        let conns = c.connections(now + Duration::from_secs(1));
+        assert_eq!(conns[0].reason.as_deref(), Some("connection refused"));
+        assert_eq!(conns[0].retry_in_secs, Some(3.0));
+    }
+}
