@@ -7,6 +7,7 @@
 //! - [`routes`]: unicast next hops and broadcast trees, published lock-free.
 //! - [`sim`]: a deterministic many-peer simulator of topology gossip on a virtual clock.
 
+pub mod ipam;
 pub mod peer;
 pub mod routes;
 pub mod sim;
