@@ -4,9 +4,10 @@
 //! The cluster password is read from a file (`--password-file` / `WEFT_PASSWORD_FILE`) or from
 //! `WEFT_PASSWORD`; never from a command-line argument, and never logged.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+
+use weft_mesh::ipam::Cidr;
 
 /// Default mesh control port (QUIC).
 pub const MESH_PORT: u16 = 6783;
@@ -54,44 +55,6 @@ pub struct RouterArgs {
     pub metrics_addr: SocketAddr,
 }
 
-/// An IPv4 network, `ADDR/LEN` with no host bits set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    /// The network address.
-    pub addr: Ipv4Addr,
-    /// The prefix length.
-    pub prefix_len: u8,
-}
-
-impl Ipv4Cidr {
-    /// Number of addresses in the network.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix_len))
-    }
-}
-
-impl FromStr for Ipv4Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = l.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("{l:?} is not a prefix length 0-32"))?;
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
-        if u32::from(addr) & !mask != 0 {
-            let net = Ipv4Addr::from(u32::from(addr) & mask);
-            return Err(format!("{s} has host bits set; did you mean {net}/{prefix_len}?"));
-        }
-        Ok(Ipv4Cidr { addr, prefix_len })
-    }
-}
-
-impl std::fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
 /// A peer to dial: host name or address, and port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerTarget {
@@ -115,7 +78,7 @@ pub struct Config {
     /// API socket path.
     pub api_socket: PathBuf,
     /// Pod range.
-    pub ipalloc_range: Ipv4Cidr,
+    pub ipalloc_range: Cidr,
     /// Pod MTU if fixed.
     pub mtu: Option<u32>,
     /// Connection limit.
@@ -189,8 +152,8 @@ impl Config {
             (None, Some(p)) => Some(p.into_bytes()),
             (None, None) => None,
         };
-        let ipalloc_range: Ipv4Cidr = args.ipalloc_range.parse().map_err(ConfigError::Range)?;
-        if ipalloc_range.prefix_len > 30 {
+        let ipalloc_range: Cidr = args.ipalloc_range.parse().map_err(|e: weft_mesh::ipam::ring::CidrError| ConfigError::Range(e.to_string()))?;
+        if ipalloc_range.prefix() > 30 {
             return Err(ConfigError::Range(format!("{ipalloc_range} is too small for pods: use /30 or larger")));
         }
         if let Some(m) = args.mtu.filter(|m| !(576..=65000).contains(m)) {
