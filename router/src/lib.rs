@@ -18,6 +18,7 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod ethernet;
+pub mod ipam;
 pub mod logging;
 pub mod plumbing;
 pub mod switch;

@@ -1,0 +1,150 @@
+//! The router's IPAM service: the mesh's persistent IPAM core behind the local API.
+//!
+//! Every answer is given only after the state is on disk (`PersistentIpam`). The bridge gets an
+//! address of its own from the same range (held by the pseudo-container [`BRIDGE_HOLDER`]), which
+//! pods use as their gateway.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use weft_api::types::{Allocation, Attachment, IpamShare, IpamSummary};
+use weft_mesh::ipam::{self, AllocError, Bootstrap, Cidr, IpamError, PersistentIpam, Status, Store};
+use weft_mesh::peer::PeerName;
+
+use crate::api::Response;
+
+/// The holder of the bridge's own address.
+pub const BRIDGE_HOLDER: &str = "weft:bridge";
+
+/// The IPAM core, locked for each (short, cold-path) operation.
+pub struct IpamService {
+    inner: Mutex<PersistentIpam>,
+    range: Cidr,
+    mtu: u32,
+    bridge: String,
+}
+
+fn to_response(e: IpamError) -> Response {
+    match &e {
+        IpamError::Alloc(AllocError::NotReady(_) | AllocError::WaitingForSpace(_) | AllocError::Left) => Response::error(503, e.to_string()),
+        IpamError::Alloc(AllocError::InUse { .. } | AllocError::HolderHasAddress { .. }) => Response::error(409, e.to_string()),
+        IpamError::Alloc(_) | IpamError::Shrink(_) => Response::error(400, e.to_string()),
+        IpamError::Persist(_) | IpamError::Handle(_) => Response::error(500, format!("{e}: nothing was changed")),
+    }
+}
+
+impl IpamService {
+    /// Opens (or creates) the IPAM state under `state_dir` for peer `me`.
+    pub fn open(me: PeerName, range: Cidr, bootstrap: Bootstrap, state_dir: &Path, bridge: &str, mtu: u32, now: Instant) -> Result<IpamService, String> {
+        let mut config = ipam::Config::new(bootstrap);
+        config.range = range;
+        let store = Store::open(state_dir).map_err(|e| e.to_string())?;
+        let inner = PersistentIpam::open(me, config, store, now).map_err(|e| e.to_string())?;
+        Ok(IpamService { inner: Mutex::new(inner), range, mtu, bridge: bridge.to_owned() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PersistentIpam> {
+        // A panic while holding the lock cannot leave the persisted state inconsistent (it is
+        // written before answers), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cidr(&self, a: Ipv4Addr) -> String {
+        format!("{a}/{}", self.range.prefix())
+    }
+
+    /// The bridge's address (allocating it the first time), once the ring allows.
+    pub fn bridge_address(&self, now: Instant) -> Option<Ipv4Addr> {
+        self.lock().allocate(now, BRIDGE_HOLDER, &self.bridge).ok()
+    }
+
+    fn gateway(&self) -> Option<String> {
+        self.lock().core().lookup(BRIDGE_HOLDER, &self.bridge).map(|a| a.to_string())
+    }
+
+    fn answer(&self, att: &Attachment, a: Ipv4Addr) -> Allocation {
+        Allocation { attachment: att.clone(), address: self.cidr(a), gateway: self.gateway(), mtu: self.mtu }
+    }
+
+    /// `POST /ipam/allocate`.
+    pub fn allocate(&self, now: Instant, att: &Attachment) -> Result<Allocation, Response> {
+        if self.gateway().is_none() && self.bridge_address(now).is_none() {
+            return Err(Response::error(503, format!("IPAM is not ready: {}", self.lock().core().status())));
+        }
+        let a = self.lock().allocate(now, &att.container_id, &att.ifname).map_err(to_response)?;
+        Ok(self.answer(att, a))
+    }
+
+    /// `POST /ipam/claim`.
+    pub fn claim(&self, att: &Attachment, addr: &str) -> Result<Allocation, Response> {
+        let a: Ipv4Addr = addr
+            .split('/')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Response::error(400, format!("{addr:?} is not an IPv4 address")))?;
+        self.lock().claim(&att.container_id, &att.ifname, a).map_err(to_response)?;
+        Ok(self.answer(att, a))
+    }
+
+    /// `POST /ipam/release`: succeeds when there is nothing to release.
+    pub fn release(&self, att: &Attachment) -> Result<Vec<String>, Response> {
+        let freed = self.lock().release(&att.container_id, Some(&att.ifname)).map_err(to_response)?;
+        Ok(freed.into_iter().map(|a| self.cidr(a)).collect())
+    }
+
+    /// `POST /ipam/lookup`.
+    pub fn lookup(&self, att: &Attachment) -> Result<Allocation, Response> {
+        let a = self.lock().core().lookup(&att.container_id, &att.ifname);
+        a.map(|a| self.answer(att, a)).ok_or_else(|| Response::error(404, format!("no address is allocated to {} {}", att.container_id, att.ifname)))
+    }
+
+    /// `POST /ipam/gc`: releases the allocations of containers not in `keep` (never the bridge's).
+    pub fn gc(&self, keep: &[Attachment]) -> Result<Vec<Allocation>, Response> {
+        let ids: Vec<&str> = keep.iter().map(|a| a.container_id.as_str()).chain([BRIDGE_HOLDER]).collect();
+        let freed = self.lock().gc(ids).map_err(to_response)?;
+        Ok(freed
+            .into_iter()
+            .map(|(a, h)| self.answer(&Attachment { container_id: h.container, ifname: h.iface }, a))
+            .collect())
+    }
+
+    /// The status line of `weft status`.
+    pub fn summary(&self) -> IpamSummary {
+        let g = self.lock();
+        let core = g.core();
+        let (state, detail) = match core.status() {
+            Status::Ready => ("ready", format!("allocating from {} owned ranges", core.usable().len())),
+            s @ Status::AwaitingConsensus { .. } => ("awaiting-consensus", format!("{s}: start the other initial peers, or give --ipalloc-init seed=...")),
+            s @ Status::WaitingForSpace { .. } => ("waiting-for-space", format!("{s}: free addresses on other peers, or `weft rmpeer` dead ones")),
+            s @ Status::Left => ("left", s.to_string()),
+        };
+        let owned = core.ring().shares().get(&core.name()).copied().unwrap_or(0);
+        IpamSummary { state: state.into(), detail, range: self.range.to_string(), owned, allocated: core.allocations().count() as u64 }
+    }
+
+    /// Each peer's share, for `weft status ipam`; `nickname` and `reachable` come from the mesh.
+    pub fn shares(&self, nickname: impl Fn(PeerName) -> String, reachable: impl Fn(PeerName) -> bool) -> Vec<IpamShare> {
+        let g = self.lock();
+        let core = g.core();
+        let total = self.range.size() as f64;
+        core.ring()
+            .shares()
+            .into_iter()
+            .map(|(p, size)| IpamShare {
+                peer: p.to_string(),
+                nickname: nickname(p),
+                reachable: reachable(p),
+                size,
+                percent: size as f64 * 100.0 / total,
+                allocated: (p == core.name()).then(|| core.allocations().count() as u64),
+            })
+            .collect()
+    }
+
+    /// Runs `f` on the persistent core (message handling, timers, rmpeer).
+    pub fn with<T>(&self, f: impl FnOnce(&mut PersistentIpam) -> T) -> T {
+        f(&mut self.lock())
+    }
+}
