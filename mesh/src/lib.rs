@@ -3,11 +3,14 @@
 //!
 //! The protocol cores do no I/O and read no clock (`now` is passed in); the QUIC driver wraps them.
 //! - [`peer`]: peer names (48-bit, shown MAC-style) and nicknames.
+//! - [`identity`]: this peer's persisted name and incarnation.
+//! - [`ipam`]: the address ring and allocation (sans-IO, persisted).
 //! - [`topology`]: topology gossip (entries merged by version, garbage collection, wire format).
 //! - [`routes`]: unicast next hops and broadcast trees, published lock-free.
 //! - [`sim`]: a deterministic many-peer simulator of topology gossip on a virtual clock.
 
 pub mod ipam;
+pub mod identity;
 pub mod peer;
 pub mod routes;
 pub mod sim;
