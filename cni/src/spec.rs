@@ -125,6 +125,8 @@ pub(crate) struct Env {
     pub(crate) container_id: String,
     pub(crate) netns: String,
     pub(crate) ifname: String,
+    /// `CNI_ARGS`, parsed leniently (`IgnoreUnknown`, `K8S_POD_*`); none is required today.
+    #[allow(dead_code)]
     pub(crate) args: BTreeMap<String, String>,
 }
 

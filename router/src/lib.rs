@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod daemon;
 pub mod demo;
 pub mod ethernet;
 pub mod ipam;

@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the router daemon on this host (needs root or NET_ADMIN).
+    Router(weft_router::config::RouterArgs),
     /// Show what the mesh is doing: a summary, or peers, connections, ipam, targets.
     Status(cli::StatusArgs),
     /// Add an address to the peers this router dials.
@@ -51,6 +53,17 @@ fn print(r: Result<String, weft_api::ClientError>) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Router(args) => {
+            weft_router::logging::init();
+            let config = match weft_router::config::Config::from_args(args, |k| std::env::var(k).ok()) {
+                Ok(c) => c,
+                Err(e) => return report(&e),
+            };
+            match weft_router::daemon::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(&e),
+            }
+        }
         Command::Status(a) => print(cli::status(&a)),
         Command::Connect(a) => print(cli::connect(&a)),
         Command::Forget(a) => print(cli::forget(&a)),

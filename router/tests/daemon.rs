@@ -1,0 +1,149 @@
+//! `weft router` as a process on a test-bed host, driven through its API, the `weft` CLI and a
+//! real CNI client (`cnitool`, from Debian's libcni) running `weft-cni` chained with the
+//! reference `portmap` plugin. Root needed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use weft_api::types::{AllocateRequest, Allocation, Attachment, Status};
+use weft_fastpath::netns::NETNS_DIR;
+use weft_fastpath::testbed::{NodeId, TestBed};
+use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+fn start(bed: &mut TestBed, run: &RunDir, h: NodeId) -> RouterProc {
+    let opts = RouterOptions { binary: weft(), password: None, extra_args: vec![] };
+    let r = cluster::start_router(bed, run, h, "h", &[], &opts).unwrap();
+    cluster::wait_for(&r, Duration::from_secs(20), |s| s.ipam.state == "ready").unwrap();
+    r
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A conflist like deploy/10-weft.conflist, pointed at this router's socket.
+fn netconf(dir: &Path, api_socket: &Path) {
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-weft.conflist")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    v["plugins"][0]["apiSocket"] = serde_json::json!(api_socket);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("10-weft.conflist"), v.to_string()).unwrap();
+}
+
+fn cnitool(bed: &TestBed, h: NodeId, netconf_dir: &Path, verb: &str, pod_ns: &str) -> Output {
+    let plugins = format!("{}:/usr/lib/cni", weft().parent().unwrap().display());
+    bed.run(
+        h,
+        Command::new("cnitool")
+            .args([verb, "weft", &format!("{NETNS_DIR}/{pod_ns}")])
+            .env("NETCONFPATH", netconf_dir)
+            .env("CNI_PATH", plugins),
+    )
+    .unwrap()
+}
+
+#[test]
+fn pods_attached_by_cnitool_get_addresses_and_talk() {
+    assert!(Command::new("cnitool").arg("--help").output().is_ok(), "cnitool is missing: run scripts/install-deps");
+    let mut bed = TestBed::new().expect("cannot build a test bed");
+    let run = RunDir::new(bed.id()).unwrap();
+    let h = bed.add_node("h").unwrap();
+    let r = start(&mut bed, &run, h);
+    let conf = run.path().join("net.d");
+    netconf(&conf, &r.api_socket);
+    let p1 = bed.add_node("p1").unwrap();
+    let p2 = bed.add_node("p2").unwrap();
+    let (n1, n2) = (bed.ns(p1).name().to_owned(), bed.ns(p2).name().to_owned());
+
+    let add1 = cnitool(&bed, h, &conf, "add", &n1);
+    assert!(add1.status.success(), "ADD: {}\nrouter log:\n{}", text(&add1), r.log_text());
+    let result: serde_json::Value = serde_json::from_slice(&add1.stdout).unwrap();
+    assert_eq!(result["interfaces"][2]["name"], "eth0");
+    assert_eq!(result["ips"][0]["interface"], 2);
+    let add2 = cnitool(&bed, h, &conf, "add", &n2);
+    assert!(add2.status.success(), "ADD: {}", text(&add2));
+    let r2: serde_json::Value = serde_json::from_slice(&add2.stdout).unwrap();
+    let a2 = r2["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    assert_ne!(result["ips"][0]["address"], r2["ips"][0]["address"], "distinct addresses");
+
+    let ping = bed.run(p1, Command::new("ping").args(["-n", "-c", "2", "-W", "2", &a2])).unwrap();
+    assert!(ping.status.success(), "pod to pod: {}", text(&ping));
+    let gw = result["ips"][0]["gateway"].as_str().unwrap().to_owned();
+    let ping_gw = bed.run(p2, Command::new("ping").args(["-n", "-c", "1", "-W", "2", &gw])).unwrap();
+    assert!(ping_gw.status.success(), "pod to its gateway (the bridge): {}", text(&ping_gw));
+
+    let check = cnitool(&bed, h, &conf, "check", &n1);
+    assert!(check.status.success(), "CHECK: {}", text(&check));
+    let again = cnitool(&bed, h, &conf, "add", &n1);
+    assert!(!again.status.success(), "a second ADD of the same attachment must fail");
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    let ping = bed.run(p1, Command::new("ping").args(["-n", "-c", "1", "-W", "2", &a2])).unwrap();
+    assert!(ping.status.success(), "the failed second ADD undid nothing of the first");
+
+    for _ in 0..2 {
+        let del = cnitool(&bed, h, &conf, "del", &n1);
+        assert!(del.status.success(), "DEL (twice): {}", text(&del));
+    }
+    assert!(bed.netlink(p1).find_link("eth0").unwrap().is_none(), "DEL removed the pod interface");
+
+    // DEL after the namespace is gone still frees the address.
+    let status_before: Status = r.client().get("/status").unwrap();
+    bed.netlink(p2).delete_link("eth0").unwrap();
+    let del = cnitool(&bed, h, &conf, "del", &n2);
+    assert!(del.status.success(), "DEL with the interface gone: {}", text(&del));
+    let status_after: Status = r.client().get("/status").unwrap();
+    assert_eq!(status_after.ipam.allocated, status_before.ipam.allocated - 1);
+    assert_eq!(status_after.ipam.allocated, 1, "only the bridge's own address is left");
+}
+
+#[test]
+fn status_cli_allocations_survive_kill_9_and_sigterm_is_clean() {
+    let mut bed = TestBed::new().expect("cannot build a test bed");
+    let run = RunDir::new(bed.id()).unwrap();
+    let h = bed.add_node("h").unwrap();
+    let r = start(&mut bed, &run, h);
+
+    let out = Command::new(weft()).args(["status", "--api-socket"]).arg(&r.api_socket).output().unwrap();
+    let summary = text(&out);
+    assert!(out.status.success(), "{summary}");
+    for field in ["Version:", "Name:", "Encryption: disabled", "Connections: 0", "Peers: 1", "IPAM: ready", "Range: 10.32.0.0/12"] {
+        assert!(summary.contains(field), "missing {field:?} in:\n{summary}");
+    }
+    let json = Command::new(weft()).args(["status", "ipam", "--json", "--api-socket"]).arg(&r.api_socket).output().unwrap();
+    let shares: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(shares[0]["size"], 1 << 20);
+    assert_eq!(shares[0]["percent"], 100.0);
+
+    let att = Attachment { container_id: "c1".into(), ifname: "eth0".into() };
+    let first: Allocation = r.client().post("/ipam/allocate", &AllocateRequest { attachment: att.clone() }).unwrap();
+    let same: Allocation = r.client().post("/ipam/allocate", &AllocateRequest { attachment: att.clone() }).unwrap();
+    assert_eq!(first.address, same.address, "allocation is idempotent");
+
+    bed.kill(r.pid).unwrap(); // SIGKILL
+    let r = start(&mut bed, &run, h);
+    let after: Allocation = r.client().post("/ipam/lookup", &AllocateRequest { attachment: att }).unwrap();
+    assert_eq!(after.address, first.address, "the allocation survived kill -9");
+
+    let term = Command::new("kill").args(["-TERM", &r.pid.to_string()]).status().unwrap();
+    assert!(term.success());
+    let mut stopped = false;
+    for _ in 0..50 {
+        if !cluster::alive(r.pid) {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stopped, "router did not stop on SIGTERM:\n{}", r.log_text());
+    assert!(!r.api_socket.exists(), "the API socket is removed on shutdown");
+    assert!(r.log_text().contains("SIGTERM: shutting down"));
+
+    let down = Command::new(weft()).args(["status", "--api-socket"]).arg(&r.api_socket).output().unwrap();
+    assert!(!down.status.success());
+    assert!(text(&down).contains("not running"), "{}", text(&down));
+}
