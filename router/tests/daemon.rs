@@ -147,3 +147,67 @@ fn status_cli_allocations_survive_kill_9_and_sigterm_is_clean() {
     assert!(!down.status.success());
     assert!(text(&down).contains("not running"), "{}", text(&down));
 }
+
+#[test]
+fn a_hundred_parallel_adds_get_distinct_addresses_and_dels_leave_nothing() {
+    let plugin = weft().parent().unwrap().join("weft-cni");
+    assert!(plugin.exists(), "{} is not built: build the workspace first (scripts/test does)", plugin.display());
+    let mut bed = TestBed::new().expect("cannot build a test bed");
+    let run = RunDir::new(bed.id()).unwrap();
+    let h = bed.add_node("h").unwrap();
+    let r = start(&mut bed, &run, h);
+    let links_before = bed.netlink(h).links().unwrap().len();
+    let nodes: Vec<NodeId> = (0..100).map(|i| bed.add_node(&format!("p{i}")).unwrap()).collect();
+    let pods: Vec<String> = nodes.iter().map(|&p| bed.ns(p).name().to_owned()).collect();
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft-cni", "apiSocket": r.api_socket}).to_string();
+
+    let invoke = |cmd: &str, ns: &str| -> (Output, Duration) {
+        let start = std::time::Instant::now();
+        let mut child = bed
+            .ns(h)
+            .run(|| {
+                Command::new(&plugin)
+                    .env("CNI_COMMAND", cmd)
+                    .env("CNI_CONTAINERID", format!("ctr-{ns}"))
+                    .env("CNI_NETNS", format!("{NETNS_DIR}/{ns}"))
+                    .env("CNI_IFNAME", "eth0")
+                    .env("CNI_PATH", "/usr/lib/cni")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+            })
+            .unwrap()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out, start.elapsed())
+    };
+    let results: Vec<(Output, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods.iter().map(|ns| s.spawn(|| invoke("ADD", ns))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addrs = std::collections::BTreeSet::new();
+    let mut times: Vec<Duration> = Vec::new();
+    for (out, t) in &results {
+        assert!(out.status.success(), "parallel ADD failed: {}", text(out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        addrs.insert(v["ips"][0]["address"].as_str().unwrap().to_owned());
+        times.push(*t);
+    }
+    assert_eq!(addrs.len(), 100, "every pod got its own address");
+    times.sort();
+    println!("100 parallel ADDs: p50 {:?}, p99 {:?}, max {:?}", times[49], times[98], times[99]);
+
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pods.iter().map(|ns| s.spawn(|| invoke("DEL", ns))).collect();
+        for h in handles {
+            let (out, _) = h.join().unwrap();
+            assert!(out.status.success(), "parallel DEL failed: {}", text(&out));
+        }
+    });
+    assert_eq!(bed.netlink(h).links().unwrap().len(), links_before, "no host veth left behind");
+    let s: Status = r.client().get("/status").unwrap();
+    assert_eq!(s.ipam.allocated, 1, "no allocation left but the bridge's");
+}
