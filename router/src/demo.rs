@@ -1,6 +1,7 @@
 //! `weft demo`: the cluster of the test bed ([`topology::cluster`]) brought up on this machine —
-//! hosts A and B on one segment, B and C on another, D behind a NAT, two pods on each host — with
-//! what crosses it shown as reachability matrices.
+//! hosts A and B on one segment, B and C on another, D behind a NAT — with `weft router` on every
+//! host and pods attached through `weft-cni`; what crosses it is shown as reachability matrices,
+//! then `weft status`.
 //!
 //! The namespaces are named `weft-demo-*`; `--keep` leaves them for inspection
 //! (`ip netns exec weft-demo-a ...`) and `--down` removes them.
@@ -8,7 +9,11 @@
 use std::net::Ipv4Addr;
 
 use weft_fastpath::testbed::topology::{self, Cluster};
+use std::time::Duration;
+
 use weft_fastpath::testbed::{self, NodeId, TestBed};
+
+use crate::cluster::{self, RouterOptions, RunDir};
 
 /// The bed name, prefix of every namespace the demo makes.
 pub const DEMO_BED: &str = "weft-demo";
@@ -33,60 +38,138 @@ pub enum DemoError {
     /// The kernel layer or the test bed failed.
     #[error(transparent)]
     Kernel(#[from] weft_fastpath::Error),
+    /// A router or the CNI plugin failed.
+    #[error("{0}")]
+    Demo(String),
 }
 
 /// Runs the demo as `opts` say.
 pub fn run(opts: &Options) -> Result<(), DemoError> {
+    let pid_file = std::env::temp_dir().join(format!("weft-{DEMO_BED}")).join("pids");
     if opts.down {
+        let mut stopped = 0;
+        for pid in std::fs::read_to_string(&pid_file).unwrap_or_default().split_whitespace() {
+            // Only the routers this demo started and recorded, by PID.
+            if let Ok(pid) = pid.parse::<i32>() {
+                if cluster::alive(pid as u32) && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).is_ok() {
+                    stopped += 1;
+                }
+            }
+        }
         let removed = testbed::remove_named(DEMO_BED)?;
-        println!("removed {} namespaces of the demo cluster", removed.len());
+        let _ = std::fs::remove_dir_all(pid_file.parent().unwrap_or(&pid_file));
+        println!("stopped {stopped} routers, removed {} namespaces of the demo cluster", removed.len());
         return Ok(());
     }
     let mut bed = TestBed::named(DEMO_BED)?;
     println!("weft demo: a virtual cluster in network namespaces (prefix {DEMO_BED}-)\n");
-    let cluster = topology::cluster(&mut bed, opts.pods)?;
-    print_topology(&bed, &cluster);
+    let cluster = topology::cluster(&mut bed, 0)?;
+    let run = RunDir::new(DEMO_BED).map_err(|e| DemoError::Demo(format!("run directory: {e}")))?;
+    let binary = std::env::current_exe().map_err(|e| DemoError::Demo(format!("own binary: {e}")))?;
+    let plugin = binary.with_file_name("weft-cni");
+    if !plugin.exists() {
+        return Err(DemoError::Demo(format!("{} is missing: build it (cargo build -p weft-cni)", plugin.display())));
+    }
+
+    // Until the mesh shares one address ring, each host's router gets a quarter of the range.
+    let mut routers = Vec::new();
+    for (i, &h) in cluster.hosts.iter().enumerate() {
+        let range = format!("10.{}.0.0/14", 32 + 4 * i);
+        let o = RouterOptions { binary: binary.clone(), password: None, extra_args: vec!["--ipalloc-range".into(), range] };
+        let name = bed.name(h).to_owned();
+        let r = cluster::start_router(&mut bed, &run, h, &name, &[], &o).map_err(DemoError::Demo)?;
+        routers.push(r);
+    }
+    let pids: Vec<String> = routers.iter().map(|r| r.pid.to_string()).collect();
+    std::fs::write(&pid_file, pids.join(" ")).map_err(|e| DemoError::Demo(format!("{}: {e}", pid_file.display())))?;
+    for r in &routers {
+        cluster::wait_for(r, Duration::from_secs(20), |s| s.ipam.state == "ready").map_err(DemoError::Demo)?;
+    }
+    let mut pods: Vec<(NodeId, Ipv4Addr)> = Vec::new();
+    for (i, &h) in cluster.hosts.iter().enumerate() {
+        for j in 1..=opts.pods {
+            let pod = bed.add_node(&format!("{}-pod{j}", bed.name(h)))?;
+            let addr = cni_add(&bed, h, pod, &plugin, &routers[i].api_socket)?;
+            pods.push((pod, addr));
+        }
+    }
+    print_topology(&bed, &cluster, &pods);
 
     let names: Vec<&str> = cluster.hosts.iter().map(|&h| bed.name(h)).collect();
     let host_rows = matrix(&bed, &cluster.hosts, |to| cluster.all_addrs[index_of(&cluster.hosts, to)].clone());
     print_matrix("underlay: UDP from each host (row) to each host's addresses (column)", &names, &host_rows);
-
-    let pods: Vec<(NodeId, Ipv4Addr)> = cluster.pods.iter().flatten().copied().collect();
     let pod_nodes: Vec<NodeId> = pods.iter().map(|p| p.0).collect();
     let pod_names: Vec<&str> = pods.iter().map(|p| bed.name(p.0)).collect();
     let pod_rows = matrix(&bed, &pod_nodes, |to| vec![pods[index_of(&pod_nodes, to)].1]);
     print_matrix("pods: UDP from each pod (row) to each pod (column)", &pod_names, &pod_rows);
 
+    match routers[0].client().get::<weft_api::types::Status>("/status") {
+        Ok(s) => println!("weft status (on a):\n{}", crate::cli::render_status(&s)),
+        Err(e) => println!("weft status (on a): {e}\n"),
+    }
     println!(
-        "What this shows: the underlay is as messy as promised (A and C share no segment, D is\n\
-         reachable only through its NAT), and pods reach the pods of their own host through the\n\
-         bridge `weft`.\n\
-         Not there yet: the weft router (mesh, sleeve, switch), so pods on different hosts cannot\n\
-         reach each other yet; pods are attached by the kernel layer, not yet by weft-cni; and\n\
-         `weft status` does not exist yet. Those are the Router, CNI and Status issues."
+        "What this shows: a weft router on every host, pods attached by weft-cni with addresses from\n\
+         that router's IPAM and the bridge as their gateway; pods of one host reach each other. The\n\
+         underlay is as messy as intended (A and C share no segment, D is behind a NAT).\n\
+         Not there yet: the mesh transport and the sleeve, so pods on different hosts cannot reach\n\
+         each other yet, and each host's router holds its own part of the range."
     );
     if opts.keep {
         bed.keep();
-        println!("\nkept: try `ip netns exec {DEMO_BED}-a-pod1 ping 10.32.1.11`; remove with `weft demo --down`");
+        let dir = run.keep();
+        println!("\nkept (router logs in {}): try `ip netns exec {DEMO_BED}-a-pod1 ping 10.32.0.2`; remove with `weft demo --down`", dir.display());
     } else {
         bed.teardown()?;
-        println!("\ntorn down: no namespace of the demo is left");
+        println!("\ntorn down: no namespace or router of the demo is left");
     }
     Ok(())
+}
+
+/// Attaches `pod` on `host` through `weft-cni` (CNI 1.0.0 ADD) and returns its address.
+fn cni_add(bed: &TestBed, host: NodeId, pod: NodeId, plugin: &std::path::Path, api_socket: &std::path::Path) -> Result<Ipv4Addr, DemoError> {
+    use std::io::Write;
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft-cni", "apiSocket": api_socket}).to_string();
+    let ns = bed.ns(pod).name().to_owned();
+    let out = bed
+        .ns(host)
+        .run(|| -> std::io::Result<std::process::Output> {
+            let mut child = std::process::Command::new(plugin)
+                .env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", format!("demo-{ns}"))
+                .env("CNI_NETNS", format!("{}/{ns}", weft_fastpath::netns::NETNS_DIR))
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", plugin.parent().unwrap_or(plugin))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            child.stdin.take().map(|mut s| s.write_all(conf.as_bytes())).transpose()?;
+            child.wait_with_output()
+        })?
+        .map_err(|e| DemoError::Demo(format!("run weft-cni: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| DemoError::Demo(format!("weft-cni answer: {e}")))?;
+    if !out.status.success() {
+        return Err(DemoError::Demo(format!("weft-cni ADD for {ns}: {}", v["msg"])));
+    }
+    v["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| DemoError::Demo(format!("weft-cni result without an address: {v}")))
 }
 
 fn index_of(nodes: &[NodeId], n: NodeId) -> usize {
     nodes.iter().position(|&x| x == n).unwrap_or(0)
 }
 
-fn print_topology(bed: &TestBed, c: &Cluster) {
+fn print_topology(bed: &TestBed, c: &Cluster, pods: &[(NodeId, Ipv4Addr)]) {
     println!("hosts (underlay addresses):");
     for (i, &h) in c.hosts.iter().enumerate() {
         let addrs: Vec<String> = c.all_addrs[i].iter().map(|a| a.to_string()).collect();
         let note = if i == 3 { format!("  behind NAT {}", bed.name(c.nat)) } else { String::new() };
         println!("  {:<3} {}{}", bed.name(h), addrs.join(", "), note);
-        let pods: Vec<String> = c.pods[i].iter().map(|(p, a)| format!("{} {a}", bed.name(*p))).collect();
-        println!("      pods: {}", pods.join(", "));
+        let prefix = format!("{}-", bed.name(h));
+        let mine: Vec<String> = pods.iter().filter(|(p, _)| bed.name(*p).starts_with(&prefix)).map(|(p, a)| format!("{} {a}", bed.name(*p))).collect();
+        println!("      pods (attached by weft-cni): {}", mine.join(", "));
     }
     println!();
 }

@@ -146,7 +146,8 @@ pub struct Cluster {
 /// The pod range 10.32.0.0/12.
 pub const POD_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 32, 0, 0), 12);
 
-/// Builds [`Cluster`]. Pod `j` of host `i` gets 10.32.`i`.`10 + j`/12; host `i`'s bridge gets
+/// Builds [`Cluster`]. With `pods_per_host` 0 there are no pods and no pod bridge. Pod `j` of
+/// host `i` gets 10.32.`i`.`10 + j`/12; host `i`'s bridge gets
 /// 10.32.`i`.1 as the pods' gateway.
 pub fn cluster(bed: &mut TestBed, pods_per_host: u8) -> Result<Cluster> {
     let s1 = bed.add_segment("ab", SEGMENT_1, 24)?;
@@ -174,8 +175,12 @@ pub fn cluster(bed: &mut TestBed, pods_per_host: u8) -> Result<Cluster> {
     for (i, &h) in hosts.iter().enumerate() {
         let i = i as u8 + 1;
         let gw = Ipv4Addr::new(10, 32, i, 1);
-        add_pod_bridge(bed, h, gw, POD_RANGE.1)?;
         let mut list = Vec::new();
+        if pods_per_host == 0 {
+            pods.push(list);
+            continue; // no pods: the bridge is left to whoever attaches them (the router)
+        }
+        add_pod_bridge(bed, h, gw, POD_RANGE.1)?;
         for j in 0..pods_per_host {
             let addr = Ipv4Addr::new(10, 32, i, 10 + j);
             let name = format!("{}-pod{}", bed.name(h), j + 1);
