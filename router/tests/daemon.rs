@@ -31,6 +31,10 @@ fn netconf(dir: &Path, api_socket: &Path) {
     let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-weft.conflist")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&shipped).unwrap();
     v["plugins"][0]["apiSocket"] = serde_json::json!(api_socket);
+    // Chain the reference bandwidth plugin too: it shapes the host veth our result names.
+    v["plugins"].as_array_mut().unwrap().push(serde_json::json!({
+        "type": "bandwidth", "ingressRate": 100_000_000, "ingressBurst": 1_000_000, "egressRate": 100_000_000, "egressBurst": 1_000_000
+    }));
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("10-weft.conflist"), v.to_string()).unwrap();
 }
@@ -64,6 +68,9 @@ fn pods_attached_by_cnitool_get_addresses_and_talk() {
     assert!(add1.status.success(), "ADD: {}\nrouter log:\n{}", text(&add1), r.log_text());
     let result: serde_json::Value = serde_json::from_slice(&add1.stdout).unwrap();
     assert_eq!(result["interfaces"][2]["name"], "eth0");
+    let host_if = result["interfaces"][1]["name"].as_str().unwrap().to_owned();
+    let tc = bed.run(h, Command::new("tc").args(["qdisc", "show", "dev", &host_if])).unwrap();
+    assert!(text(&tc).contains("tbf"), "the chained bandwidth plugin shaped {host_if}: {}", text(&tc));
     assert_eq!(result["ips"][0]["interface"], 2);
     let add2 = cnitool(&bed, h, &conf, "add", &n2);
     assert!(add2.status.success(), "ADD: {}", text(&add2));
