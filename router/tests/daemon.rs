@@ -218,3 +218,92 @@ fn a_hundred_parallel_adds_get_distinct_addresses_and_dels_leave_nothing() {
     let s: Status = r.client().get("/status").unwrap();
     assert_eq!(s.ipam.allocated, 1, "no allocation left but the bridge's");
 }
+
+/// Runs `weft-cni` in `host`'s namespace with `env` and `conf` on stdin.
+fn plugin_run(bed: &TestBed, host: NodeId, env: &[(&str, String)], conf: &str) -> Output {
+    use std::io::Write;
+    let plugin = weft().parent().unwrap().join("weft-cni");
+    assert!(plugin.exists(), "{} is not built: build the workspace first (scripts/test does)", plugin.display());
+    bed.ns(host)
+        .run(|| -> std::io::Result<Output> {
+            let mut child = Command::new(&plugin)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            child.stdin.take().unwrap().write_all(conf.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn each_spec_version_gets_its_result_format_and_latency_is_measured() {
+    let mut bed = TestBed::new().expect("cannot build a test bed");
+    let run = RunDir::new(bed.id()).unwrap();
+    let h = bed.add_node("h").unwrap();
+    let r = start(&mut bed, &run, h);
+    let env = |cmd: &str, ns: &str| {
+        vec![
+            ("CNI_COMMAND", cmd.to_owned()),
+            ("CNI_CONTAINERID", format!("ctr-{ns}")),
+            ("CNI_NETNS", format!("{NETNS_DIR}/{ns}")),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            ("CNI_PATH", "/usr/lib/cni".to_owned()),
+        ]
+    };
+    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        let pod = bed.add_node(&format!("v{}", version.replace('.', ""))).unwrap();
+        let ns = bed.ns(pod).name().to_owned();
+        let conf = serde_json::json!({"cniVersion": version, "name": "weft", "type": "weft-cni", "apiSocket": r.api_socket}).to_string();
+        let out = plugin_run(&bed, h, &env("ADD", &ns), &conf);
+        assert!(out.status.success(), "{version}: {}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["cniVersion"], version);
+        assert_eq!(v["interfaces"].as_array().unwrap().len(), 3, "bridge, host veth, pod interface");
+        assert_eq!(v["interfaces"][2]["sandbox"].as_str(), Some(format!("{NETNS_DIR}/{ns}").as_str()));
+        assert!(v["interfaces"][1].get("sandbox").is_none());
+        assert_eq!(v["ips"][0]["interface"], 2);
+        assert_eq!(v["ips"][0].get("version").is_some(), version == "0.4.0", "{version}: ips[].version only in 0.4.0");
+        assert_eq!(v["interfaces"][2].get("mtu").is_some(), version == "1.1.0", "{version}: interfaces[].mtu only in 1.1.0");
+        if version == "1.1.0" {
+            let status = plugin_run(&bed, h, &[("CNI_COMMAND", "STATUS".to_owned())], &conf);
+            assert!(status.status.success(), "STATUS with the router up: {}", text(&status));
+            let gc_conf = serde_json::json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft-cni", "apiSocket": r.api_socket,
+                "cni.dev/valid-attachments": [{"containerID": format!("ctr-{ns}"), "ifname": "eth0"}]}).to_string();
+            let gc = plugin_run(&bed, h, &[("CNI_COMMAND", "GC".to_owned())], &gc_conf);
+            assert!(gc.status.success(), "GC: {}", text(&gc));
+            let s: Status = r.client().get("/status").unwrap();
+            assert_eq!(s.ipam.allocated, 2, "GC kept the listed attachment and the bridge, released the two others");
+        }
+    }
+
+    // ADD latency over 200 pods, one after the other.
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let pod = bed.add_node(&format!("l{i}")).unwrap();
+        let ns = bed.ns(pod).name().to_owned();
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft-cni", "apiSocket": r.api_socket}).to_string();
+        let t = std::time::Instant::now();
+        let out = plugin_run(&bed, h, &env("ADD", &ns), &conf);
+        times.push(t.elapsed());
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    times.sort();
+    println!("ADD latency over 200 pods: p50 {:?}, p99 {:?}", times[99], times[197]);
+
+    // With the router down, ADD says "try again later" and leaves nothing behind.
+    bed.kill(r.pid).unwrap(); // its TAP goes with it
+    let links_before = bed.netlink(h).links().unwrap().len();
+    let pod = bed.add_node("down").unwrap();
+    let ns = bed.ns(pod).name().to_owned();
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "weft", "type": "weft-cni", "apiSocket": r.api_socket}).to_string();
+    let out = plugin_run(&bed, h, &env("ADD", &ns), &conf);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], 11, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("not running"), "{v}");
+    assert_eq!(bed.netlink(h).links().unwrap().len(), links_before, "nothing left behind");
+    assert!(bed.netlink(pod).find_link("eth0").unwrap().is_none());
+}
