@@ -21,54 +21,39 @@ pub const GSO_TCPV6: u8 = 4;
 /// `gso_type` bit: ECN.
 pub const GSO_ECN: u8 = 0x80;
 
-/// The header's fields.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Header {
-    /// `F_*` bits.
-    pub flags: u8,
-    /// `GSO_*` type.
-    pub gso_type: u8,
-    /// Length of the headers to copy into every segment.
-    pub hdr_len: u16,
-    /// Payload bytes per segment.
-    pub gso_size: u16,
-    /// Where checksumming starts.
-    pub csum_start: u16,
-    /// Where, from `csum_start`, the checksum goes.
-    pub csum_offset: u16,
-}
+/// The header's fields: the sleeve's type, which carries them between hosts (big-endian there);
+/// here they are read from and written to the TAP in the host's order.
+pub use weft_sleeve::VnetHdr as Header;
 
 /// Error for fewer than [`LEN`] bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("virtio-net header truncated: {0} bytes, need {LEN}")]
 pub struct Truncated(pub usize);
 
-impl Header {
-    /// Parses the first [`LEN`] bytes of `buf`.
-    pub fn parse(buf: &[u8]) -> Result<Header, Truncated> {
-        let b: &[u8; LEN] = buf.get(..LEN).and_then(|s| s.try_into().ok()).ok_or(Truncated(buf.len()))?;
-        let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-        Ok(Header { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) })
-    }
+/// Parses the first [`LEN`] bytes of a packet read from the TAP.
+pub fn parse(buf: &[u8]) -> Result<Header, Truncated> {
+    let b: &[u8; LEN] = buf.get(..LEN).and_then(|s| s.try_into().ok()).ok_or(Truncated(buf.len()))?;
+    let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    Ok(Header { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) })
+}
 
-    /// Writes the header into the first [`LEN`] bytes of `buf` (`num_buffers` zero).
-    ///
-    /// Panics if `buf` is shorter than [`LEN`]: callers size their buffers with headroom.
-    pub fn emit(&self, buf: &mut [u8]) {
-        let b = &mut buf[..LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b[10..12].copy_from_slice(&0u16.to_le_bytes());
-    }
+/// Writes `h` into the first [`LEN`] bytes of `buf` for the TAP (`num_buffers` zero).
+///
+/// Panics if `buf` is shorter than [`LEN`]: callers size their buffers with headroom.
+pub fn emit(h: &Header, buf: &mut [u8]) {
+    let b = &mut buf[..LEN];
+    b[0] = h.flags;
+    b[1] = h.gso_type;
+    b[2..4].copy_from_slice(&h.hdr_len.to_le_bytes());
+    b[4..6].copy_from_slice(&h.gso_size.to_le_bytes());
+    b[6..8].copy_from_slice(&h.csum_start.to_le_bytes());
+    b[8..10].copy_from_slice(&h.csum_offset.to_le_bytes());
+    b[10..12].copy_from_slice(&0u16.to_le_bytes());
+}
 
-    /// Whether the frame is a super-frame the receiver's kernel must segment.
-    pub fn is_gso(&self) -> bool {
-        self.gso_type & !GSO_ECN != GSO_NONE
-    }
+/// Whether the header describes a super-frame the receiving kernel must segment.
+pub fn is_gso(h: &Header) -> bool {
+    h.gso_type & !GSO_ECN != GSO_NONE
 }
 
 #[cfg(test)]
@@ -78,16 +63,16 @@ mod tests {
     #[test]
     fn round_trip_of_a_tcp_super_frame_header() {
         let bytes = [0x01, 0x01, 0x42, 0x00, 0xa8, 0x05, 0x22, 0x00, 0x10, 0x00, 0x00, 0x00];
-        let h = Header::parse(&bytes).unwrap();
+        let h = parse(&bytes).unwrap();
         assert_eq!(
             h,
             Header { flags: F_NEEDS_CSUM, gso_type: GSO_TCPV4, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 }
         );
-        assert!(h.is_gso());
+        assert!(is_gso(&h));
         let mut out = [0xffu8; LEN];
-        h.emit(&mut out);
+        emit(&h, &mut out);
         assert_eq!(out, bytes);
-        assert_eq!(Header::parse(&bytes[..11]), Err(Truncated(11)));
-        assert!(!Header::default().is_gso());
+        assert_eq!(parse(&bytes[..11]), Err(Truncated(11)));
+        assert!(!is_gso(&Header::default()));
     }
 }

@@ -89,7 +89,7 @@ fn frames_cross_the_tap_both_ways() {
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     sock.send_to(b"hello ghost", (GHOST_IP, 4000)).unwrap();
     let arp = read_until(&tap, &mut bufs, |f| f.ethertype() == 0x0806 && f.dst() == Mac::BROADCAST);
-    assert_eq!(vnet::Header::parse(&arp).unwrap().gso_type, vnet::GSO_NONE);
+    assert_eq!(vnet::parse(&arp).unwrap().gso_type, vnet::GSO_NONE);
     assert_eq!(Frame::new_checked(&arp[vnet::LEN..]).unwrap().src(), Mac(pod_mac));
 
     // We answer for the ghost; the pod's datagram follows, unicast to the ghost's MAC.
