@@ -7,6 +7,8 @@
 //! - [`ipam`]: the address ring and allocation (sans-IO, persisted).
 //! - [`topology`]: topology gossip (entries merged by version, garbage collection, wire format).
 //! - [`routes`]: unicast next hops and broadcast trees, published lock-free.
+//! - [`transport`]: QUIC connections (quinn), password proofs, control messages, sleeve keys,
+//!   dial targets with backoff.
 //! - [`sim`]: a deterministic many-peer simulator of topology gossip on a virtual clock.
 
 pub mod ipam;
@@ -15,3 +17,4 @@ pub mod peer;
 pub mod routes;
 pub mod sim;
 pub mod topology;
+pub mod transport;

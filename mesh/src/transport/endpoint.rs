@@ -1,0 +1,461 @@
+//! The QUIC driver: one endpoint on the mesh port, one connection per directly connected peer,
+//! one bidirectional control stream per connection.
+//!
+//! A connection is handed to the router only after both `Hello`s are exchanged and, with a
+//! password, both proofs verified ([`Event::Up`]); a peer that fails is told why (`Bye`), closed,
+//! reported in [`Event::Down`], and nothing it sent reaches the router. Afterwards every control
+//! message arrives as [`Event::Message`], in order. The dialling end starts a new sleeve epoch
+//! every [`MeshConfig::rekey_interval`]; both ends report the new secret as [`Event::Rekey`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::auth::{self, End, PasswordKey};
+use super::proto::{Hello, Message, ProtoError};
+use super::tls::{self, Credentials, TlsError};
+use crate::peer::PeerName;
+use crate::topology::Direction;
+
+/// How the endpoint runs.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// Our peer name.
+    pub name: PeerName,
+    /// Our nickname.
+    pub nickname: String,
+    /// Our incarnation.
+    pub incarnation: u64,
+    /// The cluster password's key, if there is a password.
+    pub password: Option<PasswordKey>,
+    /// Our sleeve's UDP port, announced to peers.
+    pub sleeve_port: u16,
+    /// Where to listen (UDP).
+    pub listen: SocketAddr,
+    /// How often the dialling end starts a new sleeve epoch.
+    pub rekey_interval: Duration,
+    /// Keep-alive on idle connections.
+    pub keep_alive: Duration,
+    /// A connection silent this long is dead.
+    pub idle_timeout: Duration,
+    /// How long the `Hello` exchange may take.
+    pub handshake_timeout: Duration,
+}
+
+impl MeshConfig {
+    /// Defaults for everything but identity and addresses.
+    pub fn new(name: PeerName, nickname: String, incarnation: u64, listen: SocketAddr, sleeve_port: u16) -> MeshConfig {
+        MeshConfig {
+            name,
+            nickname,
+            incarnation,
+            password: None,
+            sleeve_port,
+            listen,
+            rekey_interval: Duration::from_secs(600),
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the sleeve needs for one connection.
+#[derive(Clone, Debug)]
+pub struct SleeveParams {
+    /// The secret of epoch 0.
+    pub secret: [u8; 32],
+    /// Whether we dialled (the sleeve's initiator role).
+    pub initiator: bool,
+    /// The session index we chose.
+    pub local_index: u32,
+    /// The session index the peer chose.
+    pub remote_index: u32,
+    /// The peer's sleeve address: its address as this connection sees it, with its sleeve port.
+    pub remote: SocketAddr,
+}
+
+/// An authenticated connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// Unique per endpoint.
+    pub id: u64,
+    /// The peer.
+    pub peer: PeerName,
+    /// Its nickname.
+    pub nickname: String,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its address as this connection sees it (the outside address of a NAT).
+    pub remote: SocketAddr,
+    /// Who dialled.
+    pub direction: Direction,
+    /// Keys and addresses for the sleeve.
+    pub sleeve: SleeveParams,
+}
+
+/// Sends on, or closes, one connection.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    tx: mpsc::UnboundedSender<Message>,
+    conn: quinn::Connection,
+}
+
+impl ConnHandle {
+    /// Queues a message (dropped if the connection is gone).
+    pub fn send(&self, msg: Message) {
+        let _ = self.tx.send(msg);
+    }
+
+    /// Says why, then closes.
+    pub fn close(&self, reason: &str) {
+        let _ = self.tx.send(Message::Bye(reason.to_owned()));
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            conn.close(1u32.into(), b"bye");
+        });
+    }
+
+    /// The smoothed round-trip time QUIC measures.
+    pub fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+}
+
+/// What the endpoint reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection is authenticated and up.
+    Up(ConnInfo, ConnHandle),
+    /// A message on an up connection.
+    Message {
+        /// The connection.
+        id: u64,
+        /// From whom.
+        peer: PeerName,
+        /// The message.
+        msg: Message,
+    },
+    /// A new sleeve secret for a connection.
+    Rekey {
+        /// The connection.
+        id: u64,
+        /// The peer.
+        peer: PeerName,
+        /// The secret's epoch.
+        epoch: u64,
+        /// The secret.
+        secret: [u8; 32],
+    },
+    /// A connection (or an attempt) ended.
+    Down {
+        /// The connection, if it had come up.
+        id: Option<u64>,
+        /// The peer, if it said who it is.
+        peer: Option<PeerName>,
+        /// The remote address (for a dial, the address dialled).
+        remote: SocketAddr,
+        /// Who dialled.
+        direction: Direction,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// TLS setup.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket.
+    #[error("mesh socket {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Shared {
+    config: MeshConfig,
+    events: mpsc::UnboundedSender<Event>,
+    next_id: AtomicU64,
+}
+
+/// The mesh endpoint.
+#[derive(Clone)]
+pub struct MeshEndpoint {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl MeshEndpoint {
+    /// Binds the endpoint and starts accepting; events go to the returned receiver. Must run
+    /// inside a tokio runtime.
+    pub fn start(config: MeshConfig, creds: &Credentials) -> Result<(MeshEndpoint, mpsc::UnboundedReceiver<Event>), EndpointError> {
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| EndpointError::Bind { addr: config.listen, source })?;
+        Self::start_on(socket, config, creds)
+    }
+
+    /// As [`start`](Self::start), on a socket the caller bound (e.g. inside a network namespace).
+    pub fn start_on(socket: std::net::UdpSocket, config: MeshConfig, creds: &Credentials) -> Result<(MeshEndpoint, mpsc::UnboundedReceiver<Event>), EndpointError> {
+        let addr = socket.local_addr().unwrap_or(config.listen);
+        let transport = tls::transport(config.keep_alive, config.idle_timeout)?;
+        let server = tls::server_config(creds, transport.clone())?;
+        let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Bind { addr, source: std::io::Error::other("no async runtime") })?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(|source| EndpointError::Bind { addr, source })?;
+        endpoint.set_default_client_config(tls::client_config(transport)?);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared { config, events: tx, next_id: AtomicU64::new(1) });
+        let me = MeshEndpoint { endpoint, shared };
+        let acceptor = me.clone();
+        tokio::spawn(async move { acceptor.accept_loop().await });
+        Ok((me, rx))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Dials `addr`; the outcome arrives as [`Event::Up`] or [`Event::Down`].
+    pub fn connect(&self, addr: SocketAddr) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = match me.endpoint.connect(addr, tls::SERVER_NAME) {
+                Ok(connecting) => match tokio::time::timeout(me.shared.config.handshake_timeout, connecting).await {
+                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer (QUIC handshake timed out)".to_owned()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(conn) => me.run(conn, Direction::Outbound).await,
+                Err(reason) => {
+                    let _ = me.shared.events.send(Event::Down { id: None, peer: None, remote: addr, direction: Direction::Outbound, reason });
+                }
+            }
+        });
+    }
+
+    /// Closes every connection (peers are told) and stops accepting.
+    pub async fn shutdown(&self) {
+        self.endpoint.close(2u32.into(), b"peer shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    async fn accept_loop(self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => me.run(conn, Direction::Inbound).await,
+                    Err(e) => tracing::info!(%remote, "inbound mesh connection failed: {e}"),
+                }
+            });
+        }
+    }
+
+    async fn run(self, conn: quinn::Connection, direction: Direction) {
+        let remote = conn.remote_address();
+        let events = self.shared.events.clone();
+        match self.handshake(&conn, direction).await {
+            Err((peer, reason)) => {
+                tracing::warn!(%remote, peer = ?peer, "mesh connection refused: {reason}");
+                conn.close(3u32.into(), reason.as_bytes());
+                let _ = events.send(Event::Down { id: None, peer, remote, direction, reason });
+            }
+            Ok((info, send, recv)) => {
+                let reason = self.serve(conn.clone(), info.clone(), send, recv).await;
+                tracing::info!(peer = %info.peer, nickname = %info.nickname, %remote, "mesh connection down: {reason}");
+                conn.close(0u32.into(), b"");
+                let _ = events.send(Event::Down { id: Some(info.id), peer: Some(info.peer), remote, direction, reason });
+            }
+        }
+    }
+
+    fn exporter(conn: &quinn::Connection, label: &[u8], context: &[u8]) -> Result<[u8; 32], String> {
+        let mut out = [0u8; 32];
+        conn.export_keying_material(&mut out, label, context).map_err(|e| format!("TLS exporter: {e:?}"))?;
+        Ok(out)
+    }
+
+    async fn handshake(&self, conn: &quinn::Connection, direction: Direction) -> Result<(ConnInfo, quinn::SendStream, quinn::RecvStream), (Option<PeerName>, String)> {
+        let cfg = &self.shared.config;
+        let outbound = direction == Direction::Outbound;
+        let (mine, theirs) = if outbound { (End::Dialer, End::Listener) } else { (End::Listener, End::Dialer) };
+        let exporter = Self::exporter(conn, auth::AUTH_LABEL, b"").map_err(|e| (None, e))?;
+        let local_index = random_u32();
+        let hello = Hello {
+            name: cfg.name,
+            incarnation: cfg.incarnation,
+            nickname: cfg.nickname.clone(),
+            sleeve_port: cfg.sleeve_port,
+            sleeve_index: local_index,
+            password: cfg.password.is_some(),
+            proof: cfg.password.as_ref().map(|k| k.proof(mine, &exporter).to_vec()).unwrap_or_default(),
+        };
+        let exchange = async {
+            let (mut send, mut recv) = if outbound { conn.open_bi().await } else { conn.accept_bi().await }.map_err(|e| e.to_string())?;
+            send.write_all(&Message::Hello(hello).to_bytes()).await.map_err(|e| e.to_string())?;
+            match read_message(&mut recv).await {
+                Ok(Some(Message::Hello(h))) => Ok((send, recv, h)),
+                Ok(Some(Message::Bye(reason))) => Err(format!("peer refused us: {reason}")),
+                Ok(Some(other)) => Err(format!("expected hello, got {other:?}")),
+                Ok(None) => Err("closed during the hello exchange".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let (mut send, recv, peer) = match tokio::time::timeout(cfg.handshake_timeout, exchange).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return Err((None, e)),
+            Err(_) => return Err((None, "hello exchange timed out".into())),
+        };
+        let refuse = |reason: String| (Some(peer.name), reason);
+        let verdict = match (&cfg.password, peer.password) {
+            _ if peer.name == cfg.name => Err("connected to itself".to_owned()),
+            (Some(k), true) if k.verify(theirs, &exporter, &peer.proof) => Ok(()),
+            (Some(_), true) => Err("wrong cluster password".to_owned()),
+            (Some(_), false) => Err("peer has no cluster password but this router requires one".to_owned()),
+            (None, true) => Err("peer requires a cluster password but this router has none".to_owned()),
+            (None, false) => Ok(()),
+        };
+        if let Err(reason) = verdict {
+            let _ = send.write_all(&Message::Bye(reason.clone()).to_bytes()).await;
+            let _ = send.finish();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(refuse(reason));
+        }
+        let secret = Self::sleeve_secret(conn, cfg.password.as_ref(), 0).map_err(refuse)?;
+        let remote = conn.remote_address();
+        let info = ConnInfo {
+            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+            peer: peer.name,
+            nickname: peer.nickname,
+            incarnation: peer.incarnation,
+            remote,
+            direction,
+            sleeve: SleeveParams { secret, initiator: outbound, local_index, remote_index: peer.sleeve_index, remote: SocketAddr::new(remote.ip(), peer.sleeve_port) },
+        };
+        Ok((info, send, recv))
+    }
+
+    fn sleeve_secret(conn: &quinn::Connection, password: Option<&PasswordKey>, epoch: u64) -> Result<[u8; 32], String> {
+        let x = Self::exporter(conn, auth::SLEEVE_LABEL, &auth::epoch_context(epoch))?;
+        Ok(auth::sleeve_secret(&x, password))
+    }
+
+    /// Runs an up connection until it ends; returns why it ended.
+    async fn serve(&self, conn: quinn::Connection, info: ConnInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> String {
+        let events = &self.shared.events;
+        let cfg = &self.shared.config;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let handle = ConnHandle { tx: tx.clone(), conn: conn.clone() };
+        tracing::info!(peer = %info.peer, nickname = %info.nickname, remote = %info.remote, direction = ?info.direction, authenticated = cfg.password.is_some(), "mesh connection up");
+        let _ = events.send(Event::Up(info.clone(), handle));
+        let writer = async {
+            let mut buf = Vec::new();
+            while let Some(m) = rx.recv().await {
+                buf.clear();
+                m.encode(&mut buf);
+                if let Err(e) = send.write_all(&buf).await {
+                    return format!("send: {e}");
+                }
+                if let Message::Bye(reason) = m {
+                    // Give the reason time to arrive before the connection is closed.
+                    let _ = send.finish();
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    return format!("closed by this router: {reason}");
+                }
+            }
+            "closed by this router".to_owned()
+        };
+        let initiator = info.direction == Direction::Outbound;
+        let rekeyer = async {
+            let mut epoch = 0u64;
+            loop {
+                tokio::time::sleep(cfg.rekey_interval).await;
+                if initiator {
+                    epoch += 1;
+                    let _ = tx.send(Message::Rekey(epoch));
+                    match Self::sleeve_secret(&conn, cfg.password.as_ref(), epoch) {
+                        Ok(secret) => {
+                            let _ = events.send(Event::Rekey { id: info.id, peer: info.peer, epoch, secret });
+                        }
+                        Err(e) => return e,
+                    }
+                }
+            }
+        };
+        let reader = async {
+            loop {
+                match read_message(&mut recv).await {
+                    Ok(Some(Message::Bye(reason))) => return format!("peer closed: {reason}"),
+                    Ok(Some(Message::Hello(_))) => return "protocol error: a second hello".to_owned(),
+                    Ok(Some(Message::Rekey(epoch))) if !initiator => match Self::sleeve_secret(&conn, cfg.password.as_ref(), epoch) {
+                        Ok(secret) => {
+                            let _ = events.send(Event::Rekey { id: info.id, peer: info.peer, epoch, secret });
+                        }
+                        Err(e) => return e,
+                    },
+                    Ok(Some(Message::Rekey(_))) => return "protocol error: rekey from the listening end".to_owned(),
+                    Ok(Some(msg)) => {
+                        let _ = events.send(Event::Message { id: info.id, peer: info.peer, msg });
+                    }
+                    Ok(None) => return "peer closed the control stream".to_owned(),
+                    Err(ReadError::Proto(e)) => {
+                        let reason = format!("protocol error: {e}");
+                        let _ = tx.send(Message::Bye(reason.clone()));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return reason;
+                    }
+                    Err(e) => return e.to_string(),
+                }
+            }
+        };
+        tokio::select! {
+            r = writer => r,
+            r = reader => r,
+            r = rekeyer => r,
+            e = conn.closed() => format!("connection lost: {e}"),
+        }
+    }
+}
+
+/// Why reading the control stream failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("read: {0}")]
+    Read(String),
+}
+
+/// Reads one framed message; `None` when the stream ended cleanly between messages.
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, ReadError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(ReadError::Read(e.to_string())),
+    }
+    let n = Message::frame_len(len)?;
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body).await.map_err(|e| ReadError::Read(e.to_string()))?;
+    Ok(Some(Message::decode(&body)?))
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("the system random source works");
+    u32::from_ne_bytes(b)
+}

@@ -1,0 +1,208 @@
+//! Which addresses to dial, and when (sans-IO, `now` passed in).
+//!
+//! Targets come from the command line and environment ([`Source::Configured`], kept until
+//! `weft forget`) and from gossip ([`Source::Gossip`], the addresses other peers report for
+//! their connections; dropped after repeated failures). A target is dialled when it is due, not
+//! already being dialled or connected, and the connection limit allows. Failures back off
+//! exponentially from [`Config::base`] to [`Config::max`], each delay scaled by a random factor
+//! in [0.5, 1.5) so that peers restarting together do not dial in lockstep.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Where a target came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `--peer`, `WEFT_PEERS` or `weft connect`.
+    Configured,
+    /// Learned from gossip.
+    Gossip,
+}
+
+/// What is happening with a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Waiting to be dialled at this time.
+    Idle(Instant),
+    /// A dial is in progress.
+    Dialling,
+    /// Connected.
+    Connected,
+}
+
+/// Backoff and limits.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// First retry delay.
+    pub base: Duration,
+    /// Largest retry delay.
+    pub max: Duration,
+    /// Gossip-learned targets are dropped after this many failures in a row.
+    pub gossip_give_up: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { base: Duration::from_secs(1), max: Duration::from_secs(60), gossip_give_up: 8 }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Target {
+    source: Source,
+    state: State,
+    failures: u32,
+    last_error: Option<String>,
+}
+
+/// The dial targets.
+#[derive(Debug)]
+pub struct Targets {
+    config: Config,
+    targets: BTreeMap<String, Target>,
+    rng: u64,
+}
+
+impl Targets {
+    /// No targets; `seed` drives the jitter.
+    pub fn new(config: Config, seed: u64) -> Targets {
+        Targets { config, targets: BTreeMap::new(), rng: seed | 1 }
+    }
+
+    /// Adds a target (due at once). A configured target stays configured.
+    pub fn add(&mut self, now: Instant, addr: &str, source: Source) {
+        let t = self.targets.entry(addr.to_owned()).or_insert(Target { source, state: State::Idle(now), failures: 0, last_error: None });
+        if source == Source::Configured {
+            t.source = Source::Configured;
+        }
+    }
+
+    /// Removes a target; true if it was there.
+    pub fn forget(&mut self, addr: &str) -> bool {
+        self.targets.remove(addr).is_some()
+    }
+
+    /// Configured targets, for `weft status targets`.
+    pub fn configured(&self) -> Vec<String> {
+        self.targets.iter().filter(|(_, t)| t.source == Source::Configured).map(|(a, _)| a.clone()).collect()
+    }
+
+    /// A target's state.
+    pub fn state(&self, addr: &str) -> Option<State> {
+        self.targets.get(addr).map(|t| t.state)
+    }
+
+    /// Targets to dial now, at most `room` of them; they become [`State::Dialling`].
+    pub fn due(&mut self, now: Instant, room: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for (a, t) in self.targets.iter_mut() {
+            if out.len() >= room {
+                break;
+            }
+            if matches!(t.state, State::Idle(at) if at <= now) {
+                t.state = State::Dialling;
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// The earliest time a target falls due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.targets
+            .values()
+            .filter_map(|t| match t.state {
+                State::Idle(at) => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// A dial of `addr` connected.
+    pub fn connected(&mut self, addr: &str) {
+        if let Some(t) = self.targets.get_mut(addr) {
+            t.state = State::Connected;
+            t.failures = 0;
+            t.last_error = None;
+        }
+    }
+
+    /// A dial failed or a connection to `addr` ended: returns when it will be retried (None if
+    /// the target was dropped or is unknown).
+    pub fn failed(&mut self, now: Instant, addr: &str, reason: &str) -> Option<Instant> {
+        let give_up = self.config.gossip_give_up;
+        let t = self.targets.get_mut(addr)?;
+        t.failures = t.failures.saturating_add(1);
+        t.last_error = Some(reason.to_owned());
+        if t.source == Source::Gossip && t.failures >= give_up {
+            self.targets.remove(addr);
+            return None;
+        }
+        let exp = self.config.base.saturating_mul(1u32 << (t.failures - 1).min(16)).min(self.config.max);
+        // xorshift64*: a jitter factor in [0.5, 1.5).
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let unit = (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        let at = now + exp.mul_f64(0.5 + unit);
+        t.state = State::Idle(at);
+        Some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_exponentially_with_jitter_up_to_the_cap() {
+        let now = Instant::now();
+        let mut t = Targets::new(Config::default(), 42);
+        t.add(now, "192.0.2.2:6783", Source::Configured);
+        assert_eq!(t.due(now, 10), vec!["192.0.2.2:6783".to_owned()]);
+        assert!(t.due(now, 10).is_empty(), "not twice while dialling");
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            let at = t.failed(now, "192.0.2.2:6783", "refused").unwrap();
+            delays.push(at - now);
+            assert_eq!(t.due(at - Duration::from_millis(1), 10).len(), 0);
+            assert_eq!(t.due(at, 10).len(), 1);
+        }
+        for (i, d) in delays.iter().enumerate() {
+            let nominal = Duration::from_secs(1 << i.min(6)).min(Duration::from_secs(60));
+            assert!(*d >= nominal / 2 && *d < nominal * 3 / 2, "try {i}: {d:?} vs {nominal:?}");
+        }
+        assert!(delays.windows(2).any(|w| w[0] != w[1] / 2), "jittered");
+    }
+
+    #[test]
+    fn gossip_targets_are_dropped_after_repeated_failures_configured_ones_never() {
+        let now = Instant::now();
+        let mut t = Targets::new(Config { gossip_give_up: 3, ..Config::default() }, 1);
+        t.add(now, "a:1", Source::Gossip);
+        t.add(now, "b:1", Source::Configured);
+        for _ in 0..3 {
+            t.due(now + Duration::from_secs(3600), 10);
+            t.failed(now, "a:1", "x");
+            t.failed(now, "b:1", "x");
+        }
+        assert_eq!(t.state("a:1"), None);
+        assert!(matches!(t.state("b:1"), Some(State::Idle(_))));
+        assert_eq!(t.configured(), vec!["b:1".to_owned()]);
+        t.connected("b:1");
+        assert_eq!(t.state("b:1"), Some(State::Connected));
+        assert!(t.forget("b:1") && !t.forget("b:1"));
+    }
+
+    #[test]
+    fn the_limit_caps_how_many_are_dialled_at_once() {
+        let now = Instant::now();
+        let mut t = Targets::new(Config::default(), 7);
+        for i in 0..5 {
+            t.add(now, &format!("h{i}:1"), Source::Gossip);
+        }
+        assert_eq!(t.due(now, 2).len(), 2);
+        assert_eq!(t.due(now, 10).len(), 3);
+        assert_eq!(t.poll_timeout(), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! TLS for mesh connections: the peer's persistent key pair, a self-signed certificate made
+//! from it at each start, and rustls/quinn configurations.
+//!
+//! Certificates are not checked against any authority (peers have no PKI); the TLS handshake
+//! still proves that each server holds the key of the certificate it shows, and membership is
+//! proved by the password ([`super::auth`]) bound to the session. Only TLS 1.3 is offered.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::DigitallySignedStruct;
+use rustls::SignatureScheme;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+/// The key file's name in the state directory.
+pub const KEY_FILE: &str = "identity.key";
+/// ALPN protocol of mesh connections.
+pub const ALPN: &[u8] = b"weft-mesh/1";
+/// The server name dialers put in the handshake.
+pub const SERVER_NAME: &str = "weft";
+
+/// Why credentials or configurations could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The key file holds no usable key.
+    #[error("key file {path} is corrupt ({detail}); move it away to make a new key")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Certificate generation or TLS configuration failed.
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+/// The peer's key pair and its certificate.
+pub struct Credentials {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+impl Credentials {
+    /// Loads the key pair from `dir` (creating it, mode 0600, on first start) and makes a
+    /// certificate for it.
+    pub fn load_or_create(dir: &Path) -> Result<Credentials, TlsError> {
+        let path = dir.join(KEY_FILE);
+        let io_err = |source| TlsError::Io { path: path.clone(), source };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let key = match fs::read_to_string(&path) {
+            Ok(pem) => rcgen::KeyPair::from_pem(&pem).map_err(|e| TlsError::Corrupt { path: path.clone(), detail: e.to_string() })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Setup(e.to_string()))?;
+                write_private(&path, key.serialize_pem().as_bytes()).map_err(io_err)?;
+                key
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(|e| TlsError::Setup(e.to_string()))?;
+        let cert = params.self_signed(&key).map_err(|e| TlsError::Setup(e.to_string()))?;
+        Ok(Credentials { cert: cert.der().clone(), key: PrivatePkcs8KeyDer::from(key.serialize_der()) })
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Keep-alive and idle timeout: a peer that vanishes is noticed within `idle`.
+pub fn transport(keep_alive: Duration, idle: Duration) -> Result<Arc<quinn::TransportConfig>, TlsError> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(keep_alive));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).map_err(|e| TlsError::Setup(e.to_string()))?));
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_concurrent_bidi_streams(1u32.into());
+    Ok(Arc::new(t))
+}
+
+/// The configuration that accepts mesh connections.
+pub fn server_config(creds: &Credentials, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![creds.cert.clone()], PrivateKeyDer::Pkcs8(creds.key.clone_key()))
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The configuration that dials mesh connections.
+pub fn client_config(transport: Arc<quinn::TransportConfig>) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// Accepts any certificate but still checks the handshake signature made with its key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

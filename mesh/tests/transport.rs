@@ -1,0 +1,168 @@
+//! The QUIC mesh transport between real network namespaces: hosts on one segment, real UDP
+//! sockets, real TLS. Root needed (the test bed fails loudly without it).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use weft_fastpath::testbed::{TestBed, topology};
+use weft_mesh::peer::PeerName;
+use weft_mesh::topology::Direction;
+use weft_mesh::transport::auth::PasswordKey;
+use weft_mesh::transport::tls::Credentials;
+use weft_mesh::transport::{ConnInfo, Event, MeshConfig, MeshEndpoint, Message};
+
+struct Node {
+    ep: MeshEndpoint,
+    events: UnboundedReceiver<Event>,
+    addr: SocketAddr,
+    name: PeerName,
+}
+
+fn node(bed: &TestBed, h: weft_fastpath::testbed::NodeId, ip: std::net::Ipv4Addr, n: u8, password: Option<&[u8]>, rekey: Duration) -> Node {
+    let addr = SocketAddr::from((ip, 6783));
+    let sock = bed.ns(h).run(|| UdpSocket::bind(addr)).unwrap().unwrap();
+    let dir = std::env::temp_dir().join(format!("weft-transport-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let creds = Credentials::load_or_create(&dir).unwrap();
+    let name = PeerName([0x0e, 0, 0, 0, 0, n]);
+    let mut cfg = MeshConfig::new(name, format!("host{n}"), 1, addr, 6784);
+    cfg.password = password.map(PasswordKey::new);
+    cfg.rekey_interval = rekey;
+    let (ep, events) = MeshEndpoint::start_on(sock, cfg, &creds).unwrap();
+    Node { ep, events, addr, name }
+}
+
+async fn next(n: &mut Node) -> Event {
+    tokio::time::timeout(Duration::from_secs(15), n.events.recv()).await.expect("an event within 15 s").expect("endpoint alive")
+}
+
+async fn up(n: &mut Node) -> (ConnInfo, weft_mesh::transport::ConnHandle) {
+    match next(n).await {
+        Event::Up(i, h) => (i, h),
+        other => panic!("expected the connection up, got {other:?}"),
+    }
+}
+
+async fn down_reason(n: &mut Node) -> String {
+    match next(n).await {
+        Event::Down { reason, .. } => reason,
+        other => panic!("expected the connection refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn peers_authenticate_exchange_messages_and_rekey_and_the_wrong_password_is_refused_on_both_sides() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let lan = topology::shared_segment(&mut bed, 3).unwrap();
+    let ips: Vec<_> = lan.links.iter().map(|l| l.addr).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut a = node(&bed, lan.hosts[0], ips[0], 1, Some(b"s3cret"), Duration::from_millis(700));
+        let mut b = node(&bed, lan.hosts[1], ips[1], 2, Some(b"s3cret"), Duration::from_millis(700));
+        let mut c = node(&bed, lan.hosts[2], ips[2], 3, Some(b"wrong!"), Duration::from_secs(600));
+
+        // a dials b: both sides come up with mirrored sleeve parameters and one secret.
+        a.ep.connect(b.addr);
+        let (ia, ha) = up(&mut a).await;
+        let (ib, hb) = up(&mut b).await;
+        assert_eq!((ia.peer, ib.peer), (b.name, a.name));
+        assert_eq!((ia.direction, ib.direction), (Direction::Outbound, Direction::Inbound));
+        assert_eq!(ia.sleeve.secret, ib.sleeve.secret, "both ends derive the same sleeve secret");
+        assert_eq!((ia.sleeve.local_index, ia.sleeve.remote_index), (ib.sleeve.remote_index, ib.sleeve.local_index));
+        assert_eq!(ia.sleeve.remote, SocketAddr::from((ips[1], 6784)));
+        assert!(ia.sleeve.initiator && !ib.sleeve.initiator);
+        println!("a <-> b up, rtt {:?}", ha.rtt());
+
+        // Messages arrive in order.
+        for i in 0..3u8 {
+            ha.send(Message::Gossip(vec![i; 100]));
+        }
+        let mut got = Vec::new();
+        let mut rekeys_b = Vec::new();
+        while got.len() < 3 {
+            match next(&mut b).await {
+                Event::Message { msg: Message::Gossip(g), .. } => got.push(g[0]),
+                Event::Rekey { epoch, secret, .. } => rekeys_b.push((epoch, secret)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+        hb.send(Message::Ipam { origin: b.name, dest: a.name, payload: vec![7] });
+
+        // The dialler starts a new sleeve epoch; both ends report the same fresh secret.
+        let mut rekey_a = None;
+        while rekey_a.is_none() {
+            match next(&mut a).await {
+                Event::Rekey { epoch, secret, .. } => rekey_a = Some((epoch, secret)),
+                Event::Message { msg, .. } => assert_eq!(msg, Message::Ipam { origin: b.name, dest: a.name, payload: vec![7] }),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        while rekeys_b.is_empty() {
+            if let Event::Rekey { epoch, secret, .. } = next(&mut b).await {
+                rekeys_b.push((epoch, secret));
+            }
+        }
+        let (ea, sa) = rekey_a.unwrap();
+        assert_eq!((ea, sa), rekeys_b[0]);
+        assert_ne!(sa, ia.sleeve.secret, "each epoch has a fresh secret");
+
+        // c has the wrong password: refused on both sides, with the reason.
+        c.ep.connect(a.addr);
+        let rc = down_reason(&mut c).await;
+        let mut ra = None;
+        while ra.is_none() {
+            match next(&mut a).await {
+                Event::Down { reason, peer, .. } => {
+                    assert_eq!(peer, Some(c.name));
+                    ra = Some(reason);
+                }
+                Event::Rekey { .. } => {}
+                Event::Up(i, _) => panic!("a peer with the wrong password came up: {i:?}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        println!("c's side: {rc}\na's side: {}", ra.as_deref().unwrap());
+        assert!(ra.unwrap().contains("wrong cluster password"));
+        assert!(rc.contains("wrong cluster password") || rc.contains("refused"), "{rc}");
+
+        // A peer going away is noticed and reported.
+        ha.close("test over");
+        let mut reason = None;
+        while reason.is_none() {
+            if let Event::Down { reason: r, .. } = next(&mut b).await {
+                reason = Some(r);
+            }
+        }
+        println!("b saw: {}", reason.as_deref().unwrap());
+        assert!(reason.unwrap().contains("test over"));
+        for n in [&a, &b, &c] {
+            n.ep.shutdown().await;
+        }
+    });
+    drop(rt);
+    bed.teardown().unwrap();
+}
+
+#[test]
+fn an_open_mesh_and_a_password_mesh_do_not_mix() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let lan = topology::shared_segment(&mut bed, 2).unwrap();
+    let ips: Vec<_> = lan.links.iter().map(|l| l.addr).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut open = node(&bed, lan.hosts[0], ips[0], 11, None, Duration::from_secs(600));
+        let mut closed = node(&bed, lan.hosts[1], ips[1], 12, Some(b"pw"), Duration::from_secs(600));
+        open.ep.connect(closed.addr);
+        let r1 = down_reason(&mut open).await;
+        let r2 = down_reason(&mut closed).await;
+        println!("open side: {r1}\npassword side: {r2}");
+        assert!(r2.contains("has no cluster password"), "{r2}");
+        assert!(r1.contains("password"), "{r1}");
+        open.ep.shutdown().await;
+        closed.ep.shutdown().await;
+    });
+    drop(rt);
+    bed.teardown().unwrap();
+}
