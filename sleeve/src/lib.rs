@@ -16,8 +16,10 @@
 //! the body range; iterate it with [`Records`]. [`Session::overhead`] is what a packet adds to
 //! its body, for fragmentation and path MTU.
 
+pub mod frag;
 pub mod replay;
 pub mod session;
+pub mod udp;
 pub mod wire;
 
 pub use replay::{ReplayError, ReplayWindow};

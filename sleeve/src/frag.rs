@@ -1,0 +1,452 @@
+//! Fragmentation of super-frames across datagrams, and their reassembly (sans-IO).
+//!
+//! A frame record's payload (up to [`MAX_TOTAL`] bytes: offload metadata, relay envelope and a
+//! 64 KB super-frame) is split into pieces, each carried by one datagram in one Fragment record
+//! whose flags are the frame record's flags. A fragment payload is
+//!
+//! ```text
+//! id u32 | index u16 | count u16 | total_len u32 | piece
+//! ```
+//!
+//! (big-endian, [`FRAG_HEADER_LEN`] bytes of header). Every piece but the last has the same
+//! length, so piece `index` starts at `index * len(piece 0)`; the sender makes them so, which is
+//! also what lets it send them as one UDP GSO train. `count` is 2..=[`MAX_PIECES`].
+//!
+//! Pieces arrive inside authenticated datagrams, so only the peer can send them; still, the
+//! [`Reassembler`] trusts nothing: a piece that disagrees with what the first piece of its id
+//! said (count, total, flags, length for its index) is dropped and counted, duplicates are
+//! ignored, memory is bounded ([`ReasmConfig::max_slots`] buffers of [`MAX_TOTAL`] bytes,
+//! allocated once and reused), and partial frames are dropped after [`ReasmConfig::timeout`].
+
+use std::time::{Duration, Instant};
+
+use crate::wire::BodyWriter;
+use crate::wire::{self, RecordKind};
+
+/// Length of the fragment header.
+pub const FRAG_HEADER_LEN: usize = 12;
+/// Most pieces one frame is split into.
+pub const MAX_PIECES: usize = 1024;
+/// Largest reassembled payload.
+pub const MAX_TOTAL: usize = 65_536 + 128;
+
+/// Why a fragment was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FragError {
+    /// Shorter than the fragment header, or the header is out of bounds.
+    #[error("malformed fragment: {0}")]
+    Malformed(&'static str),
+    /// Disagrees with the other pieces of its frame.
+    #[error("inconsistent fragment: {0}")]
+    Inconsistent(&'static str),
+    /// The buffer is too small to write into.
+    #[error("no room for the fragment header")]
+    NoRoom,
+}
+
+/// A fragment's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentHeader {
+    /// Which frame (per sender and session).
+    pub id: u32,
+    /// Which piece.
+    pub index: u16,
+    /// How many pieces.
+    pub count: u16,
+    /// Length of the whole payload.
+    pub total_len: u32,
+}
+
+impl FragmentHeader {
+    /// Parses a fragment payload into its header and piece, checking bounds.
+    pub fn parse(b: &[u8]) -> Result<(FragmentHeader, &[u8]), FragError> {
+        if b.len() < FRAG_HEADER_LEN {
+            return Err(FragError::Malformed("shorter than its header"));
+        }
+        let h = FragmentHeader {
+            id: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            index: u16::from_be_bytes([b[4], b[5]]),
+            count: u16::from_be_bytes([b[6], b[7]]),
+            total_len: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+        };
+        if !(2..=MAX_PIECES).contains(&usize::from(h.count)) {
+            return Err(FragError::Malformed("piece count out of range"));
+        }
+        if h.index >= h.count {
+            return Err(FragError::Malformed("index beyond count"));
+        }
+        if h.total_len as usize > MAX_TOTAL || (h.total_len as usize) < usize::from(h.count) {
+            return Err(FragError::Malformed("total length out of range"));
+        }
+        let piece = &b[FRAG_HEADER_LEN..];
+        if piece.is_empty() {
+            return Err(FragError::Malformed("empty piece"));
+        }
+        Ok((h, piece))
+    }
+
+    /// Writes the header into the first [`FRAG_HEADER_LEN`] bytes of `b`.
+    pub fn emit(&self, b: &mut [u8]) -> Result<usize, FragError> {
+        let b = b.get_mut(..FRAG_HEADER_LEN).ok_or(FragError::NoRoom)?;
+        b[0..4].copy_from_slice(&self.id.to_be_bytes());
+        b[4..6].copy_from_slice(&self.index.to_be_bytes());
+        b[6..8].copy_from_slice(&self.count.to_be_bytes());
+        b[8..12].copy_from_slice(&self.total_len.to_be_bytes());
+        Ok(FRAG_HEADER_LEN)
+    }
+}
+
+/// How many pieces of at most `max_piece` bytes `len` bytes need.
+pub fn pieces_needed(len: usize, max_piece: usize) -> usize {
+    len.div_ceil(max_piece.max(1))
+}
+
+/// Splits `payload` (at most [`MAX_TOTAL`] bytes, needing 2..=[`MAX_PIECES`] pieces) into
+/// pieces of `max_piece` bytes (the last may be shorter), with their headers.
+pub fn split(id: u32, payload: &[u8], max_piece: usize) -> impl Iterator<Item = (FragmentHeader, &[u8])> {
+    let max_piece = max_piece.max(1);
+    let count = pieces_needed(payload.len(), max_piece).min(u16::MAX as usize) as u16;
+    let total_len = payload.len() as u32;
+    payload
+        .chunks(max_piece)
+        .enumerate()
+        .map(move |(i, piece)| (FragmentHeader { id, index: i as u16, count, total_len }, piece))
+}
+
+/// Writes one piece as a Fragment record with `flags` into `w`.
+pub fn write_piece(w: &mut BodyWriter<'_>, flags: u8, h: &FragmentHeader, piece: &[u8]) -> Result<(), wire::Error> {
+    let p = w.reserve(RecordKind::Fragment, flags, FRAG_HEADER_LEN + piece.len())?;
+    let (head, body) = p.split_at_mut(FRAG_HEADER_LEN);
+    // `head` is exactly FRAG_HEADER_LEN bytes long.
+    let _ = h.emit(head);
+    body.copy_from_slice(piece);
+    Ok(())
+}
+
+/// Reassembly limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ReasmConfig {
+    /// Frames reassembled at once (each holds a [`MAX_TOTAL`]-byte buffer once used).
+    pub max_slots: usize,
+    /// A partial frame is dropped this long after its first piece.
+    pub timeout: Duration,
+}
+
+impl Default for ReasmConfig {
+    fn default() -> Self {
+        ReasmConfig { max_slots: 16, timeout: Duration::from_secs(1) }
+    }
+}
+
+/// Reassembly counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReasmStats {
+    /// Frames reassembled.
+    pub completed: u64,
+    /// Pieces received twice (ignored).
+    pub duplicates: u64,
+    /// Pieces that disagreed with their frame (dropped).
+    pub inconsistent: u64,
+    /// Partial frames evicted for a newer one.
+    pub evicted: u64,
+    /// Partial frames dropped after the timeout.
+    pub timed_out: u64,
+    /// Malformed pieces.
+    pub malformed: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    busy: bool,
+    id: u32,
+    flags: u8,
+    count: u16,
+    total: usize,
+    piece_len: usize,
+    have: u16,
+    bitmap: [u64; MAX_PIECES / 64],
+    started: Instant,
+    buf: Box<[u8]>,
+}
+
+/// A reassembled payload, borrowed until the next push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reassembled<'a> {
+    /// The frame record's flags.
+    pub flags: u8,
+    /// The whole payload.
+    pub payload: &'a [u8],
+}
+
+/// Reassembles fragmented frames from one sender.
+#[derive(Debug)]
+pub struct Reassembler {
+    config: ReasmConfig,
+    slots: Vec<Slot>,
+    stats: ReasmStats,
+}
+
+impl Reassembler {
+    /// An empty reassembler.
+    pub fn new(config: ReasmConfig) -> Reassembler {
+        Reassembler { config: ReasmConfig { max_slots: config.max_slots.max(1), ..config }, slots: Vec::new(), stats: ReasmStats::default() }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ReasmStats {
+        self.stats
+    }
+
+    /// Partial frames held.
+    pub fn pending(&self) -> usize {
+        self.slots.iter().filter(|s| s.busy).count()
+    }
+
+    /// When the oldest partial frame times out.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.slots.iter().filter(|s| s.busy).map(|s| s.started + self.config.timeout).min()
+    }
+
+    /// Drops partial frames older than the timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for s in self.slots.iter_mut().filter(|s| s.busy) {
+            if now.saturating_duration_since(s.started) >= self.config.timeout {
+                s.busy = false;
+                self.stats.timed_out += 1;
+            }
+        }
+    }
+
+    /// Takes one fragment record (its flags and payload). Returns the whole payload when this
+    /// piece completes it.
+    pub fn push(&mut self, now: Instant, flags: u8, fragment: &[u8]) -> Result<Option<Reassembled<'_>>, FragError> {
+        self.handle_timeout(now);
+        let (h, piece) = match FragmentHeader::parse(fragment) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.malformed += 1;
+                return Err(e);
+            }
+        };
+        let i = match self.slots.iter().position(|s| s.busy && s.id == h.id) {
+            Some(i) => i,
+            None => self.open_slot(now, flags, &h, piece.len())?,
+        };
+        let s = &mut self.slots[i];
+        let reject = if s.flags != flags || s.count != h.count || s.total != h.total_len as usize {
+            Some("disagrees with its frame's first piece")
+        } else {
+            let start = usize::from(h.index) * s.piece_len;
+            let want = if h.index + 1 == h.count { s.total.checked_sub(start) } else { Some(s.piece_len) };
+            if want != Some(piece.len()) { Some("wrong length for its index") } else { None }
+        };
+        if let Some(why) = reject {
+            self.stats.inconsistent += 1;
+            return Err(FragError::Inconsistent(why));
+        }
+        let (word, bit) = (usize::from(h.index) / 64, 1u64 << (h.index % 64));
+        if s.bitmap[word] & bit != 0 {
+            self.stats.duplicates += 1;
+            return Ok(None);
+        }
+        s.bitmap[word] |= bit;
+        let start = usize::from(h.index) * s.piece_len;
+        s.buf[start..start + piece.len()].copy_from_slice(piece);
+        s.have += 1;
+        if s.have < s.count {
+            return Ok(None);
+        }
+        s.busy = false;
+        self.stats.completed += 1;
+        let s = &self.slots[i];
+        Ok(Some(Reassembled { flags: s.flags, payload: &s.buf[..s.total] }))
+    }
+
+    /// A slot for a new frame: a free one, a new one, or the oldest evicted.
+    fn open_slot(&mut self, now: Instant, flags: u8, h: &FragmentHeader, len: usize) -> Result<usize, FragError> {
+        let total = h.total_len as usize;
+        // The piece length is fixed by any piece but the last; a last piece alone cannot tell it,
+        // so it is derived: pieces 0..count-1 are equal and cover total - last.
+        let piece_len = if h.index + 1 < h.count {
+            len
+        } else {
+            let rest = total.checked_sub(len).ok_or(FragError::Inconsistent("piece longer than its frame"))?;
+            let n = usize::from(h.count) - 1;
+            if rest == 0 || rest % n != 0 {
+                self.stats.inconsistent += 1;
+                return Err(FragError::Inconsistent("last piece does not fit equal pieces"));
+            }
+            rest / n
+        };
+        if piece_len * (usize::from(h.count) - 1) >= total {
+            self.stats.inconsistent += 1;
+            return Err(FragError::Inconsistent("pieces overrun the frame"));
+        }
+        let i = match self.slots.iter().position(|s| !s.busy) {
+            Some(i) => i,
+            None if self.slots.len() < self.config.max_slots => {
+                self.slots.push(Slot {
+                    busy: false,
+                    id: 0,
+                    flags: 0,
+                    count: 0,
+                    total: 0,
+                    piece_len: 0,
+                    have: 0,
+                    bitmap: [0; MAX_PIECES / 64],
+                    started: now,
+                    buf: vec![0u8; MAX_TOTAL].into_boxed_slice(),
+                });
+                self.slots.len() - 1
+            }
+            None => {
+                self.stats.evicted += 1;
+                self.slots.iter().enumerate().min_by_key(|(_, s)| s.started).map(|(i, _)| i).unwrap_or(0)
+            }
+        };
+        let s = &mut self.slots[i];
+        s.busy = true;
+        s.id = h.id;
+        s.flags = flags;
+        s.count = h.count;
+        s.total = total;
+        s.piece_len = piece_len;
+        s.have = 0;
+        s.bitmap = [0; MAX_PIECES / 64];
+        s.started = now;
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    fn fragments(id: u32, payload: &[u8], max: usize) -> Vec<Vec<u8>> {
+        split(id, payload, max)
+            .map(|(h, p)| {
+                let mut v = vec![0u8; FRAG_HEADER_LEN];
+                h.emit(&mut v).unwrap();
+                v.extend_from_slice(p);
+                v
+            })
+            .collect()
+    }
+
+    fn reassemble(r: &mut Reassembler, now: Instant, frags: &[Vec<u8>]) -> Option<Vec<u8>> {
+        let mut out = None;
+        for f in frags {
+            if let Some(w) = r.push(now, 1, f).unwrap() {
+                assert!(out.is_none(), "completed twice");
+                assert_eq!(w.flags, 1);
+                out = Some(w.payload.to_vec());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn split_and_reassemble_in_order_reversed_and_shuffled() {
+        let now = Instant::now();
+        for max in [1400, 1200] {
+            for n in [1401, 2800, 2801, 65_535, MAX_TOTAL] {
+                let p = bytes(n);
+                let mut f = fragments(9, &p, max);
+                assert_eq!(f.len(), pieces_needed(n, max));
+                let mut r = Reassembler::new(ReasmConfig::default());
+                assert_eq!(reassemble(&mut r, now, &f).as_deref(), Some(&p[..]), "{n}/{max} in order");
+                f.reverse();
+                assert_eq!(reassemble(&mut r, now, &f).as_deref(), Some(&p[..]), "{n}/{max} reversed");
+                let half = f.len() / 2;
+                f.rotate_left(half);
+                assert_eq!(reassemble(&mut r, now, &f).as_deref(), Some(&p[..]), "{n}/{max} rotated");
+                assert_eq!(r.stats().completed, 3);
+                assert_eq!(r.pending(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_are_ignored_and_conflicting_or_forged_pieces_refused() {
+        let now = Instant::now();
+        let p = bytes(5000);
+        let f = fragments(1, &p, 1400);
+        let mut r = Reassembler::new(ReasmConfig::default());
+        assert_eq!(r.push(now, 1, &f[0]).unwrap(), None);
+        assert_eq!(r.push(now, 1, &f[0]).unwrap(), None);
+        assert_eq!(r.stats().duplicates, 1);
+        // Another total for the same id.
+        let mut bad = f[1].clone();
+        bad[8..12].copy_from_slice(&6000u32.to_be_bytes());
+        assert!(matches!(r.push(now, 1, &bad), Err(FragError::Inconsistent(_))));
+        // Other flags for the same id.
+        assert!(matches!(r.push(now, 0, &f[1]), Err(FragError::Inconsistent(_))));
+        // A piece of the wrong length for its index.
+        assert!(matches!(r.push(now, 1, &f[1][..f[1].len() - 1]), Err(FragError::Inconsistent(_))));
+        // An index beyond the count.
+        let mut forged = f[1].clone();
+        forged[4..6].copy_from_slice(&9u16.to_be_bytes());
+        assert!(matches!(r.push(now, 1, &forged), Err(FragError::Malformed(_))));
+        assert!(matches!(r.push(now, 1, &f[0][..5]), Err(FragError::Malformed(_))));
+        // The genuine pieces still complete the frame.
+        assert_eq!(reassemble(&mut r, now, &f[1..]).as_deref(), Some(&p[..]));
+        assert_eq!(r.stats().inconsistent, 3);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_partial_frames_time_out() {
+        let now = Instant::now();
+        let cfg = ReasmConfig { max_slots: 2, timeout: Duration::from_millis(500) };
+        let mut r = Reassembler::new(cfg);
+        let frames: Vec<Vec<Vec<u8>>> = (0..3).map(|id| fragments(id, &bytes(3000), 1400)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            r.push(now + Duration::from_millis(i as u64), 1, &f[0]).unwrap();
+        }
+        assert_eq!((r.pending(), r.stats().evicted), (2, 1));
+        assert_eq!(r.slots.len(), 2, "never more buffers than slots");
+        // id 0 was evicted: its other pieces start over and cannot complete it.
+        assert_eq!(reassemble(&mut r, now, &frames[0][1..]), None);
+        r.handle_timeout(now + Duration::from_secs(1));
+        assert_eq!(r.pending(), 0);
+        assert!(r.stats().timed_out >= 2);
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_delivery_order_with_duplicates_reassembles_exactly(
+            len in 1401usize..20_000,
+            max in 576usize..1500,
+            order in proptest::collection::vec(any::<u16>(), 0..64),
+        ) {
+            let p = bytes(len);
+            let f = fragments(77, &p, max);
+            let mut seq: Vec<usize> = order.iter().map(|o| *o as usize % f.len()).collect();
+            seq.extend(0..f.len());
+            let mut r = Reassembler::new(ReasmConfig::default());
+            let now = Instant::now();
+            let mut done = None;
+            for i in seq {
+                if let Some(w) = r.push(now, 0, &f[i]).unwrap() {
+                    prop_assert!(done.is_none());
+                    done = Some(w.payload.to_vec());
+                }
+                if done.is_some() { break; }
+            }
+            prop_assert_eq!(done.as_deref(), Some(&p[..]));
+        }
+
+        #[test]
+        fn arbitrary_fragments_never_panic(frags in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..32)) {
+            let mut r = Reassembler::new(ReasmConfig { max_slots: 2, ..ReasmConfig::default() });
+            for f in frags {
+                let _ = r.push(Instant::now(), f.first().copied().unwrap_or(0), &f);
+            }
+        }
+    }
+}
