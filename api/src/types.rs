@@ -68,6 +68,10 @@ pub struct Peer {
     pub nickname: String,
     /// Whether it is reachable from here.
     pub reachable: bool,
+    /// The peer frames to it are sent to when that is not the peer itself (relayed, as
+    /// `NAME(NICKNAME)`); absent for direct neighbours, ourselves and unreachable peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Its connections as it gossips them.
     pub connections: Vec<PeerLink>,
 }

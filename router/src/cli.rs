@@ -112,7 +112,11 @@ pub fn render_status(s: &Status) -> String {
 pub fn render_peers(peers: &[Peer]) -> String {
     let mut out = String::new();
     for p in peers {
-        let mark = if p.reachable { "" } else { "  (unreachable)" };
+        let mark = match (&p.via, p.reachable) {
+            (_, false) => "  (unreachable)".to_owned(),
+            (Some(v), true) => format!("  via {v}"),
+            (None, true) => String::new(),
+        };
         let _ = writeln!(out, "{}({}){mark}", p.name, p.nickname);
         for l in &p.connections {
             let arrow = if l.outbound { "->" } else { "<-" };
@@ -233,6 +237,7 @@ mod tests {
             name: "0e:00:00:00:00:0a".into(),
             nickname: "host-a".into(),
             reachable: true,
+            via: None,
             connections: vec![PeerLink { name: "0e:00:00:00:00:0b".into(), nickname: "host-b".into(), address: "192.0.2.12:6783".into(), outbound: true, established: true }],
         };
         assert_eq!(

@@ -38,6 +38,11 @@ pub struct RouterArgs {
     /// The pod address range, shared by the whole cluster.
     #[arg(long, env = "WEFT_IPALLOC_RANGE", default_value = "10.32.0.0/12")]
     pub ipalloc_range: String,
+    /// How the first division of the range is agreed: `consensus=N` (N peers, this one
+    /// included, divide it among themselves once all N know each other). Default: consensus
+    /// among this peer and its `--peer` targets.
+    #[arg(long, env = "WEFT_IPALLOC_INIT", value_name = "consensus=N")]
+    pub ipalloc_init: Option<String>,
     /// Pod MTU (default: the sleeve's path MTU less its overhead).
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
@@ -79,6 +84,8 @@ pub struct Config {
     pub api_socket: PathBuf,
     /// Pod range.
     pub ipalloc_range: Cidr,
+    /// Peers expected in the first IPAM consensus (None: alone, this peer seeds the ring).
+    pub ipalloc_consensus: Option<usize>,
     /// Pod MTU if fixed.
     pub mtu: Option<u32>,
     /// Connection limit.
@@ -127,6 +134,9 @@ pub enum ConfigError {
     /// A bad `--ipalloc-range`.
     #[error("bad --ipalloc-range: {0}")]
     Range(String),
+    /// A bad `--ipalloc-init`.
+    #[error("bad --ipalloc-init {0:?}: expected consensus=N with N at least 1")]
+    IpallocInit(String),
     /// A bad `--mtu`.
     #[error("bad --mtu {0}: must be between 576 and 65000")]
     Mtu(u32),
@@ -162,6 +172,14 @@ impl Config {
         if args.conn_limit == 0 {
             return Err(ConfigError::ConnLimit);
         }
+        let ipalloc_consensus = match args.ipalloc_init.as_deref() {
+            None if peers.is_empty() => None,
+            None => Some(peers.len() + 1),
+            Some(v) => match v.strip_prefix("consensus=").and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n >= 1 => Some(n),
+                _ => return Err(ConfigError::IpallocInit(v.to_owned())),
+            },
+        };
         let nickname = args.nickname.unwrap_or_else(hostname);
         Ok(Config {
             peers,
@@ -170,6 +188,7 @@ impl Config {
             state_dir: args.state_dir,
             api_socket: args.api_socket,
             ipalloc_range,
+            ipalloc_consensus,
             mtu: args.mtu,
             conn_limit: args.conn_limit,
             mesh_port: args.mesh_port,
@@ -179,7 +198,8 @@ impl Config {
     }
 }
 
-fn parse_peer(p: &str, default_port: u16) -> Result<PeerTarget, ConfigError> {
+/// Parses HOST, HOST:PORT, [V6]:PORT or a bare IPv6 address.
+pub fn parse_peer(p: &str, default_port: u16) -> Result<PeerTarget, ConfigError> {
     let bad = || ConfigError::Peer(p.to_owned());
     // [v6]:port, v6, host:port, host
     if let Some(rest) = p.strip_prefix('[') {
@@ -276,6 +296,9 @@ mod tests {
         assert!(matches!(Config::from_args(args(&["--ipalloc-range", "10.32.0.0/33"]), no_env), Err(ConfigError::Range(_))));
         assert!(matches!(Config::from_args(args(&["--mtu", "100"]), no_env), Err(ConfigError::Mtu(100))));
         assert!(matches!(Config::from_args(args(&["--conn-limit", "0"]), no_env), Err(ConfigError::ConnLimit)));
+        assert!(matches!(Config::from_args(args(&["--ipalloc-init", "consensus=0"]), no_env), Err(ConfigError::IpallocInit(_))));
+        assert_eq!(Config::from_args(args(&["--ipalloc-init", "consensus=4"]), no_env).unwrap().ipalloc_consensus, Some(4));
+        assert_eq!(Config::from_args(args(&["--peer", "a", "--peer", "b"]), no_env).unwrap().ipalloc_consensus, Some(3));
         let missing = Config::from_args(args(&["--password-file", "/nonexistent/weft-pw"]), no_env).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/weft-pw"), "{missing}");
     }

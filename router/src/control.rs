@@ -173,6 +173,7 @@ impl Control {
                 name: e.name.to_string(),
                 nickname: e.nickname.clone(),
                 reachable: e.name == self.topology.me() || routes.next_hop(e.name).is_some(),
+                via: routes.next_hop(e.name).filter(|h| *h != e.name).map(|h| format!("{h}({})", nick(h))),
                 connections: e
                     .connections
                     .iter()

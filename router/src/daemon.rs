@@ -1,13 +1,13 @@
 //! `weft router`: the per-host daemon.
 //!
-//! What runs today: the peer identity, the host plumbing (bridge `weft`, isolated `weft-tap`,
-//! repaired every few seconds), IPAM with its state persisted before every answer and the bridge
-//! holding an address of the pod range (the pods' gateway), the control plane's status views, and
-//! the local API on its unix socket. What does not run yet: the mesh transport and the sleeve data
-//! plane — so this router serves the pods of its own host only; `--peer` targets are listed but
-//! not dialled, and the daemon says so at start and in `weft status`.
+//! It runs the peer identity, the host plumbing (bridge `weft`, isolated `weft-tap`, repaired
+//! every few seconds), the mesh (QUIC on the mesh port: authenticated connections, topology
+//! gossip, routes — see [`crate::peering`]), the data plane threads (TAP ⇄ switch ⇄ sleeve, see
+//! [`crate::dataplane`]), IPAM with its state persisted before every answer and its messages
+//! carried over the mesh, and the local API on its unix socket.
 //!
-//! SIGTERM or SIGINT stops it cleanly: the API socket is removed; IPAM state is already on disk.
+//! SIGTERM or SIGINT stops it cleanly: peers are told (their connections close with a reason),
+//! the data plane threads stop, the API socket is removed; IPAM state is already on disk.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -15,16 +15,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use weft_api::types::{AllocateRequest, ClaimRequest, ConnectionCounts, GcRequest, ReleaseRequest, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
 use weft_fastpath::Handle;
 use weft_fastpath::tap::Tap;
 use weft_mesh::identity::Identity;
+use weft_mesh::transport::auth::PasswordKey;
+use weft_mesh::transport::tls::Credentials;
+use weft_mesh::transport::{MeshConfig, MeshEndpoint};
+use weft_sleeve::udp::SleeveSocket;
 use weft_mesh::ipam::Bootstrap;
 use weft_mesh::peer::PeerName;
 
 use crate::api::{self, Request, Response};
 use crate::config::Config;
 use crate::control::Control;
+use crate::dataplane::tapio::TapIo;
+use crate::dataplane::{Dataplane, Shared};
+use crate::peering::{Command, Peering};
 use crate::ipam::IpamService;
 use crate::plumbing::{self, Devices};
 
@@ -32,6 +40,8 @@ use crate::plumbing::{self, Devices};
 pub const DEFAULT_MTU: u32 = 1376;
 /// How often plumbing is checked and repaired.
 const REPAIR_INTERVAL: Duration = Duration::from_secs(3);
+/// How often the mesh dials due targets and runs its timers.
+const MESH_TICK: Duration = Duration::from_millis(200);
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,12 @@ pub enum DaemonError {
         /// What failed.
         detail: String,
     },
+    /// The mesh endpoint could not start.
+    #[error("mesh: {0}")]
+    Mesh(#[from] weft_mesh::transport::endpoint::EndpointError),
+    /// The mesh key pair could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] weft_mesh::transport::tls::TlsError),
     /// An I/O failure (API socket, runtime, signals).
     #[error("{what}: {source}")]
     Io {
@@ -65,18 +81,26 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> DaemonError {
     move |source| DaemonError::Io { what, source }
 }
 
-/// The state the API reads and changes.
-struct Daemon {
+/// The state the API, the mesh and the upkeep read and change.
+pub struct Daemon {
     config: Config,
     identity: Identity,
     control: Mutex<Control>,
-    ipam: IpamService,
-    targets: Mutex<BTreeSet<String>>,
+    pub(crate) ipam: IpamService,
+    pub(crate) targets: Mutex<BTreeSet<String>>,
+    commands: mpsc::UnboundedSender<Command>,
+    dp: Arc<Shared>,
+    mtu: u32,
 }
 
 impl Daemon {
-    fn control(&self) -> std::sync::MutexGuard<'_, Control> {
+    pub(crate) fn control(&self) -> std::sync::MutexGuard<'_, Control> {
         self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The MTU pods get.
+    pub(crate) fn pod_mtu(&self) -> u32 {
+        self.mtu
     }
 
     fn status(&self) -> Status {
@@ -87,7 +111,7 @@ impl Daemon {
             name: self.identity.name.to_string(),
             nickname: self.identity.nickname.clone(),
             encryption: self.config.password.is_some(),
-            peer_discovery: false,
+            peer_discovery: true,
             targets,
             connections: ConnectionCounts { established, pending, failed },
             peers: self.control().topology().len(),
@@ -134,11 +158,18 @@ impl api::Handler for Daemon {
                 ("POST", "/ipam/gc") => Response::ok(&self.ipam.gc(&Response::decode::<GcRequest>(&req)?.keep)?),
                 ("POST", "/connect") => {
                     let r: TargetRequest = Response::decode(&req)?;
-                    Response::error(501, format!("cannot dial {}: this build of weft has no mesh transport yet", r.address))
+                    let addr = crate::config::parse_peer(&r.address, self.config.mesh_port).map_err(|e| Response::error(400, e.to_string()))?;
+                    let target = format!("{}:{}", addr.host, addr.port);
+                    self.targets.lock().unwrap_or_else(|p| p.into_inner()).insert(target.clone());
+                    let _ = self.commands.send(Command::Connect(target));
+                    Response::ok(&serde_json::json!({}))
                 }
                 ("POST", "/forget") => {
                     let r: TargetRequest = Response::decode(&req)?;
-                    self.targets.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.address);
+                    let addr = crate::config::parse_peer(&r.address, self.config.mesh_port).map_err(|e| Response::error(400, e.to_string()))?;
+                    let target = format!("{}:{}", addr.host, addr.port);
+                    self.targets.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
+                    let _ = self.commands.send(Command::Forget(target));
                     Response::ok(&serde_json::json!({}))
                 }
                 ("POST", "/rmpeer") => {
@@ -173,9 +204,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 async fn main(config: Config) -> Result<(), DaemonError> {
     let now = Instant::now();
     let identity = Identity::load_or_create(&config.state_dir, &config.nickname)?;
+    let creds = Credentials::load_or_create(&config.state_dir)?;
     tracing::info!(name = %identity.name, nickname = %identity.nickname, incarnation = identity.incarnation, "weft router starting");
     if config.password.is_none() {
-        tracing::warn!("no cluster password: the mesh is open and the sleeve is not encrypted");
+        tracing::warn!("no cluster password: the mesh is open to any peer and the sleeve is not encrypted");
+    } else {
+        tracing::info!("cluster password set: peers must prove it, and the sleeve is encrypted");
     }
     let devices = Devices { mtu: config.mtu.unwrap_or(DEFAULT_MTU), ..Devices::default() };
     let tap = Tap::open(&devices.tap)?;
@@ -185,69 +219,111 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         tracing::info!("plumbing: {r}");
     }
 
-    // Alone, this peer is the whole cluster: it seeds the ring itself. With initial peers, the
-    // first division is agreed among them (as Weave Net's default).
-    let bootstrap = if config.peers.is_empty() {
-        Bootstrap::Seeds(vec![identity.name])
-    } else {
-        Bootstrap::Consensus { expected: config.peers.len() + 1 }
+    // Alone, this peer is the whole cluster: it seeds the ring itself. With peers, the first
+    // division is agreed among the expected number of them (as Weave Net's default).
+    let bootstrap = match config.ipalloc_consensus {
+        None => Bootstrap::Seeds(vec![identity.name]),
+        Some(expected) => Bootstrap::Consensus { expected },
     };
     let ipam = IpamService::open(identity.name, config.ipalloc_range, bootstrap, &config.state_dir, &devices.bridge, devices.mtu, now)
         .map_err(|detail| DaemonError::Ipam { dir: config.state_dir.display().to_string(), detail })?;
     let control = Control::new(now, identity.name, identity.nickname.clone(), identity.incarnation, config.password.is_some());
-    let targets: BTreeSet<String> = config.peers.iter().map(|p| format!("{}:{}", p.host, p.port)).collect();
-    if !targets.is_empty() {
-        tracing::warn!("this build has no mesh transport yet: peers {targets:?} are listed, not dialled");
-    }
+
+    let mut mesh_config = MeshConfig::new(
+        identity.name,
+        identity.nickname.clone(),
+        identity.incarnation,
+        std::net::SocketAddr::from(([0, 0, 0, 0], config.mesh_port)),
+        config.sleeve_port,
+    );
+    mesh_config.password = config.password.as_deref().map(PasswordKey::new);
+    let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
+    let sleeve_addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.sleeve_port));
+    let sock = SleeveSocket::bind(sleeve_addr).map_err(io("bind the sleeve socket"))?;
+    tracing::info!(mesh = %endpoint.local_addr().map_err(io("mesh socket"))?, sleeve = %sleeve_addr, gso_segments = sock.max_gso_segments(), gro_segments = sock.gro_segments(), "listening");
+    let dp = Arc::new(Shared::new(identity.name, control.routes(), sock, TapIo::new(tap).map_err(io("set up the TAP"))?));
+    let dataplane = Dataplane::start(dp.clone()).map_err(io("start the data plane threads"))?;
+
+    let initial: Vec<String> = config.peers.iter().map(|p| format!("{}:{}", p.host, p.port)).collect();
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
+    let mut peering = Peering::new(now, identity.name, endpoint, dp.clone(), config.password.is_some(), config.conn_limit, config.mesh_port, &initial);
     let listener = api::bind(&config.api_socket).map_err(io("bind the API socket"))?;
     let api_socket = config.api_socket.clone();
-    let daemon = Arc::new(Daemon { config, identity, control: Mutex::new(control), ipam, targets: Mutex::new(targets) });
+    let daemon = Arc::new(Daemon {
+        config,
+        identity,
+        control: Mutex::new(control),
+        ipam,
+        targets: Mutex::new(initial.into_iter().collect()),
+        commands,
+        dp,
+        mtu: devices.mtu,
+    });
     let server = tokio::spawn(api::serve(listener, daemon.clone()));
     tracing::info!("API listening on {}", api_socket.display());
 
     let mut term = signal(SignalKind::terminate()).map_err(io("install the SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io("install the SIGINT handler"))?;
-    let mut tick = tokio::time::interval(REPAIR_INTERVAL);
-    let mut tap = Some(tap);
+    let mut repair = tokio::time::interval(REPAIR_INTERVAL);
+    let mut tick = tokio::time::interval(MESH_TICK);
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            Some(ev) = events.recv() => peering.event(Instant::now(), &daemon, ev),
+            Some(cmd) = command_rx.recv() => peering.command(Instant::now(), &daemon, cmd),
             _ = tick.tick() => {
+                peering.tick(Instant::now(), &daemon).await;
+                let rtts = peering.rtts();
+                let mut c = daemon.control();
+                for (p, rtt) in rtts {
+                    c.set_rtt(p, rtt);
+                }
+            }
+            _ = repair.tick() => {
                 let d = daemon.clone();
                 let dev = devices.clone();
-                let t = tap.take();
-                tap = tokio::task::spawn_blocking(move || maintain(&d, &dev, t)).await.unwrap_or(None);
+                let _ = tokio::task::spawn_blocking(move || maintain(&d, &dev)).await;
             }
         }
     }
+    peering.shutdown().await;
     server.abort();
     api::unbind(&api_socket);
-    drop(tap);
+    dataplane.stop();
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Periodic upkeep: repair the plumbing (reopening the TAP if it was deleted), give the bridge
-/// its address once IPAM can, and run the control plane's and IPAM's timers.
-fn maintain(d: &Daemon, dev: &Devices, mut tap: Option<Tap>) -> Option<Tap> {
+/// Periodic upkeep: repair the plumbing (recreating and reopening the TAP if it was deleted)
+/// and give the bridge its address once IPAM can.
+fn maintain(d: &Daemon, dev: &Devices) {
     let now = Instant::now();
     let mut nl = match Handle::open() {
         Ok(nl) => nl,
         Err(e) => {
             tracing::warn!("plumbing check: {e}");
-            return tap;
+            return;
         }
     };
-    if tap.is_none() {
-        tap = Tap::open(&dev.tap).map_err(|e| tracing::warn!("reopen {}: {e}", dev.tap)).ok();
-    }
-    match plumbing::ensure(&mut nl, dev) {
-        Ok(r) => r.0.iter().for_each(|r| tracing::info!("plumbing repaired: {r}")),
+    let checked = match plumbing::ensure(&mut nl, dev) {
         Err(e) if e.is_not_found() => {
-            tracing::warn!("{} was deleted: reopening it", dev.tap);
-            tap = None;
+            tracing::warn!("{} was deleted: recreating it", dev.tap);
+            match Tap::open(&dev.tap).map_err(|e| e.to_string()).and_then(|t| TapIo::new(t).map_err(|e| e.to_string())) {
+                Ok(t) => {
+                    d.dp.tap.store(Arc::new(t));
+                    plumbing::ensure(&mut nl, dev)
+                }
+                Err(e) => {
+                    tracing::warn!("reopen {}: {e}", dev.tap);
+                    return;
+                }
+            }
         }
+        r => r,
+    };
+    match checked {
+        Ok(r) => r.0.iter().for_each(|r| tracing::info!("plumbing repaired: {r}")),
         Err(e) => tracing::warn!("plumbing check: {e}"),
     }
     if let Some(gw) = d.ipam.bridge_address(now) {
@@ -262,15 +338,4 @@ fn maintain(d: &Daemon, dev: &Devices, mut tap: Option<Tap>) -> Option<Tap> {
             Err(e) => tracing::warn!("addresses of bridge {}: {e}", dev.bridge),
         }
     }
-    let ipam = d.ipam.with(|i| -> Result<(), weft_mesh::ipam::IpamError> {
-        i.handle_timeout(now)?;
-        // No mesh transport yet: IPAM messages have no one to go to.
-        while i.poll_transmit(now)?.is_some() {}
-        Ok(())
-    });
-    if let Err(e) = ipam {
-        tracing::warn!("IPAM: {e}");
-    }
-    d.control().handle_timeout(now);
-    tap
 }

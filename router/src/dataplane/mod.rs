@@ -3,7 +3,287 @@
 //! - [`tapio`]: batched reads and writes of `weft-tap`, buffers with headroom.
 //! - [`envelope`]: origin, destination and hop limit before each frame on the sleeve.
 //! - [`forward`]: which next hops (and whether the bridge) get a frame.
+//! - [`links`]: the sleeve link to each connected peer (session, address, reassembly).
+//! - [`sleeve`]: framing, fragmentation, sealing and opening of frames.
+//!
+//! Two threads, one reader per queue: the *TAP thread* reads batches from `weft-tap`, asks the
+//! [`Switch`] where each frame goes (one lock per batch), finds the next hops in the lock-free
+//! routes and sends each frame over the next hop's link; the *sleeve thread* receives batches of
+//! datagrams (GRO), opens them, reassembles, relays frames for other peers to their next hop and
+//! writes frames for this host to the TAP. Route and link tables are `arc-swap` snapshots; the
+//! only locks are the switch (per batch) and each link's session (per frame).
+
 pub mod envelope;
 pub mod forward;
-pub mod peers;
+pub mod links;
+pub mod sleeve;
 pub mod tapio;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use weft_mesh::peer::PeerName;
+use weft_mesh::routes::RoutesHandle;
+use weft_sleeve::udp::{RecvBatch, SleeveSocket};
+use weft_sleeve::wire;
+
+use crate::switch::{Switch, Verdict};
+use crate::vnet;
+use links::Links;
+use sleeve::{DataplaneStats, Incoming, Sender};
+use tapio::{FrameBuf, TapIo};
+
+/// Frames read from the TAP per batch.
+pub const TAP_BATCH: usize = 32;
+/// Receive buffers per sleeve batch.
+pub const UDP_BATCH: usize = 32;
+/// How often each link gets a heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What both threads share.
+pub struct Shared {
+    /// This peer.
+    pub me: PeerName,
+    /// Sleeve links by peer and by session index.
+    pub links: Links,
+    /// Mesh routes (lock-free snapshots).
+    pub routes: RoutesHandle,
+    /// MAC learning.
+    pub switch: Mutex<Switch>,
+    /// The sleeve's UDP socket.
+    pub sock: SleeveSocket,
+    /// The TAP (replaced when the plumbing repair reopens it).
+    pub tap: ArcSwap<TapIo>,
+    /// Counters.
+    pub stats: DataplaneStats,
+    stop: AtomicBool,
+}
+
+fn inc(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Shared {
+    /// The shared state; threads start with [`Dataplane::start`].
+    pub fn new(me: PeerName, routes: RoutesHandle, sock: SleeveSocket, tap: TapIo) -> Shared {
+        Shared {
+            me,
+            links: Links::default(),
+            routes,
+            switch: Mutex::new(Switch::new(crate::switch::DEFAULT_MAX_AGE)),
+            sock,
+            tap: ArcSwap::from_pointee(tap),
+            stats: DataplaneStats::default(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn switch(&self) -> std::sync::MutexGuard<'_, Switch> {
+        self.switch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the MACs learned behind `peer` (its connection went away).
+    pub fn forget_peer(&self, peer: PeerName) {
+        self.switch().forget_peer(peer);
+    }
+}
+
+/// The running data plane threads.
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Starts the TAP thread and the sleeve thread.
+    pub fn start(shared: Arc<Shared>) -> std::io::Result<Dataplane> {
+        let s1 = shared.clone();
+        let s2 = shared.clone();
+        let threads = vec![
+            std::thread::Builder::new().name("weft-tap".into()).spawn(move || tap_thread(&s1))?,
+            std::thread::Builder::new().name("weft-sleeve".into()).spawn(move || sleeve_thread(&s2))?,
+        ];
+        Ok(Dataplane { shared, threads })
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops both threads (within their 100 ms wait).
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tap_thread(sh: &Shared) {
+    let mut bufs: Vec<FrameBuf> = (0..TAP_BATCH).map(|_| FrameBuf::default()).collect();
+    let mut verdicts = [Verdict::Local; TAP_BATCH];
+    let mut sender = Sender::default();
+    while !sh.stop.load(Ordering::Relaxed) {
+        let tap = sh.tap.load_full();
+        let n = match tap.read_batch(&mut bufs, Duration::from_millis(100)) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("TAP read: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        sh.stats.tap_frames_in.fetch_add(n as u64, Ordering::Relaxed);
+        {
+            let mut sw = sh.switch();
+            for (b, v) in bufs[..n].iter().zip(verdicts.iter_mut()) {
+                *v = sw.from_local(now, &b.packet()[vnet::LEN..]);
+            }
+        }
+        let routes = sh.routes.load();
+        for (b, v) in bufs[..n].iter().zip(verdicts) {
+            let packet = b.packet();
+            let Ok(h) = vnet::parse(packet) else { continue };
+            let vh = (h != vnet::Header::default()).then_some(h);
+            let frame = &packet[vnet::LEN..];
+            if let Verdict::Drop(_) = v {
+                inc(&sh.stats.drop_switch);
+                continue;
+            }
+            let plan = forward::from_bridge(sh.me, v, &**routes);
+            if plan.dropped.is_some() {
+                inc(&sh.stats.drop_no_route);
+            }
+            for (hop, env) in plan.onward.sends() {
+                send(sh, &mut sender, now, hop, env, vh.as_ref(), frame);
+            }
+        }
+    }
+}
+
+fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, env: envelope::Envelope, vh: Option<&vnet::Header>, frame: &[u8]) {
+    let Some(link) = sh.links.get(hop) else {
+        inc(&sh.stats.drop_no_route);
+        return;
+    };
+    match sender.send(now, &sh.sock, &link, env, vh, frame) {
+        Ok(()) => {}
+        Err(sleeve::SendError::TooBig(_)) => inc(&sh.stats.drop_too_big),
+        Err(e) => {
+            tracing::debug!(peer = %hop, "sleeve send: {e}");
+            inc(&sh.stats.drop_io);
+        }
+    }
+}
+
+fn sleeve_thread(sh: &Shared) {
+    let mut batch = RecvBatch::new(UDP_BATCH);
+    let mut sender = Sender::default();
+    let mut tapbuf = vec![0u8; vnet::LEN + sleeve::MAX_PAYLOAD];
+    let mut next_heartbeat = Instant::now();
+    while !sh.stop.load(Ordering::Relaxed) {
+        let n = match sh.sock.recv(&mut batch) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("sleeve receive: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                0
+            }
+        };
+        let now = Instant::now();
+        if n > 0 {
+            let routes = sh.routes.load_full();
+            let tap = sh.tap.load_full();
+            for i in 0..n {
+                let (src, data, stride) = batch.get_mut(i);
+                for dgram in data.chunks_mut(stride) {
+                    receive(sh, &mut sender, &mut tapbuf, &routes, &tap, now, src, dgram);
+                }
+            }
+        }
+        if now >= next_heartbeat {
+            next_heartbeat = now + HEARTBEAT;
+            for link in sh.links.all() {
+                if let Err(e) = sender.send_control(now, &sh.sock, &link, &[HEARTBEAT_MSG], 0) {
+                    tracing::debug!(peer = %link.peer, "heartbeat: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Control record payload of a heartbeat.
+const HEARTBEAT_MSG: u8 = 1;
+
+#[allow(clippy::too_many_arguments)]
+fn receive(sh: &Shared, sender: &mut Sender, tapbuf: &mut [u8], routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, dgram: &mut [u8]) {
+    let Some(idx) = dgram.get(8..12) else {
+        inc(&sh.stats.drop_malformed);
+        return;
+    };
+    let idx = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
+    let Some(link) = sh.links.by_index(idx) else {
+        inc(&sh.stats.drop_unknown_session);
+        return;
+    };
+    let body = match link.session().open(now, dgram) {
+        Ok(r) => r,
+        Err(_) => {
+            inc(&sh.stats.drop_open);
+            return;
+        }
+    };
+    if link.seen(now, src) {
+        tracing::info!(peer = %link.peer, %src, "sleeve: peer now answers from a new address");
+    }
+    link.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+    let _ = wire::HEADER_LEN;
+    sleeve::for_each_record(
+        now,
+        &link,
+        &dgram[body],
+        &sh.stats,
+        |inc_frame: Incoming<'_>| {
+            link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+            link.stats.bytes_in.fetch_add(inc_frame.frame.len() as u64, Ordering::Relaxed);
+            deliver(sh, sender, tapbuf, routes, tap, now, inc_frame)
+        },
+        |_control| {},
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deliver(sh: &Shared, sender: &mut Sender, tapbuf: &mut [u8], routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, f: Incoming<'_>) {
+    let plan = forward::from_peer(sh.me, f.env, routes);
+    if plan.dropped.is_some() {
+        inc(&sh.stats.drop_switch);
+        return;
+    }
+    for (hop, env) in plan.onward.sends() {
+        inc(&sh.stats.relayed);
+        send(sh, sender, now, hop, env, f.vnet.as_ref(), f.frame);
+    }
+    if !plan.local {
+        return;
+    }
+    if sh.switch().from_peer(now, f.env.src, f.frame) != Verdict::Local {
+        inc(&sh.stats.drop_switch);
+        return;
+    }
+    let Some(n) = sleeve::tap_packet(tapbuf, f.vnet.as_ref(), f.frame) else {
+        inc(&sh.stats.drop_too_big);
+        return;
+    };
+    match tap.write(&tapbuf[..n]) {
+        Ok(true) => inc(&sh.stats.tap_frames_out),
+        Ok(false) | Err(_) => inc(&sh.stats.drop_io),
+    }
+}

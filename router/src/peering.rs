@@ -1,0 +1,311 @@
+//! Peering: the glue between the mesh transport and everything that uses it.
+//!
+//! It owns the QUIC endpoint's events and the dial targets, and for each event updates the
+//! control plane (topology gossip and routes), IPAM (its messages travel over the mesh, relayed
+//! with their origin kept: unicast along next hops, broadcast along the origin's spanning tree),
+//! and the data plane (a sleeve link per authenticated connection, rekeyed when the mesh says).
+//!
+//! Duplicate connections between one pair of peers (both dialled at once) are resolved the same
+//! way on both sides: the connection dialled by the peer with the smaller name is kept.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_mesh::ipam::Destination;
+use weft_mesh::peer::PeerName;
+use weft_mesh::topology::Direction;
+use weft_mesh::transport::proto::EVERYONE;
+use weft_mesh::transport::targets::{self, Source, Targets};
+use weft_mesh::transport::{ConnHandle, ConnInfo, Event, MeshEndpoint, Message};
+use weft_sleeve::{Config as SleeveConfig, Role, Session, SessionIds};
+
+use crate::dataplane::links::SleeveLink;
+use crate::dataplane::Shared;
+use crate::daemon::Daemon;
+
+/// Datagram size until path MTU discovery says otherwise: a 1500-byte IPv4 path.
+pub const DEFAULT_DATAGRAM: usize = 1472;
+
+/// Requests from the local API.
+#[derive(Debug)]
+pub enum Command {
+    /// `weft connect ADDR`.
+    Connect(String),
+    /// `weft forget ADDR`.
+    Forget(String),
+}
+
+struct Up {
+    info: ConnInfo,
+    handle: ConnHandle,
+}
+
+/// Connections, targets and the events that change them.
+pub struct Peering {
+    me: PeerName,
+    endpoint: MeshEndpoint,
+    encrypted: bool,
+    conn_limit: usize,
+    mesh_port: u16,
+    conns: HashMap<PeerName, Up>,
+    targets: Targets,
+    /// Addresses being dialled, and the target each came from.
+    dialling: HashMap<SocketAddr, String>,
+    /// Where each target last resolved.
+    resolved: HashMap<String, SocketAddr>,
+    dp: Arc<Shared>,
+    topology_generation: u64,
+}
+
+impl Peering {
+    /// Peering over `endpoint`, starting with the configured targets.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(now: Instant, me: PeerName, endpoint: MeshEndpoint, dp: Arc<Shared>, encrypted: bool, conn_limit: usize, mesh_port: u16, initial: &[String]) -> Peering {
+        let mut targets = Targets::new(targets::Config::default(), me.to_u64() ^ now.elapsed().as_nanos() as u64 ^ std::process::id() as u64);
+        for t in initial {
+            targets.add(now, t, Source::Configured);
+        }
+        Peering { me, endpoint, encrypted, conn_limit, mesh_port, conns: HashMap::new(), targets, dialling: HashMap::new(), resolved: HashMap::new(), dp, topology_generation: 0 }
+    }
+
+    /// Configured targets (for `weft status targets`).
+    pub fn configured_targets(&self) -> Vec<String> {
+        self.targets.configured()
+    }
+
+    /// Handles an API command.
+    pub fn command(&mut self, now: Instant, d: &Daemon, cmd: Command) {
+        match cmd {
+            Command::Connect(a) => {
+                tracing::info!("connect {a} (requested through the API)");
+                self.targets.add(now, &a, Source::Configured);
+            }
+            Command::Forget(a) => {
+                tracing::info!("forget {a} (requested through the API)");
+                self.targets.forget(&a);
+            }
+        }
+        self.publish_targets(d);
+    }
+
+    fn publish_targets(&self, d: &Daemon) {
+        *d.targets.lock().unwrap_or_else(|p| p.into_inner()) = self.targets.configured().into_iter().collect();
+    }
+
+    /// Dials due targets, learns targets from gossip, runs timers and flushes messages.
+    pub async fn tick(&mut self, now: Instant, d: &Daemon) {
+        self.learn_targets(now, d);
+        let room = self.conn_limit.saturating_sub(self.conns.len() + self.dialling.len());
+        for t in self.targets.due(now, room) {
+            match tokio::net::lookup_host(t.as_str()).await.map(|mut a| a.find(|a| a.is_ipv4()).or(None)) {
+                Ok(Some(addr)) => {
+                    self.resolved.insert(t.clone(), addr);
+                    if self.conns.values().any(|u| u.info.remote.ip() == addr.ip()) {
+                        self.targets.connected(&t);
+                        continue;
+                    }
+                    d.control().dialling(addr);
+                    self.dialling.insert(addr, t);
+                    self.endpoint.connect(addr);
+                }
+                Ok(None) => self.dial_failed(now, d, &t, None, "name has no IPv4 address".into()),
+                Err(e) => self.dial_failed(now, d, &t, None, format!("cannot resolve: {e}")),
+            }
+        }
+        d.control().handle_timeout(now);
+        let ipam = d.ipam.with(|i| i.handle_timeout(now));
+        if let Err(e) = ipam {
+            tracing::warn!("IPAM: {e}");
+        }
+        self.flush(now, d);
+    }
+
+    fn dial_failed(&mut self, now: Instant, d: &Daemon, target: &str, addr: Option<SocketAddr>, reason: String) {
+        let retry = self.targets.failed(now, target, &reason);
+        let addr = addr.or_else(|| self.resolved.get(target).copied());
+        if let Some(a) = addr {
+            d.control().lost(now, a, None, reason, retry);
+        }
+    }
+
+    /// Addresses that gossip reports for peers we are not connected to become targets.
+    fn learn_targets(&mut self, now: Instant, d: &Daemon) {
+        let c = d.control();
+        let topo = c.topology();
+        if topo.generation() == self.topology_generation {
+            return;
+        }
+        self.topology_generation = topo.generation();
+        let mut learned = Vec::new();
+        for e in topo.entries() {
+            for conn in &e.connections {
+                if conn.remote != self.me && !self.conns.contains_key(&conn.remote) && conn.established {
+                    learned.push(SocketAddr::new(conn.addr.ip(), self.mesh_port).to_string());
+                }
+            }
+        }
+        drop(c);
+        for a in learned {
+            if self.targets.state(&a).is_none() {
+                self.targets.add(now, &a, Source::Gossip);
+            }
+        }
+    }
+
+    /// Handles one event from the endpoint.
+    pub fn event(&mut self, now: Instant, d: &Daemon, ev: Event) {
+        match ev {
+            Event::Up(info, handle) => self.up(now, d, info, handle),
+            Event::Message { id, peer, msg } => {
+                if self.conns.get(&peer).is_some_and(|u| u.info.id == id) {
+                    self.message(now, d, peer, msg);
+                }
+            }
+            Event::Rekey { id, peer, epoch, secret } => {
+                if let Some(link) = self.dp.links.get(peer).filter(|l| l.conn_id == id) {
+                    tracing::debug!(%peer, epoch, "sleeve: new session secret");
+                    link.session().rekey(&secret, now);
+                }
+            }
+            Event::Down { id, peer, remote, direction, reason } => self.down(now, d, id, peer, remote, direction, reason),
+        }
+        self.flush(now, d);
+    }
+
+    fn up(&mut self, now: Instant, d: &Daemon, info: ConnInfo, handle: ConnHandle) {
+        if let Some(old) = self.conns.get(&info.peer) {
+            let dialler = |i: &ConnInfo| if i.direction == Direction::Outbound { self.me } else { i.peer };
+            let preferred = self.me.min(info.peer);
+            let keep_new = dialler(&info) == preferred || dialler(&old.info) != preferred;
+            if !keep_new {
+                tracing::info!(peer = %info.peer, "duplicate connection: keeping the one dialled by {preferred}");
+                handle.close("duplicate connection");
+                self.mark_target(&info, true);
+                return;
+            }
+            tracing::info!(peer = %info.peer, "duplicate connection: replacing the older one");
+            old.handle.close("duplicate connection");
+        }
+        let sp = &info.sleeve;
+        let config = if self.encrypted { SleeveConfig::default() } else { SleeveConfig::plain() };
+        let role = if sp.initiator { Role::Initiator } else { Role::Responder };
+        let session = Session::new(&sp.secret, role, SessionIds { local: sp.local_index, remote: sp.remote_index }, config, now);
+        let link = SleeveLink::new(info.peer, info.id, session, sp.remote, DEFAULT_DATAGRAM, now);
+        self.dp.links.insert(Arc::new(link));
+        d.control().connected(now, info.peer, &info.nickname, info.remote, info.direction, d.pod_mtu());
+        self.mark_target(&info, true);
+        self.conns.insert(info.peer, Up { info, handle });
+    }
+
+    fn mark_target(&mut self, info: &ConnInfo, _up: bool) {
+        if info.direction == Direction::Outbound
+            && let Some(t) = self.dialling.remove(&info.remote)
+        {
+            self.targets.connected(&t);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn down(&mut self, now: Instant, d: &Daemon, id: Option<u64>, peer: Option<PeerName>, remote: SocketAddr, direction: Direction, reason: String) {
+        let current = peer.and_then(|p| self.conns.get(&p)).is_some_and(|u| Some(u.info.id) == id);
+        if current && let Some(p) = peer {
+            self.conns.remove(&p);
+            self.dp.links.remove(p, id.unwrap_or(0));
+            self.dp.forget_peer(p);
+            d.control().lost(now, remote, Some(p), reason.clone(), None);
+        } else if id.is_some() {
+            return; // a duplicate we closed
+        }
+        // Dial failures, and lost connections to targets: retry with backoff.
+        let target = if direction == Direction::Outbound { self.dialling.remove(&remote) } else { None }
+            .or_else(|| self.resolved.iter().find(|(_, a)| a.ip() == remote.ip()).map(|(t, _)| t.clone()));
+        if let Some(t) = target {
+            let retry = self.targets.failed(now, &t, &reason);
+            let a = self.resolved.get(&t).copied().unwrap_or(remote);
+            d.control().lost(now, a, None, reason, retry);
+        } else if !current {
+            d.control().lost(now, remote, None, reason, None);
+        }
+    }
+
+    fn message(&mut self, now: Instant, d: &Daemon, from: PeerName, msg: Message) {
+        match msg {
+            Message::Gossip(bytes) => {
+                if let Err(e) = d.control().gossip(now, from, &bytes) {
+                    tracing::warn!(peer = %from, "gossip refused: {e}");
+                }
+            }
+            Message::Ipam { origin, dest, payload } => {
+                let routes = d.control().routes().load_full();
+                if dest == EVERYONE {
+                    for hop in routes.broadcast_next_hops(origin) {
+                        self.send_to(*hop, Message::Ipam { origin, dest, payload: payload.clone() });
+                    }
+                } else if dest != self.me {
+                    if let Some(hop) = routes.next_hop(dest) {
+                        self.send_to(hop, Message::Ipam { origin, dest, payload });
+                    }
+                    return;
+                }
+                if let Err(e) = d.ipam.with(|i| i.handle(now, origin, &payload)) {
+                    tracing::warn!(peer = %origin, "IPAM message refused: {e}");
+                }
+            }
+            other => tracing::debug!(peer = %from, "unexpected control message {other:?}"),
+        }
+    }
+
+    fn send_to(&self, peer: PeerName, msg: Message) {
+        if let Some(u) = self.conns.get(&peer) {
+            u.handle.send(msg);
+        }
+    }
+
+    /// Sends what the control plane and IPAM have queued.
+    pub fn flush(&mut self, now: Instant, d: &Daemon) {
+        loop {
+            let t = d.control().poll_transmit(now);
+            let Some(t) = t else { break };
+            self.send_to(t.to, Message::Gossip(t.payload));
+        }
+        let routes = d.control().routes().load_full();
+        loop {
+            let t = match d.ipam.with(|i| i.poll_transmit(now)) {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("IPAM: {e}");
+                    break;
+                }
+            };
+            match t.to {
+                Destination::Peer(p) => {
+                    if let Some(hop) = routes.next_hop(p) {
+                        self.send_to(hop, Message::Ipam { origin: self.me, dest: p, payload: t.payload });
+                    }
+                }
+                Destination::All => {
+                    for hop in routes.broadcast_next_hops(self.me) {
+                        self.send_to(*hop, Message::Ipam { origin: self.me, dest: EVERYONE, payload: t.payload.clone() });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Smoothed round-trip times of the connections, for status.
+    pub fn rtts(&self) -> Vec<(PeerName, Duration)> {
+        self.conns.values().map(|u| (u.info.peer, u.handle.rtt())).collect()
+    }
+
+    /// Tells every peer we are going (SIGTERM).
+    pub async fn shutdown(&mut self) {
+        for u in self.conns.values() {
+            u.handle.close("peer shutting down");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.endpoint.shutdown().await;
+    }
+}

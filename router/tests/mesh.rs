@@ -1,0 +1,296 @@
+//! Routers meshing across the test bed's messy network: hosts A and B on one segment, B and C
+//! on another (A and C reach each other only through weft on B), D behind a NAT. Pods get their
+//! addresses from the routers' shared IPAM ring and talk across hosts over the sleeve. Root
+//! needed; every test tears its bed down, also on failure.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weft_api::types::{AllocateRequest, Allocation, Attachment, Connection, Peer, Status};
+use weft_fastpath::testbed::topology::{self, Cluster};
+use weft_fastpath::testbed::{NodeId, TestBed};
+use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
+
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+struct Mesh {
+    bed: TestBed,
+    run: RunDir,
+    cluster: Cluster,
+    routers: Vec<RouterProc>,
+    opts: RouterOptions,
+    /// (pod namespace, address) per host.
+    pods: Vec<Vec<(NodeId, Ipv4Addr)>>,
+}
+
+/// Who each host dials: A → B, C → B, D → C (through its NAT). B dials no one.
+fn peers_of(c: &Cluster, i: usize) -> Vec<Ipv4Addr> {
+    match i {
+        0 => vec![c.all_addrs[1][0]],
+        2 => vec![c.all_addrs[1][1]],
+        3 => vec![c.host_addrs[2]],
+        _ => vec![],
+    }
+}
+
+fn start(bed: &mut TestBed, run: &RunDir, c: &Cluster, i: usize, opts: &RouterOptions) -> RouterProc {
+    cluster::start_router(bed, run, c.hosts[i], NAMES[i], &peers_of(c, i), opts).unwrap()
+}
+
+/// Expected established connections per host: A–B, B–C, C–D.
+const DEGREE: [usize; 4] = [1, 2, 2, 1];
+
+impl Mesh {
+    fn up(password: Option<&str>, pods_per_host: usize) -> Mesh {
+        let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+        let run = RunDir::new(bed.id()).unwrap();
+        let cluster = topology::cluster(&mut bed, 0).unwrap();
+        let opts = RouterOptions {
+            binary: weft(),
+            password: password.map(str::to_owned),
+            extra_args: vec!["--ipalloc-init".into(), "consensus=4".into()],
+        };
+        let routers: Vec<RouterProc> = (0..4).map(|i| start(&mut bed, &run, &cluster, i, &opts)).collect();
+        let t0 = Instant::now();
+        for (i, r) in routers.iter().enumerate() {
+            cluster::wait_for(r, Duration::from_secs(40), |s| s.connections.established >= DEGREE[i] && s.peers == 4 && s.ipam.state == "ready")
+                .unwrap_or_else(|e| panic!("{}: {e}", NAMES[i]));
+        }
+        println!("mesh of 4 converged (connections, topology, IPAM consensus) in {:?}", t0.elapsed());
+        let mut m = Mesh { bed, run, cluster, routers, opts, pods: vec![] };
+        for i in 0..4 {
+            let mut list = Vec::new();
+            for j in 0..pods_per_host {
+                list.push(m.add_pod(i, j));
+            }
+            m.pods.push(list);
+        }
+        m
+    }
+
+    fn add_pod(&mut self, host: usize, j: usize) -> (NodeId, Ipv4Addr) {
+        let client = self.routers[host].client();
+        let req = AllocateRequest { attachment: Attachment { container_id: format!("pod-{}-{j}", NAMES[host]), ifname: "eth0".into() } };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let alloc = loop {
+            match client.post::<_, Allocation>("/ipam/allocate", &req) {
+                Ok(a) if a.gateway.is_some() => break a,
+                Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                other => panic!("allocate on {}: {other:?}", NAMES[host]),
+            }
+        };
+        let (addr, prefix) = alloc.address.split_once('/').unwrap();
+        let addr: Ipv4Addr = addr.parse().unwrap();
+        let gw: Ipv4Addr = alloc.gateway.unwrap().parse().unwrap();
+        let name = format!("{}-pod{}", NAMES[host], j + 1);
+        let pod = self.bed.add_pod(self.cluster.hosts[host], &name, "weft", &format!("vp{}", j + 1), addr, prefix.parse().unwrap(), Some(gw)).unwrap();
+        self.bed.netlink(pod).set_mtu("eth0", alloc.mtu).unwrap();
+        (pod, addr)
+    }
+
+    fn all_pods(&self) -> Vec<(usize, NodeId, Ipv4Addr)> {
+        self.pods.iter().enumerate().flat_map(|(h, l)| l.iter().map(move |(n, a)| (h, *n, *a))).collect()
+    }
+
+    fn logs(&self) -> String {
+        self.routers.iter().enumerate().map(|(i, r)| format!("--- {} ---\n{}", NAMES[i], r.log_text())).collect()
+    }
+
+    fn down(self) {
+        let Mesh { bed, run, .. } = self;
+        bed.teardown().unwrap();
+        drop(run);
+    }
+}
+
+fn ping_out(bed: &TestBed, from: NodeId, to: Ipv4Addr, args: &[&str]) -> String {
+    let out = bed.run(from, Command::new("ping").arg("-n").args(args).arg(to.to_string())).unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn every_pod_pings_every_pod(password: Option<&str>) {
+    let m = Mesh::up(password, 2);
+    let pods = m.all_pods();
+    let mut failed = Vec::new();
+    let t0 = Instant::now();
+    for &(hi, from, _) in &pods {
+        for &(hj, _, to) in &pods {
+            if from != pods.iter().find(|p| p.2 == to).unwrap().1 && !m.bed.ping(from, to).unwrap() {
+                // One retry: the first packet of a pair may wait for ARP across the mesh.
+                if !m.bed.ping(from, to).unwrap() {
+                    failed.push(format!("{} -> {} ({to})", NAMES[hi], NAMES[hj]));
+                }
+            }
+        }
+    }
+    println!("{} pod pairs pinged in {:?}", pods.len() * (pods.len() - 1), t0.elapsed());
+    assert!(failed.is_empty(), "pings failed: {failed:?}\n{}", m.logs());
+
+    // No duplicates: each echo (ARP and broadcast included) is delivered exactly once.
+    let (a_pod, c_pod, d_pod) = (m.pods[0][0].0, m.pods[2][0].1, m.pods[3][1].1);
+    for to in [c_pod, d_pod] {
+        let text = ping_out(&m.bed, a_pod, to, &["-c", "5", "-i", "0.2", "-W", "2"]);
+        assert!(text.contains("5 received") && !text.contains("DUP!"), "{text}");
+    }
+    let text = ping_out(&m.bed, a_pod, Ipv4Addr::new(10, 47, 255, 255), &["-b", "-c", "1", "-W", "1"]);
+    assert!(!text.contains("DUP!"), "{text}");
+
+    // A learned C and D through B (no path of its own), and says so.
+    let peers: Vec<Peer> = m.routers[0].client().get("/peers").unwrap();
+    let c = peers.iter().find(|p| p.nickname == "c").expect("A knows C");
+    assert!(c.reachable && c.via.as_deref().is_some_and(|v| v.ends_with("(b)")), "{c:?}");
+    let status: Status = m.routers[0].client().get("/status").unwrap();
+    assert_eq!(status.encryption, password.is_some());
+    let conns: Vec<Connection> = m.routers[1].client().get("/connections").unwrap();
+    for c in conns.iter().filter(|c| c.state == "established") {
+        assert_eq!((c.overlay.as_str(), c.encrypted), ("sleeve", password.is_some()), "{c:?}");
+    }
+    let text = Command::new(weft()).args(["status", "peers", "--api-socket"]).arg(&m.routers[0].api_socket).output().unwrap();
+    println!("{}", String::from_utf8_lossy(&text.stdout));
+    m.down();
+}
+
+#[test]
+fn every_pod_pings_every_pod_across_the_mesh_encrypted() {
+    every_pod_pings_every_pod(Some("correct horse battery staple"));
+}
+
+#[test]
+fn every_pod_pings_every_pod_across_the_mesh_unencrypted() {
+    every_pod_pings_every_pod(None);
+}
+
+/// Deterministic bytes: the receiver regenerates them to check every byte.
+fn pattern(seed: u64, buf: &mut [u8]) -> u64 {
+    let mut x = seed;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    x
+}
+
+/// Sends `total` bytes over TCP from pod `from` to pod `to`; returns (seconds, bytes checked).
+fn transfer(bed: &TestBed, from: NodeId, to: NodeId, to_addr: Ipv4Addr, total: u64) -> (f64, u64) {
+    let listener = bed.ns(to).run(|| TcpListener::bind((to_addr, 5201))).unwrap().unwrap();
+    let stream = bed.ns(from).run(|| TcpStream::connect_timeout(&SocketAddr::from((to_addr, 5201)), Duration::from_secs(10))).unwrap().unwrap();
+    let t0 = Instant::now();
+    let rx = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        let mut want = vec![0u8; 1 << 20];
+        let (mut seed, mut n, mut have) = (0x9e37_79b9_7f4a_7c15u64, 0u64, 0usize);
+        loop {
+            let r = s.read(&mut got[have..]).expect("the transfer stalled for 20 s");
+            if r == 0 {
+                break;
+            }
+            have += r;
+            if have == got.len() {
+                seed = pattern(seed, &mut want);
+                assert!(got == want, "bytes differ in the MB ending at {}", n + have as u64);
+                n += have as u64;
+                have = 0;
+            }
+        }
+        seed = pattern(seed, &mut want);
+        let _ = seed;
+        assert_eq!(&got[..have], &want[..have], "the last bytes differ");
+        n + have as u64
+    });
+    let mut s = stream;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut sent = 0;
+    while sent < total {
+        seed = pattern(seed, &mut buf);
+        s.write_all(&buf).unwrap();
+        sent += buf.len() as u64;
+    }
+    drop(s);
+    let checked = rx.join().unwrap();
+    (t0.elapsed().as_secs_f64(), checked)
+}
+
+#[test]
+fn a_gigabyte_crosses_from_a_pod_on_a_to_a_pod_on_c_through_b_intact() {
+    let m = Mesh::up(Some("pw"), 1);
+    let (a_pod, c_pod, c_addr) = (m.pods[0][0].0, m.pods[2][0].0, m.pods[2][0].1);
+    assert!(m.bed.ping(a_pod, c_addr).unwrap() || m.bed.ping(a_pod, c_addr).unwrap());
+    let total = 1u64 << 30;
+    let (secs, checked) = transfer(&m.bed, a_pod, c_pod, c_addr, total);
+    assert_eq!(checked, total);
+    println!("1 GiB A -> C via B, every byte checked: {secs:.1} s, {:.2} Gbit/s", total as f64 * 8.0 / secs / 1e9);
+    // Frames at the full pod MTU cross (DF set); larger ones are refused to the sender.
+    let mtu = 1376;
+    let ok = ping_out(&m.bed, a_pod, c_addr, &["-M", "do", "-s", &(mtu - 28).to_string(), "-c", "2", "-W", "2"]);
+    assert!(ok.contains("2 received"), "{ok}");
+    let big = ping_out(&m.bed, a_pod, c_addr, &["-M", "do", "-s", &(mtu - 27).to_string(), "-c", "1", "-W", "2"]);
+    assert!(big.contains("mtu = 1376") || big.contains("too long"), "{big}");
+    m.down();
+}
+
+/// Starts `ping -D` from `pod` to `to` every 50 ms for `secs` seconds (bounded by ping's own
+/// deadline), in the pod's namespace.
+fn start_pinger(bed: &TestBed, pod: NodeId, to: Ipv4Addr, secs: u32) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", bed.ns(pod).name(), "ping", "-n", "-D", "-i", "0.05", "-W", "1", "-w", &secs.to_string()])
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ping in the pod")
+}
+
+/// The longest time between two consecutive replies, and how many replies came.
+fn longest_gap(child: std::process::Child) -> (Duration, usize) {
+    let out = child.wait_with_output().unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split_once(']')?.0.parse().ok())
+        .collect();
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    (Duration::from_secs_f64(gap), times.len())
+}
+
+#[test]
+fn killing_the_middle_router_or_cutting_a_link_interrupts_a_to_c_only_until_it_is_back() {
+    let mut m = Mesh::up(None, 1);
+    let (a_pod, c_addr) = (m.pods[0][0].0, m.pods[2][0].1);
+    assert!(m.bed.ping(a_pod, c_addr).unwrap() || m.bed.ping(a_pod, c_addr).unwrap());
+
+    // kill -9 B while A pings C; restart it after 2 s (a new incarnation): the pings resume.
+    let pinger = start_pinger(&m.bed, a_pod, c_addr, 25);
+    std::thread::sleep(Duration::from_secs(2));
+    let b = m.routers[1].clone();
+    m.bed.kill(b.pid).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    m.routers[1] = start(&mut m.bed, &m.run, &m.cluster, 1, &m.opts);
+    let (gap, replies) = longest_gap(pinger);
+    println!("kill -9 of B (down 2 s, then restarted): longest gap in A -> C replies {gap:.2?}, {replies} replies in 25 s");
+    assert!(gap < Duration::from_secs(20) && replies > 100, "A -> C did not resume after B restarted: gap {gap:?}, {replies} replies\n{}", m.logs());
+    assert!(m.bed.ping(a_pod, c_addr).unwrap());
+
+    // Cut the A–B cable for 2 s while A pings C.
+    let pinger = start_pinger(&m.bed, a_pod, c_addr, 20);
+    std::thread::sleep(Duration::from_secs(2));
+    m.bed.cut(m.cluster.a_cable.cable).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    m.bed.restore(m.cluster.a_cable.cable).unwrap();
+    let (gap, replies) = longest_gap(pinger);
+    println!("A-B cable cut for 2 s: longest gap in A -> C replies {gap:.2?}, {replies} replies in 20 s");
+    assert!(gap >= Duration::from_secs(1) && gap < Duration::from_secs(15) && replies > 100, "gap {gap:?}, {replies} replies\n{}", m.logs());
+    m.down();
+}
