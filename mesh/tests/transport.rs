@@ -25,6 +25,7 @@ fn node(bed: &TestBed, h: weft_fastpath::testbed::NodeId, ip: std::net::Ipv4Addr
     let dir = std::env::temp_dir().join(format!("weft-transport-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let creds = Credentials::load_or_create(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     let name = PeerName([0x0e, 0, 0, 0, 0, n]);
     let mut cfg = MeshConfig::new(name, format!("host{n}"), 1, addr, 6784);
     cfg.password = password.map(PasswordKey::new);

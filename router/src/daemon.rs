@@ -103,6 +103,16 @@ impl Daemon {
         self.mtu
     }
 
+    /// Whether a cluster password is set (mesh authenticated, sleeve encrypted).
+    pub(crate) fn encrypted(&self) -> bool {
+        self.config.password.is_some()
+    }
+
+    /// The data plane's shared state.
+    pub(crate) fn dataplane(&self) -> &Shared {
+        &self.dp
+    }
+
     fn status(&self) -> Status {
         let (established, pending, failed) = self.control().counts();
         let targets: Vec<String> = self.targets.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
@@ -260,6 +270,15 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         mtu: devices.mtu,
     });
     let server = tokio::spawn(api::serve(listener, daemon.clone()));
+    let metrics_addr = daemon.config.metrics_addr;
+    let metrics = tokio::spawn({
+        let d = daemon.clone();
+        async move {
+            if let Err(e) = crate::metrics::serve(metrics_addr, d).await {
+                tracing::warn!("metrics on {metrics_addr}: {e}");
+            }
+        }
+    });
     tracing::info!("API listening on {}", api_socket.display());
 
     let mut term = signal(SignalKind::terminate()).map_err(io("install the SIGTERM handler"))?;
@@ -289,6 +308,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     }
     peering.shutdown().await;
     server.abort();
+    metrics.abort();
     api::unbind(&api_socket);
     dataplane.stop();
     tracing::info!("stopped");

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod ethernet;
 pub mod ipam;
 pub mod logging;
+pub mod metrics;
 pub mod peering;
 pub mod plumbing;
 pub mod switch;

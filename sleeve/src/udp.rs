@@ -3,7 +3,8 @@
 //! switched off cleanly where the kernel lacks them (then a train of segments is sent one
 //! datagram per call). Socket buffers are enlarged so bursts of 64 KB super-frames fit.
 //!
-//! The socket is blocking with a receive timeout, for the data plane's dedicated threads.
+//! The socket is non-blocking (as quinn-udp leaves it); [`SleeveSocket::recv`] waits in
+//! `poll` up to its timeout, for the data plane's dedicated threads.
 //! Receive buffers are allocated once per [`RecvBatch`]; nothing is allocated per datagram.
 
 use std::io::{self, IoSliceMut};
@@ -15,6 +16,10 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 /// Socket buffer size asked for (the kernel may cap it at `net.core.[rw]mem_max`).
 pub const SOCKET_BUFFER: usize = 8 << 20;
+/// Most bytes one GSO send may carry (the largest IPv4 UDP payload).
+const MAX_GSO_BYTES: usize = 65_507;
+/// How long a send waits for room in a full send buffer before the datagram is dropped.
+const SEND_WAIT_MS: i32 = 50;
 /// Bytes per receive buffer: one GRO batch of up to 64 KB.
 pub const RECV_BUFFER: usize = 65_536;
 
@@ -39,6 +44,7 @@ pub struct SleeveSocket {
     socket: std::net::UdpSocket,
     state: UdpSocketState,
     stats: IoStats,
+    timeout: std::sync::atomic::AtomicU64,
 }
 
 impl SleeveSocket {
@@ -53,8 +59,8 @@ impl SleeveSocket {
         // Best effort: a smaller buffer than asked for is not an error.
         let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
         let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
-        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-        Ok(SleeveSocket { socket, state, stats: IoStats::default() })
+        socket.set_nonblocking(true)?;
+        Ok(SleeveSocket { socket, state, stats: IoStats::default(), timeout: AtomicU64::new(100) })
     }
 
     /// The bound address.
@@ -63,8 +69,20 @@ impl SleeveSocket {
     }
 
     /// Sets how long [`recv`](Self::recv) waits for a first datagram.
-    pub fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
-        self.socket.set_read_timeout(Some(d))
+    pub fn set_read_timeout(&self, d: Duration) {
+        self.timeout.store(d.as_millis().min(i32::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// Waits until the socket is ready for `what` or `ms` pass; true if it is ready.
+    fn wait(&self, what: nix::poll::PollFlags, ms: i32) -> io::Result<bool> {
+        use nix::poll::{PollFd, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.socket.as_fd(), what)];
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Segments one send may carry (1 without GSO).
@@ -87,11 +105,11 @@ impl SleeveSocket {
     pub fn send(&self, dst: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> io::Result<()> {
         let seg = segment_size.filter(|s| *s > 0 && *s < contents.len());
         let n = seg.map_or(1, |s| contents.len().div_ceil(s));
-        if seg.is_some() && n <= self.max_gso_segments() {
-            self.send_one(dst, contents, seg)?;
-        } else if let Some(s) = seg {
-            for chunk in contents.chunks(s) {
-                self.send_one(dst, chunk, None)?;
+        // One GSO send carries at most what one UDP datagram could (64 KB less headers).
+        let per_call = seg.map_or(1, |s| self.max_gso_segments().min(MAX_GSO_BYTES / s).max(1));
+        if let Some(s) = seg {
+            for train in contents.chunks(s * per_call) {
+                self.send_one(dst, train, (train.len() > s).then_some(s))?;
             }
         } else {
             self.send_one(dst, contents, None)?;
@@ -103,10 +121,16 @@ impl SleeveSocket {
     fn send_one(&self, dst: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> io::Result<()> {
         let t = Transmit { destination: dst, ecn: None, contents, segment_size, src_ip: None };
         self.stats.send_calls.fetch_add(1, Ordering::Relaxed);
+        let mut waited = false;
         loop {
             match self.state.try_send((&self.socket).into(), &t) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The send buffer is full: wait (once, bounded) for room, as a blocking socket would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !waited => {
+                    waited = true;
+                    self.wait(nix::poll::PollFlags::POLLOUT, SEND_WAIT_MS)?;
+                }
                 Err(e) => {
                     self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
                     return Err(e);
@@ -118,6 +142,9 @@ impl SleeveSocket {
     /// Receives a batch into `batch`, waiting up to the read timeout for the first datagram.
     /// Returns how many buffers were filled (0 on timeout).
     pub fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        if !self.wait(nix::poll::PollFlags::POLLIN, self.timeout.load(Ordering::Relaxed) as i32)? {
+            return Ok(0);
+        }
         // One small vector of slice headers per call (per batch, not per datagram).
         let RecvBatch { bufs, meta } = batch;
         let mut iov: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])).collect();

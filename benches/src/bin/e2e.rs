@@ -2,13 +2,18 @@
 //! baselines measured in the same run: raw veth (host to host across the segment) and the
 //! kernel's VXLAN (pod to pod over the same segment).
 //!
-//! Usage: `cargo run --release -p weft-benches --bin e2e [SECONDS]` as root. Each measurement is
-//! one bounded iperf3 run of SECONDS (default 5).
+//! Usage, as root: `cargo build --release -p weft-router && cargo run --release -p weft-benches
+//! --bin e2e [SECONDS]` (or `benches/e2e.sh`). Each measurement is one bounded iperf3 run of
+//! SECONDS (default 5). The weft rows run two `weft router` processes (the release binary beside
+//! this one) on a second bed with the same segment, pods attached to their bridges with
+//! addresses from their IPAM, and report the routers' CPU use over the run.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use weft_benches::{Throughput, iperf3};
+use weft_api::types::{AllocateRequest, Allocation, Attachment};
+use weft_benches::{Throughput, cpu_time, iperf3};
+use weft_router::cluster::{self, RouterOptions, RunDir};
 use weft_fastpath::netlink::{FdbEntry, LinkKind, VxlanConfig};
 use weft_fastpath::testbed::topology::{self, POD_BRIDGE};
 use weft_fastpath::testbed::TestBed;
@@ -54,10 +59,77 @@ fn run(d: Duration) -> Result<(), String> {
     }
 
     println!("single-stream TCP, {} s per run, 2 cores shared by both ends", d.as_secs());
+    if std::env::var_os("WEFT_E2E_ONLY_WEFT").is_some() {
+        bed.teardown().map_err(|e| e.to_string())?;
+        let (t, cpu) = weft(d, Some("bench"))?;
+        println!("  weft sleeve, encrypted      {:6.2} Gbit/s  retransmits {}; routers' CPU {:.0}% + {:.0}%", gbps(&t), t.retransmits, cpu[0] * 100.0, cpu[1] * 100.0);
+        return Ok(());
+    }
     let raw = iperf3(&mut bed, h2, h1, lan.links[1].addr, d)?;
     println!("  raw veth (host to host)     {:6.2} Gbit/s  retransmits {}", gbps(&raw), raw.retransmits);
     let vx = iperf3(&mut bed, pods[1].0, pods[0].0, pods[1].1, d)?;
     println!("  kernel VXLAN (pod to pod)   {:6.2} Gbit/s  retransmits {}  = {:.2} of raw veth", gbps(&vx), vx.retransmits, vx.bits_per_second / raw.bits_per_second);
-    println!("  weft sleeve                 not measured: the router does not exist yet");
-    bed.teardown().map_err(|e| e.to_string())
+    bed.teardown().map_err(|e| e.to_string())?;
+    for (label, password) in [("weft sleeve, encrypted", Some("bench")), ("weft sleeve, plain", None)] {
+        let (t, cpu) = weft(d, password)?;
+        println!(
+            "  {label:<27} {:6.2} Gbit/s  retransmits {}  = {:.2} of kernel VXLAN, {:.2} of raw veth; routers' CPU {:.0}% + {:.0}% of a core",
+            gbps(&t),
+            t.retransmits,
+            t.bits_per_second / vx.bits_per_second,
+            t.bits_per_second / raw.bits_per_second,
+            cpu[0] * 100.0,
+            cpu[1] * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// Two routers on one segment, a pod on each, one iperf3 run pod to pod over the sleeve.
+/// Returns the throughput and each router's CPU use (cores) during the run.
+fn weft(d: Duration, password: Option<&str>) -> Result<(Throughput, [f64; 2]), String> {
+    let binary = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("weft");
+    if !binary.exists() {
+        return Err(format!("{} is missing: run `cargo build --release -p weft-router` first", binary.display()));
+    }
+    let mut bed = TestBed::new().map_err(|e| e.to_string())?;
+    let run = RunDir::new(bed.id()).map_err(|e| e.to_string())?;
+    let lan = topology::shared_segment(&mut bed, 2).map_err(|e| e.to_string())?;
+    let opts = RouterOptions { binary, password: password.map(str::to_owned), extra_args: vec!["--ipalloc-init".into(), "consensus=2".into()] };
+    let r1 = cluster::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts)?;
+    let r2 = cluster::start_router(&mut bed, &run, lan.hosts[1], "h2", &[], &opts)?;
+    for r in [&r1, &r2] {
+        cluster::wait_for(r, Duration::from_secs(30), |s| s.connections.established == 1 && s.ipam.state == "ready")?;
+    }
+    let mut pods = Vec::new();
+    for (i, r) in [&r1, &r2].into_iter().enumerate() {
+        let req = AllocateRequest { attachment: Attachment { container_id: format!("bench-{i}"), ifname: "eth0".into() } };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let a = loop {
+            match r.client().post::<_, Allocation>("/ipam/allocate", &req) {
+                Ok(a) if a.gateway.is_some() => break a,
+                _ if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                other => return Err(format!("allocate: {other:?}")),
+            }
+        };
+        let (addr, prefix) = a.address.split_once('/').ok_or("bad address")?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| "bad address")?;
+        let gw: Ipv4Addr = a.gateway.as_deref().unwrap_or_default().parse().map_err(|_| "bad gateway")?;
+        let pod = bed.add_pod(lan.hosts[i], &format!("pod{i}"), POD_BRIDGE, "vp0", addr, prefix.parse().map_err(|_| "bad prefix")?, Some(gw)).map_err(|e| e.to_string())?;
+        bed.netlink(pod).set_mtu("eth0", a.mtu).map_err(|e| e.to_string())?;
+        pods.push((pod, addr));
+    }
+    // Warm up: ARP and the switch learn both pods.
+    for _ in 0..3 {
+        let _ = bed.ping(pods[0].0, pods[1].1);
+    }
+    let before = [cpu_time(r1.pid)?, cpu_time(r2.pid)?];
+    let t0 = std::time::Instant::now();
+    let t = iperf3(&mut bed, pods[1].0, pods[0].0, pods[1].1, d)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let after = [cpu_time(r1.pid)?, cpu_time(r2.pid)?];
+    let cpu = [(after[0] - before[0]).as_secs_f64() / wall, (after[1] - before[1]).as_secs_f64() / wall];
+    bed.teardown().map_err(|e| e.to_string())?;
+    drop(run);
+    Ok((t, cpu))
 }

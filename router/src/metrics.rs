@@ -1,0 +1,135 @@
+//! Prometheus metrics on `127.0.0.1:6782/metrics` (`--metrics-addr`), in the text exposition
+//! format. Names carry the `weft_` prefix, counters end in `_total`, sizes are in bytes.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `weft_connections` | gauge | `state` (established, pending, failed), `overlay`, `encryption` |
+//! | `weft_peers` | gauge | |
+//! | `weft_frames_total` | counter | `direction` (in, out), `overlay` |
+//! | `weft_frame_bytes_total` | counter | `direction`, `overlay` |
+//! | `weft_datagrams_total` | counter | `direction` |
+//! | `weft_udp_syscalls_total` | counter | `direction` |
+//! | `weft_relayed_frames_total` | counter | |
+//! | `weft_tap_frames_total` | counter | `direction` (from_bridge, to_bridge) |
+//! | `weft_drops_total` | counter | `reason` (no_route, malformed, unknown_session, auth, replay, mtu, io, switch, other) |
+//! | `weft_ipam_addresses_owned`, `weft_ipam_addresses_allocated` | gauge | |
+//! | `weft_route_recomputations_total` | counter | |
+//!
+//! Frames dropped on links that have since closed stay counted in the data plane's totals;
+//! per-session reasons (auth, replay) count sessions that are still up.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::daemon::Daemon;
+
+/// Renders every metric.
+pub fn render(d: &Daemon) -> String {
+    let mut out = String::new();
+    let (established, pending, failed) = d.control().counts();
+    let enc = if d.encrypted() { "on" } else { "off" };
+    header(&mut out, "weft_connections", "gauge", "Mesh connections by state, overlay and encryption.");
+    for (state, n, overlay) in [("established", established, "sleeve"), ("pending", pending, "none"), ("failed", failed, "none")] {
+        let _ = writeln!(out, "weft_connections{{state=\"{state}\",overlay=\"{overlay}\",encryption=\"{enc}\"}} {n}");
+    }
+    header(&mut out, "weft_peers", "gauge", "Peers in the topology, this one included.");
+    let _ = writeln!(out, "weft_peers {}", d.control().topology().len());
+
+    let dp = d.dataplane();
+    let s = &dp.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (mut f_in, mut f_out, mut b_in, mut b_out, mut d_in, mut d_out) = (0, 0, 0, 0, 0, 0);
+    let (mut auth, mut replay, mut other) = (0, 0, 0);
+    for l in dp.links.all() {
+        f_in += get(&l.stats.frames_in);
+        f_out += get(&l.stats.frames_out);
+        b_in += get(&l.stats.bytes_in);
+        b_out += get(&l.stats.bytes_out);
+        d_in += get(&l.stats.datagrams_in);
+        d_out += get(&l.stats.datagrams_out);
+        let st = *l.session().stats();
+        auth += st.auth_failed;
+        replay += st.replayed + st.too_old;
+        other += st.dropped() - st.auth_failed - st.replayed - st.too_old;
+    }
+    header(&mut out, "weft_frames_total", "counter", "Frames carried to and from peers.");
+    let _ = writeln!(out, "weft_frames_total{{direction=\"in\",overlay=\"sleeve\"}} {f_in}");
+    let _ = writeln!(out, "weft_frames_total{{direction=\"out\",overlay=\"sleeve\"}} {f_out}");
+    header(&mut out, "weft_frame_bytes_total", "counter", "Bytes of frames carried to and from peers.");
+    let _ = writeln!(out, "weft_frame_bytes_total{{direction=\"in\",overlay=\"sleeve\"}} {b_in}");
+    let _ = writeln!(out, "weft_frame_bytes_total{{direction=\"out\",overlay=\"sleeve\"}} {b_out}");
+    header(&mut out, "weft_datagrams_total", "counter", "Sleeve datagrams (authenticated on receive).");
+    let _ = writeln!(out, "weft_datagrams_total{{direction=\"in\"}} {d_in}");
+    let _ = writeln!(out, "weft_datagrams_total{{direction=\"out\"}} {d_out}");
+    let io = dp.sock.stats();
+    header(&mut out, "weft_udp_syscalls_total", "counter", "Sleeve send and receive system calls (datagrams per call = datagrams / calls).");
+    let _ = writeln!(out, "weft_udp_syscalls_total{{direction=\"in\"}} {}", get(&io.recv_calls));
+    let _ = writeln!(out, "weft_udp_syscalls_total{{direction=\"out\"}} {}", get(&io.send_calls));
+    header(&mut out, "weft_relayed_frames_total", "counter", "Frames relayed for other peers.");
+    let _ = writeln!(out, "weft_relayed_frames_total {}", get(&s.relayed));
+    header(&mut out, "weft_tap_frames_total", "counter", "Frames read from and written to the bridge's TAP port.");
+    let _ = writeln!(out, "weft_tap_frames_total{{direction=\"from_bridge\"}} {}", get(&s.tap_frames_in));
+    let _ = writeln!(out, "weft_tap_frames_total{{direction=\"to_bridge\"}} {}", get(&s.tap_frames_out));
+    header(&mut out, "weft_drops_total", "counter", "Frames and datagrams dropped, by reason.");
+    for (reason, n) in [
+        ("no_route", get(&s.drop_no_route)),
+        ("malformed", get(&s.drop_malformed)),
+        ("unknown_session", get(&s.drop_unknown_session)),
+        ("auth", auth),
+        ("replay", replay),
+        ("mtu", get(&s.drop_too_big)),
+        ("io", get(&s.drop_io)),
+        ("switch", get(&s.drop_switch)),
+        ("other", other),
+    ] {
+        let _ = writeln!(out, "weft_drops_total{{reason=\"{reason}\"}} {n}");
+    }
+    let ipam = d.ipam.summary();
+    header(&mut out, "weft_ipam_addresses_owned", "gauge", "Addresses of the pod range this peer owns.");
+    let _ = writeln!(out, "weft_ipam_addresses_owned {}", ipam.owned);
+    header(&mut out, "weft_ipam_addresses_allocated", "gauge", "Addresses allocated to pods on this peer.");
+    let _ = writeln!(out, "weft_ipam_addresses_allocated {}", ipam.allocated);
+    header(&mut out, "weft_route_recomputations_total", "counter", "Times routes were recomputed.");
+    let _ = writeln!(out, "weft_route_recomputations_total {}", d.control().recomputations());
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Serves `GET /metrics` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, d: Arc<Daemon>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("metrics on http://{addr}/metrics");
+    loop {
+        let (mut s, _) = listener.accept().await?;
+        let d = d.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut n = 0;
+            while n < buf.len() {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf[n..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(r)) => n += r,
+                }
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, ctype, body) = match req.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+                ["GET", "/metrics"] => ("200 OK", "text/plain; version=0.0.4", render(&d)),
+                ["GET", _] => ("404 Not Found", "text/plain", "only /metrics is here\n".to_owned()),
+                _ => ("405 Method Not Allowed", "text/plain", "GET /metrics\n".to_owned()),
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        });
+    }
+}
