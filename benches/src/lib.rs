@@ -2,45 +2,12 @@
 //! throughput comparison (`cargo run --release -p weft-benches --bin e2e`), which measures
 //! overlays against baselines taken in the same run on the same test-bed links.
 //!
-//! This library holds what the end-to-end runs share: driving `iperf3` between namespaces.
+//! This library holds what the end-to-end runs share: `iperf3` between namespaces (from the test
+//! bed, which `weft demo` uses too) and the CPU time of the processes measured.
 
-use std::process::Command;
 use std::time::Duration;
 
-use weft_fastpath::testbed::{NodeId, TestBed};
-
-/// One TCP throughput measurement.
-#[derive(Clone, Copy, Debug)]
-pub struct Throughput {
-    /// Bits per second the receiver got.
-    pub bits_per_second: f64,
-    /// TCP retransmissions the sender counted.
-    pub retransmits: u64,
-}
-
-/// Runs a single-stream `iperf3` TCP test from `client` to `server_addr` (served from `server`)
-/// for `duration`. Bounded: the server answers one test and exits; the client stops after
-/// `duration` (plus iperf3's own timeouts).
-pub fn iperf3(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr: std::net::Ipv4Addr, duration: Duration) -> Result<Throughput, String> {
-    let addr = server_addr.to_string();
-    let pid = bed
-        .spawn(server, Command::new("iperf3").args(["-s", "-1", "-B", &addr]).stdout(std::process::Stdio::null()))
-        .map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_millis(300));
-    let secs = duration.as_secs().max(1).to_string();
-    let out = bed
-        .run(client, Command::new("iperf3").args(["-c", &addr, "-t", &secs, "-J", "--connect-timeout", "3000"]))
-        .map_err(|e| e.to_string());
-    let _ = bed.kill(pid);
-    let out = out?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 output: {e}"))?;
-    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
-        return Err(format!("iperf3: {err}"));
-    }
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or("iperf3 output has no end.sum_received")?;
-    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    Ok(Throughput { bits_per_second: bps, retransmits })
-}
+pub use weft_fastpath::testbed::{Throughput, iperf3};
 
 /// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration, String> {

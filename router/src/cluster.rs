@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use weft_api::Client;
 use weft_api::types::Status;
+use weft_fastpath::testbed::topology::Cluster;
 use weft_fastpath::testbed::{NodeId, TestBed};
 
 /// A directory for the routers of one bed; removed on drop.
@@ -151,4 +152,38 @@ pub fn alive(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(|c| c != 'Z' && c != 'X')))
         .unwrap_or(false)
+}
+
+/// Host names of the test bed's [`Cluster`], in order.
+pub const CLUSTER_NAMES: [&str; 4] = ["a", "b", "c", "d"];
+/// Established connections each host of the cluster has once meshed: A–B, B–C, C–D, and D–B
+/// (D learns B's address by gossip and dials it through its NAT).
+pub const CLUSTER_DEGREE: [usize; 4] = [1, 3, 2, 2];
+
+/// Whom host `i` of the cluster dials: A → B, C → B, D → C (through its NAT); B dials no one.
+pub fn cluster_peers(c: &Cluster, i: usize) -> Vec<Ipv4Addr> {
+    match i {
+        0 => vec![c.all_addrs[1][0]],
+        2 => vec![c.all_addrs[1][1]],
+        3 => vec![c.host_addrs[2]],
+        _ => vec![],
+    }
+}
+
+/// Starts router `i` of the cluster.
+pub fn start_cluster_router(bed: &mut TestBed, run: &RunDir, c: &Cluster, i: usize, opts: &RouterOptions) -> Result<RouterProc, String> {
+    start_router(bed, run, c.hosts[i], CLUSTER_NAMES[i], &cluster_peers(c, i), opts)
+}
+
+/// Starts a router on every host of the cluster, dividing the pod range among the four by
+/// consensus, and waits until each has its connections, the whole topology and IPAM ready.
+pub fn start_cluster(bed: &mut TestBed, run: &RunDir, c: &Cluster, opts: &RouterOptions, timeout: Duration) -> Result<Vec<RouterProc>, String> {
+    let mut opts = opts.clone();
+    opts.extra_args.extend(["--ipalloc-init".to_owned(), "consensus=4".to_owned()]);
+    let routers = (0..4).map(|i| start_cluster_router(bed, run, c, i, &opts)).collect::<Result<Vec<_>, _>>()?;
+    for (i, r) in routers.iter().enumerate() {
+        wait_for(r, timeout, |s| s.connections.established >= CLUSTER_DEGREE[i] && s.peers == 4 && s.ipam.state == "ready")
+            .map_err(|e| format!("{}: {e}", CLUSTER_NAMES[i]))?;
+    }
+    Ok(routers)
 }

@@ -14,7 +14,7 @@ use weft_fastpath::testbed::topology::{self, Cluster};
 use weft_fastpath::testbed::{NodeId, TestBed};
 use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
 
-const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+const NAMES: [&str; 4] = cluster::CLUSTER_NAMES;
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -30,40 +30,16 @@ struct Mesh {
     pods: Vec<Vec<(NodeId, Ipv4Addr)>>,
 }
 
-/// Who each host dials: A → B, C → B, D → C (through its NAT). B dials no one.
-fn peers_of(c: &Cluster, i: usize) -> Vec<Ipv4Addr> {
-    match i {
-        0 => vec![c.all_addrs[1][0]],
-        2 => vec![c.all_addrs[1][1]],
-        3 => vec![c.host_addrs[2]],
-        _ => vec![],
-    }
-}
-
-fn start(bed: &mut TestBed, run: &RunDir, c: &Cluster, i: usize, opts: &RouterOptions) -> RouterProc {
-    cluster::start_router(bed, run, c.hosts[i], NAMES[i], &peers_of(c, i), opts).unwrap()
-}
-
-/// Expected established connections per host: A–B, B–C, C–D.
-const DEGREE: [usize; 4] = [1, 2, 2, 1];
-
 impl Mesh {
     fn up(password: Option<&str>, pods_per_host: usize) -> Mesh {
         let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
         let run = RunDir::new(bed.id()).unwrap();
         let cluster = topology::cluster(&mut bed, 0).unwrap();
-        let opts = RouterOptions {
-            binary: weft(),
-            password: password.map(str::to_owned),
-            extra_args: vec!["--ipalloc-init".into(), "consensus=4".into()],
-        };
-        let routers: Vec<RouterProc> = (0..4).map(|i| start(&mut bed, &run, &cluster, i, &opts)).collect();
+        let opts = RouterOptions { binary: weft(), password: password.map(str::to_owned), extra_args: vec![] };
         let t0 = Instant::now();
-        for (i, r) in routers.iter().enumerate() {
-            cluster::wait_for(r, Duration::from_secs(40), |s| s.connections.established >= DEGREE[i] && s.peers == 4 && s.ipam.state == "ready")
-                .unwrap_or_else(|e| panic!("{}: {e}", NAMES[i]));
-        }
+        let routers = cluster::start_cluster(&mut bed, &run, &cluster, &opts, Duration::from_secs(40)).unwrap();
         println!("mesh of 4 converged (connections, topology, IPAM consensus) in {:?}", t0.elapsed());
+        let opts = RouterOptions { extra_args: vec!["--ipalloc-init".into(), "consensus=4".into()], ..opts };
         let mut m = Mesh { bed, run, cluster, routers, opts, pods: vec![] };
         for i in 0..4 {
             let mut list = Vec::new();
@@ -277,7 +253,7 @@ fn killing_the_middle_router_or_cutting_a_link_interrupts_a_to_c_only_until_it_i
     let b = m.routers[1].clone();
     m.bed.kill(b.pid).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    m.routers[1] = start(&mut m.bed, &m.run, &m.cluster, 1, &m.opts);
+    m.routers[1] = cluster::start_cluster_router(&mut m.bed, &m.run, &m.cluster, 1, &m.opts).unwrap();
     let (gap, replies) = longest_gap(pinger);
     println!("kill -9 of B (down 2 s, then restarted): longest gap in A -> C replies {gap:.2?}, {replies} replies in 25 s");
     assert!(gap < Duration::from_secs(20) && replies > 100, "A -> C did not resume after B restarted: gap {gap:?}, {replies} replies\n{}", m.logs());

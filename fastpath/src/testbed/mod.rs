@@ -12,7 +12,7 @@
 //! link in them. [`TestBed::teardown`] does the same and reports every failure.
 
 mod probe;
-pub use probe::PROBE_WAIT;
+pub use probe::{PROBE_WAIT, Throughput, iperf3};
 pub mod topology;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -282,6 +282,11 @@ impl TestBed {
             p.nl.add_route(&Route::default_via(IpAddr::V4(gw)))?;
         }
         Ok(pod)
+    }
+
+    /// PIDs of the processes the bed started and still holds.
+    pub fn children(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
     }
 
     /// Starts `cmd` inside `node`'s namespace; the bed kills it (by PID) when torn down.

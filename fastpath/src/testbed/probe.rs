@@ -1,5 +1,6 @@
-//! Reachability probes between nodes of a bed: one UDP datagram, or one ICMP echo (`ping`).
-//! Each is bounded in time and sends at most one packet.
+//! Reachability probes between nodes of a bed: one UDP datagram, or one ICMP echo (`ping`),
+//! each bounded in time and sending at most one packet; and a bounded TCP throughput run
+//! (`iperf3`).
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
@@ -54,3 +55,37 @@ impl TestBed {
         }
     }
 }
+
+/// One TCP throughput measurement.
+#[derive(Clone, Copy, Debug)]
+pub struct Throughput {
+    /// Bits per second the receiver got.
+    pub bits_per_second: f64,
+    /// TCP retransmissions the sender counted.
+    pub retransmits: u64,
+}
+
+/// Runs a single-stream `iperf3` TCP test from `client` to `server_addr` (served from `server`)
+/// for `duration`. Bounded: the server answers one test and exits; the client stops after
+/// `duration` (plus iperf3's own timeouts).
+pub fn iperf3(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr: std::net::Ipv4Addr, duration: Duration) -> Result<Throughput, String> {
+    let addr = server_addr.to_string();
+    let pid = bed
+        .spawn(server, Command::new("iperf3").args(["-s", "-1", "-B", &addr]).stdout(std::process::Stdio::null()))
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = duration.as_secs().max(1).to_string();
+    let out = bed
+        .run(client, Command::new("iperf3").args(["-c", &addr, "-t", &secs, "-J", "--connect-timeout", "3000"]))
+        .map_err(|e| e.to_string());
+    let _ = bed.kill(pid);
+    let out = out?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 output: {e}"))?;
+    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+        return Err(format!("iperf3: {err}"));
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or("iperf3 output has no end.sum_received")?;
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok(Throughput { bits_per_second: bps, retransmits })
+}
+
