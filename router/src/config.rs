@@ -43,6 +43,10 @@ pub struct RouterArgs {
     /// among this peer and its `--peer` targets.
     #[arg(long, env = "WEFT_IPALLOC_INIT", value_name = "consensus=N")]
     pub ipalloc_init: Option<String>,
+    /// On SIGTERM, hand this peer's part of the range to a live peer and release its
+    /// allocations: for a host leaving the cluster for good (a plain restart keeps both).
+    #[arg(long, env = "WEFT_HANDOVER_ON_EXIT")]
+    pub handover_on_exit: bool,
     /// Pod MTU (default: the sleeve's path MTU less its overhead).
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
@@ -86,6 +90,8 @@ pub struct Config {
     pub ipalloc_range: Cidr,
     /// Peers expected in the first IPAM consensus (None: alone, this peer seeds the ring).
     pub ipalloc_consensus: Option<usize>,
+    /// Hand the range over on SIGTERM.
+    pub handover_on_exit: bool,
     /// Pod MTU if fixed.
     pub mtu: Option<u32>,
     /// Connection limit.
@@ -189,6 +195,7 @@ impl Config {
             api_socket: args.api_socket,
             ipalloc_range,
             ipalloc_consensus,
+            handover_on_exit: args.handover_on_exit,
             mtu: args.mtu,
             conn_limit: args.conn_limit,
             mesh_port: args.mesh_port,

@@ -306,6 +306,9 @@ async fn main(config: Config) -> Result<(), DaemonError> {
             }
         }
     }
+    if daemon.config.handover_on_exit {
+        peering.hand_over(&daemon).await;
+    }
     peering.shutdown().await;
     server.abort();
     metrics.abort();

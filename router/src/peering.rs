@@ -300,6 +300,24 @@ impl Peering {
         self.conns.values().map(|u| (u.info.peer, u.handle.rtt())).collect()
     }
 
+    /// Hands this peer's part of the range to the lowest-named live peer (and releases its
+    /// allocations), then sends what IPAM queued while the connections are still up.
+    pub async fn hand_over(&mut self, d: &Daemon) {
+        let now = Instant::now();
+        let live: Vec<PeerName> = {
+            let c = d.control();
+            let routes = c.routes().load_full();
+            c.topology().entries().map(|e| e.name).filter(|p| routes.next_hop(*p).is_some()).collect()
+        };
+        match d.ipam.with(|i| i.shutdown(now, &live)) {
+            Ok(Some(to)) => tracing::info!(peer = %to, "IPAM: handed this peer's range over"),
+            Ok(None) => tracing::info!("IPAM: nothing to hand over"),
+            Err(e) => tracing::warn!("IPAM: cannot hand the range over: {e}"),
+        }
+        self.flush(now, d);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     /// Tells every peer we are going (SIGTERM).
     pub async fn shutdown(&mut self) {
         for u in self.conns.values() {
