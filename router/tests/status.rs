@@ -1,0 +1,177 @@
+//! What an operator sees: the `weft` CLI (text and `--json`) against real routers, a peer with
+//! the wrong password refused on both sides with its reason shown, and the Prometheus endpoint
+//! scraped during traffic, with malformed, foreign and replayed datagrams counted as drops.
+//! Root needed.
+
+mod common;
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Mesh, weft};
+use weft_api::types::{Connection, IpamShare, Peer, Status};
+use weft_fastpath::testbed::{NodeId, TestBed, topology};
+use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
+
+fn cli(r: &RouterProc, args: &[&str]) -> (bool, String) {
+    let out = Command::new(weft()).args(args).arg("--api-socket").arg(&r.api_socket).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// Scrapes the router's metrics from inside its host's namespace.
+fn metrics(bed: &TestBed, host: NodeId) -> String {
+    let out = bed.run(host, Command::new("curl").args(["-sf", "http://127.0.0.1:6782/metrics"])).unwrap();
+    assert!(out.status.success(), "metrics endpoint did not answer");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+#[test]
+fn the_cli_shows_the_mesh_in_text_and_json() {
+    let m = Mesh::up(Some("pw"), 1);
+    let (a, b) = (&m.routers[0], &m.routers[1]);
+
+    let (ok, text) = cli(a, &["status"]);
+    assert!(ok, "{text}");
+    println!("weft status (a):\n{text}");
+    for field in ["Version:", "Name:", "(a)", "Encryption: enabled", "PeerDiscovery: enabled", "Targets: 1", "Connections:", "Peers: 4", "IPAM: ready", "Range: 10.32.0.0/12"] {
+        assert!(text.contains(field), "missing {field:?} in:\n{text}");
+    }
+    let (_, text) = cli(a, &["status", "peers"]);
+    println!("weft status peers (a):\n{text}");
+    let heads: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(heads.len(), 4, "{text}");
+    assert!(heads.iter().any(|l| l.contains("(c)  via ") && l.ends_with("(b)")), "{text}");
+    assert!(text.lines().filter(|l| l.starts_with("   ") && l.contains("established")).count() >= 6, "{text}");
+    let (_, text) = cli(b, &["status", "connections"]);
+    println!("weft status connections (b):\n{text}");
+    let up: Vec<&str> = text.lines().filter(|l| l.contains(" established ")).collect();
+    assert!(up.len() >= 3 && up.iter().all(|l| l.starts_with("<- ") && l.contains("established sleeve   encrypted   mtu=1376  rtt=")), "{text}");
+    let (_, text) = cli(a, &["status", "ipam"]);
+    assert_eq!(text.lines().filter(|l| l.contains("262144 IPs ( 25.0% of total)")).count(), 4, "{text}");
+    let (_, text) = cli(a, &["status", "targets"]);
+    assert_eq!(text.trim(), format!("{}:6783", m.cluster.all_addrs[1][0]), "{text}");
+
+    // JSON: the documented fields, parsed.
+    let (_, json) = cli(a, &["status", "--json"]);
+    let s: Status = serde_json::from_str(&json).unwrap();
+    assert!(s.encryption && s.peer_discovery && s.peers == 4 && s.ipam.state == "ready" && s.connections.established >= 1);
+    let (_, json) = cli(a, &["status", "peers", "--json"]);
+    let peers: Vec<Peer> = serde_json::from_str(&json).unwrap();
+    assert!(peers.iter().all(|p| p.reachable && !p.name.is_empty()));
+    let (_, json) = cli(b, &["status", "connections", "--json"]);
+    let conns: Vec<Connection> = serde_json::from_str(&json).unwrap();
+    let up: Vec<&Connection> = conns.iter().filter(|c| c.state == "established").collect();
+    assert!(up.len() >= 3 && up.iter().all(|c| c.overlay == "sleeve" && c.encrypted && c.mtu == Some(1376) && c.rtt_ms.is_some()), "{conns:?}");
+    let (_, json) = cli(a, &["status", "ipam", "--json"]);
+    let shares: Vec<IpamShare> = serde_json::from_str(&json).unwrap();
+    assert_eq!(shares.iter().map(|s| s.size).sum::<u64>(), 1 << 20);
+    let (_, json) = cli(a, &["status", "targets", "--json"]);
+    let targets: Vec<String> = serde_json::from_str(&json).unwrap();
+    assert_eq!(targets.len(), 1);
+
+    // `weft connect` and `weft forget` change the targets.
+    let (ok, text) = cli(a, &["connect", "198.51.100.99"]);
+    assert!(ok, "{text}");
+    let (_, text) = cli(a, &["status", "targets"]);
+    assert!(text.contains("198.51.100.99:6783"), "{text}");
+    let (ok, _) = cli(a, &["forget", "198.51.100.99"]);
+    assert!(ok);
+    let (_, text) = cli(a, &["status", "targets"]);
+    assert!(!text.contains("198.51.100.99"), "{text}");
+    m.down();
+}
+
+#[test]
+fn a_peer_with_the_wrong_password_is_refused_on_both_sides_and_never_joins_the_topology() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let run = RunDir::new(bed.id()).unwrap();
+    let lan = topology::shared_segment(&mut bed, 3).unwrap();
+    let good = RouterOptions { binary: weft(), password: Some("right".into()), extra_args: vec![] };
+    let bad = RouterOptions { password: Some("wrong".into()), ..good.clone() };
+    let h1 = cluster::start_router(&mut bed, &run, lan.hosts[0], "h1", &[], &good).unwrap();
+    let h2 = cluster::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &good).unwrap();
+    let intruder = cluster::start_router(&mut bed, &run, lan.hosts[2], "intruder", &[lan.links[0].addr], &bad).unwrap();
+    cluster::wait_for(&h2, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
+    let s = cluster::wait_for(&intruder, Duration::from_secs(30), |s| s.connections.failed >= 1).unwrap();
+    assert_eq!(s.connections.established, 0);
+    let (_, text) = cli(&intruder, &["status", "connections"]);
+    println!("intruder's connections:\n{text}");
+    assert!(text.contains("retrying") && text.contains("wrong cluster password") && text.contains("retry in"), "{text}");
+    let conns: Vec<Connection> = intruder.client().get("/connections").unwrap();
+    assert!(conns[0].reason.as_deref().is_some_and(|r| r.contains("wrong cluster password")) && conns[0].retry_in_secs.is_some());
+    std::thread::sleep(Duration::from_secs(2));
+    for r in [&h1, &h2] {
+        let peers: Vec<Peer> = r.client().get("/peers").unwrap();
+        assert_eq!(peers.len(), 2, "the intruder appears in the topology: {peers:?}");
+        assert!(peers.iter().all(|p| p.nickname != "intruder"));
+    }
+    let log = h1.log_text();
+    assert!(log.contains("mesh connection refused: wrong cluster password"), "{log}");
+    assert!(!log.contains("\"wrong\"") && !log.contains(" right"), "a password reached the log");
+    bed.teardown().unwrap();
+}
+
+#[test]
+fn metrics_count_traffic_and_drop_malformed_foreign_and_replayed_datagrams() {
+    let m = Mesh::up(Some("pw"), 1);
+    let (a_host, b_host) = (m.cluster.hosts[0], m.cluster.hosts[1]);
+    let (a_pod, c_addr) = (m.pods[0][0].0, m.pods[2][0].1);
+    let before = metrics(&m.bed, a_host);
+    for _ in 0..5 {
+        assert!(m.bed.ping(a_pod, c_addr).unwrap());
+    }
+    let during = metrics(&m.bed, a_host);
+    println!("{during}");
+    for series in ["weft_frames_total{direction=\"out\",overlay=\"sleeve\"}", "weft_frames_total{direction=\"in\",overlay=\"sleeve\"}", "weft_datagrams_total{direction=\"out\"}", "weft_tap_frames_total{direction=\"from_bridge\"}"] {
+        assert!(metric(&during, series) > metric(&before, series), "{series} did not grow");
+    }
+    assert_eq!(metric(&during, "weft_connections{state=\"established\",overlay=\"sleeve\",encryption=\"on\"}"), 1);
+    assert_eq!(metric(&during, "weft_peers"), 4);
+    assert!(metric(&during, "weft_ipam_addresses_owned") == 1 << 18);
+
+    // Malformed and foreign datagrams sent to A's sleeve port from B's host.
+    let a_sleeve = (m.cluster.host_addrs[0], 6784);
+    let sock = m.bed.ns(b_host).run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))).unwrap().unwrap();
+    sock.send_to(b"short", a_sleeve).unwrap();
+    let mut foreign = [0u8; 80];
+    foreign[0] = 1; // version 1
+    foreign[1] = 2; // sealed
+    foreign[8..12].copy_from_slice(&0x0bad_cafe_u32.to_be_bytes());
+    for _ in 0..3 {
+        sock.send_to(&foreign, a_sleeve).unwrap();
+    }
+
+    // Replayed datagrams: B's host duplicates every sleeve datagram it sends to A (nftables
+    // `dup`), so A sees each counter twice and must drop the copy.
+    let nft = |args: &str| {
+        let out = m.bed.run(b_host, Command::new("nft").args(args.split(' '))).unwrap();
+        assert!(out.status.success(), "nft {args}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    nft("add table ip weftdup");
+    nft("add chain ip weftdup out { type filter hook output priority 0 ; }");
+    nft(&format!("add rule ip weftdup out ip daddr {} udp dport 6784 dup to {}", a_sleeve.0, a_sleeve.0));
+    for _ in 0..5 {
+        assert!(m.bed.ping(a_pod, c_addr).unwrap(), "traffic stops when datagrams are duplicated");
+    }
+    nft("delete table ip weftdup");
+    let t0 = Instant::now();
+    let after = loop {
+        let after = metrics(&m.bed, a_host);
+        if metric(&after, "weft_drops_total{reason=\"replay\"}") >= 5 || t0.elapsed() > Duration::from_secs(5) {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("{}", after.lines().filter(|l| l.starts_with("weft_drops_total")).collect::<Vec<_>>().join("\n"));
+    assert!(metric(&after, "weft_drops_total{reason=\"malformed\"}") >= 1);
+    assert!(metric(&after, "weft_drops_total{reason=\"unknown_session\"}") >= 3);
+    assert!(metric(&after, "weft_drops_total{reason=\"replay\"}") >= 5);
+    m.down();
+}
