@@ -2,18 +2,16 @@
 //! real CNI client (`cnitool`, from Debian's libcni) running `weft-cni` chained with the
 //! reference `portmap` plugin. Root needed.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::{cnitool, netconf, weft};
 use weft_api::types::{AllocateRequest, Allocation, Attachment, Status};
 use weft_fastpath::netns::NETNS_DIR;
 use weft_fastpath::testbed::{NodeId, TestBed};
 use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
-
-fn weft() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
-}
 
 fn start(bed: &mut TestBed, run: &RunDir, h: NodeId) -> RouterProc {
     let opts = RouterOptions { binary: weft(), password: None, extra_args: vec![] };
@@ -24,31 +22,6 @@ fn start(bed: &mut TestBed, run: &RunDir, h: NodeId) -> RouterProc {
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// A conflist like deploy/10-weft.conflist, pointed at this router's socket.
-fn netconf(dir: &Path, api_socket: &Path) {
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-weft.conflist")).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&shipped).unwrap();
-    v["plugins"][0]["apiSocket"] = serde_json::json!(api_socket);
-    // Chain the reference bandwidth plugin too: it shapes the host veth our result names.
-    v["plugins"].as_array_mut().unwrap().push(serde_json::json!({
-        "type": "bandwidth", "ingressRate": 100_000_000, "ingressBurst": 1_000_000, "egressRate": 100_000_000, "egressBurst": 1_000_000
-    }));
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("10-weft.conflist"), v.to_string()).unwrap();
-}
-
-fn cnitool(bed: &TestBed, h: NodeId, netconf_dir: &Path, verb: &str, pod_ns: &str) -> Output {
-    let plugins = format!("{}:/usr/lib/cni", weft().parent().unwrap().display());
-    bed.run(
-        h,
-        Command::new("cnitool")
-            .args([verb, "weft", &format!("{NETNS_DIR}/{pod_ns}")])
-            .env("NETCONFPATH", netconf_dir)
-            .env("CNI_PATH", plugins),
-    )
-    .unwrap()
 }
 
 #[test]

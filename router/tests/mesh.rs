@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Mesh, NAMES, weft};
+use common::{Mesh, NAMES, cnitool, netconf, weft};
 use weft_api::types::{Connection, Peer, Status};
 use weft_fastpath::testbed::{NodeId, TestBed};
 use weft_router::cluster;
@@ -197,5 +197,35 @@ fn killing_the_middle_router_or_cutting_a_link_interrupts_a_to_c_only_until_it_i
     let (gap, replies) = longest_gap(pinger);
     println!("A-B cable cut for 2 s: longest gap in A -> C replies {gap:.2?}, {replies} replies in 20 s");
     assert!(gap >= Duration::from_secs(1) && gap < Duration::from_secs(15) && replies > 100, "gap {gap:?}, {replies} replies\n{}", m.logs());
+    m.down();
+}
+
+#[test]
+fn pods_attached_by_cnitool_on_two_hosts_reach_each_other_and_pods_elsewhere() {
+    assert!(Command::new("cnitool").arg("--help").output().is_ok(), "cnitool is missing: run scripts/install-deps");
+    let mut m = Mesh::up(Some("pw"), 1);
+    let mut attached = Vec::new();
+    for host in [0, 2] {
+        let conf = m.run.path().join(format!("net.d-{}", NAMES[host]));
+        netconf(&conf, &m.routers[host].api_socket);
+        let pod = m.bed.add_node(&format!("{}-cni", NAMES[host])).unwrap();
+        let ns = m.bed.ns(pod).name().to_owned();
+        let add = cnitool(&m.bed, m.cluster.hosts[host], &conf, "add", &ns);
+        let text = String::from_utf8_lossy(&add.stdout).into_owned() + &String::from_utf8_lossy(&add.stderr);
+        assert!(add.status.success(), "cnitool add on {}: {text}", NAMES[host]);
+        let v: serde_json::Value = serde_json::from_slice(&add.stdout).unwrap();
+        let addr: Ipv4Addr = v["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+        attached.push((host, conf, pod, ns, addr));
+    }
+    let (a, c) = (&attached[0], &attached[1]);
+    let b_pod = m.pods[1][0].1;
+    for (from, to, what) in [(a.2, c.4, "a's CNI pod -> c's CNI pod"), (c.2, a.4, "c's CNI pod -> a's CNI pod"), (a.2, b_pod, "a's CNI pod -> b's pod"), (c.2, m.pods[3][0].1, "c's CNI pod -> d's pod")] {
+        assert!(m.bed.ping(from, to).unwrap() || m.bed.ping(from, to).unwrap(), "{what} ({to}) failed\n{}", m.logs());
+    }
+    println!("cnitool pods {} (a) and {} (c) reach each other and pods on b and d", a.4, c.4);
+    for (host, conf, _, ns, _) in &attached {
+        let del = cnitool(&m.bed, m.cluster.hosts[*host], conf, "del", ns);
+        assert!(del.status.success(), "cnitool del: {}", String::from_utf8_lossy(&del.stderr));
+    }
     m.down();
 }

@@ -4,10 +4,12 @@
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use weft_api::types::{AllocateRequest, Allocation, Attachment};
+use weft_fastpath::netns::NETNS_DIR;
 use weft_fastpath::testbed::topology::{self, Cluster};
 use weft_fastpath::testbed::{NodeId, TestBed};
 use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
@@ -88,5 +90,30 @@ impl Mesh {
         bed.teardown().unwrap();
         drop(run);
     }
+}
+
+/// A conflist like deploy/10-weft.conflist, pointed at this router's socket.
+pub fn netconf(dir: &Path, api_socket: &Path) {
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-weft.conflist")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    v["plugins"][0]["apiSocket"] = serde_json::json!(api_socket);
+    // Chain the reference bandwidth plugin too: it shapes the host veth our result names.
+    v["plugins"].as_array_mut().unwrap().push(serde_json::json!({
+        "type": "bandwidth", "ingressRate": 100_000_000, "ingressBurst": 1_000_000, "egressRate": 100_000_000, "egressBurst": 1_000_000
+    }));
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("10-weft.conflist"), v.to_string()).unwrap();
+}
+
+pub fn cnitool(bed: &TestBed, h: NodeId, netconf_dir: &Path, verb: &str, pod_ns: &str) -> Output {
+    let plugins = format!("{}:/usr/lib/cni", weft().parent().unwrap().display());
+    bed.run(
+        h,
+        Command::new("cnitool")
+            .args([verb, "weft", &format!("{NETNS_DIR}/{pod_ns}")])
+            .env("NETCONFPATH", netconf_dir)
+            .env("CNI_PATH", plugins),
+    )
+    .unwrap()
 }
 
