@@ -229,3 +229,35 @@ fn pods_attached_by_cnitool_on_two_hosts_reach_each_other_and_pods_elsewhere() {
     }
     m.down();
 }
+
+#[test]
+fn a_smaller_path_mtu_is_found_and_frames_at_the_full_pod_mtu_still_cross() {
+    let mut m = Mesh::up(Some("pw"), 1);
+    // Every underlay link shrinks to 1400 bytes (as on a cloud network with a smaller MTU): the
+    // 1472-byte datagrams the routers found at start are refused now, and must be found again.
+    let nodes: Vec<NodeId> = m.cluster.hosts.iter().copied().chain([m.cluster.nat]).collect();
+    for n in nodes {
+        let ifaces: Vec<String> = m.bed.netlink(n).links().unwrap().into_iter().map(|l| l.name).filter(|n| n != "lo" && !n.starts_with("weft") && !n.starts_with("vp")).collect();
+        for i in &ifaces {
+            m.bed.netlink(n).set_mtu(i, 1400).unwrap();
+        }
+    }
+    let (a_pod, c_addr) = (m.pods[0][0].0, m.pods[2][0].1);
+    let full = (1376 - 28).to_string();
+    let t0 = Instant::now();
+    let crossed = loop {
+        let out = ping_out(&m.bed, a_pod, c_addr, &["-M", "do", "-s", &full, "-c", "1", "-W", "1"]);
+        if out.contains("1 received") {
+            break t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "full-size frames never crossed the smaller path\n{}", m.logs());
+    };
+    let out = ping_out(&m.bed, a_pod, c_addr, &["-M", "do", "-s", &full, "-c", "5", "-i", "0.2", "-W", "2"]);
+    assert!(out.contains("5 received"), "{out}");
+    let (secs, checked) = transfer(&m.bed, a_pod, m.pods[2][0].0, c_addr, 64 << 20);
+    assert_eq!(checked, 64 << 20);
+    println!("underlay at 1400 bytes: full-size frames crossed again after {crossed:?}; 64 MiB checked in {secs:.1} s");
+    let log = m.routers[1].log_text() + &m.routers[2].log_text();
+    assert!(log.contains("datagram=1372"), "no path MTU of 1372 found:\n{log}");
+    m.down();
+}

@@ -17,6 +17,7 @@
 //! its body, for fragmentation and path MTU.
 
 pub mod frag;
+pub mod liveness;
 pub mod replay;
 pub mod session;
 pub mod udp;

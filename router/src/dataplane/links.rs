@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use weft_mesh::peer::PeerName;
 use weft_sleeve::Session;
 use weft_sleeve::frag::{ReasmConfig, Reassembler};
+use weft_sleeve::liveness::{Liveness, LivenessConfig, Pmtu, PmtuConfig};
 
 /// Per-link counters.
 #[derive(Debug, Default)]
@@ -35,6 +36,15 @@ pub struct LinkStats {
     pub datagrams_in: AtomicU64,
 }
 
+/// Heartbeats and the path MTU search of a link.
+#[derive(Debug)]
+pub struct LinkHealth {
+    /// Heartbeats, liveness, round-trip time.
+    pub liveness: Liveness,
+    /// The path MTU search.
+    pub pmtu: Pmtu,
+}
+
 /// The sleeve to one peer.
 #[derive(Debug)]
 pub struct SleeveLink {
@@ -49,6 +59,7 @@ pub struct SleeveLink {
     datagram: AtomicUsize,
     next_frag: AtomicU32,
     reasm: Mutex<Reassembler>,
+    live: Mutex<LinkHealth>,
     epoch: Instant,
     last_rx_ms: AtomicU64,
     /// Counters.
@@ -60,8 +71,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SleeveLink {
-    /// A link over `session` to `peer` at `addr`, sending datagrams of at most `datagram` bytes.
-    pub fn new(peer: PeerName, conn_id: u64, session: Session, addr: SocketAddr, datagram: usize, now: Instant) -> SleeveLink {
+    /// A link over `session` to `peer` at `addr`, sending datagrams of at most `max_datagram`
+    /// bytes once path MTU discovery has proven them (until then, of the search's floor).
+    pub fn new(peer: PeerName, conn_id: u64, session: Session, addr: SocketAddr, max_datagram: usize, now: Instant) -> SleeveLink {
+        let pmtu = Pmtu::new(now, PmtuConfig { max: max_datagram.min(u16::MAX as usize) as u16, ..PmtuConfig::default() });
+        let datagram = usize::from(pmtu.current());
         SleeveLink {
             peer,
             local_index: session.ids().local,
@@ -71,6 +85,7 @@ impl SleeveLink {
             datagram: AtomicUsize::new(datagram),
             next_frag: AtomicU32::new(1),
             reasm: Mutex::new(Reassembler::new(ReasmConfig::default())),
+            live: Mutex::new(LinkHealth { liveness: Liveness::new(now, LivenessConfig::default()), pmtu }),
             epoch: now,
             last_rx_ms: AtomicU64::new(0),
             stats: LinkStats::default(),
@@ -104,6 +119,11 @@ impl SleeveLink {
     /// The session, locked.
     pub fn session(&self) -> MutexGuard<'_, Session> {
         lock(&self.session)
+    }
+
+    /// Heartbeats and path MTU, locked.
+    pub fn health(&self) -> MutexGuard<'_, LinkHealth> {
+        lock(&self.live)
     }
 
     /// The reassembly state, locked.

@@ -27,21 +27,21 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use weft_mesh::peer::PeerName;
 use weft_mesh::routes::RoutesHandle;
+use weft_sleeve::liveness::{CONTROL_LEN, ControlMsg};
 use weft_sleeve::udp::{RecvBatch, SleeveSocket};
-use weft_sleeve::wire;
 
 use crate::switch::{Switch, Verdict};
 use crate::vnet;
-use links::Links;
-use sleeve::{DataplaneStats, Incoming, Sender};
+use links::{Links, SleeveLink};
+use sleeve::{DataplaneStats, Incoming, Received, Sender};
 use tapio::{FrameBuf, TapIo};
 
 /// Frames read from the TAP per batch.
 pub const TAP_BATCH: usize = 32;
 /// Receive buffers per sleeve batch.
 pub const UDP_BATCH: usize = 32;
-/// How often each link gets a heartbeat.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the sleeve thread runs the links' timers (heartbeats, path MTU probes).
+pub const TIMER_TICK: Duration = Duration::from_millis(50);
 
 /// What both threads share.
 pub struct Shared {
@@ -177,6 +177,17 @@ fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, env: enve
     match sender.send(now, &sh.sock, &link, env, vh, frame) {
         Ok(()) => {}
         Err(sleeve::SendError::TooBig(_)) => inc(&sh.stats.drop_too_big),
+        // The path (or our own interface) no longer carries datagrams of this size: search again.
+        Err(sleeve::SendError::Io(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+            inc(&sh.stats.drop_too_big);
+            let mut h = link.health();
+            h.pmtu.too_big(now, link.datagram().min(u16::MAX as usize) as u16);
+            let d = usize::from(h.pmtu.current());
+            if d != link.datagram() {
+                tracing::info!(peer = %hop, datagram = d, "sleeve: datagram refused as too big; searching the path MTU again");
+                link.set_datagram(d);
+            }
+        }
         Err(e) => {
             tracing::debug!(peer = %hop, "sleeve send: {e}");
             inc(&sh.stats.drop_io);
@@ -188,7 +199,7 @@ fn sleeve_thread(sh: &Shared) {
     let mut batch = RecvBatch::new(UDP_BATCH);
     let mut sender = Sender::default();
     let mut tapbuf = vec![0u8; vnet::LEN + sleeve::MAX_PAYLOAD];
-    let mut next_heartbeat = Instant::now();
+    let mut next_timers = Instant::now();
     while !sh.stop.load(Ordering::Relaxed) {
         let n = match sh.sock.recv(&mut batch) {
             Ok(n) => n,
@@ -209,19 +220,58 @@ fn sleeve_thread(sh: &Shared) {
                 }
             }
         }
-        if now >= next_heartbeat {
-            next_heartbeat = now + HEARTBEAT;
+        if now >= next_timers {
+            next_timers = now + TIMER_TICK;
             for link in sh.links.all() {
-                if let Err(e) = sender.send_control(now, &sh.sock, &link, &[HEARTBEAT_MSG], 0) {
-                    tracing::debug!(peer = %link.peer, "heartbeat: {e}");
-                }
+                link_timers(sh, &mut sender, now, &link);
             }
         }
     }
 }
 
-/// Control record payload of a heartbeat.
-const HEARTBEAT_MSG: u8 = 1;
+/// Heartbeats and path MTU probes due on `link`.
+fn link_timers(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink) {
+    let (hb, probe) = {
+        let mut h = link.health();
+        (h.liveness.poll_transmit(now), h.pmtu.poll_probe(now))
+    };
+    for msg in [hb, probe].into_iter().flatten() {
+        let _ = send_control(sh, sender, now, link, &msg);
+    }
+}
+
+fn send_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink, msg: &ControlMsg) -> Result<(), sleeve::SendError> {
+    let mut b = [0u8; CONTROL_LEN];
+    let _ = msg.emit(&mut b);
+    let r = sender.send_control(now, &sh.sock, link, &b, msg.pad_to());
+    if let Err(e) = &r {
+        tracing::debug!(peer = %link.peer, "sleeve control: {e}");
+    }
+    r
+}
+
+/// A control record from `link`'s peer: answer heartbeats and probes, learn from acks.
+fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink, payload: &[u8]) {
+    let Ok(msg) = ControlMsg::parse(payload) else {
+        inc(&sh.stats.drop_malformed);
+        return;
+    };
+    let reply = {
+        let mut h = link.health();
+        if let ControlMsg::ProbeAck { size, .. } = msg {
+            h.pmtu.on_ack(now, size);
+            let d = usize::from(h.pmtu.current());
+            if d != link.datagram() {
+                tracing::info!(peer = %link.peer, datagram = d, "sleeve: path MTU probe answered");
+                link.set_datagram(d);
+            }
+        }
+        h.liveness.on_control(now, &msg)
+    };
+    if let Some(r) = reply {
+        let _ = send_control(sh, sender, now, link, &r);
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn receive(sh: &Shared, sender: &mut Sender, tapbuf: &mut [u8], routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, dgram: &mut [u8]) {
@@ -241,23 +291,19 @@ fn receive(sh: &Shared, sender: &mut Sender, tapbuf: &mut [u8], routes: &weft_me
             return;
         }
     };
+    link.health().liveness.on_receive(now);
     if link.seen(now, src) {
         tracing::info!(peer = %link.peer, %src, "sleeve: peer now answers from a new address");
     }
     link.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-    let _ = wire::HEADER_LEN;
-    sleeve::for_each_record(
-        now,
-        &link,
-        &dgram[body],
-        &sh.stats,
-        |inc_frame: Incoming<'_>| {
+    sleeve::for_each_record(now, &link, &dgram[body], &sh.stats, |item| match item {
+        Received::Frame(f) => {
             link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            link.stats.bytes_in.fetch_add(inc_frame.frame.len() as u64, Ordering::Relaxed);
-            deliver(sh, sender, tapbuf, routes, tap, now, inc_frame)
-        },
-        |_control| {},
-    );
+            link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
+            deliver(sh, sender, tapbuf, routes, tap, now, f)
+        }
+        Received::Control(payload) => on_control(sh, sender, now, &link, payload),
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

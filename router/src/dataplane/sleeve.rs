@@ -208,27 +208,30 @@ pub fn parse_payload(flags: u8, p: &[u8]) -> Option<Incoming<'_>> {
     Some(Incoming { env, vnet, frame })
 }
 
-/// What one opened datagram held, handed to `on_frame` and `on_control` callbacks.
-pub fn for_each_record(
-    now: Instant,
-    link: &SleeveLink,
-    body: &[u8],
-    stats: &DataplaneStats,
-    mut on_frame: impl FnMut(Incoming<'_>),
-    mut on_control: impl FnMut(&[u8]),
-) {
+/// One item of an opened datagram.
+#[derive(Debug, Clone, Copy)]
+pub enum Received<'a> {
+    /// A whole frame (reassembled if it came in pieces).
+    Frame(Incoming<'a>),
+    /// A control record's payload (heartbeat, probe).
+    Control(&'a [u8]),
+}
+
+/// Hands each frame and control record of an opened datagram body to `f`, reassembling
+/// fragmented frames on the way.
+pub fn for_each_record(now: Instant, link: &SleeveLink, body: &[u8], stats: &DataplaneStats, mut f: impl FnMut(Received<'_>)) {
     for r in Records::new(body) {
         match r {
             Ok(BodyRecord::Frame { vnet, frame }) => match Envelope::parse(frame) {
-                Ok(env) if frame.len() >= envelope::LEN + 14 => on_frame(Incoming { env, vnet, frame: &frame[envelope::LEN..] }),
+                Ok(env) if frame.len() >= envelope::LEN + 14 => f(Received::Frame(Incoming { env, vnet, frame: &frame[envelope::LEN..] })),
                 _ => inc(&stats.drop_malformed),
             },
-            Ok(BodyRecord::Control { payload, .. }) => on_control(payload),
+            Ok(BodyRecord::Control { payload, .. }) => f(Received::Control(payload)),
             Ok(BodyRecord::Fragment { flags, payload }) => {
                 let mut reasm = link.reassembler();
                 match reasm.push(now, flags, payload) {
                     Ok(Some(whole)) => match parse_payload(whole.flags, whole.payload) {
-                        Some(inc) => on_frame(inc),
+                        Some(i) => f(Received::Frame(i)),
                         None => inc(&stats.drop_malformed),
                     },
                     Ok(None) => {}

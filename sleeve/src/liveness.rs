@@ -1,0 +1,471 @@
+//! Heartbeats, liveness and path MTU discovery for one peer's sleeve (sans-IO, `now` passed in).
+//!
+//! Control records ([`crate::wire::RecordKind::Control`]) carry, big-endian:
+//!
+//! ```text
+//! type u8      1 heartbeat, 2 heartbeat ack, 3 PMTU probe, 4 PMTU ack
+//! seq u32      echoed by the ack
+//! echo u64     the sender's clock (nanoseconds), echoed by the ack: round-trip time
+//! size u16     probes and their acks: the datagram size probed; 0 otherwise
+//! padding      probes are padded so the datagram is `size` bytes long; ignored
+//! ```
+//!
+//! [`Liveness`] sends a heartbeat every [`LivenessConfig::interval`]; any authenticated packet
+//! from the peer proves it alive; silence for [`LivenessConfig::dead_after`] makes it dead (and
+//! a later packet alive again). Acks give a smoothed round-trip time (gain 1/8, as TCP).
+//!
+//! [`Pmtu`] finds the largest datagram the path carries, between [`PmtuConfig::min`] and
+//! [`PmtuConfig::max`]: it probes `max` first (the common case: the path is as large as the
+//! interface), then searches by halving; a size unanswered after [`PmtuConfig::tries`] probes
+//! is too big. Searches repeat every [`PmtuConfig::recheck`], and at once when the caller
+//! reports that a datagram of the current size was refused ([`Pmtu::too_big`]).
+
+use std::time::{Duration, Instant};
+
+/// Bytes of a control message before padding.
+pub const CONTROL_LEN: usize = 15;
+
+/// A control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMsg {
+    /// Are you there?
+    Heartbeat {
+        /// Sequence number.
+        seq: u32,
+        /// Sender's clock.
+        echo: u64,
+    },
+    /// Yes.
+    HeartbeatAck {
+        /// The heartbeat's sequence number.
+        seq: u32,
+        /// The heartbeat's clock value.
+        echo: u64,
+    },
+    /// Does a datagram of `size` bytes reach you?
+    Probe {
+        /// Sequence number.
+        seq: u32,
+        /// Sender's clock.
+        echo: u64,
+        /// The datagram size probed.
+        size: u16,
+    },
+    /// It did.
+    ProbeAck {
+        /// The probe's sequence number.
+        seq: u32,
+        /// The probe's clock value.
+        echo: u64,
+        /// The size that arrived.
+        size: u16,
+    },
+}
+
+/// Why a control record could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LivenessError {
+    /// Shorter than a control message.
+    #[error("control record of {0} bytes is too short")]
+    Truncated(usize),
+    /// Unknown type.
+    #[error("unknown control message type {0}")]
+    UnknownType(u8),
+    /// The buffer is too small to write into.
+    #[error("no room for a control message")]
+    NoRoom,
+}
+
+impl ControlMsg {
+    /// Parses a control record payload (trailing padding allowed).
+    pub fn parse(b: &[u8]) -> Result<ControlMsg, LivenessError> {
+        if b.len() < CONTROL_LEN {
+            return Err(LivenessError::Truncated(b.len()));
+        }
+        let seq = u32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+        let mut e = [0u8; 8];
+        e.copy_from_slice(&b[5..13]);
+        let echo = u64::from_be_bytes(e);
+        let size = u16::from_be_bytes([b[13], b[14]]);
+        Ok(match b[0] {
+            1 => ControlMsg::Heartbeat { seq, echo },
+            2 => ControlMsg::HeartbeatAck { seq, echo },
+            3 => ControlMsg::Probe { seq, echo, size },
+            4 => ControlMsg::ProbeAck { seq, echo, size },
+            t => return Err(LivenessError::UnknownType(t)),
+        })
+    }
+
+    /// Writes the message (without padding) into `b`; returns [`CONTROL_LEN`].
+    pub fn emit(&self, b: &mut [u8]) -> Result<usize, LivenessError> {
+        let b = b.get_mut(..CONTROL_LEN).ok_or(LivenessError::NoRoom)?;
+        let (t, seq, echo, size) = match *self {
+            ControlMsg::Heartbeat { seq, echo } => (1, seq, echo, 0),
+            ControlMsg::HeartbeatAck { seq, echo } => (2, seq, echo, 0),
+            ControlMsg::Probe { seq, echo, size } => (3, seq, echo, size),
+            ControlMsg::ProbeAck { seq, echo, size } => (4, seq, echo, size),
+        };
+        b[0] = t;
+        b[1..5].copy_from_slice(&seq.to_be_bytes());
+        b[5..13].copy_from_slice(&echo.to_be_bytes());
+        b[13..15].copy_from_slice(&size.to_be_bytes());
+        Ok(CONTROL_LEN)
+    }
+
+    /// The datagram size this message should be padded to (probes), if any.
+    pub fn pad_to(&self) -> usize {
+        match *self {
+            ControlMsg::Probe { size, .. } => usize::from(size),
+            _ => 0,
+        }
+    }
+}
+
+/// Whether the peer's sleeve is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Nothing received yet.
+    Unknown,
+    /// Heard from within `dead_after`.
+    Alive,
+    /// Silent for `dead_after`.
+    Dead,
+}
+
+/// Heartbeat timing.
+#[derive(Debug, Clone, Copy)]
+pub struct LivenessConfig {
+    /// Time between heartbeats.
+    pub interval: Duration,
+    /// Silence after which the peer is dead.
+    pub dead_after: Duration,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig { interval: Duration::from_secs(1), dead_after: Duration::from_secs(5) }
+    }
+}
+
+/// Heartbeats and liveness of one peer.
+#[derive(Debug)]
+pub struct Liveness {
+    config: LivenessConfig,
+    epoch: Instant,
+    started: Instant,
+    next_heartbeat: Instant,
+    last_rx: Option<Instant>,
+    seq: u32,
+    srtt: Option<Duration>,
+}
+
+impl Liveness {
+    /// Starts now; the first heartbeat is due at once.
+    pub fn new(now: Instant, config: LivenessConfig) -> Liveness {
+        Liveness { config, epoch: now, started: now, next_heartbeat: now, last_rx: None, seq: 0, srtt: None }
+    }
+
+    fn clock(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// An authenticated packet arrived from the peer.
+    pub fn on_receive(&mut self, now: Instant) {
+        self.last_rx = Some(now);
+    }
+
+    /// Handles a heartbeat message; returns the ack to send, if any.
+    pub fn on_control(&mut self, now: Instant, msg: &ControlMsg) -> Option<ControlMsg> {
+        match *msg {
+            ControlMsg::Heartbeat { seq, echo } => Some(ControlMsg::HeartbeatAck { seq, echo }),
+            ControlMsg::Probe { seq, echo, size } => Some(ControlMsg::ProbeAck { seq, echo, size }),
+            ControlMsg::HeartbeatAck { echo, .. } => {
+                let sent = self.epoch + Duration::from_nanos(echo);
+                if sent <= now {
+                    let sample = now - sent;
+                    self.srtt = Some(match self.srtt {
+                        None => sample,
+                        Some(s) => s - s / 8 + sample / 8,
+                    });
+                }
+                None
+            }
+            ControlMsg::ProbeAck { .. } => None,
+        }
+    }
+
+    /// A heartbeat, when one is due.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<ControlMsg> {
+        if now < self.next_heartbeat {
+            return None;
+        }
+        self.next_heartbeat = now + self.config.interval;
+        self.seq = self.seq.wrapping_add(1);
+        Some(ControlMsg::Heartbeat { seq: self.seq, echo: self.clock(now) })
+    }
+
+    /// When the next heartbeat is due.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_heartbeat
+    }
+
+    /// The peer's state at `now`.
+    pub fn state(&self, now: Instant) -> PeerState {
+        match self.last_rx {
+            None if now.saturating_duration_since(self.started) >= self.config.dead_after => PeerState::Dead,
+            None => PeerState::Unknown,
+            Some(t) if now.saturating_duration_since(t) >= self.config.dead_after => PeerState::Dead,
+            Some(_) => PeerState::Alive,
+        }
+    }
+
+    /// Smoothed round-trip time of heartbeats.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// When the peer was last heard from.
+    pub fn last_seen(&self) -> Option<Instant> {
+        self.last_rx
+    }
+}
+
+/// Path MTU search limits (datagram sizes: UDP payload bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct PmtuConfig {
+    /// Assumed to work always.
+    pub min: u16,
+    /// Never probed beyond.
+    pub max: u16,
+    /// How often the search repeats.
+    pub recheck: Duration,
+    /// How long a probe waits for its ack.
+    pub probe_timeout: Duration,
+    /// Unanswered probes after which a size is too big.
+    pub tries: u8,
+}
+
+impl Default for PmtuConfig {
+    fn default() -> Self {
+        PmtuConfig { min: 1200, max: 1472, recheck: Duration::from_secs(600), probe_timeout: Duration::from_millis(500), tries: 2 }
+    }
+}
+
+/// The path MTU search for one peer.
+#[derive(Debug)]
+pub struct Pmtu {
+    config: PmtuConfig,
+    good: u16,
+    bad: u16,
+    probing: Option<(u16, u8, Instant)>,
+    next_search: Option<Instant>,
+    seq: u32,
+    probes: u64,
+}
+
+impl Pmtu {
+    /// A search that starts at once.
+    pub fn new(now: Instant, config: PmtuConfig) -> Pmtu {
+        let max = config.max.max(config.min);
+        Pmtu { config: PmtuConfig { max, ..config }, good: config.min, bad: max + 1, probing: None, next_search: Some(now), seq: 0, probes: 0 }
+    }
+
+    /// The largest datagram size proven to cross.
+    pub fn current(&self) -> u16 {
+        self.good
+    }
+
+    /// Whether a search is running.
+    pub fn is_searching(&self) -> bool {
+        self.next_search.is_none() && self.good + 1 < self.bad
+    }
+
+    /// Probes sent so far.
+    pub fn probes(&self) -> u64 {
+        self.probes
+    }
+
+    fn next_size(&self) -> Option<u16> {
+        if self.good + 1 >= self.bad {
+            return None;
+        }
+        // The first probe of a search tries the largest size the search allows.
+        if self.bad == self.config.max + 1 && self.good == self.config.min {
+            return Some(self.config.max);
+        }
+        Some(self.good + (self.bad - self.good) / 2)
+    }
+
+    /// The next probe to send (pad it to its size), when one is due.
+    pub fn poll_probe(&mut self, now: Instant) -> Option<ControlMsg> {
+        if let Some(at) = self.next_search {
+            if now < at {
+                return None;
+            }
+            self.next_search = None;
+            self.good = self.config.min;
+            self.bad = self.config.max + 1;
+            self.probing = None;
+        }
+        let (size, sent) = match self.probing {
+            Some((size, n, at)) if now >= at + self.config.probe_timeout => {
+                if n >= self.config.tries {
+                    self.bad = size;
+                    self.probing = None;
+                    return self.poll_probe(now);
+                }
+                (size, n + 1)
+            }
+            Some(_) => return None,
+            None => match self.next_size() {
+                Some(size) => (size, 1),
+                None => {
+                    self.next_search = Some(now + self.config.recheck);
+                    return None;
+                }
+            },
+        };
+        self.probing = Some((size, sent, now));
+        self.seq = self.seq.wrapping_add(1);
+        self.probes += 1;
+        Some(ControlMsg::Probe { seq: self.seq, echo: 0, size })
+    }
+
+    /// A probe of `size` came back.
+    pub fn on_ack(&mut self, _now: Instant, size: u16) {
+        if size > self.good && size < self.bad {
+            self.good = size;
+        }
+        if self.probing.is_some_and(|(s, _, _)| s <= size) {
+            self.probing = None;
+        }
+    }
+
+    /// A datagram of `size` bytes was refused (EMSGSIZE, or an ICMP "fragmentation needed"):
+    /// search again below it.
+    pub fn too_big(&mut self, now: Instant, size: u16) {
+        if size <= self.good && size > self.config.min {
+            self.good = self.config.min;
+            self.bad = size;
+            self.probing = None;
+            self.next_search = None;
+            let _ = now;
+        }
+    }
+
+    /// When [`poll_probe`](Self::poll_probe) next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.probing, self.next_search) {
+            (Some((_, _, at)), _) => Some(at + self.config.probe_timeout),
+            (None, Some(at)) => Some(at),
+            (None, None) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_round_trip_and_bad_bytes_are_errors() {
+        for m in [
+            ControlMsg::Heartbeat { seq: 1, echo: 2 },
+            ControlMsg::HeartbeatAck { seq: 3, echo: 4 },
+            ControlMsg::Probe { seq: 5, echo: 6, size: 1400 },
+            ControlMsg::ProbeAck { seq: 7, echo: 8, size: 1472 },
+        ] {
+            let mut b = [0u8; 64];
+            assert_eq!(m.emit(&mut b), Ok(CONTROL_LEN));
+            assert_eq!(ControlMsg::parse(&b), Ok(m), "with padding");
+            assert_eq!(ControlMsg::parse(&b[..CONTROL_LEN]), Ok(m));
+        }
+        assert_eq!(ControlMsg::parse(&[1; 14]), Err(LivenessError::Truncated(14)));
+        assert_eq!(ControlMsg::parse(&[9; 15]), Err(LivenessError::UnknownType(9)));
+        assert_eq!(ControlMsg::Heartbeat { seq: 0, echo: 0 }.emit(&mut [0; 3]), Err(LivenessError::NoRoom));
+    }
+
+    #[test]
+    fn heartbeats_keep_their_cadence_and_silence_means_dead() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, LivenessConfig::default());
+        let mut sent = 0;
+        for ms in (0..10_000).step_by(100) {
+            if l.poll_transmit(t0 + Duration::from_millis(ms)).is_some() {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 10, "one heartbeat a second");
+        assert_eq!(l.state(t0), PeerState::Unknown);
+        assert_eq!(l.state(t0 + Duration::from_secs(6)), PeerState::Dead, "never heard from");
+        l.on_receive(t0 + Duration::from_secs(6));
+        assert_eq!(l.state(t0 + Duration::from_secs(7)), PeerState::Alive);
+        assert_eq!(l.state(t0 + Duration::from_secs(11)), PeerState::Dead);
+        l.on_receive(t0 + Duration::from_secs(12));
+        assert_eq!(l.state(t0 + Duration::from_secs(12)), PeerState::Alive);
+    }
+
+    #[test]
+    fn acks_give_a_smoothed_round_trip_time_and_requests_get_acks() {
+        let t0 = Instant::now();
+        let mut a = Liveness::new(t0, LivenessConfig::default());
+        let mut b = Liveness::new(t0, LivenessConfig::default());
+        for i in 0..20u64 {
+            let now = t0 + Duration::from_secs(i);
+            let hb = a.poll_transmit(now).unwrap();
+            let ack = b.on_control(now + Duration::from_millis(5), &hb).unwrap();
+            assert!(matches!(ack, ControlMsg::HeartbeatAck { .. }));
+            assert_eq!(a.on_control(now + Duration::from_millis(10), &ack), None);
+        }
+        let rtt = a.rtt().unwrap();
+        assert!(rtt >= Duration::from_millis(9) && rtt <= Duration::from_millis(11), "{rtt:?}");
+        let probe = ControlMsg::Probe { seq: 1, echo: 2, size: 1300 };
+        assert_eq!(b.on_control(t0, &probe), Some(ControlMsg::ProbeAck { seq: 1, echo: 2, size: 1300 }));
+    }
+
+    /// Runs the search against a path carrying datagrams up to `path`; returns (found, probes).
+    fn search(p: &mut Pmtu, t: &mut Instant, path: u16) -> (u16, u64) {
+        let start = p.probes();
+        for _ in 0..200 {
+            match p.poll_probe(*t) {
+                Some(ControlMsg::Probe { size, .. }) if size <= path => p.on_ack(*t, size),
+                _ => {}
+            }
+            *t += Duration::from_millis(100);
+            if !p.is_searching() && p.poll_probe(*t).is_none() && p.probing.is_none() {
+                break;
+            }
+        }
+        (p.current(), p.probes() - start)
+    }
+
+    #[test]
+    fn the_search_finds_the_path_mtu_and_follows_it_when_it_shrinks() {
+        for path in [1472, 1450, 1400, 1373, 1300, 1201, 1200] {
+            let mut t = Instant::now();
+            let mut p = Pmtu::new(t, PmtuConfig::default());
+            let (found, probes) = search(&mut p, &mut t, path);
+            println!("path {path}: found {found} with {probes} probes");
+            assert_eq!(found, path.max(1200));
+            assert!(probes <= 30, "{probes} probes");
+        }
+        // The path shrinks: a refused datagram restarts the search below it.
+        let mut t = Instant::now();
+        let mut p = Pmtu::new(t, PmtuConfig::default());
+        assert_eq!(search(&mut p, &mut t, 1472).0, 1472);
+        p.too_big(t, 1472);
+        assert_eq!(p.current(), 1200, "back to the floor while searching");
+        assert_eq!(search(&mut p, &mut t, 1380).0, 1380);
+        // And the periodic recheck finds it grown again.
+        t += Duration::from_secs(601);
+        assert_eq!(search(&mut p, &mut t, 1472).0, 1472);
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(b in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = ControlMsg::parse(&b);
+        }
+    }
+}
