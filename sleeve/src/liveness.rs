@@ -71,6 +71,9 @@ pub enum LivenessError {
     /// Unknown type.
     #[error("unknown control message type {0}")]
     UnknownType(u8),
+    /// A heartbeat (or its ack) with a size, or a probe (or its ack) without one.
+    #[error("control message of type {0} with size {1}")]
+    BadSize(u8, u16),
     /// The buffer is too small to write into.
     #[error("no room for a control message")]
     NoRoom,
@@ -87,12 +90,13 @@ impl ControlMsg {
         e.copy_from_slice(&b[5..13]);
         let echo = u64::from_be_bytes(e);
         let size = u16::from_be_bytes([b[13], b[14]]);
-        Ok(match b[0] {
-            1 => ControlMsg::Heartbeat { seq, echo },
-            2 => ControlMsg::HeartbeatAck { seq, echo },
-            3 => ControlMsg::Probe { seq, echo, size },
-            4 => ControlMsg::ProbeAck { seq, echo, size },
-            t => return Err(LivenessError::UnknownType(t)),
+        Ok(match (b[0], size) {
+            (1, 0) => ControlMsg::Heartbeat { seq, echo },
+            (2, 0) => ControlMsg::HeartbeatAck { seq, echo },
+            (3, 1..) => ControlMsg::Probe { seq, echo, size },
+            (4, 1..) => ControlMsg::ProbeAck { seq, echo, size },
+            (t @ 1..=4, s) => return Err(LivenessError::BadSize(t, s)),
+            (t, _) => return Err(LivenessError::UnknownType(t)),
         })
     }
 
@@ -383,6 +387,10 @@ mod tests {
         }
         assert_eq!(ControlMsg::parse(&[1; 14]), Err(LivenessError::Truncated(14)));
         assert_eq!(ControlMsg::parse(&[9; 15]), Err(LivenessError::UnknownType(9)));
+        let mut hb = [0u8; CONTROL_LEN];
+        hb[0] = 1;
+        hb[14] = 7;
+        assert_eq!(ControlMsg::parse(&hb), Err(LivenessError::BadSize(1, 7)), "found by the fuzzer");
         assert_eq!(ControlMsg::Heartbeat { seq: 0, echo: 0 }.emit(&mut [0; 3]), Err(LivenessError::NoRoom));
     }
 
