@@ -29,6 +29,7 @@ struct Conn {
     retry_at: Option<Instant>,
     mtu: Option<u32>,
     rtt: Option<Duration>,
+    sleeve_dead: bool,
 }
 
 /// Topology, routes and our connections.
@@ -70,7 +71,7 @@ impl Control {
         self.conns.retain(|a, c| *a == remote || c.peer != Some(peer));
         self.conns.insert(
             remote,
-            Conn { direction, remote, peer: Some(peer), nickname: Some(nickname.to_owned()), state: "established", reason: None, retry_at: None, mtu: Some(mtu), rtt: None },
+            Conn { direction, remote, peer: Some(peer), nickname: Some(nickname.to_owned()), state: "established", reason: None, retry_at: None, mtu: Some(mtu), rtt: None, sleeve_dead: false },
         );
         self.topology.set_connection(now, peer, remote, direction, true);
         self.routes.handle_timeout(now, &self.topology);
@@ -88,6 +89,7 @@ impl Control {
             retry_at: None,
             mtu: None,
             rtt: None,
+            sleeve_dead: false,
         });
         if c.state != "established" {
             c.state = "pending";
@@ -112,6 +114,7 @@ impl Control {
                     retry_at: None,
                     mtu: None,
                     rtt: None,
+                    sleeve_dead: false,
                 });
                 c.state = "retrying";
                 c.reason = Some(reason);
@@ -127,6 +130,21 @@ impl Control {
     pub fn set_rtt(&mut self, peer: PeerName, rtt: Duration) {
         for c in self.conns.values_mut().filter(|c| c.peer == Some(peer)) {
             c.rtt = Some(rtt);
+        }
+    }
+
+    /// Whether the sleeve to `peer` answers heartbeats (the mesh connection may be up while
+    /// the sleeve's UDP port is blocked).
+    pub fn set_sleeve_alive(&mut self, peer: PeerName, alive: bool) {
+        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer) && c.state == "established") {
+            if c.sleeve_dead == alive {
+                if alive {
+                    tracing::info!(%peer, "sleeve: heartbeats answered again");
+                } else {
+                    tracing::warn!(%peer, "sleeve: no heartbeat answered for 5 s; is the sleeve port (UDP) blocked between the hosts?");
+                }
+            }
+            c.sleeve_dead = !alive;
         }
     }
 
@@ -205,7 +223,11 @@ impl Control {
                 encrypted: self.encrypted && c.state == "established",
                 mtu: c.mtu,
                 rtt_ms: c.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                reason: c.reason.clone(),
+                reason: if c.sleeve_dead && c.state == "established" {
+                    Some("sleeve: no heartbeat answered for 5 s (is the sleeve's UDP port blocked?)".into())
+                } else {
+                    c.reason.clone()
+                },
                 retry_in_secs: c.retry_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
             })
             .collect()

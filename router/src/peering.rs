@@ -19,6 +19,7 @@ use weft_mesh::topology::Direction;
 use weft_mesh::transport::proto::EVERYONE;
 use weft_mesh::transport::targets::{self, Source, Targets};
 use weft_mesh::transport::{ConnHandle, ConnInfo, Event, MeshEndpoint, Message};
+use weft_sleeve::liveness::PeerState;
 use weft_sleeve::{Config as SleeveConfig, Role, Session, SessionIds};
 
 use crate::dataplane::links::SleeveLink;
@@ -114,7 +115,20 @@ impl Peering {
                 Err(e) => self.dial_failed(now, d, &t, None, format!("cannot resolve: {e}")),
             }
         }
-        d.control().handle_timeout(now);
+        let health: Vec<(PeerName, bool)> = self
+            .dp
+            .links
+            .all()
+            .iter()
+            .map(|l| (l.peer, l.health().liveness.state(now) != PeerState::Dead))
+            .collect();
+        {
+            let mut c = d.control();
+            for (p, alive) in health {
+                c.set_sleeve_alive(p, alive);
+            }
+            c.handle_timeout(now);
+        }
         let ipam = d.ipam.with(|i| i.handle_timeout(now));
         if let Err(e) = ipam {
             tracing::warn!("IPAM: {e}");

@@ -175,3 +175,47 @@ fn metrics_count_traffic_and_drop_malformed_foreign_and_replayed_datagrams() {
     assert!(metric(&after, "weft_drops_total{reason=\"replay\"}") >= 5);
     m.down();
 }
+
+#[test]
+fn a_blocked_sleeve_port_is_reported_on_the_connection_until_it_opens_again() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let run = RunDir::new(bed.id()).unwrap();
+    let lan = topology::shared_segment(&mut bed, 2).unwrap();
+    let opts = RouterOptions { binary: weft(), password: None, extra_args: vec![] };
+    let h1 = cluster::start_router(&mut bed, &run, lan.hosts[0], "h1", &[], &opts).unwrap();
+    let h2 = cluster::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &opts).unwrap();
+    cluster::wait_for(&h1, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
+    let nft = |args: &str| {
+        let out = bed.run(lan.hosts[1], Command::new("nft").args(args.split(' '))).unwrap();
+        assert!(out.status.success(), "nft {args}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let reason = |r: &RouterProc| -> Option<String> {
+        let conns: Vec<Connection> = r.client().get("/connections").unwrap();
+        conns.into_iter().find(|c| c.state == "established").and_then(|c| c.reason)
+    };
+    let wait = |want: bool| {
+        let t0 = Instant::now();
+        loop {
+            let r = reason(&h2);
+            if r.as_deref().is_some_and(|r| r.contains("no heartbeat")) == want {
+                return (t0.elapsed(), r);
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "reason still {r:?}\n{}", h2.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert_eq!(reason(&h2), None);
+    nft("add table ip weftblock");
+    nft("add chain ip weftblock in { type filter hook input priority 0 ; }");
+    nft("add rule ip weftblock in udp dport 6784 drop");
+    let (after, why) = wait(true);
+    println!("sleeve port blocked on h2 (h1's datagrams dropped): h2 reports {why:?} after {after:?}");
+    let (_, text) = cli(&h2, &["status", "connections"]);
+    assert!(text.contains("no heartbeat"), "{text}");
+    nft("delete table ip weftblock");
+    let (after, _) = wait(false);
+    println!("port open again: cleared after {after:?}");
+    assert!(h2.log_text().contains("is the sleeve port (UDP) blocked"));
+    drop(h1);
+    bed.teardown().unwrap();
+}

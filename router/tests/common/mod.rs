@@ -1,7 +1,7 @@
 //! What the router tests on the four-host cluster share: bringing the meshed routers up, pods
 //! with addresses from their IPAM, logs for failure messages, teardown.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
