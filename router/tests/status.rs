@@ -219,3 +219,27 @@ fn a_blocked_sleeve_port_is_reported_on_the_connection_until_it_opens_again() {
     drop(h1);
     bed.teardown().unwrap();
 }
+
+#[test]
+fn two_routers_dialling_each_other_at_once_keep_exactly_one_connection() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let run = RunDir::new(bed.id()).unwrap();
+    let lan = topology::shared_segment(&mut bed, 2).unwrap();
+    let opts = RouterOptions { binary: weft(), password: Some("pw".into()), extra_args: vec![] };
+    let h1 = cluster::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts).unwrap();
+    let h2 = cluster::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &opts).unwrap();
+    for r in [&h1, &h2] {
+        cluster::wait_for(r, Duration::from_secs(30), |s| s.connections.established == 1 && s.ipam.state == "ready").unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for r in [&h1, &h2] {
+        let conns: Vec<Connection> = r.client().get("/connections").unwrap();
+        let up: Vec<&Connection> = conns.iter().filter(|c| c.state == "established").collect();
+        assert_eq!(up.len(), 1, "{conns:?}");
+        let peers: Vec<Peer> = r.client().get("/peers").unwrap();
+        assert_eq!(peers.len(), 2);
+    }
+    let both = h1.log_text() + &h2.log_text();
+    println!("duplicate resolution: {} connection(s) closed as duplicates", both.matches("duplicate connection").count() / 2);
+    bed.teardown().unwrap();
+}
