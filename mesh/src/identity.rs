@@ -91,9 +91,19 @@ fn random_name() -> io::Result<PeerName> {
 
 /// Writes `bytes` to `path` so a crash leaves either the old or the new contents.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, None)
+}
+
+/// As [`write_atomic`], with the file's permission bits set to `mode` (e.g. 0o600 for a private
+/// key) before any byte is written.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        if let Some(m) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(m))?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
     }

@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +72,7 @@ impl Credentials {
             Ok(pem) => rcgen::KeyPair::from_pem(&pem).map_err(|e| TlsError::Corrupt { path: path.clone(), detail: e.to_string() })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Setup(e.to_string()))?;
-                write_private(&path, key.serialize_pem().as_bytes()).map_err(io_err)?;
+                crate::identity::write_atomic_mode(&path, key.serialize_pem().as_bytes(), Some(0o600)).map_err(io_err)?;
                 key
             }
             Err(e) => return Err(io_err(e)),
@@ -82,22 +81,6 @@ impl Credentials {
         let cert = params.self_signed(&key).map_err(|e| TlsError::Setup(e.to_string()))?;
         Ok(Credentials { cert: cert.der().clone(), key: PrivatePkcs8KeyDer::from(key.serialize_der()) })
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -171,5 +154,29 @@ impl ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_is_private_persistent_and_a_corrupt_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("weft-tls-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let a = Credentials::load_or_create(&dir).unwrap();
+        let path = dir.join(KEY_FILE);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let pem = fs::read_to_string(&path).unwrap();
+        let b = Credentials::load_or_create(&dir).unwrap();
+        assert_eq!(a.key.secret_pkcs8_der(), b.key.secret_pkcs8_der(), "the same key pair across restarts");
+        assert_eq!(fs::read_to_string(&path).unwrap(), pem);
+        assert!(!format!("{a:?}").contains("PRIVATE"));
+        fs::write(&path, "not a key").unwrap();
+        let e = Credentials::load_or_create(&dir).unwrap_err();
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
