@@ -158,6 +158,7 @@ impl api::Handler for Daemon {
                     );
                     Response::ok(&shares)
                 }
+                ("GET", "/ipam/allocations") => Response::ok(&self.ipam.list()),
                 ("POST", "/ipam/allocate") => Response::ok(&self.ipam.allocate(now, &Response::decode::<AllocateRequest>(&req)?.attachment)?),
                 ("POST", "/ipam/claim") => {
                     let r: ClaimRequest = Response::decode(&req)?;

@@ -100,6 +100,19 @@ impl IpamService {
         a.map(|a| self.answer(att, a)).ok_or_else(|| Response::error(404, format!("no address is allocated to {} {}", att.container_id, att.ifname)))
     }
 
+    /// `GET /ipam/allocations`: every allocation of this peer, the bridge's included, by address.
+    pub fn list(&self) -> Vec<Allocation> {
+        let held: Vec<(Ipv4Addr, Attachment)> = self
+            .lock()
+            .core()
+            .allocations()
+            .map(|(a, h)| (a, Attachment { container_id: h.container.clone(), ifname: h.iface.clone() }))
+            .collect();
+        let mut out: Vec<Allocation> = held.into_iter().map(|(a, att)| self.answer(&att, a)).collect();
+        out.sort_by_key(|a| a.address.split('/').next().and_then(|s| s.parse::<Ipv4Addr>().ok()));
+        out
+    }
+
     /// `POST /ipam/gc`: releases the allocations of containers not in `keep` (never the bridge's).
     pub fn gc(&self, keep: &[Attachment]) -> Result<Vec<Allocation>, Response> {
         let ids: Vec<&str> = keep.iter().map(|a| a.container_id.as_str()).chain([BRIDGE_HOLDER]).collect();
