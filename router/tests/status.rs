@@ -52,7 +52,7 @@ fn the_cli_shows_the_mesh_in_text_and_json() {
     let (_, text) = cli(b, &["status", "connections"]);
     println!("weft status connections (b):\n{text}");
     let up: Vec<&str> = text.lines().filter(|l| l.contains(" established ")).collect();
-    assert!(up.len() >= 3 && up.iter().all(|l| l.starts_with("<- ") && l.contains("established sleeve   encrypted   mtu=1376  rtt=")), "{text}");
+    assert!(up.len() >= 3 && up.iter().all(|l| (l.starts_with("<- ") || l.starts_with("-> ")) && l.contains("established sleeve   encrypted   mtu=1376  rtt=")), "{text}");
     let (_, text) = cli(a, &["status", "ipam"]);
     assert_eq!(text.lines().filter(|l| l.contains("262144 IPs ( 25.0% of total)")).count(), 4, "{text}");
     let (_, text) = cli(a, &["status", "targets"]);
