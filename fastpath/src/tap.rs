@@ -82,6 +82,12 @@ impl Tap {
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
         (&self.file).write(buf)
     }
+
+    /// Writes one frame gathered from `parts` (the virtio-net header first): one `writev`,
+    /// one packet, no copy into a contiguous buffer.
+    pub fn write_parts(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&self.file).write_vectored(parts)
+    }
 }
 
 impl AsFd for Tap {

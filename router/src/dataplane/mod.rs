@@ -198,7 +198,6 @@ fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, env: enve
 fn sleeve_thread(sh: &Shared) {
     let mut batch = RecvBatch::new(UDP_BATCH);
     let mut sender = Sender::default();
-    let mut tapbuf = vec![0u8; vnet::LEN + sleeve::MAX_PAYLOAD];
     let mut next_timers = Instant::now();
     while !sh.stop.load(Ordering::Relaxed) {
         let n = match sh.sock.recv(&mut batch) {
@@ -216,7 +215,7 @@ fn sleeve_thread(sh: &Shared) {
             for i in 0..n {
                 let (src, data, stride) = batch.get_mut(i);
                 for dgram in data.chunks_mut(stride) {
-                    receive(sh, &mut sender, &mut tapbuf, &routes, &tap, now, src, dgram);
+                    receive(sh, &mut sender, &routes, &tap, now, src, dgram);
                 }
             }
         }
@@ -274,7 +273,7 @@ fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn receive(sh: &Shared, sender: &mut Sender, tapbuf: &mut [u8], routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, dgram: &mut [u8]) {
+fn receive(sh: &Shared, sender: &mut Sender, routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, dgram: &mut [u8]) {
     let Some(idx) = dgram.get(8..12) else {
         inc(&sh.stats.drop_malformed);
         return;
@@ -300,14 +299,14 @@ fn receive(sh: &Shared, sender: &mut Sender, tapbuf: &mut [u8], routes: &weft_me
         Received::Frame(f) => {
             link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
             link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
-            deliver(sh, sender, tapbuf, routes, tap, now, f)
+            deliver(sh, sender, routes, tap, now, f)
         }
         Received::Control(payload) => on_control(sh, sender, now, &link, payload),
     });
 }
 
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Shared, sender: &mut Sender, tapbuf: &mut [u8], routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, f: Incoming<'_>) {
+fn deliver(sh: &Shared, sender: &mut Sender, routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, f: Incoming<'_>) {
     let plan = forward::from_peer(sh.me, f.env, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
@@ -324,11 +323,9 @@ fn deliver(sh: &Shared, sender: &mut Sender, tapbuf: &mut [u8], routes: &weft_me
         inc(&sh.stats.drop_switch);
         return;
     }
-    let Some(n) = sleeve::tap_packet(tapbuf, f.vnet.as_ref(), f.frame) else {
-        inc(&sh.stats.drop_too_big);
-        return;
-    };
-    match tap.write(&tapbuf[..n]) {
+    let mut hdr = [0u8; vnet::LEN];
+    vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
+    match tap.write_frame(&hdr, f.frame) {
         Ok(true) => inc(&sh.stats.tap_frames_out),
         Ok(false) | Err(_) => inc(&sh.stats.drop_io),
     }

@@ -22,7 +22,6 @@ use weft_sleeve::VnetHdr;
 
 use super::envelope::{self, Envelope};
 use super::links::SleeveLink;
-use crate::vnet;
 
 /// Largest frame record payload: virtio-net header, envelope, a 64 KB IP packet and its
 /// Ethernet header.
@@ -83,13 +82,12 @@ pub enum SendError {
 
 /// Per-thread buffers for sending (allocated once).
 pub struct Sender {
-    payload: Vec<u8>,
     out: Vec<u8>,
 }
 
 impl Default for Sender {
     fn default() -> Self {
-        Sender { payload: vec![0u8; MAX_PAYLOAD], out: vec![0u8; OUT_CAPACITY] }
+        Sender { out: vec![0u8; OUT_CAPACITY] }
     }
 }
 
@@ -121,7 +119,11 @@ impl Sender {
             sock.send(addr, &self.out[..n], None)?;
             link.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
         } else {
-            write_payload(&mut self.payload[..plen], vnet, env, frame)?;
+            // The payload is `head` (vnet header and envelope, at most 24 bytes) then `frame`;
+            // each piece is copied straight from them into its datagram slot.
+            let mut head = [0u8; wire::VNET_HDR_LEN + envelope::LEN];
+            let hlen = vlen + envelope::LEN;
+            write_payload(&mut head[..hlen], vnet, env, &[])?;
             let piece = dsize - overhead - wire::RECORD_HEADER_LEN - FRAG_HEADER_LEN;
             let count = frag::pieces_needed(plen, piece);
             if count * dsize > self.out.len() {
@@ -129,11 +131,16 @@ impl Sender {
             }
             let id = link.next_frag_id();
             let mut total = 0;
-            for (k, (h, bytes)) in frag::split(id, &self.payload[..plen], piece).enumerate() {
+            for k in 0..count {
+                let (off, len) = (k * piece, piece.min(plen - k * piece));
+                let h = frag::FragmentHeader { id, index: k as u16, count: count as u16, total_len: plen as u32 };
                 let slot = &mut self.out[k * dsize..(k + 1) * dsize];
                 let body_len = {
                     let mut w = BodyWriter::new(&mut slot[wire::HEADER_LEN..dsize - (overhead - wire::HEADER_LEN)]);
-                    frag::write_piece(&mut w, flags, &h, bytes)?;
+                    let p = w.reserve(RecordKind::Fragment, flags, FRAG_HEADER_LEN + len)?;
+                    let (fh, dst) = p.split_at_mut(FRAG_HEADER_LEN);
+                    let _ = h.emit(fh);
+                    copy_range(dst, &head[..hlen], frame, off);
                     w.len()
                 };
                 let n = session.seal_in_place(now, slot, body_len)?;
@@ -168,6 +175,20 @@ impl Sender {
     }
 }
 
+/// Copies `dst.len()` bytes starting at `off` of the concatenation `head ++ tail` into `dst`.
+fn copy_range(dst: &mut [u8], head: &[u8], tail: &[u8], off: usize) {
+    let mut at = 0;
+    if off < head.len() {
+        let n = (head.len() - off).min(dst.len());
+        dst[..n].copy_from_slice(&head[off..off + n]);
+        at = n;
+    }
+    let from = (off + at).saturating_sub(head.len());
+    let rest = dst.len() - at;
+    dst[at..].copy_from_slice(&tail[from..from + rest]);
+}
+
+/// Writes a frame record's payload: vnet header (if any), envelope, frame.
 fn write_payload(p: &mut [u8], vnet: Option<&VnetHdr>, env: Envelope, frame: &[u8]) -> Result<(), wire::Error> {
     let mut at = 0;
     if let Some(v) = vnet {
@@ -246,19 +267,38 @@ pub fn for_each_record(now: Instant, link: &SleeveLink, body: &[u8], stats: &Dat
     }
 }
 
-/// Builds the TAP packet (`vnet` header in the host's order, then the frame) in `out`;
-/// returns its length.
-pub fn tap_packet(out: &mut [u8], vnet: Option<&VnetHdr>, frame: &[u8]) -> Option<usize> {
-    let n = vnet::LEN + frame.len();
-    if out.len() < n {
-        return None;
-    }
-    vnet::emit(&vnet.copied().unwrap_or_default(), out);
-    out[vnet::LEN..n].copy_from_slice(frame);
-    Some(n)
-}
-
 /// The origin of a frame for the switch: who put it on the sleeve.
 pub fn origin(inc: &Incoming<'_>) -> PeerName {
     inc.env.src
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_of_head_and_tail_are_copied_across_the_seam() {
+        let (head, tail) = ([1u8, 2, 3], [4u8, 5, 6, 7, 8]);
+        let whole: Vec<u8> = head.iter().chain(&tail).copied().collect();
+        for off in 0..whole.len() {
+            for len in 0..=whole.len() - off {
+                let mut dst = vec![0u8; len];
+                copy_range(&mut dst, &head, &tail, off);
+                assert_eq!(dst, &whole[off..off + len], "off {off} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn payloads_parse_back_and_bad_flags_or_short_frames_are_refused() {
+        let env = Envelope { dst: PeerName([1; 6]), src: PeerName([2; 6]), hops: 3 };
+        let v = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        let frame = [9u8; 60];
+        let mut p = vec![0u8; wire::VNET_HDR_LEN + envelope::LEN + frame.len()];
+        write_payload(&mut p, Some(&v), env, &frame).unwrap();
+        let got = parse_payload(FRAME_FLAG_VNET_HDR, &p).unwrap();
+        assert_eq!((got.env, got.vnet, got.frame), (env, Some(v), &frame[..]));
+        assert!(parse_payload(0x80, &p).is_none());
+        assert!(parse_payload(0, &p[..envelope::LEN + 13]).is_none());
+    }
 }

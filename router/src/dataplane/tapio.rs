@@ -87,12 +87,22 @@ impl TapIo {
     }
 
     /// Writes one packet (vnet header, then frame) to the bridge. A full TAP queue drops the
-    /// frame (as a full NIC ring would) and says so.
+    /// frame (as a full NIC ring would) and says so: `Ok(false)`.
     pub fn write(&self, packet: &[u8]) -> io::Result<bool> {
-        match self.tap.write(packet) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
+        queued(self.tap.write(packet))
+    }
+
+    /// As [`write`](Self::write), with the vnet header (host order) and the frame gathered by
+    /// one `writev` instead of copied together.
+    pub fn write_frame(&self, vnet_hdr: &[u8; vnet::LEN], frame: &[u8]) -> io::Result<bool> {
+        queued(self.tap.write_parts(&[io::IoSlice::new(vnet_hdr), io::IoSlice::new(frame)]))
+    }
+}
+
+fn queued(r: io::Result<usize>) -> io::Result<bool> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
     }
 }
