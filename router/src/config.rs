@@ -47,6 +47,9 @@ pub struct RouterArgs {
     /// allocations: for a host leaving the cluster for good (a plain restart keeps both).
     #[arg(long, env = "WEFT_HANDOVER_ON_EXIT")]
     pub handover_on_exit: bool,
+    /// Seconds between fresh sleeve secrets on each connection (taken from the QUIC session).
+    #[arg(long, env = "WEFT_REKEY_INTERVAL", default_value_t = 600, value_parser = clap::value_parser!(u64).range(3..))]
+    pub rekey_interval: u64,
     /// Pod MTU (default: the sleeve's path MTU less its overhead).
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
@@ -92,6 +95,8 @@ pub struct Config {
     pub ipalloc_consensus: Option<usize>,
     /// Hand the range over on SIGTERM.
     pub handover_on_exit: bool,
+    /// Time between fresh sleeve secrets.
+    pub rekey_interval: std::time::Duration,
     /// Pod MTU if fixed.
     pub mtu: Option<u32>,
     /// Connection limit.
@@ -196,6 +201,7 @@ impl Config {
             ipalloc_range,
             ipalloc_consensus,
             handover_on_exit: args.handover_on_exit,
+            rekey_interval: std::time::Duration::from_secs(args.rekey_interval),
             mtu: args.mtu,
             conn_limit: args.conn_limit,
             mesh_port: args.mesh_port,

@@ -248,6 +248,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         config.sleeve_port,
     );
     mesh_config.password = config.password.as_deref().map(PasswordKey::new);
+    mesh_config.rekey_interval = config.rekey_interval;
     let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
     let sleeve_addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.sleeve_port));
     let sock = SleeveSocket::bind(sleeve_addr).map_err(io("bind the sleeve socket"))?;

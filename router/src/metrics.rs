@@ -10,6 +10,7 @@
 //! | `weft_datagrams_total` | counter | `direction` |
 //! | `weft_udp_syscalls_total` | counter | `direction` |
 //! | `weft_relayed_frames_total` | counter | |
+//! | `weft_sleeve_rekeys_total` | counter | |
 //! | `weft_tap_frames_total` | counter | `direction` (from_bridge, to_bridge) |
 //! | `weft_drops_total` | counter | `reason` (no_route, malformed, unknown_session, auth, replay, mtu, io, switch, other) |
 //! | `weft_ipam_addresses_owned`, `weft_ipam_addresses_allocated` | gauge | |
@@ -43,7 +44,7 @@ pub fn render(d: &Daemon) -> String {
     let s = &dp.stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (mut f_in, mut f_out, mut b_in, mut b_out, mut d_in, mut d_out) = (0, 0, 0, 0, 0, 0);
-    let (mut auth, mut replay, mut other) = (0, 0, 0);
+    let (mut auth, mut replay, mut other, mut rekeys) = (0, 0, 0, 0);
     for l in dp.links.all() {
         f_in += get(&l.stats.frames_in);
         f_out += get(&l.stats.frames_out);
@@ -55,6 +56,7 @@ pub fn render(d: &Daemon) -> String {
         auth += st.auth_failed;
         replay += st.replayed + st.too_old;
         other += st.dropped() - st.auth_failed - st.replayed - st.too_old;
+        rekeys += st.send_rekeys + st.recv_rekeys;
     }
     header(&mut out, "weft_frames_total", "counter", "Frames carried to and from peers.");
     let _ = writeln!(out, "weft_frames_total{{direction=\"in\",overlay=\"sleeve\"}} {f_in}");
@@ -69,6 +71,8 @@ pub fn render(d: &Daemon) -> String {
     header(&mut out, "weft_udp_syscalls_total", "counter", "Sleeve send and receive system calls (datagrams per call = datagrams / calls).");
     let _ = writeln!(out, "weft_udp_syscalls_total{{direction=\"in\"}} {}", get(&io.recv_calls));
     let _ = writeln!(out, "weft_udp_syscalls_total{{direction=\"out\"}} {}", get(&io.send_calls));
+    header(&mut out, "weft_sleeve_rekeys_total", "counter", "Sleeve keys replaced (ratchets and new secrets, both directions) on current links.");
+    let _ = writeln!(out, "weft_sleeve_rekeys_total {rekeys}");
     header(&mut out, "weft_relayed_frames_total", "counter", "Frames relayed for other peers.");
     let _ = writeln!(out, "weft_relayed_frames_total {}", get(&s.relayed));
     header(&mut out, "weft_tap_frames_total", "counter", "Frames read from and written to the bridge's TAP port.");

@@ -26,6 +26,9 @@ use crate::dataplane::links::SleeveLink;
 use crate::dataplane::Shared;
 use crate::daemon::Daemon;
 
+/// How long a sleeve sender waits for the peer to prove it has a new secret before using it.
+const SECRET_SWITCH_DELAY: Duration = Duration::from_secs(1);
+
 /// Datagram size until path MTU discovery says otherwise: a 1500-byte IPv4 path.
 pub const DEFAULT_DATAGRAM: usize = 1472;
 
@@ -203,7 +206,9 @@ impl Peering {
             old.handle.close("duplicate connection");
         }
         let sp = &info.sleeve;
-        let config = if self.encrypted { SleeveConfig::default() } else { SleeveConfig::plain() };
+        // Both ends install a new secret within milliseconds of each other (the Rekey message
+        // crosses the QUIC connection first), so a short switch delay is safe.
+        let config = if self.encrypted { SleeveConfig { secret_switch_delay: SECRET_SWITCH_DELAY, ..SleeveConfig::default() } } else { SleeveConfig::plain() };
         let role = if sp.initiator { Role::Initiator } else { Role::Responder };
         let session = Session::new(&sp.secret, role, SessionIds { local: sp.local_index, remote: sp.remote_index }, config, now);
         let link = SleeveLink::new(info.peer, info.id, session, sp.remote, DEFAULT_DATAGRAM, now);
