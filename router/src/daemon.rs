@@ -258,7 +258,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
 
     let initial: Vec<String> = config.peers.iter().map(|p| format!("{}:{}", p.host, p.port)).collect();
     let (commands, mut command_rx) = mpsc::unbounded_channel();
-    let mut peering = Peering::new(now, identity.name, endpoint, dp.clone(), config.password.is_some(), config.conn_limit, config.mesh_port, &initial);
+    let mut peering = Peering::new(now, identity.name, endpoint, dp.clone(), config.password.is_some(), config.conn_limit, config.mesh_port, &initial, commands.clone());
     let listener = api::bind(&config.api_socket).map_err(io("bind the API socket"))?;
     let api_socket = config.api_socket.clone();
     let daemon = Arc::new(Daemon {
@@ -294,7 +294,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
             Some(ev) = events.recv() => peering.event(Instant::now(), &daemon, ev),
             Some(cmd) = command_rx.recv() => peering.command(Instant::now(), &daemon, cmd),
             _ = tick.tick() => {
-                peering.tick(Instant::now(), &daemon).await;
+                peering.tick(Instant::now(), &daemon);
                 let rtts = peering.rtts();
                 let mut c = daemon.control();
                 for (p, rtt) in rtts {

@@ -39,6 +39,8 @@ pub enum Command {
     Connect(String),
     /// `weft forget ADDR`.
     Forget(String),
+    /// A target's host name was looked up (internal: lookups run beside the event loop).
+    Resolved(String, Result<SocketAddr, String>),
 }
 
 struct Up {
@@ -61,17 +63,41 @@ pub struct Peering {
     resolved: HashMap<String, SocketAddr>,
     dp: Arc<Shared>,
     topology_generation: u64,
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
 }
 
 impl Peering {
     /// Peering over `endpoint`, starting with the configured targets.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(now: Instant, me: PeerName, endpoint: MeshEndpoint, dp: Arc<Shared>, encrypted: bool, conn_limit: usize, mesh_port: u16, initial: &[String]) -> Peering {
+    pub fn new(
+        now: Instant,
+        me: PeerName,
+        endpoint: MeshEndpoint,
+        dp: Arc<Shared>,
+        encrypted: bool,
+        conn_limit: usize,
+        mesh_port: u16,
+        initial: &[String],
+        commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    ) -> Peering {
         let mut targets = Targets::new(targets::Config::default(), me.to_u64() ^ now.elapsed().as_nanos() as u64 ^ std::process::id() as u64);
         for t in initial {
             targets.add(now, t, Source::Configured);
         }
-        Peering { me, endpoint, encrypted, conn_limit, mesh_port, conns: HashMap::new(), targets, dialling: HashMap::new(), resolved: HashMap::new(), dp, topology_generation: 0 }
+        Peering {
+            me,
+            endpoint,
+            encrypted,
+            conn_limit,
+            mesh_port,
+            conns: HashMap::new(),
+            targets,
+            dialling: HashMap::new(),
+            resolved: HashMap::new(),
+            dp,
+            topology_generation: 0,
+            commands,
+        }
     }
 
     /// Configured targets (for `weft status targets`).
@@ -90,6 +116,13 @@ impl Peering {
                 tracing::info!("forget {a} (requested through the API)");
                 self.targets.forget(&a);
             }
+            // A target forgotten while its name was being looked up stays forgotten.
+            Command::Resolved(t, _) if self.targets.state(&t).is_none() => {}
+            Command::Resolved(t, Ok(addr)) => self.dial(d, t, addr),
+            Command::Resolved(t, Err(e)) => {
+                tracing::info!("peer {t}: {e}");
+                self.dial_failed(now, d, &t, None, e);
+            }
         }
         self.publish_targets(d);
     }
@@ -99,24 +132,23 @@ impl Peering {
     }
 
     /// Dials due targets, learns targets from gossip, runs timers and flushes messages.
-    pub async fn tick(&mut self, now: Instant, d: &Daemon) {
+    pub fn tick(&mut self, now: Instant, d: &Daemon) {
         self.learn_targets(now, d);
         let room = self.conn_limit.saturating_sub(self.conns.len() + self.dialling.len());
         for t in self.targets.due(now, room) {
-            match tokio::net::lookup_host(t.as_str()).await.map(|mut a| a.find(|a| a.is_ipv4()).or(None)) {
-                Ok(Some(addr)) => {
-                    self.resolved.insert(t.clone(), addr);
-                    if self.conns.values().any(|u| u.info.remote.ip() == addr.ip()) {
-                        self.targets.connected(&t);
-                        continue;
-                    }
-                    d.control().dialling(addr);
-                    self.dialling.insert(addr, t);
-                    self.endpoint.connect(addr);
-                }
-                Ok(None) => self.dial_failed(now, d, &t, None, "name has no IPv4 address".into()),
-                Err(e) => self.dial_failed(now, d, &t, None, format!("cannot resolve: {e}")),
+            if let Ok(addr) = t.parse::<SocketAddr>() {
+                self.dial(d, t, addr);
+                continue;
             }
+            // A host name: look it up beside the event loop, so a slow resolver stalls nothing.
+            let tx = self.commands.clone();
+            tokio::spawn(async move {
+                let r = match tokio::net::lookup_host(t.as_str()).await {
+                    Ok(mut a) => a.find(|a| a.is_ipv4()).ok_or_else(|| "name has no IPv4 address".to_owned()),
+                    Err(e) => Err(format!("cannot resolve: {e}")),
+                };
+                let _ = tx.send(Command::Resolved(t, r));
+            });
         }
         let health: Vec<(PeerName, bool)> = self
             .dp
@@ -137,6 +169,17 @@ impl Peering {
             tracing::warn!("IPAM: {e}");
         }
         self.flush(now, d);
+    }
+
+    fn dial(&mut self, d: &Daemon, t: String, addr: SocketAddr) {
+        self.resolved.insert(t.clone(), addr);
+        if self.conns.values().any(|u| u.info.remote.ip() == addr.ip()) {
+            self.targets.connected(&t);
+            return;
+        }
+        d.control().dialling(addr);
+        self.dialling.insert(addr, t);
+        self.endpoint.connect(addr);
     }
 
     fn dial_failed(&mut self, now: Instant, d: &Daemon, target: &str, addr: Option<SocketAddr>, reason: String) {

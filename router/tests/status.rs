@@ -83,6 +83,20 @@ fn the_cli_shows_the_mesh_in_text_and_json() {
     assert!(text.contains("198.51.100.99:6783"), "{text}");
     let (ok, _) = cli(a, &["forget", "198.51.100.99"]);
     assert!(ok);
+    // Host names are looked up beside the event loop; one that names this router itself is
+    // refused with that reason, and one that does not resolve leaves the router answering.
+    assert!(cli(a, &["connect", "localhost"]).0 && cli(a, &["connect", "no-such-host.invalid"]).0);
+    let t0 = Instant::now();
+    loop {
+        let conns: Vec<Connection> = a.client().get("/connections").unwrap();
+        if conns.iter().any(|c| c.reason.as_deref().is_some_and(|r| r.contains("connected to itself"))) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "no self-connection reason: {conns:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cli(a, &["forget", "localhost"]).0 && cli(a, &["forget", "no-such-host.invalid"]).0);
+    assert!(cli(a, &["status"]).0);
     let (_, text) = cli(a, &["status", "targets"]);
     assert!(!text.contains("198.51.100.99"), "{text}");
     m.down();
