@@ -6,7 +6,8 @@
 //! and the data plane (a sleeve link per authenticated connection, rekeyed when the mesh says).
 //!
 //! Duplicate connections between one pair of peers (both dialled at once) are resolved the same
-//! way on both sides: the connection dialled by the peer with the smaller name is kept.
+//! way on both sides: the connection dialled by the peer with the smaller name is kept, unless
+//! the new one comes from a newer incarnation of the peer (it restarted; the old one is dead).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -238,11 +239,12 @@ impl Peering {
         if let Some(old) = self.conns.get(&info.peer) {
             let dialler = |i: &ConnInfo| if i.direction == Direction::Outbound { self.me } else { i.peer };
             let preferred = self.me.min(info.peer);
-            let keep_new = dialler(&info) == preferred || dialler(&old.info) != preferred;
+            // A peer that restarted (new incarnation) replaces its dead connection at once.
+            let keep_new = info.incarnation > old.info.incarnation || dialler(&info) == preferred || dialler(&old.info) != preferred;
             if !keep_new {
                 tracing::info!(peer = %info.peer, "duplicate connection: keeping the one dialled by {preferred}");
                 handle.close("duplicate connection");
-                self.mark_target(&info, true);
+                self.mark_target(&info);
                 return;
             }
             tracing::info!(peer = %info.peer, "duplicate connection: replacing the older one");
@@ -257,11 +259,11 @@ impl Peering {
         let link = SleeveLink::new(info.peer, info.id, session, sp.remote, DEFAULT_DATAGRAM, now);
         self.dp.links.insert(Arc::new(link));
         d.control().connected(now, info.peer, &info.nickname, info.remote, info.direction, d.pod_mtu());
-        self.mark_target(&info, true);
+        self.mark_target(&info);
         self.conns.insert(info.peer, Up { info, handle });
     }
 
-    fn mark_target(&mut self, info: &ConnInfo, _up: bool) {
+    fn mark_target(&mut self, info: &ConnInfo) {
         if info.direction == Direction::Outbound
             && let Some(t) = self.dialling.remove(&info.remote)
         {
