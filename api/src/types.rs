@@ -116,6 +116,10 @@ pub struct Connection {
     pub reason: Option<String>,
     /// For a retrying one: seconds until the next attempt.
     pub retry_in_secs: Option<f64>,
+    /// For an established one: the largest IPv4 packet the sleeve's path MTU discovery has seen
+    /// cross to the peer (its datagram size plus 28 bytes of IPv4 and UDP headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u32>,
 }
 
 /// A container attachment: container ID and interface, the key of an allocation.

@@ -142,6 +142,9 @@ pub fn render_connections(conns: &[Connection]) -> String {
             _ => String::new(),
         };
         let _ = write!(out, "{arrow} {:<22} {:<11} {:<8} {enc:<11} {mtu:<9} {rtt:<12} {who}", c.remote, c.state, c.overlay);
+        if let Some(p) = c.path_mtu {
+            let _ = write!(out, " pmtu={p}");
+        }
         if let Some(r) = &c.reason {
             let _ = write!(out, " — {r}");
         }
@@ -210,6 +213,7 @@ mod tests {
             rtt_ms: Some(0.42),
             reason: None,
             retry_in_secs: None,
+            path_mtu: Some(1500),
         };
         let bad = Connection {
             direction: "outbound".into(),
@@ -223,10 +227,11 @@ mod tests {
             rtt_ms: None,
             reason: Some("timed out".into()),
             retry_in_secs: Some(4.25),
+            path_mtu: None,
         };
         let text = render_connections(&[ok, bad]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "-> 192.0.2.12:6783        established sleeve   encrypted   mtu=1376  rtt=0.4ms    0e:00:00:00:00:0b(host-b)");
+        assert_eq!(lines[0], "-> 192.0.2.12:6783        established sleeve   encrypted   mtu=1376  rtt=0.4ms    0e:00:00:00:00:0b(host-b) pmtu=1500");
         assert!(lines[1].starts_with("-> 192.0.2.99:6783        retrying    none     unencrypted mtu=-"), "{}", lines[1]);
         assert!(lines[1].ends_with("— timed out, retry in 4.2s"), "{}", lines[1]);
     }

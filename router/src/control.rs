@@ -30,6 +30,7 @@ struct Conn {
     mtu: Option<u32>,
     rtt: Option<Duration>,
     sleeve_dead: bool,
+    path_mtu: Option<u32>,
 }
 
 /// Topology, routes and our connections.
@@ -71,7 +72,7 @@ impl Control {
         self.conns.retain(|a, c| *a == remote || c.peer != Some(peer));
         self.conns.insert(
             remote,
-            Conn { direction, remote, peer: Some(peer), nickname: Some(nickname.to_owned()), state: "established", reason: None, retry_at: None, mtu: Some(mtu), rtt: None, sleeve_dead: false },
+            Conn { direction, remote, peer: Some(peer), nickname: Some(nickname.to_owned()), state: "established", reason: None, retry_at: None, mtu: Some(mtu), rtt: None, sleeve_dead: false, path_mtu: None },
         );
         self.topology.set_connection(now, peer, remote, direction, true);
         self.routes.handle_timeout(now, &self.topology);
@@ -90,6 +91,7 @@ impl Control {
             mtu: None,
             rtt: None,
             sleeve_dead: false,
+            path_mtu: None,
         });
         if c.state != "established" {
             c.state = "pending";
@@ -115,6 +117,7 @@ impl Control {
                     mtu: None,
                     rtt: None,
                     sleeve_dead: false,
+                    path_mtu: None,
                 });
                 c.state = "retrying";
                 c.reason = Some(reason);
@@ -135,8 +138,10 @@ impl Control {
 
     /// Whether the sleeve to `peer` answers heartbeats (the mesh connection may be up while
     /// the sleeve's UDP port is blocked).
-    pub fn set_sleeve_alive(&mut self, peer: PeerName, alive: bool) {
+    /// Also records the path MTU the sleeve found (`datagram` + 28).
+    pub fn set_sleeve(&mut self, peer: PeerName, alive: bool, datagram: usize) {
         for c in self.conns.values_mut().filter(|c| c.peer == Some(peer) && c.state == "established") {
+            c.path_mtu = Some(datagram as u32 + 28);
             if c.sleeve_dead == alive {
                 if alive {
                     tracing::info!(%peer, "sleeve: heartbeats answered again");
@@ -229,6 +234,7 @@ impl Control {
                     c.reason.clone()
                 },
                 retry_in_secs: c.retry_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                path_mtu: c.path_mtu.filter(|_| c.state == "established"),
             })
             .collect()
     }

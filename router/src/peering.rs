@@ -151,17 +151,17 @@ impl Peering {
                 let _ = tx.send(Command::Resolved(t, r));
             });
         }
-        let health: Vec<(PeerName, bool)> = self
+        let health: Vec<(PeerName, bool, usize)> = self
             .dp
             .links
             .all()
             .iter()
-            .map(|l| (l.peer, l.health().liveness.state(now) != PeerState::Dead))
+            .map(|l| (l.peer, l.health().liveness.state(now) != PeerState::Dead, l.datagram()))
             .collect();
         {
             let mut c = d.control();
-            for (p, alive) in health {
-                c.set_sleeve_alive(p, alive);
+            for (p, alive, datagram) in health {
+                c.set_sleeve(p, alive, datagram);
             }
             c.handle_timeout(now);
         }

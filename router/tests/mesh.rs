@@ -259,6 +259,15 @@ fn a_smaller_path_mtu_is_found_and_frames_at_the_full_pod_mtu_still_cross() {
     println!("underlay at 1400 bytes: full-size frames crossed again after {crossed:?}; 64 MiB checked in {secs:.1} s");
     let log = m.routers[1].log_text() + &m.routers[2].log_text();
     assert!(log.contains("datagram=1372"), "no path MTU of 1372 found:\n{log}");
+    // And `weft status connections` on B shows it for the links that carried the traffic (a
+    // link that sent nothing large since keeps what it found until its next search).
+    std::thread::sleep(Duration::from_millis(500));
+    let conns: Vec<Connection> = m.routers[1].client().get("/connections").unwrap();
+    for nick in ["a", "c"] {
+        let c = conns.iter().find(|c| c.state == "established" && c.nickname.as_deref() == Some(nick)).unwrap();
+        assert!(c.path_mtu.is_some_and(|p| (1228..=1400).contains(&p)), "{c:?}");
+        println!("B -> {nick}: pmtu {:?}", c.path_mtu);
+    }
     m.down();
 }
 
