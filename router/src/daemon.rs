@@ -116,6 +116,10 @@ impl Daemon {
     fn status(&self) -> Status {
         let (established, pending, failed) = self.control().counts();
         let targets: Vec<String> = self.targets.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        // Each lock is taken and released on its own line: temporaries in the struct expression
+        // below would live to its end, and `ipam_summary` takes the control lock again.
+        let peers = self.control().topology().len();
+        let ipam = self.ipam_summary();
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             name: self.identity.name.to_string(),
@@ -124,9 +128,30 @@ impl Daemon {
             peer_discovery: true,
             targets,
             connections: ConnectionCounts { established, pending, failed },
-            peers: self.control().topology().len(),
-            ipam: self.ipam.summary(),
+            peers,
+            ipam,
         }
+    }
+
+    /// IPAM's summary, plus the space held by peers this one cannot reach, and what to do.
+    fn ipam_summary(&self) -> weft_api::types::IpamSummary {
+        let mut sum = self.ipam.summary();
+        let shares = self.ipam_shares();
+        let lost: Vec<String> = shares.iter().filter(|s| !s.reachable && s.size > 0).map(|s| format!("{} addresses on {}({})", s.size, s.peer, s.nickname)).collect();
+        if !lost.is_empty() {
+            sum.detail.push_str(&format!(
+                "; held by unreachable peers: {} (if a peer is gone for good, `weft rmpeer` it to reclaim its space)",
+                lost.join(", ")
+            ));
+        }
+        sum
+    }
+
+    fn ipam_shares(&self) -> Vec<weft_api::types::IpamShare> {
+        let c = self.control();
+        let routes = c.routes().load_full();
+        let me = self.identity.name;
+        self.ipam.shares(|p| c.topology().entry(p).map(|e| e.nickname.clone()).unwrap_or_default(), |p| p == me || routes.next_hop(p).is_some())
     }
 
     fn find_peer(&self, text: &str) -> Option<PeerName> {
@@ -148,16 +173,7 @@ impl api::Handler for Daemon {
                 ("GET", "/peers") => Response::ok(&self.control().peers()),
                 ("GET", "/connections") => Response::ok(&self.control().connections(now)),
                 ("GET", "/targets") => Response::ok(&self.status().targets),
-                ("GET", "/ipam") => {
-                    let c = self.control();
-                    let routes = c.routes().load_full();
-                    let me = self.identity.name;
-                    let shares = self.ipam.shares(
-                        |p| c.topology().entry(p).map(|e| e.nickname.clone()).unwrap_or_default(),
-                        |p| p == me || routes.next_hop(p).is_some(),
-                    );
-                    Response::ok(&shares)
-                }
+                ("GET", "/ipam") => Response::ok(&self.ipam_shares()),
                 ("GET", "/ipam/allocations") => Response::ok(&self.ipam.list()),
                 ("POST", "/ipam/allocate") => Response::ok(&self.ipam.allocate(now, &Response::decode::<AllocateRequest>(&req)?.attachment)?),
                 ("POST", "/ipam/claim") => {

@@ -126,6 +126,17 @@ fn rmpeer_reclaims_a_stopped_peer_once_and_a_leaving_peer_hands_its_range_over()
         assert!(Instant::now() < deadline, "A still sees D reachable 30 s after it died");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The summary says who holds unreachable space and what to do about it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s: weft_api::types::Status = m.routers[0].client().get("/status").unwrap();
+        if s.ipam.detail.contains("held by unreachable peers: 262144 addresses on") && s.ipam.detail.contains("(d)") && s.ipam.detail.contains("weft rmpeer") {
+            println!("status on a before rmpeer: IPAM {} — {}", s.ipam.state, s.ipam.detail);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the summary does not name D's unreachable space: {}", s.ipam.detail);
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let out = Command::new(weft()).args(["rmpeer", "d", "--api-socket"]).arg(&m.routers[0].api_socket).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}\n{}", m.logs());
