@@ -158,9 +158,7 @@ impl Daemon {
         if let Ok(n) = text.parse::<PeerName>() {
             return Some(n);
         }
-        let c = self.control();
-        let by_nick = c.topology().entries().find(|e| e.nickname == text).map(|e| e.name);
-        by_nick
+        self.control().topology().entries().find(|e| e.nickname == text).map(|e| e.name)
     }
 }
 

@@ -88,6 +88,15 @@ pub fn from_peer<R: RouteView>(me: PeerName, env: Envelope, routes: &R) -> Plan<
     }
 }
 
+impl RouteView for weft_mesh::routes::Routes {
+    fn next_hop(&self, dest: PeerName) -> Option<PeerName> {
+        weft_mesh::routes::Routes::next_hop(self, dest)
+    }
+    fn broadcast_hops(&self, source: PeerName) -> &[PeerName] {
+        self.broadcast_next_hops(source)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,14 +164,5 @@ mod tests {
         assert_eq!((own.local, own.dropped), (false, Some("own frame came back")));
         let last_bcast_hop = from_peer(B, Envelope { dst: BROADCAST, src: A, hops: 1 }, &b);
         assert!(last_bcast_hop.local && last_bcast_hop.onward == Onward::Nowhere);
-    }
-}
-
-impl RouteView for weft_mesh::routes::Routes {
-    fn next_hop(&self, dest: PeerName) -> Option<PeerName> {
-        weft_mesh::routes::Routes::next_hop(self, dest)
-    }
-    fn broadcast_hops(&self, source: PeerName) -> &[PeerName] {
-        self.broadcast_next_hops(source)
     }
 }
