@@ -642,7 +642,11 @@ impl Ipam {
         if self.left {
             return Ok(None);
         }
-        let owned = self.ring.owned_by(self.me);
+        // Only space this peer really owns is handed over: a reclaim not yet acknowledged by
+        // every peer may be contested (another peer may hold the same addresses through a
+        // hand-over this peer never saw), so it stays unconfirmed under this peer's name, for a
+        // later `rmpeer` of this peer to sort out. Handing it over would make it definite.
+        let owned = subtract(&self.ring.owned_by(self.me), self.pending.iter().map(|p| p.span));
         let target = live
             .iter()
             .copied()
@@ -942,34 +946,10 @@ impl Ipam {
         self.recompute_usable();
     }
 
+    /// What this peer may allocate from: what it owns, less unconfirmed reclaims; nothing once
+    /// it has left.
     fn recompute_usable(&mut self) {
-        let mut usable = Vec::new();
-        for span in self.ring.owned_by(self.me) {
-            let mut cur = span.start as u64;
-            let mut holes: Vec<Span> = self
-                .pending
-                .iter()
-                .map(|p| p.span)
-                .filter(|p| p.end > span.start as u64 && (p.start as u64) < span.end)
-                .collect();
-            holes.sort_by_key(|h| h.start);
-            for h in holes {
-                if (h.start as u64) > cur {
-                    usable.push(Span {
-                        start: cur as u32,
-                        end: h.start as u64,
-                    });
-                }
-                cur = cur.max(h.end);
-            }
-            if cur < span.end {
-                usable.push(Span {
-                    start: cur as u32,
-                    end: span.end,
-                });
-            }
-        }
-        self.usable = usable;
+        self.usable = if self.left { Vec::new() } else { subtract(&self.ring.owned_by(self.me), self.pending.iter().map(|p| p.span)) };
     }
 
     fn is_usable(&self, a: u32) -> bool {
@@ -1154,6 +1134,34 @@ fn covers_exactly(ring: &Ring, span: Span, want: Entry) -> bool {
             .pieces()
             .filter(|p| p.end > span.start as u64 && (p.start as u64) < span.end)
             .all(|p| p.entry == want)
+}
+
+/// `spans` with every address of `holes` removed (both sorted or not; spans are disjoint).
+fn subtract(spans: &[Span], holes: impl Iterator<Item = Span> + Clone) -> Vec<Span> {
+    let mut out = Vec::new();
+    for s in spans {
+        let mut pieces = vec![*s];
+        for h in holes.clone() {
+            let mut next = Vec::new();
+            for p in pieces {
+                let (hs, he) = (u64::from(h.start), h.end);
+                let (ps, pe) = (u64::from(p.start), p.end);
+                if he <= ps || hs >= pe {
+                    next.push(p);
+                    continue;
+                }
+                if hs > ps {
+                    next.push(Span { start: p.start, end: hs });
+                }
+                if he < pe {
+                    next.push(Span { start: he as u32, end: pe });
+                }
+            }
+            pieces = next;
+        }
+        out.extend(pieces);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -33,7 +33,11 @@
 //!    a known peer X either loses the tie-break (X's ring then shows the winner's entry: X never
 //!    used the piece) or wins it (then X never acknowledges ours, and we never use it). A second
 //!    `rmpeer` of the same peer finds it owns nothing and does nothing. Residual assumption:
-//!    a peer the issuer does not know of at all cannot be waited for.
+//!    a peer the issuer does not know of at all cannot be waited for. An unconfirmed reclaim is
+//!    never handed over when its peer leaves (it stays, unconfirmed, under the leaving peer's
+//!    name): the reclaimed owner may have handed the same addresses to someone before it died,
+//!    and a hand-over would turn the contested claim into a definite one. (The property test
+//!    found exactly that schedule; it is kept as a regression test in `tests/ipam_sim.rs`.)
 //! 5. Bootstrapping: see [`alloc::Bootstrap`] for the exact argument.
 //! 6. Every state change is persisted (write, fsync, rename, fsync of the directory) before an
 //!    allocation is answered or a message leaves, so a crash never forgets what others may have
