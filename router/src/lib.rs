@@ -19,6 +19,7 @@ pub mod dataplane;
 pub mod daemon;
 pub mod demo;
 pub mod ethernet;
+pub mod icmp;
 pub mod ipam;
 pub mod logging;
 pub mod metrics;

@@ -54,6 +54,8 @@ pub struct SleeveLink {
     pub local_index: u32,
     /// The mesh connection this link belongs to.
     pub conn_id: u64,
+    /// Bytes the session adds to each datagram (header, and tag when sealed).
+    pub overhead: usize,
     addr: ArcSwap<SocketAddr>,
     session: Mutex<Session>,
     datagram: AtomicUsize,
@@ -80,6 +82,7 @@ impl SleeveLink {
             peer,
             local_index: session.ids().local,
             conn_id,
+            overhead: session.overhead(),
             addr: ArcSwap::from_pointee(addr),
             session: Mutex::new(session),
             datagram: AtomicUsize::new(datagram),

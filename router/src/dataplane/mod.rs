@@ -30,6 +30,7 @@ use weft_mesh::routes::RoutesHandle;
 use weft_sleeve::liveness::{CONTROL_LEN, ControlMsg};
 use weft_sleeve::udp::{RecvBatch, SleeveSocket};
 
+use crate::icmp;
 use crate::switch::{Switch, Verdict};
 use crate::vnet;
 use links::{Links, SleeveLink};
@@ -127,6 +128,7 @@ fn tap_thread(sh: &Shared) {
     let mut bufs: Vec<FrameBuf> = (0..TAP_BATCH).map(|_| FrameBuf::default()).collect();
     let mut verdicts = [Verdict::Local; TAP_BATCH];
     let mut sender = Sender::default();
+    let mut reply = [0u8; 1400];
     while !sh.stop.load(Ordering::Relaxed) {
         let tap = sh.tap.load_full();
         let n = match tap.read_batch(&mut bufs, Duration::from_millis(100)) {
@@ -162,11 +164,34 @@ fn tap_thread(sh: &Shared) {
             if plan.dropped.is_some() {
                 inc(&sh.stats.drop_no_route);
             }
+            // A unicast packet that may not be fragmented and does not fit one datagram to the
+            // next hop is answered as a router on the path would: "fragmentation needed".
+            // While the path MTU search runs, frames are fragmented instead: a pod would keep
+            // the search's low floor as its path MTU for minutes.
+            if let forward::Onward::One(hop, _) = plan.onward
+                && vh.is_none_or(|h| !vnet::is_gso(&h))
+                && let Some(link) = sh.links.get(hop)
+                && let mtu = ip_mtu(&link)
+                && frame.len() - crate::ethernet::HEADER_LEN > usize::from(mtu)
+                && !link.health().pmtu.is_searching()
+                && let Some(n) = icmp::too_big_reply(frame, mtu, &mut reply)
+            {
+                inc(&sh.stats.drop_too_big);
+                let _ = tap.write_frame(&[0u8; vnet::LEN], &reply[..n]);
+                continue;
+            }
             for (hop, env) in plan.onward.sends() {
                 send(sh, &mut sender, now, hop, env, vh.as_ref(), frame);
             }
         }
     }
+}
+
+/// The largest IP packet one datagram of `link` carries whole: the datagram less the session's
+/// bytes, the record header, the envelope, a virtio-net header and the Ethernet header.
+fn ip_mtu(link: &SleeveLink) -> u16 {
+    let fixed = link.overhead + weft_sleeve::wire::RECORD_HEADER_LEN + envelope::LEN + weft_sleeve::wire::VNET_HDR_LEN + crate::ethernet::HEADER_LEN;
+    link.datagram().saturating_sub(fixed).min(u16::MAX as usize) as u16
 }
 
 fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, env: envelope::Envelope, vh: Option<&vnet::Header>, frame: &[u8]) {
