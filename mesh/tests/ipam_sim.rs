@@ -186,6 +186,20 @@ fn concurrent_rmpeer_in_two_partitions_is_safe() {
     }
 }
 
+/// The action a property-test triple stands for.
+fn op(kind: u8, p: u8, x: u64) -> Action {
+    let p = p as usize;
+    match kind {
+        0..=2 => Action::Allocate(p),
+        3 => Action::Release(p, x as usize),
+        4 => Action::Claim(p, x),
+        5 => if x % 2 == 0 { Action::Crash(p) } else { Action::Restart(p) },
+        6 => if x % 3 == 0 { Action::Partition(x >> 8) } else { Action::Heal },
+        7 => if x % 8 == 0 { Action::Shutdown(p) } else { Action::Rmpeer(p, (x >> 8) as usize) },
+        _ => Action::Advance(Duration::from_millis(x % 100)),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -200,16 +214,7 @@ proptest! {
         let cfg = SimConfig { seed, peers, consensus, loss, ..SimConfig::default() };
         let mut sim = Sim::new(cfg);
         for &(kind, p, x) in &ops {
-            let p = p as usize;
-            let action = match kind {
-                0..=2 => Action::Allocate(p),
-                3 => Action::Release(p, x as usize),
-                4 => Action::Claim(p, x),
-                5 => if x % 2 == 0 { Action::Crash(p) } else { Action::Restart(p) },
-                6 => if x % 3 == 0 { Action::Partition(x >> 8) } else { Action::Heal },
-                7 => if x % 8 == 0 { Action::Shutdown(p) } else { Action::Rmpeer(p, (x >> 8) as usize) },
-                _ => Action::Advance(Duration::from_millis(x % 100)),
-            };
+            let action = op(kind, p, x);
             sim.apply(action);
             if let Err(v) = sim.check() {
                 prop_assert!(false, "seed {seed}: {v}");
@@ -259,16 +264,7 @@ fn regression_overlapping_usable_ranges_after_crashes_and_rmpeer() {
     let cfg = SimConfig { seed: 4483342199895536840, peers: 4, consensus: false, loss: 0.0, ..SimConfig::default() };
     let mut sim = Sim::new(cfg);
     for (step, &(kind, p, x)) in ops.iter().enumerate() {
-        let p = p as usize;
-        let action = match kind {
-            0..=2 => Action::Allocate(p),
-            3 => Action::Release(p, x as usize),
-            4 => Action::Claim(p, x),
-            5 => if x % 2 == 0 { Action::Crash(p) } else { Action::Restart(p) },
-            6 => if x % 3 == 0 { Action::Partition(x >> 8) } else { Action::Heal },
-            7 => if x % 8 == 0 { Action::Shutdown(p) } else { Action::Rmpeer(p, (x >> 8) as usize) },
-            _ => Action::Advance(Duration::from_millis(x % 100)),
-        };
+        let action = op(kind, p, x);
         if std::env::var_os("WEFT_SIM_TRACE").is_some() {
             println!("step {step}: {action:?}");
         }
