@@ -10,8 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 
 use criterion::{Criterion, Throughput};
-use weft_fastpath::Handle;
-use weft_fastpath::netns::{self, NetNs};
+use weft_kernel::Handle;
+use weft_kernel::netns::{self, NetNs};
 use weft_sleeve::udp::{RecvBatch, SleeveSocket};
 
 const SEGMENT: usize = 1472;

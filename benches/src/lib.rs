@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-pub use weft_fastpath::testbed::{Throughput, iperf3};
+pub use weft_testbed::{Throughput, iperf3};
 
 /// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration, String> {

@@ -1,5 +1,5 @@
 //! The commands: ADD, DEL, CHECK, STATUS, GC. Netlink inside the pod's namespace goes through a
-//! socket opened in that namespace on a dedicated thread (see `weft_fastpath::netns`).
+//! socket opened in that namespace on a dedicated thread (see `weft_kernel::netns`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -7,12 +7,12 @@ use std::path::Path;
 use serde_json::Value;
 use weft_api::types::{AllocateRequest, Allocation, Attachment, GcRequest, ReleaseRequest, Status};
 use weft_api::{Client, ClientError};
-use weft_fastpath::netlink::Route;
-use weft_fastpath::{Handle, NetNs};
+use weft_kernel::netlink::Route;
+use weft_kernel::{Handle, NetNs};
 
 use crate::spec::{self, Attached, CniError, Env, NetConf, code};
 
-fn kernel(what: &str) -> impl Fn(weft_fastpath::Error) -> CniError + '_ {
+fn kernel(what: &str) -> impl Fn(weft_kernel::Error) -> CniError + '_ {
     move |e| CniError::new(code::IO, format!("{what}: {e}"), "")
 }
 

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
-use weft_fastpath::testbed::{TestBed, topology};
+use weft_testbed::{TestBed, topology};
 use weft_mesh::peer::PeerName;
 use weft_mesh::topology::Direction;
 use weft_mesh::transport::auth::PasswordKey;
@@ -19,7 +19,7 @@ struct Node {
     name: PeerName,
 }
 
-fn node(bed: &TestBed, h: weft_fastpath::testbed::NodeId, ip: std::net::Ipv4Addr, n: u8, password: Option<&[u8]>, rekey: Duration) -> Node {
+fn node(bed: &TestBed, h: weft_testbed::NodeId, ip: std::net::Ipv4Addr, n: u8, password: Option<&[u8]>, rekey: Duration) -> Node {
     let addr = SocketAddr::from((ip, 6783));
     let sock = bed.ns(h).run(|| UdpSocket::bind(addr)).unwrap().unwrap();
     let dir = std::env::temp_dir().join(format!("weft-transport-{}-{n}", std::process::id()));

@@ -8,12 +8,12 @@
 
 use std::net::Ipv4Addr;
 
-use weft_fastpath::testbed::topology::{self, Cluster};
+use weft_testbed::topology::{self, Cluster};
 use std::time::Duration;
 
-use weft_fastpath::testbed::{self, NodeId, TestBed};
+use weft_testbed::{self, NodeId, TestBed};
 
-use crate::cluster::{self, RouterOptions, RunDir};
+use weft_testbed::routers::{self, RouterOptions, RunDir};
 
 /// The bed name, prefix of every namespace the demo makes.
 pub const DEMO_BED: &str = "weft-demo";
@@ -37,7 +37,7 @@ pub struct Options {
 pub enum DemoError {
     /// The kernel layer or the test bed failed.
     #[error(transparent)]
-    Kernel(#[from] weft_fastpath::Error),
+    Kernel(#[from] weft_kernel::Error),
     /// A router or the CNI plugin failed.
     #[error("{0}")]
     Demo(String),
@@ -51,12 +51,12 @@ pub fn run(opts: &Options) -> Result<(), DemoError> {
         for pid in std::fs::read_to_string(&pid_file).unwrap_or_default().split_whitespace() {
             // Only the routers this demo started and recorded, by PID.
             if let Ok(pid) = pid.parse::<i32>() {
-                if cluster::alive(pid as u32) && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).is_ok() {
+                if routers::alive(pid as u32) && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).is_ok() {
                     stopped += 1;
                 }
             }
         }
-        let removed = testbed::remove_named(DEMO_BED)?;
+        let removed = weft_testbed::remove_named(DEMO_BED)?;
         let _ = std::fs::remove_dir_all(pid_file.parent().unwrap_or(&pid_file));
         println!("stopped {stopped} routers, removed {} namespaces of the demo cluster", removed.len());
         return Ok(());
@@ -76,7 +76,7 @@ pub fn run(opts: &Options) -> Result<(), DemoError> {
     let o = RouterOptions { binary: binary.clone(), password: Some(password), extra_args: vec![] };
     println!("starting a weft router on every host (A dials B, C dials B, D dials C through its NAT; cluster password set)...");
     let t0 = std::time::Instant::now();
-    let routers = cluster::start_cluster(&mut bed, &run, &cluster, &o, Duration::from_secs(40));
+    let routers = routers::start_cluster(&mut bed, &run, &cluster, &o, Duration::from_secs(40));
     // Record the PIDs first, so `weft demo --down` can stop them even if the mesh failed.
     let pids: Vec<String> = bed.children().iter().map(|p| p.to_string()).collect();
     std::fs::write(&pid_file, pids.join(" ")).map_err(|e| DemoError::Demo(format!("{}: {e}", pid_file.display())))?;
@@ -106,13 +106,13 @@ pub fn run(opts: &Options) -> Result<(), DemoError> {
     let a_pod = pods.iter().find(|(p, _)| bed.name(*p).ends_with("-a-pod1") || bed.name(*p) == "a-pod1").copied();
     let c_pod = pods.iter().find(|(p, _)| bed.name(*p).ends_with("-c-pod1") || bed.name(*p) == "c-pod1").copied();
     if let (Some(a), Some(c)) = (a_pod, c_pod) {
-        match testbed::iperf3(&mut bed, c.0, a.0, c.1, Duration::from_secs(3)) {
+        match weft_testbed::iperf3(&mut bed, c.0, a.0, c.1, Duration::from_secs(3)) {
             Ok(t) => println!("TCP a-pod1 -> c-pod1 (relayed by b, encrypted): {:.2} Gbit/s over 3 s, {} retransmits\n", t.bits_per_second / 1e9, t.retransmits),
             Err(e) => println!("TCP a-pod1 -> c-pod1: {e}\n"),
         }
     }
 
-    let weft_cli = |args: &[&str], r: &cluster::RouterProc| -> String {
+    let weft_cli = |args: &[&str], r: &routers::RouterProc| -> String {
         match std::process::Command::new(&binary).args(args).arg("--api-socket").arg(&r.api_socket).output() {
             Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
             Err(e) => format!("{e}\n"),
@@ -150,7 +150,7 @@ fn cni_add(bed: &TestBed, host: NodeId, pod: NodeId, plugin: &std::path::Path, a
             let mut child = std::process::Command::new(plugin)
                 .env("CNI_COMMAND", "ADD")
                 .env("CNI_CONTAINERID", format!("demo-{ns}"))
-                .env("CNI_NETNS", format!("{}/{ns}", weft_fastpath::netns::NETNS_DIR))
+                .env("CNI_NETNS", format!("{}/{ns}", weft_kernel::netns::NETNS_DIR))
                 .env("CNI_IFNAME", "eth0")
                 .env("CNI_PATH", plugin.parent().unwrap_or(plugin))
                 .stdin(std::process::Stdio::piped())

@@ -1,29 +1,14 @@
-//! The router: `weft`, the per-host daemon and its command line.
+//! The router: `weft`, the per-host daemon and its command line, grouped by role.
 //!
-//! What it owns, by module (as they land):
-//! - the TAP driver (batched reads and writes of `weft-tap` with the virtio-net header);
-//! - [`switch`]: MAC learning, aging, forwarding decisions (local / unicast / flood along the
-//!   broadcast tree) and relaying for other peers;
-//! - the overlay choice per peer (kernel VXLAN fast path or the encrypted sleeve);
-//! - the local API (HTTP on a unix socket), metrics, the daemon and the CLI;
-//! - [`demo`]: `weft demo`, a whole virtual cluster in network namespaces.
-//!
-//! Present so far: [`ethernet`], [`vnet`], [`switch`], [`plumbing`], [`demo`].
+//! - [`daemon`]: `weft router` — start-up and shutdown, configuration, host plumbing, the mesh
+//!   and its control plane (gossip, routes, connection records), IPAM, the local API server,
+//!   metrics;
+//! - [`dataplane`]: the threads that move frames — TAP reads and writes, the switch, relaying,
+//!   sealing and opening on the sleeve;
+//! - [`cli`]: `weft status`, `connect`, `forget`, `rmpeer`: clients of the local API;
+//! - [`demo`]: `weft demo`, a whole virtual cluster in network namespaces (on `weft-testbed`).
 
-pub mod api;
 pub mod cli;
-pub mod cluster;
-pub mod config;
-pub mod control;
-pub mod dataplane;
 pub mod daemon;
+pub mod dataplane;
 pub mod demo;
-pub mod ethernet;
-pub mod icmp;
-pub mod ipam;
-pub mod logging;
-pub mod metrics;
-pub mod peering;
-pub mod plumbing;
-pub mod switch;
-pub mod vnet;

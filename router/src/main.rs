@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the router daemon on this host (needs root or NET_ADMIN).
-    Router(weft_router::config::RouterArgs),
+    Router(weft_router::daemon::config::RouterArgs),
     /// Show what the mesh is doing: a summary, or peers, connections, ipam, targets.
     Status(cli::StatusArgs),
     /// Add an address to the peers this router dials.
@@ -54,8 +54,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Router(args) => {
-            weft_router::logging::init();
-            let config = match weft_router::config::Config::from_args(args, |k| std::env::var(k).ok()) {
+            weft_router::daemon::logging::init();
+            let config = match weft_router::daemon::config::Config::from_args(args, |k| std::env::var(k).ok()) {
                 Ok(c) => c,
                 Err(e) => return report(&e),
             };

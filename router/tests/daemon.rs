@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use common::{cnitool, netconf, weft};
 use weft_api::types::{AllocateRequest, Allocation, Attachment, Status};
-use weft_fastpath::netns::NETNS_DIR;
-use weft_fastpath::testbed::{NodeId, TestBed};
-use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
+use weft_kernel::netns::NETNS_DIR;
+use weft_testbed::{NodeId, TestBed};
+use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
 
 fn start(bed: &mut TestBed, run: &RunDir, h: NodeId) -> RouterProc {
     let opts = RouterOptions { binary: weft(), password: None, extra_args: vec![] };
-    let r = cluster::start_router(bed, run, h, "h", &[], &opts).unwrap();
-    cluster::wait_for(&r, Duration::from_secs(20), |s| s.ipam.state == "ready").unwrap();
+    let r = routers::start_router(bed, run, h, "h", &[], &opts).unwrap();
+    routers::wait_for(&r, Duration::from_secs(20), |s| s.ipam.state == "ready").unwrap();
     r
 }
 
@@ -113,7 +113,7 @@ fn status_cli_allocations_survive_kill_9_and_sigterm_is_clean() {
     assert!(term.success());
     let mut stopped = false;
     for _ in 0..50 {
-        if !cluster::alive(r.pid) {
+        if !routers::alive(r.pid) {
             stopped = true;
             break;
         }

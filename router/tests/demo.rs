@@ -6,7 +6,7 @@ use std::process::Command;
 
 #[test]
 fn the_demo_runs_and_cleans_up() {
-    weft_fastpath::testbed::require_privileges().expect("the demo needs root");
+    weft_testbed::require_privileges().expect("the demo needs root");
     let out = Command::new(env!("CARGO_BIN_EXE_weft")).arg("demo").output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
@@ -20,6 +20,6 @@ fn the_demo_runs_and_cleans_up() {
     for row in rows {
         assert!(row.split_whitespace().skip(1).all(|c| c == "ok" || c == "·"), "{row}\n{text}");
     }
-    let left: Vec<String> = weft_fastpath::netns::list().unwrap().into_iter().filter(|n| n.starts_with("weft-demo-")).collect();
+    let left: Vec<String> = weft_kernel::netns::list().unwrap().into_iter().filter(|n| n.starts_with("weft-demo-")).collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Mesh, NAMES, weft};
 use weft_api::types::{AllocateRequest, Allocation, Attachment, IpamShare, Peer};
-use weft_router::cluster;
+use weft_testbed::routers;
 
 fn req(id: &str) -> AllocateRequest {
     AllocateRequest { attachment: Attachment { container_id: id.to_owned(), ifname: "eth0".into() } }
@@ -70,8 +70,8 @@ fn parallel_allocations_on_three_hosts_never_collide_and_survive_a_kill_9_mid_wa
 
     // Restart C: every address it answered is still allocated to the same container.
     let _ = m.bed.kill(c_pid);
-    m.routers[2] = cluster::start_cluster_router(&mut m.bed, &m.run, &m.cluster, 2, &m.opts).unwrap();
-    cluster::wait_for(&m.routers[2], Duration::from_secs(30), |s| s.ipam.state == "ready" && s.connections.established >= 2).unwrap();
+    m.routers[2] = routers::start_cluster_router(&mut m.bed, &m.run, &m.cluster, 2, &m.opts).unwrap();
+    routers::wait_for(&m.routers[2], Duration::from_secs(30), |s| s.ipam.state == "ready" && s.connections.established >= 2).unwrap();
     for (host, id, r) in &answered {
         let got: Allocation = m.routers[*host].client().post("/ipam/lookup", &req(id)).unwrap();
         assert_eq!(got.address, r.as_ref().unwrap().address, "{id} on {}", NAMES[*host]);

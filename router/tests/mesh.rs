@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{Mesh, NAMES, cnitool, netconf, weft};
 use weft_api::types::{Connection, Peer, Status};
-use weft_fastpath::testbed::{NodeId, TestBed};
-use weft_router::cluster;
+use weft_testbed::{NodeId, TestBed};
+use weft_testbed::routers;
 
 fn ping_out(bed: &TestBed, from: NodeId, to: Ipv4Addr, args: &[&str]) -> String {
     let out = bed.run(from, Command::new("ping").arg("-n").args(args).arg(to.to_string())).unwrap();
@@ -182,7 +182,7 @@ fn killing_the_middle_router_or_cutting_a_link_interrupts_a_to_c_only_until_it_i
     let b = m.routers[1].clone();
     m.bed.kill(b.pid).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    m.routers[1] = cluster::start_cluster_router(&mut m.bed, &m.run, &m.cluster, 1, &m.opts).unwrap();
+    m.routers[1] = routers::start_cluster_router(&mut m.bed, &m.run, &m.cluster, 1, &m.opts).unwrap();
     let (gap, replies) = longest_gap(pinger);
     println!("kill -9 of B (down 2 s, then restarted): longest gap in A -> C replies {gap:.2?}, {replies} replies in 25 s");
     assert!(gap < Duration::from_secs(20) && replies > 100, "A -> C did not resume after B restarted: gap {gap:?}, {replies} replies\n{}", m.logs());

@@ -1,8 +1,8 @@
 //! Host plumbing against the real kernel, in a test-bed namespace (root needed).
 
-use weft_fastpath::tap::Tap;
-use weft_fastpath::testbed::TestBed;
-use weft_router::plumbing::{self, Devices};
+use weft_kernel::tap::Tap;
+use weft_testbed::TestBed;
+use weft_router::daemon::plumbing::{self, Devices};
 
 #[test]
 fn plumbing_is_idempotent_and_repairs_what_was_changed() {

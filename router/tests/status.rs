@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{Mesh, weft};
 use weft_api::types::{Connection, IpamShare, Peer, Status};
-use weft_fastpath::testbed::{NodeId, TestBed, topology};
-use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
+use weft_testbed::{NodeId, TestBed, topology};
+use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
 
 fn cli(r: &RouterProc, args: &[&str]) -> (bool, String) {
     let out = Command::new(weft()).args(args).arg("--api-socket").arg(&r.api_socket).output().unwrap();
@@ -109,11 +109,11 @@ fn a_peer_with_the_wrong_password_is_refused_on_both_sides_and_never_joins_the_t
     let lan = topology::shared_segment(&mut bed, 3).unwrap();
     let good = RouterOptions { binary: weft(), password: Some("right".into()), extra_args: vec![] };
     let bad = RouterOptions { password: Some("wrong".into()), ..good.clone() };
-    let h1 = cluster::start_router(&mut bed, &run, lan.hosts[0], "h1", &[], &good).unwrap();
-    let h2 = cluster::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &good).unwrap();
-    let intruder = cluster::start_router(&mut bed, &run, lan.hosts[2], "intruder", &[lan.links[0].addr], &bad).unwrap();
-    cluster::wait_for(&h2, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
-    let s = cluster::wait_for(&intruder, Duration::from_secs(30), |s| s.connections.failed >= 1).unwrap();
+    let h1 = routers::start_router(&mut bed, &run, lan.hosts[0], "h1", &[], &good).unwrap();
+    let h2 = routers::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &good).unwrap();
+    let intruder = routers::start_router(&mut bed, &run, lan.hosts[2], "intruder", &[lan.links[0].addr], &bad).unwrap();
+    routers::wait_for(&h2, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
+    let s = routers::wait_for(&intruder, Duration::from_secs(30), |s| s.connections.failed >= 1).unwrap();
     assert_eq!(s.connections.established, 0);
     let (_, text) = cli(&intruder, &["status", "connections"]);
     println!("intruder's connections:\n{text}");
@@ -196,9 +196,9 @@ fn a_blocked_sleeve_port_is_reported_on_the_connection_until_it_opens_again() {
     let run = RunDir::new(bed.id()).unwrap();
     let lan = topology::shared_segment(&mut bed, 2).unwrap();
     let opts = RouterOptions { binary: weft(), password: None, extra_args: vec![] };
-    let h1 = cluster::start_router(&mut bed, &run, lan.hosts[0], "h1", &[], &opts).unwrap();
-    let h2 = cluster::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &opts).unwrap();
-    cluster::wait_for(&h1, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
+    let h1 = routers::start_router(&mut bed, &run, lan.hosts[0], "h1", &[], &opts).unwrap();
+    let h2 = routers::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &opts).unwrap();
+    routers::wait_for(&h1, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
     let nft = |args: &str| {
         let out = bed.run(lan.hosts[1], Command::new("nft").args(args.split(' '))).unwrap();
         assert!(out.status.success(), "nft {args}: {}", String::from_utf8_lossy(&out.stderr));
@@ -240,10 +240,10 @@ fn two_routers_dialling_each_other_at_once_keep_exactly_one_connection() {
     let run = RunDir::new(bed.id()).unwrap();
     let lan = topology::shared_segment(&mut bed, 2).unwrap();
     let opts = RouterOptions { binary: weft(), password: Some("pw".into()), extra_args: vec![] };
-    let h1 = cluster::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts).unwrap();
-    let h2 = cluster::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &opts).unwrap();
+    let h1 = routers::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts).unwrap();
+    let h2 = routers::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &opts).unwrap();
     for r in [&h1, &h2] {
-        cluster::wait_for(r, Duration::from_secs(30), |s| s.connections.established == 1 && s.ipam.state == "ready").unwrap();
+        routers::wait_for(r, Duration::from_secs(30), |s| s.connections.established == 1 && s.ipam.state == "ready").unwrap();
     }
     std::thread::sleep(Duration::from_secs(3));
     for r in [&h1, &h2] {

@@ -4,12 +4,12 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
-use weft_fastpath::tap::Tap;
-use weft_fastpath::testbed::TestBed;
-use weft_fastpath::testbed::topology::{self, POD_BRIDGE};
+use weft_kernel::tap::Tap;
+use weft_testbed::TestBed;
+use weft_testbed::topology::{self, POD_BRIDGE};
 use weft_router::dataplane::tapio::{FrameBuf, TapIo};
-use weft_router::ethernet::{Frame, Mac};
-use weft_router::vnet;
+use weft_router::dataplane::ethernet::{Frame, Mac};
+use weft_router::dataplane::vnet;
 
 const GHOST_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x99];
 const GHOST_IP: Ipv4Addr = Ipv4Addr::new(10, 32, 0, 99);

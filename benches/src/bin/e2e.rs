@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use weft_api::types::{AllocateRequest, Allocation, Attachment};
 use weft_benches::{Throughput, cpu_time, iperf3};
-use weft_router::cluster::{self, RouterOptions, RunDir};
-use weft_fastpath::netlink::{FdbEntry, LinkKind, VxlanConfig};
-use weft_fastpath::testbed::topology::{self, POD_BRIDGE};
-use weft_fastpath::testbed::TestBed;
+use weft_testbed::routers::{self, RouterOptions, RunDir};
+use weft_kernel::netlink::{FdbEntry, LinkKind, VxlanConfig};
+use weft_testbed::topology::{self, POD_BRIDGE};
+use weft_testbed::TestBed;
 
 fn main() {
     let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -40,7 +40,7 @@ fn run(d: Duration) -> Result<(), String> {
     for (i, (&h, link)) in lan.hosts.iter().zip(&lan.links).enumerate() {
         let other = lan.links[1 - i].addr;
         let nl = bed.netlink(h);
-        let r: Result<(), weft_fastpath::Error> = (|| {
+        let r: Result<(), weft_kernel::Error> = (|| {
             nl.add_link(POD_BRIDGE, &LinkKind::Bridge)?;
             nl.set_up(POD_BRIDGE)?;
             let cfg = VxlanConfig { vni: 7, port: 6785, local: Some(link.addr.into()), underlay: Some(link.iface.clone()), learning: false };
@@ -96,10 +96,10 @@ fn weft(d: Duration, password: Option<&str>) -> Result<(Throughput, [f64; 2]), S
     let run = RunDir::new(bed.id()).map_err(|e| e.to_string())?;
     let lan = topology::shared_segment(&mut bed, 2).map_err(|e| e.to_string())?;
     let opts = RouterOptions { binary, password: password.map(str::to_owned), extra_args: vec!["--ipalloc-init".into(), "consensus=2".into()] };
-    let r1 = cluster::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts)?;
-    let r2 = cluster::start_router(&mut bed, &run, lan.hosts[1], "h2", &[], &opts)?;
+    let r1 = routers::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts)?;
+    let r2 = routers::start_router(&mut bed, &run, lan.hosts[1], "h2", &[], &opts)?;
     for r in [&r1, &r2] {
-        cluster::wait_for(r, Duration::from_secs(30), |s| s.connections.established == 1 && s.ipam.state == "ready")?;
+        routers::wait_for(r, Duration::from_secs(30), |s| s.connections.established == 1 && s.ipam.state == "ready")?;
     }
     let mut pods = Vec::new();
     for (i, r) in [&r1, &r2].into_iter().enumerate() {

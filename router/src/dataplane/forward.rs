@@ -5,7 +5,7 @@
 use weft_mesh::peer::PeerName;
 
 use super::envelope::{BROADCAST, Envelope, MAX_HOPS};
-use crate::switch::Verdict;
+use super::switch::Verdict;
 
 /// What the forwarder needs to know of the mesh routes.
 pub trait RouteView {

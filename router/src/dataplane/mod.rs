@@ -1,9 +1,12 @@
 //! The data plane: dedicated OS threads moving frames between the TAP and the sleeve.
 //!
-//! - [`tapio`]: batched reads and writes of `weft-tap`, buffers with headroom.
-//! - [`envelope`]: origin, destination and hop limit before each frame on the sleeve.
-//! - [`forward`]: which next hops (and whether the bridge) get a frame.
-//! - [`links`]: the sleeve link to each connected peer (session, address, reassembly).
+//! - [`tapio`]: batched reads and writes of `weft-tap`, buffers with headroom;
+//!   [`vnet`]: the virtio-net header the TAP puts before each frame;
+//! - [`ethernet`]: the Ethernet header view; [`switch`]: MAC learning and the verdict per frame;
+//! - [`envelope`]: origin, destination and hop limit before each frame on the sleeve;
+//! - [`forward`]: which next hops (and whether the bridge) get a frame;
+//! - [`icmp`]: "fragmentation needed" / "packet too big" answers to pods;
+//! - [`links`]: the sleeve link to each connected peer (session, address, reassembly);
 //! - [`sleeve`]: framing, fragmentation, sealing and opening of frames.
 //!
 //! Two threads, one reader per queue: the *TAP thread* reads batches from `weft-tap`, asks the
@@ -14,10 +17,14 @@
 //! only locks are the switch (per batch) and each link's session (per frame).
 
 pub mod envelope;
+pub mod ethernet;
 pub mod forward;
+pub mod icmp;
 pub mod links;
 pub mod sleeve;
+pub mod switch;
 pub mod tapio;
+pub mod vnet;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,9 +37,7 @@ use weft_mesh::routes::RoutesHandle;
 use weft_sleeve::liveness::{CONTROL_LEN, ControlMsg};
 use weft_sleeve::udp::{RecvBatch, SleeveSocket};
 
-use crate::icmp;
-use crate::switch::{Switch, Verdict};
-use crate::vnet;
+use switch::{Switch, Verdict};
 use links::{Links, SleeveLink};
 use sleeve::{DataplaneStats, Incoming, Received, Sender};
 use tapio::{FrameBuf, TapIo};
@@ -74,7 +79,7 @@ impl Shared {
             me,
             links: Links::default(),
             routes,
-            switch: Mutex::new(Switch::new(crate::switch::DEFAULT_MAX_AGE)),
+            switch: Mutex::new(Switch::new(switch::DEFAULT_MAX_AGE)),
             sock,
             tap: ArcSwap::from_pointee(tap),
             stats: DataplaneStats::default(),
@@ -172,7 +177,7 @@ fn tap_thread(sh: &Shared) {
                 && vh.is_none_or(|h| !vnet::is_gso(&h))
                 && let Some(link) = sh.links.get(hop)
                 && let mtu = ip_mtu(&link)
-                && frame.len() - crate::ethernet::HEADER_LEN > usize::from(mtu)
+                && frame.len() - ethernet::HEADER_LEN > usize::from(mtu)
                 && !link.health().pmtu.is_searching()
                 && let Some(n) = icmp::too_big_reply(frame, mtu, &mut reply)
             {
@@ -190,7 +195,7 @@ fn tap_thread(sh: &Shared) {
 /// The largest IP packet one datagram of `link` carries whole: the datagram less the session's
 /// bytes, the record header, the envelope, a virtio-net header and the Ethernet header.
 fn ip_mtu(link: &SleeveLink) -> u16 {
-    let fixed = link.overhead + weft_sleeve::wire::RECORD_HEADER_LEN + envelope::LEN + weft_sleeve::wire::VNET_HDR_LEN + crate::ethernet::HEADER_LEN;
+    let fixed = link.overhead + weft_sleeve::wire::RECORD_HEADER_LEN + envelope::LEN + weft_sleeve::wire::VNET_HDR_LEN + ethernet::HEADER_LEN;
     link.datagram().saturating_sub(fixed).min(u16::MAX as usize) as u16
 }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use weft_fastpath::tap::Tap;
+use weft_kernel::tap::Tap;
 
-use crate::vnet;
+use super::vnet;
 
 /// Room reserved before each frame for the headers the sleeve prepends, so it seals in place.
 pub const HEADROOM: usize = 128;

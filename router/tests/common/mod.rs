@@ -9,12 +9,12 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use weft_api::types::{AllocateRequest, Allocation, Attachment};
-use weft_fastpath::netns::NETNS_DIR;
-use weft_fastpath::testbed::topology::{self, Cluster};
-use weft_fastpath::testbed::{NodeId, TestBed};
-use weft_router::cluster::{self, RouterOptions, RouterProc, RunDir};
+use weft_kernel::netns::NETNS_DIR;
+use weft_testbed::topology::{self, Cluster};
+use weft_testbed::{NodeId, TestBed};
+use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
 
-pub const NAMES: [&str; 4] = cluster::CLUSTER_NAMES;
+pub const NAMES: [&str; 4] = routers::CLUSTER_NAMES;
 
 pub fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -42,7 +42,7 @@ impl Mesh {
         let cluster = topology::cluster(&mut bed, 0).unwrap();
         let opts = RouterOptions { binary: weft(), password: password.map(str::to_owned), extra_args: extra.iter().map(|a| a.to_string()).collect() };
         let t0 = Instant::now();
-        let routers = cluster::start_cluster(&mut bed, &run, &cluster, &opts, Duration::from_secs(40)).unwrap();
+        let routers = routers::start_cluster(&mut bed, &run, &cluster, &opts, Duration::from_secs(40)).unwrap();
         println!("mesh of 4 converged (connections, topology, IPAM consensus) in {:?}", t0.elapsed());
         let mut opts = opts;
         opts.extra_args.extend(["--ipalloc-init".to_owned(), "consensus=4".to_owned()]);

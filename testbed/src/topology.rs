@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{Attachment, NodeId, TestBed};
-use crate::error::Result;
-use crate::netlink::{LinkKind, Route};
+use weft_kernel::Result;
+use weft_kernel::netlink::{LinkKind, Route};
 
 /// First segment: 192.0.2.0/24.
 pub const SEGMENT_1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);

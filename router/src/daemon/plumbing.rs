@@ -4,8 +4,8 @@
 //! The TAP port is isolated on the bridge (and so is the VXLAN port, when the fast path adds
 //! it): frames never pass between the two overlays, so they cannot loop between hosts.
 
-use weft_fastpath::netlink::LinkKind;
-use weft_fastpath::{Error, Handle};
+use weft_kernel::netlink::LinkKind;
+use weft_kernel::{Error, Handle};
 
 /// Names and sizes of the host's devices.
 #[derive(Clone, Debug, PartialEq, Eq)]

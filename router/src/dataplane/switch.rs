@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use weft_mesh::peer::PeerName;
 
-use crate::ethernet::{Frame, Mac};
+use super::ethernet::{Frame, Mac};
 
 /// How long an unrefreshed MAC entry lives (Linux bridges default to 300 s).
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);

@@ -2,11 +2,11 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use weft_fastpath::netlink::{FdbEntry, LinkKind, Route, VxlanConfig};
-use weft_fastpath::tap::{TUN_F_TSO4, Tap};
-use weft_fastpath::testbed::TestBed;
-use weft_fastpath::testbed::topology::{self, POD_BRIDGE};
-use weft_fastpath::{Error, Handle};
+use weft_kernel::netlink::{FdbEntry, LinkKind, Route, VxlanConfig};
+use weft_kernel::tap::{TUN_F_TSO4, Tap};
+use weft_testbed::TestBed;
+use weft_testbed::topology::{self, POD_BRIDGE};
+use weft_kernel::{Error, Handle};
 
 fn bed() -> TestBed {
     TestBed::new().expect("cannot build a test bed")
@@ -105,7 +105,7 @@ fn links_move_between_namespaces() {
     let x = bed.add_node("x").unwrap();
     let y = bed.add_node("y").unwrap();
     bed.netlink(x).add_link("m0", &LinkKind::Veth { peer: "m1".into() }).unwrap();
-    let y_ns = weft_fastpath::NetNs::open(bed.ns(y).name()).unwrap();
+    let y_ns = weft_kernel::NetNs::open(bed.ns(y).name()).unwrap();
     bed.netlink(x).set_netns("m1", &y_ns).unwrap();
     assert!(bed.netlink(x).find_link("m1").unwrap().is_none());
     assert_eq!(bed.netlink(y).link("m1").unwrap().kind.as_deref(), Some("veth"));

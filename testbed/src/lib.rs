@@ -13,15 +13,16 @@
 
 mod probe;
 pub use probe::{PROBE_WAIT, Throughput, iperf3};
+pub mod routers;
 pub mod topology;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::error::{Error, Result};
-use crate::netlink::{Handle, LinkKind, Route};
-use crate::netns::{self, NetNs};
+use weft_kernel::{Error, Result};
+use weft_kernel::netlink::{Handle, LinkKind, Route};
+use weft_kernel::netns::{self, NetNs};
 
 /// The prefix of every namespace a test bed makes.
 pub const NS_PREFIX: &str = "wt-";

@@ -1,13 +1,27 @@
-//! `weft router`: the per-host daemon.
+//! `weft router`: the per-host daemon and its control plane.
 //!
-//! It runs the peer identity, the host plumbing (bridge `weft`, isolated `weft-tap`, repaired
-//! every few seconds), the mesh (QUIC on the mesh port: authenticated connections, topology
-//! gossip, routes — see [`crate::peering`]), the data plane threads (TAP ⇄ switch ⇄ sleeve, see
-//! [`crate::dataplane`]), IPAM with its state persisted before every answer and its messages
-//! carried over the mesh, and the local API on its unix socket.
+//! This module ([`run`], [`Daemon`]) starts and stops everything and routes local API requests;
+//! the parts it runs are its submodules:
+//! - [`config`]: flags and environment variables, checked into a [`config::Config`];
+//! - [`plumbing`]: the bridge `weft` and the isolated `weft-tap` on it, repaired every few seconds;
+//! - [`peering`]: the mesh (QUIC on the mesh port: authenticated connections, dial targets) and
+//!   what its events change: [`control`] (topology gossip, routes, connection records for
+//!   `status`), IPAM messages, the sleeve links of the data plane ([`crate::dataplane`]);
+//! - [`ipam`]: IPAM with its state persisted before every answer;
+//! - [`api`]: the local API's server on its unix socket; [`metrics`]: Prometheus metrics;
+//! - [`logging`]: the log subscriber.
 //!
 //! SIGTERM or SIGINT stops it cleanly: peers are told (their connections close with a reason),
 //! the data plane threads stop, the API socket is removed; IPAM state is already on disk.
+
+pub mod api;
+pub mod config;
+pub mod control;
+pub mod ipam;
+pub mod logging;
+pub mod metrics;
+pub mod peering;
+pub mod plumbing;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -17,8 +31,8 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use weft_api::types::{AllocateRequest, ClaimRequest, ConnectionCounts, GcRequest, ReleaseRequest, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
-use weft_fastpath::Handle;
-use weft_fastpath::tap::Tap;
+use weft_kernel::Handle;
+use weft_kernel::tap::Tap;
 use weft_mesh::identity::Identity;
 use weft_mesh::transport::auth::PasswordKey;
 use weft_mesh::transport::tls::Credentials;
@@ -27,14 +41,14 @@ use weft_sleeve::udp::SleeveSocket;
 use weft_mesh::ipam::Bootstrap;
 use weft_mesh::peer::PeerName;
 
-use crate::api::{self, Request, Response};
-use crate::config::Config;
-use crate::control::Control;
+use self::api::{Request, Response};
+use self::config::Config;
+use self::control::Control;
 use crate::dataplane::tapio::TapIo;
 use crate::dataplane::{Dataplane, Shared};
-use crate::peering::{Command, Peering};
-use crate::ipam::IpamService;
-use crate::plumbing::{self, Devices};
+use self::peering::{Command, Peering};
+use self::ipam::IpamService;
+use self::plumbing::Devices;
 
 /// Pod MTU when `--mtu` is not given: a 1500-byte underlay less the sleeve's overhead.
 pub const DEFAULT_MTU: u32 = 1376;
@@ -51,7 +65,7 @@ pub enum DaemonError {
     Identity(#[from] weft_mesh::identity::IdentityError),
     /// The kernel refused the host plumbing.
     #[error("host plumbing: {0}")]
-    Plumbing(#[from] weft_fastpath::Error),
+    Plumbing(#[from] weft_kernel::Error),
     /// IPAM state could not be opened.
     #[error("IPAM state in {dir}: {detail}")]
     Ipam {
@@ -183,7 +197,7 @@ impl api::Handler for Daemon {
                 ("POST", "/ipam/gc") => Response::ok(&self.ipam.gc(&Response::decode::<GcRequest>(&req)?.keep)?),
                 ("POST", "/connect") => {
                     let r: TargetRequest = Response::decode(&req)?;
-                    let addr = crate::config::parse_peer(&r.address, self.config.mesh_port).map_err(|e| Response::error(400, e.to_string()))?;
+                    let addr = config::parse_peer(&r.address, self.config.mesh_port).map_err(|e| Response::error(400, e.to_string()))?;
                     let target = format!("{}:{}", addr.host, addr.port);
                     self.targets.lock().unwrap_or_else(|p| p.into_inner()).insert(target.clone());
                     let _ = self.commands.send(Command::Connect(target));
@@ -191,7 +205,7 @@ impl api::Handler for Daemon {
                 }
                 ("POST", "/forget") => {
                     let r: TargetRequest = Response::decode(&req)?;
-                    let addr = crate::config::parse_peer(&r.address, self.config.mesh_port).map_err(|e| Response::error(400, e.to_string()))?;
+                    let addr = config::parse_peer(&r.address, self.config.mesh_port).map_err(|e| Response::error(400, e.to_string()))?;
                     let target = format!("{}:{}", addr.host, addr.port);
                     self.targets.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
                     let _ = self.commands.send(Command::Forget(target));
@@ -290,7 +304,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     let metrics = tokio::spawn({
         let d = daemon.clone();
         async move {
-            if let Err(e) = crate::metrics::serve(metrics_addr, d).await {
+            if let Err(e) = metrics::serve(metrics_addr, d).await {
                 tracing::warn!("metrics on {metrics_addr}: {e}");
             }
         }

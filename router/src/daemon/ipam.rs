@@ -13,7 +13,7 @@ use weft_api::types::{Allocation, Attachment, IpamShare, IpamSummary};
 use weft_mesh::ipam::{self, AllocError, Bootstrap, Cidr, IpamError, PersistentIpam, Status, Store};
 use weft_mesh::peer::PeerName;
 
-use crate::api::Response;
+use crate::daemon::api::Response;
 
 /// The holder of the bridge's own address.
 pub const BRIDGE_HOLDER: &str = "weft:bridge";

@@ -20,7 +20,7 @@ fn kernel_test_binary() -> PathBuf {
         })
         .collect();
     found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    found.pop().expect("the kernel test binary is built by `cargo test -p weft-fastpath`")
+    found.pop().expect("the kernel test binary is built by `cargo test -p weft-kernel`")
 }
 
 fn assert_fails_with(cmd: &mut Command, needle: &str) {
@@ -32,7 +32,7 @@ fn assert_fails_with(cmd: &mut Command, needle: &str) {
 
 #[test]
 fn namespace_tests_fail_with_a_reason_without_root() {
-    weft_fastpath::testbed::require_privileges().expect("this check itself runs as root");
+    weft_testbed::require_privileges().expect("this check itself runs as root");
     let bin = kernel_test_binary();
     assert_fails_with(
         Command::new(&bin).args(["--exact", "links_are_created_changed_and_deleted"]).uid(65534).gid(65534),
@@ -42,7 +42,7 @@ fn namespace_tests_fail_with_a_reason_without_root() {
 
 #[test]
 fn namespace_tests_fail_with_a_reason_without_dev_net_tun() {
-    weft_fastpath::testbed::require_privileges().expect("this check itself runs as root");
+    weft_testbed::require_privileges().expect("this check itself runs as root");
     let bin = kernel_test_binary();
     // A private mount namespace where /dev/net is an empty tmpfs: no tun device.
     let script = format!(

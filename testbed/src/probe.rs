@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{NodeId, TestBed};
-use crate::error::{Error, Result};
+use weft_kernel::{Error, Result};
 
 /// How long a probe waits for its datagram or echo reply, in all.
 pub const PROBE_WAIT: Duration = Duration::from_millis(1200);

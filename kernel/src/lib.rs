@@ -5,20 +5,18 @@
 //!   namespace or inside another one, with typed operations on links (veth, bridge, VXLAN, TAP
 //!   attach, namespace moves, MTU, up/down, bridge ports with hairpin and isolation), addresses,
 //!   routes and FDB entries;
-//! - [`tap`]: opening a TAP device with the virtio-net header and offloads;
-//! - [`testbed`]: topologies of namespaces (hosts, segments, a routing host, NAT, pods) for tests
-//!   and `weft demo`, torn down on drop.
+//! - [`tap`]: opening a TAP device with the virtio-net header and offloads.
+//!
+//! The namespace test bed built on this layer is its own crate (`weft-testbed`).
 //!
 //! Contract: every operation takes effect in the namespace its handle was opened in, never
-//! elsewhere; errors name the operation, the link and the namespace. Later this crate also owns
-//! the fast-path health probe (heartbeats through the VXLAN device).
+//! elsewhere; errors name the operation, the link and the namespace.
 
 pub mod error;
 pub mod netlink;
 pub mod netns;
 mod sys;
 pub mod tap;
-pub mod testbed;
 
 pub use error::{Error, Result};
 pub use netlink::Handle;

@@ -4,9 +4,9 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use weft_fastpath::netns;
-use weft_fastpath::testbed::TestBed;
-use weft_fastpath::testbed::topology;
+use weft_kernel::netns;
+use weft_testbed::TestBed;
+use weft_testbed::topology;
 
 fn bed() -> TestBed {
     TestBed::new().expect("cannot build a test bed")
@@ -126,7 +126,7 @@ fn teardown_also_happens_when_a_test_panics() {
 #[test]
 fn leftovers_of_a_killed_run_are_swept() {
     // A namespace named as a bed of a process that no longer exists (PIDs stay below 2^22).
-    let stale = format!("{}4999999-0-h1", weft_fastpath::testbed::NS_PREFIX);
+    let stale = format!("{}4999999-0-h1", weft_testbed::NS_PREFIX);
     netns::NetNs::create(&stale).unwrap();
     let bed = bed();
     assert!(!netns::list().unwrap().contains(&stale));

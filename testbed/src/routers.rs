@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use weft_api::Client;
 use weft_api::types::Status;
-use weft_fastpath::testbed::topology::Cluster;
-use weft_fastpath::testbed::{NodeId, TestBed};
+use crate::topology::Cluster;
+use crate::{NodeId, TestBed};
 
 /// A directory for the routers of one bed; removed on drop.
 #[derive(Debug)]
