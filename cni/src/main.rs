@@ -86,7 +86,9 @@ mod tests {
 
     #[test]
     fn bad_invocations_get_the_spec_codes() {
-        let cases: &[(&[(&str, &str)], &str, u32, &str)] = &[
+        // (environment, stdin, expected code, text the message must contain)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u32, &'a str);
+        let cases: &[Case<'_>] = &[
             (&[("CNI_COMMAND", "ADD")], "{not json", code::DECODE, "decode"),
             (&[("CNI_COMMAND", "ADD")], r#"{"cniVersion":"0.3.1"}"#, code::INCOMPATIBLE_VERSION, "0.3.1"),
             (&[], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "CNI_COMMAND"),

@@ -1,7 +1,7 @@
 //! weft's kernel layer: everything that programs the Linux kernel over netlink.
 //!
 //! - [`netns`]: named network namespaces (as `ip netns` makes them) and running code inside one;
-//! - [`netlink`]: a blocking rtnetlink [`Handle`](netlink::Handle), opened in the current
+//! - [`netlink`]: a blocking rtnetlink [`Handle`], opened in the current
 //!   namespace or inside another one, with typed operations on links (veth, bridge, VXLAN, TAP
 //!   attach, namespace moves, MTU, up/down, bridge ports with hairpin and isolation), addresses,
 //!   routes and FDB entries;

@@ -30,14 +30,14 @@ fn parallel_allocations_on_three_hosts_never_collide_and_survive_a_kill_9_mid_wa
     let c_answered = &c_answered;
     let results: Vec<(usize, String, Result<Allocation, String>)> = std::thread::scope(|s| {
         let mut handles = Vec::new();
-        for host in 0..3 {
+        for (host, name) in NAMES.iter().enumerate().take(3) {
             for t in 0..4 {
                 let client = m.routers[host].client();
                 handles.push(s.spawn(move || {
                     let mut out = Vec::new();
                     let n = if host == 2 { 16 } else { 17 };
                     for k in 0..n {
-                        let id = format!("{}-{t}-{k}", NAMES[host]);
+                        let id = format!("{name}-{t}-{k}");
                         let r = client.post::<_, Allocation>("/ipam/allocate", &req(&id)).map_err(|e| e.to_string());
                         if host == 2 && r.is_ok() {
                             c_answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

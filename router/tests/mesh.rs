@@ -292,13 +292,13 @@ fn sleeve_keys_rotate_every_few_seconds_under_load_without_losing_a_datagram() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let value = |text: &str, series: &str| -> u64 { text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0) };
-    for host in 0..3 {
+    for (host, name) in NAMES.iter().enumerate().take(3) {
         let text = scrape(host);
         let rekeys = value(&text, "weft_sleeve_rekeys_total");
         let lost: u64 = ["auth", "replay", "other"].iter().map(|r| value(&text, &format!("weft_drops_total{{reason=\"{r}\"}}"))).sum();
-        println!("{}: {rekeys} key switches, {lost} datagrams refused", NAMES[host]);
-        assert!(rekeys >= 4, "{}: only {rekeys} key switches in {secs:.0} s\n{text}", NAMES[host]);
-        assert_eq!(lost, 0, "{}: datagrams refused across key switches\n{text}", NAMES[host]);
+        println!("{}: {rekeys} key switches, {lost} datagrams refused", name);
+        assert!(rekeys >= 4, "{}: only {rekeys} key switches in {secs:.0} s\n{text}", name);
+        assert_eq!(lost, 0, "{}: datagrams refused across key switches\n{text}", name);
     }
     println!("1 GiB A -> C with fresh sleeve secrets every 3 s: {secs:.1} s, every byte checked");
     m.down();

@@ -21,7 +21,7 @@
 //!   one Ethernet frame; the payload holds at most 65535 bytes, larger super-frames are split
 //!   into fragment records;
 //! - [`RecordKind::Fragment`]: opaque here, parsed by [`crate::frag`];
-//! - [`RecordKind::Control`]: opaque here, parsed by [`crate::liveness`] and [`crate::pmtu`].
+//! - [`RecordKind::Control`]: opaque here, parsed by [`crate::liveness`] (heartbeats and path MTU probes).
 //!
 //! Views ([`Packet`], [`Record`]) check their length once in `new_checked`; after that no
 //! accessor panics. Parsed forms ([`HeaderRepr`], [`BodyRecord`], [`VnetHdr`]) have `parse`,
@@ -393,7 +393,7 @@ pub enum RecordKind {
     Frame,
     /// A piece of a super-frame; payload parsed by [`crate::frag`].
     Fragment,
-    /// Heartbeat / path MTU probe; payload parsed by [`crate::liveness`] / [`crate::pmtu`].
+    /// Heartbeat / path MTU probe; payload parsed by [`crate::liveness`].
     Control,
     /// Any other value.
     Unknown(u8),

@@ -261,6 +261,7 @@ impl TestBed {
     /// Adds a pod: a namespace whose `eth0` is a veth to `host`, its host end `host_if` attached
     /// to the bridge `bridge` on `host` (which must exist), with `addr/prefix_len` and a default
     /// route via `gateway` if given.
+    #[allow(clippy::too_many_arguments)] // every argument is a distinct property of the pod's link
     pub fn add_pod(
         &mut self,
         host: NodeId,

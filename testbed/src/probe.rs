@@ -16,7 +16,7 @@ pub const PROBE_WAIT: Duration = Duration::from_millis(1200);
 const PROBE_TRIES: u32 = 4;
 
 impl TestBed {
-    /// Sends a UDP datagram (at most [`PROBE_TRIES`] times) from `from` to `to_addr`, where a
+    /// Sends a UDP datagram (at most `PROBE_TRIES` times) from `from` to `to_addr`, where a
     /// socket in `to` listens; returns the source address the receiver saw (which a NAT rewrites),
     /// or `None` if nothing arrived within [`PROBE_WAIT`] (or the sender had no route).
     pub fn udp_probe(&self, from: NodeId, to: NodeId, to_addr: Ipv4Addr) -> Result<Option<SocketAddr>> {

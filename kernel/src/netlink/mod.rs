@@ -2,7 +2,7 @@
 //!
 //! Each request waits for the kernel's acknowledgement (or the end of a dump) before returning,
 //! so operations are applied in order and their errors are reported where they were caused.
-//! The operations are grouped by object: [`link`], [`addr`], [`route`], [`fdb`].
+//! The operations are grouped by object in private modules: `link`, `addr`, `route`, `fdb`.
 
 mod addr;
 mod fdb;

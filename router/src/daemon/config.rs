@@ -211,7 +211,7 @@ impl Config {
     }
 }
 
-/// Parses HOST, HOST:PORT, [V6]:PORT or a bare IPv6 address.
+/// Parses HOST, HOST:PORT, \[V6\]:PORT or a bare IPv6 address.
 pub fn parse_peer(p: &str, default_port: u16) -> Result<PeerTarget, ConfigError> {
     let bad = || ConfigError::Peer(p.to_owned());
     // [v6]:port, v6, host:port, host
