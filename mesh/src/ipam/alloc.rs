@@ -315,7 +315,7 @@ pub struct Stats {
     pub donations_asked: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Donation {
     wanted: bool,
     asked: Option<(PeerName, Instant)>,
@@ -323,8 +323,9 @@ struct Donation {
     retry_at: Option<Instant>,
 }
 
-/// One peer's IPAM core; see the module doc.
-#[derive(Debug)]
+/// One peer's IPAM core; see the module doc. A clone is a full snapshot (state, timers, queued
+/// messages), which [`super::PersistentIpam`] restores when a change cannot be saved.
+#[derive(Debug, Clone)]
 pub struct Ipam {
     me: PeerName,
     config: Config,

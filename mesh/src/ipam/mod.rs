@@ -41,7 +41,8 @@
 //! 5. Bootstrapping: see [`alloc::Bootstrap`] for the exact argument.
 //! 6. Every state change is persisted (write, fsync, rename, fsync of the directory) before an
 //!    allocation is answered or a message leaves, so a crash never forgets what others may have
-//!    been told.
+//!    been told; a change that cannot be persisted is undone in memory before its error is
+//!    answered, so memory never holds what the disk lacks.
 
 pub mod alloc;
 pub mod msg;

@@ -8,8 +8,15 @@
 //! file is ignored and removed on load. The file ends with an FNV-1a 64 checksum; a corrupt or
 //! truncated file is a [`PersistError::Corrupt`] naming it, never a panic.
 //!
-//! Cost: every save rewrites the whole state (tens of bytes per allocation); fine for the few
-//! hundred pods of a host.
+//! A change that cannot be saved is not made: [`PersistentIpam`] snapshots the core before each
+//! operation and restores the snapshot when the save fails, before the error is returned. So an
+//! allocation answered with an error is not held in memory, a release that failed leaves the
+//! allocation, and a message whose effect could not be saved is as if never received (its sender
+//! repeats it). When the save failed after the rename (only the directory's fsync), the disk may
+//! hold the refused change: the restored state is then written again before anything else leaves.
+//!
+//! Cost: every save rewrites the whole state (tens of bytes per allocation), and every change
+//! clones the core once; fine for the few hundred pods of a host.
 //!
 //! ```text
 //! file    = magic:"WEFTIPAM" format:u8 (=1) me:[6] left:u8 ring_len:u32 ring
@@ -91,6 +98,25 @@ pub enum PersistError {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Tests: the step of the next save that fails.
+    #[cfg(test)]
+    fault: std::sync::Arc<std::sync::Mutex<Option<Step>>>,
+}
+
+/// The steps of a save, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Create,
+    Write,
+    Fsync,
+    Rename,
+    FsyncDir,
+}
+
+/// A failed save, and whether the new file had already replaced the old one.
+struct SaveFailure {
+    error: PersistError,
+    renamed: bool,
 }
 
 impl Store {
@@ -102,7 +128,11 @@ impl Store {
             path: dir.clone(),
             source,
         })?;
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            #[cfg(test)]
+            fault: Default::default(),
+        })
     }
 
     /// The state file's path.
@@ -139,31 +169,64 @@ impl Store {
 
     /// Writes `bytes` crash-safely: temp file, fsync, rename, fsync of the directory.
     pub fn save_bytes(&self, bytes: &[u8]) -> Result<(), PersistError> {
+        self.write(bytes).map_err(|f| f.error)
+    }
+
+    fn write(&self, bytes: &[u8]) -> Result<(), SaveFailure> {
         let tmp = self.dir.join(TMP_FILE);
-        fn io<'a>(
-            op: &'static str,
-            path: &'a Path,
-        ) -> impl FnOnce(std::io::Error) -> PersistError + 'a {
-            move |source| PersistError::Io {
-                op,
-                path: path.to_owned(),
-                source,
-            }
-        }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(bytes).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        drop(f);
         let path = self.path();
-        fs::rename(&tmp, &path).map_err(io("rename over", &path))?;
-        File::open(&self.dir)
+        let fail = |step: Step, p: &Path, source: std::io::Error| SaveFailure {
+            error: PersistError::Io {
+                op: match step {
+                    Step::Create => "create",
+                    Step::Write => "write",
+                    Step::Fsync | Step::FsyncDir => "fsync",
+                    Step::Rename => "rename over",
+                },
+                path: p.to_owned(),
+                source,
+            },
+            renamed: step == Step::FsyncDir,
+        };
+        let mut f = self
+            .fault(Step::Create)
+            .and_then(|()| {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+            })
+            .map_err(|e| fail(Step::Create, &tmp, e))?;
+        self.fault(Step::Write)
+            .and_then(|()| f.write_all(bytes))
+            .map_err(|e| fail(Step::Write, &tmp, e))?;
+        self.fault(Step::Fsync)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| fail(Step::Fsync, &tmp, e))?;
+        drop(f);
+        self.fault(Step::Rename)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| fail(Step::Rename, &path, e))?;
+        self.fault(Step::FsyncDir)
+            .and_then(|()| File::open(&self.dir))
             .and_then(|d| d.sync_all())
-            .map_err(io("fsync", &self.dir))
+            .map_err(|e| fail(Step::FsyncDir, &self.dir, e))
+    }
+
+    #[cfg(test)]
+    fn fault(&self, step: Step) -> std::io::Result<()> {
+        let mut fault = self.fault.lock().unwrap();
+        if *fault == Some(step) {
+            *fault = None;
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    fn fault(&self, _step: Step) -> std::io::Result<()> {
+        Ok(())
     }
 
     /// Saves `ipam`'s state.
@@ -330,13 +393,14 @@ pub enum IpamError {
     /// The message was not used.
     #[error(transparent)]
     Handle(#[from] HandleError),
-    /// The state could not be persisted: nothing was answered or sent.
+    /// The state could not be persisted: the change was undone, nothing was answered or sent.
     #[error(transparent)]
     Persist(#[from] PersistError),
 }
 
 /// An [`Ipam`] core plus its [`Store`]: every change is on disk before an answer or a message
-/// leaves. Same API as the core; see [`Ipam`] for each operation.
+/// leaves, and a change that cannot be saved is undone before its error is returned. Same API
+/// as the core; see [`Ipam`] for each operation.
 #[derive(Debug)]
 pub struct PersistentIpam {
     core: Ipam,
@@ -365,7 +429,7 @@ impl PersistentIpam {
         }
         .map_err(|source| PersistError::Setup { path, source })?;
         let mut this = PersistentIpam { core, store };
-        this.persist()?;
+        this.persist().map_err(|f| f.error)?;
         Ok(this)
     }
 
@@ -379,14 +443,35 @@ impl PersistentIpam {
         &self.store
     }
 
-    fn persist(&mut self) -> Result<(), PersistError> {
+    /// Saves the core if it changed. On failure it stays marked as changed; the caller restores
+    /// its snapshot.
+    fn persist(&mut self) -> Result<(), SaveFailure> {
         if self.core.take_dirty() {
-            if let Err(e) = self.store.save(&self.core) {
+            if let Err(e) = self.store.write(&encode_state(&self.core)) {
                 self.core.mark_dirty();
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Runs `op` on the core and saves what it changed; when the save fails the core is put
+    /// back as it was before `op` and the save's error returned, so the change is not made.
+    fn change<T>(&mut self, op: impl FnOnce(&mut Ipam) -> T) -> Result<T, PersistError> {
+        let before = self.core.clone();
+        let r = op(&mut self.core);
+        match self.persist() {
+            Ok(()) => Ok(r),
+            Err(SaveFailure { error, renamed }) => {
+                self.core = before;
+                if renamed {
+                    // The disk may hold the change just undone: write the restored state before
+                    // anything else is answered or sent.
+                    self.core.mark_dirty();
+                }
+                Err(error)
+            }
+        }
     }
 
     /// [`Ipam::allocate`], answered only once persisted.
@@ -396,16 +481,12 @@ impl PersistentIpam {
         container: &str,
         iface: &str,
     ) -> Result<Ipv4Addr, IpamError> {
-        let r = self.core.allocate(now, container, iface);
-        self.persist()?;
-        Ok(r?)
+        Ok(self.change(|c| c.allocate(now, container, iface))??)
     }
 
     /// [`Ipam::claim`], answered only once persisted.
     pub fn claim(&mut self, container: &str, iface: &str, addr: Ipv4Addr) -> Result<(), IpamError> {
-        let r = self.core.claim(container, iface, addr);
-        self.persist()?;
-        Ok(r?)
+        Ok(self.change(|c| c.claim(container, iface, addr))??)
     }
 
     /// [`Ipam::release`], answered only once persisted.
@@ -414,9 +495,7 @@ impl PersistentIpam {
         container: &str,
         iface: Option<&str>,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
-        let r = self.core.release(container, iface);
-        self.persist()?;
-        Ok(r)
+        Ok(self.change(|c| c.release(container, iface))?)
     }
 
     /// [`Ipam::gc`], answered only once persisted.
@@ -424,9 +503,7 @@ impl PersistentIpam {
         &mut self,
         keep: impl IntoIterator<Item = &'a str>,
     ) -> Result<Vec<(Ipv4Addr, Holder)>, IpamError> {
-        let r = self.core.gc(keep);
-        self.persist()?;
-        Ok(r)
+        Ok(self.change(|c| c.gc(keep))?)
     }
 
     /// [`Ipam::shutdown`], persisted; flush [`PersistentIpam::poll_transmit`] afterwards.
@@ -435,9 +512,7 @@ impl PersistentIpam {
         now: Instant,
         live: &[PeerName],
     ) -> Result<Option<PeerName>, IpamError> {
-        let r = self.core.shutdown(now, live);
-        self.persist()?;
-        Ok(r?)
+        Ok(self.change(|c| c.shutdown(now, live))??)
     }
 
     /// [`Ipam::rmpeer`], persisted.
@@ -448,21 +523,17 @@ impl PersistentIpam {
         known: &[PeerName],
         live: &[PeerName],
     ) -> Result<u64, IpamError> {
-        let r = self.core.rmpeer(now, dead, known, live);
-        self.persist()?;
-        Ok(r?)
+        Ok(self.change(|c| c.rmpeer(now, dead, known, live))??)
     }
 
     /// [`Ipam::handle`], persisted.
     pub fn handle(&mut self, now: Instant, from: PeerName, bytes: &[u8]) -> Result<(), IpamError> {
-        let r = self.core.handle(now, from, bytes);
-        self.persist()?;
-        Ok(r?)
+        Ok(self.change(|c| c.handle(now, from, bytes))??)
     }
 
     /// [`Ipam::poll_transmit`], after persisting any pending change.
     pub fn poll_transmit(&mut self, now: Instant) -> Result<Option<Transmit>, IpamError> {
-        self.persist()?;
+        self.persist().map_err(|f| f.error)?;
         Ok(self.core.poll_transmit(now))
     }
 
@@ -473,8 +544,7 @@ impl PersistentIpam {
 
     /// [`Ipam::handle_timeout`], persisted.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), IpamError> {
-        self.core.handle_timeout(now);
-        Ok(self.persist()?)
+        Ok(self.change(|c| c.handle_timeout(now))?)
     }
 }
 
@@ -567,6 +637,106 @@ mod tests {
         assert!(matches!(store.load(), Err(PersistError::Corrupt { .. })));
         fs::write(store.path(), &good).unwrap();
         assert!(store.load().unwrap().is_some());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn on_disk(store: &Store) -> State {
+        store.load().unwrap().unwrap().1
+    }
+
+    #[test]
+    fn a_change_that_cannot_be_saved_is_not_made() {
+        let dir = tempdir("rollback");
+        let now = Instant::now();
+        let me = PeerName::from_u64(1);
+        let store = Store::open(&dir).unwrap();
+        let mut ipam = PersistentIpam::open(me, config(), store.clone(), now).unwrap();
+        let a = ipam.allocate(now, "c1", "eth0").unwrap();
+        for step in [Step::Create, Step::Write, Step::Fsync, Step::Rename] {
+            let before = encode_state(ipam.core());
+            *store.fault.lock().unwrap() = Some(step);
+            let e = ipam.allocate(now, "c2", "eth0").unwrap_err();
+            assert!(
+                matches!(e, IpamError::Persist(PersistError::Io { .. })),
+                "{step:?}: {e}"
+            );
+            assert_eq!(
+                ipam.core().lookup("c2", "eth0"),
+                None,
+                "{step:?}: refused, not held"
+            );
+            assert_eq!(encode_state(ipam.core()), before, "{step:?}");
+            assert_eq!(on_disk(&store).allocations.len(), 1, "{step:?}");
+
+            *store.fault.lock().unwrap() = Some(step);
+            assert!(ipam.release("c1", Some("eth0")).is_err(), "{step:?}");
+            assert_eq!(
+                ipam.core().lookup("c1", "eth0"),
+                Some(a),
+                "{step:?}: a failed release keeps the address"
+            );
+            *store.fault.lock().unwrap() = Some(step);
+            assert!(ipam.gc([]).is_err());
+            assert_eq!(
+                ipam.core().lookup("c1", "eth0"),
+                Some(a),
+                "{step:?}: a failed GC keeps the address"
+            );
+            *store.fault.lock().unwrap() = Some(step);
+            assert!(
+                ipam.claim("c3", "eth0", "10.9.0.9".parse().unwrap())
+                    .is_err()
+            );
+            assert_eq!(ipam.core().lookup("c3", "eth0"), None, "{step:?}");
+            assert_eq!(encode_state(ipam.core()), before, "{step:?}");
+        }
+        // With the disk back, the same calls succeed.
+        let b = ipam.allocate(now, "c2", "eth0").unwrap();
+        assert_eq!(
+            on_disk(&store).allocations.get(&u32::from(b)),
+            Some(&Holder::new("c2", "eth0"))
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failure_after_the_rename_writes_the_restored_state_again() {
+        let dir = tempdir("renamed");
+        let now = Instant::now();
+        let me = PeerName::from_u64(1);
+        let store = Store::open(&dir).unwrap();
+        let mut ipam = PersistentIpam::open(me, config(), store.clone(), now).unwrap();
+        *store.fault.lock().unwrap() = Some(Step::FsyncDir);
+        assert!(ipam.allocate(now, "c1", "eth0").is_err());
+        assert_eq!(ipam.core().lookup("c1", "eth0"), None);
+        // The file may hold the refused allocation (it was renamed into place) ...
+        assert_eq!(on_disk(&store).allocations.len(), 1);
+        // ... until the next save, which comes before any message leaves.
+        ipam.poll_transmit(now).unwrap();
+        assert_eq!(on_disk(&store).allocations.len(), 0);
+        assert_eq!(encode_state(ipam.core()), fs::read(store.path()).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_real_write_failure_leaves_memory_as_on_disk() {
+        // No hook: the temp file's path is taken by a directory, which no open for writing
+        // gets past, not even root's.
+        let dir = tempdir("blocked");
+        let now = Instant::now();
+        let me = PeerName::from_u64(1);
+        let store = Store::open(&dir).unwrap();
+        let mut ipam = PersistentIpam::open(me, config(), store.clone(), now).unwrap();
+        let a = ipam.allocate(now, "c1", "eth0").unwrap();
+        fs::create_dir(dir.join(TMP_FILE)).unwrap();
+        let e = ipam.allocate(now, "c2", "eth0").unwrap_err();
+        assert!(e.to_string().contains("ipam.state.tmp"), "{e}");
+        assert_eq!(ipam.core().lookup("c2", "eth0"), None);
+        assert!(ipam.release("c1", None).is_err());
+        assert_eq!(ipam.core().lookup("c1", "eth0"), Some(a));
+        assert_eq!(encode_state(ipam.core()), fs::read(store.path()).unwrap());
+        fs::remove_dir(dir.join(TMP_FILE)).unwrap();
+        assert_eq!(ipam.release("c1", None).unwrap(), vec![a]);
         fs::remove_dir_all(&dir).unwrap();
     }
 
