@@ -4,13 +4,14 @@
 //!
 //! Files are written crash-safely (temporary file, fsync, rename, fsync of the directory), so a
 //! crash mid-write leaves the old file or the new one, never a torn one. A corrupt file is an
-//! error naming the file, never a silent new identity.
+//! error naming the file, never a silent new identity. A file naming the zero or the broadcast
+//! peer name (see [`PeerName::check`]) is refused the same way: no peer may have those names.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::peer::PeerName;
+use crate::peer::{InvalidPeerName, PeerName};
 
 /// The identity file's name in the state directory.
 pub const FILE: &str = "identity";
@@ -46,6 +47,15 @@ pub enum IdentityError {
         /// What is wrong.
         detail: String,
     },
+    /// The file names a peer that cannot exist (the zero or the broadcast name).
+    #[error("identity file {path} holds a name no peer may have; move it away to start as a new peer")]
+    InvalidName {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the name.
+        #[source]
+        source: InvalidPeerName,
+    },
 }
 
 impl Identity {
@@ -58,6 +68,7 @@ impl Identity {
         let (name, incarnation) = match fs::read_to_string(&path) {
             Ok(text) => {
                 let (name, inc) = parse(&text).map_err(|detail| IdentityError::Corrupt { path: path.clone(), detail })?;
+                name.check().map_err(|source| IdentityError::InvalidName { path: path.clone(), source })?;
                 (name, inc.saturating_add(1))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (random_name().map_err(io_err)?, 1),
@@ -145,6 +156,23 @@ mod tests {
         fs::write(d.join(FILE), "name not-a-name\nincarnation 3\n").unwrap();
         let e = Identity::load_or_create(&d, "x").unwrap_err();
         assert!(e.to_string().contains(&d.join(FILE).display().to_string()), "{e}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_naming_the_broadcast_or_zero_peer_is_refused() {
+        let d = dir("badname");
+        fs::create_dir_all(&d).unwrap();
+        for name in ["ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00"] {
+            fs::write(d.join(FILE), format!("name {name}\nincarnation 3\n")).unwrap();
+            let e = Identity::load_or_create(&d, "x").unwrap_err();
+            assert!(matches!(e, IdentityError::InvalidName { .. }), "{e}");
+            assert!(e.to_string().contains(&d.join(FILE).display().to_string()), "{e}");
+            let cause = std::error::Error::source(&e).unwrap().to_string();
+            assert!(cause.contains(name), "{cause}");
+            // Refused, not replaced: the file is as it was.
+            assert!(fs::read_to_string(d.join(FILE)).unwrap().contains(name));
+        }
         fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -23,6 +23,28 @@ impl PeerName {
         n.copy_from_slice(&b[2..]);
         PeerName(n)
     }
+
+    /// Whether this name may name a peer: not all zeros (the unset name) and not all ones
+    /// (the broadcast name, which the mesh uses to address every peer at once).
+    pub fn check(self) -> Result<PeerName, InvalidPeerName> {
+        if self.0 == [0; 6] {
+            return Err(InvalidPeerName { name: self, kind: "zero" });
+        }
+        if self.0 == [0xff; 6] {
+            return Err(InvalidPeerName { name: self, kind: "broadcast" });
+        }
+        Ok(self)
+    }
+}
+
+/// A name that no peer may have (see [`PeerName::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{name} is the {kind} name, which no peer may have")]
+pub struct InvalidPeerName {
+    /// The name.
+    pub name: PeerName,
+    /// `zero` or `broadcast`.
+    pub kind: &'static str,
 }
 
 impl fmt::Display for PeerName {
@@ -74,6 +96,21 @@ mod tests {
         assert_eq!(n.to_string(), "ce:31:e0:06:45:1a");
         assert_eq!(PeerName::from_u64(n.to_u64()), n);
         assert_eq!(n.to_u64(), 0xce31_e006_451a);
+    }
+
+    #[test]
+    fn zero_and_broadcast_names_are_no_peer_names() {
+        for s in ["00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"] {
+            let n: PeerName = s.parse().unwrap();
+            let e = n.check().unwrap_err();
+            assert!(e.to_string().starts_with(s), "{e}");
+        }
+        let e = PeerName([0xff; 6]).check().unwrap_err();
+        assert_eq!(e.kind, "broadcast");
+        for s in ["ce:31:e0:06:45:1a", "00:00:00:00:00:01", "ff:ff:ff:ff:ff:fe"] {
+            let n: PeerName = s.parse().unwrap();
+            assert_eq!(n.check(), Ok(n), "{s}");
+        }
     }
 
     #[test]
