@@ -26,6 +26,15 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket exists but this user may not connect to it.
+    #[error("permission denied on the weft router's API socket {path}: it is for root only (mode 0600); run this as root")]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+        /// The connect error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The connection broke or timed out.
     #[error("talking to the weft router at {path}: {source}")]
     Io {
@@ -83,14 +92,22 @@ impl Client {
         self.call("POST", path, &bytes)
     }
 
+    /// What a failed connect means: no permission, or no router listening.
+    fn connect_error(&self, source: std::io::Error) -> ClientError {
+        let path = self.path.clone();
+        match source.kind() {
+            std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path, source },
+            _ => ClientError::NotRunning { path, source },
+        }
+    }
+
     fn malformed(&self, detail: String) -> ClientError {
         ClientError::Malformed { path: self.path.clone(), detail }
     }
 
     fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: &[u8]) -> Result<T, ClientError> {
         let io = |source| ClientError::Io { path: self.path.clone(), source };
-        let mut s = UnixStream::connect(&self.path)
-            .map_err(|source| ClientError::NotRunning { path: self.path.clone(), source })?;
+        let mut s = UnixStream::connect(&self.path).map_err(|e| self.connect_error(e))?;
         s.set_read_timeout(Some(self.timeout)).map_err(io)?;
         s.set_write_timeout(Some(self.timeout)).map_err(io)?;
         s.write_all(&http::request(method, path, body)).map_err(io)?;
@@ -161,6 +178,17 @@ mod tests {
         assert!(matches!(e, ClientError::Refused { status: 409, ref message } if message.contains("taken")), "{e}");
         t.join().unwrap();
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn permission_denied_is_not_called_not_running() {
+        let c = Client::new("/run/weft/weft.sock");
+        let e = c.connect_error(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(matches!(e, ClientError::PermissionDenied { .. }), "{e}");
+        assert!(e.to_string().contains("permission denied") && !e.to_string().contains("not running"), "{e}");
+        for kind in [std::io::ErrorKind::NotFound, std::io::ErrorKind::ConnectionRefused] {
+            assert!(matches!(c.connect_error(kind.into()), ClientError::NotRunning { .. }), "{kind:?}");
+        }
     }
 
     #[test]

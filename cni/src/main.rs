@@ -1,8 +1,10 @@
 //! `weft-cni`: the CNI plugin (type `weft-cni`) through which container runtimes attach pods to
 //! weft: spec 0.4.0, 1.0.0 and 1.1.0; ADD, DEL, CHECK, STATUS, GC and VERSION.
 //!
-//! It reads `CNI_*` from the environment and the network configuration from stdin, and answers
-//! on stdout in the version it was given (errors as the spec's error JSON, exit status 1). It
+//! It reads `CNI_*` from the environment and the network configuration from stdin (at most
+//! 1 MiB), and answers on stdout in the version it was given (errors as the spec's error JSON,
+//! exit status 1). The container ID and interface name are checked as the spec defines them,
+//! and a `CNI_NETNS` that is the plugin's own or the host's namespace is refused. It
 //! must start and finish fast: it links neither tokio nor quinn, reaches the router over its
 //! unix socket with a blocking client, and does netlink itself.
 
@@ -14,14 +16,18 @@ use std::process::ExitCode;
 
 use spec::{CniError, Env, NetConf, code};
 
+/// The largest network configuration read from stdin.
+const MAX_STDIN: usize = 1 << 20;
+
 fn main() -> ExitCode {
     let env = Env::read(|k| std::env::var(k).ok());
-    let mut stdin = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        let err = CniError::new(code::IO, "cannot read stdin", e.to_string());
-        println!("{}", err.to_json(spec::NEWEST));
-        return ExitCode::FAILURE;
-    }
+    let stdin = match read_stdin(std::io::stdin().lock()) {
+        Ok(b) => b,
+        Err(err) => {
+            println!("{}", err.to_json(spec::NEWEST));
+            return ExitCode::FAILURE;
+        }
+    };
     let (version, outcome) = run(&env, &stdin);
     match outcome {
         Ok(Some(v)) => {
@@ -34,6 +40,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads at most [`MAX_STDIN`] bytes; more is a decode error (code 6), and the rest is not read.
+fn read_stdin(r: impl Read) -> Result<Vec<u8>, CniError> {
+    let mut buf = Vec::new();
+    r.take(MAX_STDIN as u64 + 1).read_to_end(&mut buf).map_err(|e| CniError::new(code::IO, "cannot read stdin", e.to_string()))?;
+    if buf.len() > MAX_STDIN {
+        return Err(CniError::new(
+            code::DECODE,
+            "cannot decode the network configuration on stdin: it is larger than 1 MiB",
+            "a weft network configuration is a few hundred bytes; check what the runtime passes",
+        ));
+    }
+    Ok(buf)
 }
 
 /// Runs one invocation: the version to answer in, and the result body (if any) or the error.
@@ -109,6 +129,73 @@ mod tests {
             assert_eq!(e.code, *want, "{vars:?} {stdin}: {e:?}");
             assert!(format!("{} {}", e.msg, e.details).contains(needle), "{e:?} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn stdin_is_read_up_to_one_mib() {
+        let conf = br#"{"cniVersion":"1.0.0"}"#;
+        assert_eq!(read_stdin(&conf[..]).unwrap(), conf);
+        let exact = vec![b' '; MAX_STDIN];
+        assert_eq!(read_stdin(&exact[..]).unwrap().len(), MAX_STDIN);
+        // An endless stdin (like /dev/zero) is refused after 1 MiB + 1 byte, not read to its end.
+        let e = read_stdin(std::io::repeat(0)).unwrap_err();
+        assert_eq!(e.code, code::DECODE, "{e:?}");
+        assert!(e.msg.contains("larger than 1 MiB"), "{e:?}");
+    }
+
+    #[test]
+    fn container_ids_and_interface_names_follow_the_spec() {
+        let add = |id: &str, ifname: &str| {
+            let (_, r) = invoke(
+                &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", id), ("CNI_NETNS", "/nonexistent/netns"), ("CNI_IFNAME", ifname)],
+                r#"{"cniVersion":"1.0.0"}"#,
+            );
+            r.unwrap_err()
+        };
+        // Valid ones get as far as opening the (missing) namespace.
+        for id in ["c", "0", "a1_b.c-d", "4f9b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"] {
+            assert!(add(id, "eth0").msg.contains("cannot be opened"), "{id}: {:?}", add(id, "eth0"));
+        }
+        for id in ["-a", "_a", ".a", "a/b", "a b", "a:b", "ä", "a\n", "../../etc"] {
+            let e = add(id, "eth0");
+            assert_eq!(e.code, code::BAD_ENVIRONMENT, "{id:?}: {e:?}");
+            assert!(e.msg.contains("CNI_CONTAINERID"), "{id:?}: {e:?}");
+        }
+        for ifname in ["eth0", "net1", "a", "fifteen-bytes-x", "ä-ö"] {
+            assert!(add("c", ifname).msg.contains("cannot be opened"), "{ifname}: {:?}", add("c", ifname));
+        }
+        for ifname in [".", "..", "a/b", "a:b", "a b", "tab\t", "sixteen-bytes-xy", "ääääääää"] {
+            let e = add("c", ifname);
+            assert_eq!(e.code, code::BAD_ENVIRONMENT, "{ifname:?}: {e:?}");
+            assert!(e.msg.contains("not a valid interface name"), "{ifname:?}: {e:?}");
+        }
+        // DEL checks them too (it names host interfaces after them).
+        let (_, r) = invoke(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "../x"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0"}"#);
+        assert_eq!(r.unwrap_err().code, code::BAD_ENVIRONMENT);
+    }
+
+    #[test]
+    fn the_plugins_own_and_the_hosts_namespace_are_refused() {
+        for path in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+            // Where PID 1's namespace cannot be read (a sandbox hiding it), opening fails instead.
+            // (DEL and CHECK then ask the router first; DEL goes on as for a namespace that is gone.)
+            let readable = std::fs::metadata(path).is_ok();
+            let needle = if readable { "network namespace" } else { "cannot be opened" };
+            for cmd in ["ADD", "DEL", "CHECK"].into_iter().filter(|c| readable || *c == "ADD") {
+                let (_, r) = invoke(
+                    &[("CNI_COMMAND", cmd), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", path), ("CNI_IFNAME", "eth0")],
+                    r#"{"cniVersion":"1.0.0","apiSocket":"/nonexistent/weft.sock","prevResult":{"ips":[{"address":"10.32.0.5/12"}]}}"#,
+                );
+                let e = r.unwrap_err();
+                assert_eq!(e.code, code::BAD_ENVIRONMENT, "{cmd} {path}: {e:?}");
+                assert!(e.msg.contains(needle) && e.msg.contains(path), "{cmd} {path}: {e:?}");
+            }
+        }
+        // Another path to the same namespace is refused too: identity is by inode, not by name.
+        let own = format!("/proc/{}/ns/net", std::process::id());
+        let (_, r) = invoke(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", &own), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0"}"#);
+        let e = r.unwrap_err();
+        assert!(e.msg.contains("this plugin's own network namespace") || e.msg.contains("the host's network namespace"), "{e:?}");
     }
 
     #[test]

@@ -21,6 +21,9 @@ fn api(what: &'static str) -> impl Fn(ClientError) -> CniError {
     move |e| match e {
         ClientError::NotRunning { .. } => CniError::new(code::TRY_AGAIN, format!("{what}: {e}"), "the weft router on this node is not running yet; the runtime will retry"),
         ClientError::Refused { status: 503, .. } => CniError::new(code::TRY_AGAIN, format!("{what}: {e}"), ""),
+        ClientError::PermissionDenied { .. } => {
+            CniError::new(code::IO, format!("{what}: {e}"), "the container runtime runs weft-cni as root; a plugin run by another user cannot reach the router")
+        }
         _ => CniError::new(code::IO, format!("{what}: {e}"), ""),
     }
 }
@@ -36,7 +39,21 @@ pub(crate) fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("vw{:012x}", h & 0xffff_ffff_ffff)
 }
 
+/// Refuses a `CNI_NETNS` that is the plugin's or the host's own namespace: the pod interface
+/// would be made (or, on DEL, deleted) among the host's interfaces.
+fn check_netns(env: &Env) -> Result<(), CniError> {
+    match spec::forbidden_netns(&env.netns) {
+        Some(which) => Err(CniError::new(
+            code::BAD_ENVIRONMENT,
+            format!("CNI_NETNS {} is {which}", env.netns),
+            "a pod needs a network namespace of its own; check what the runtime passes",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn open_netns(env: &Env) -> Result<NetNs, CniError> {
+    check_netns(env)?;
     NetNs::open_path(Path::new(&env.netns), &env.netns).map_err(|e| {
         CniError::new(code::BAD_ENVIRONMENT, format!("CNI_NETNS {} cannot be opened", env.netns), e.to_string())
     })
@@ -58,7 +75,7 @@ fn mac_text(m: Option<[u8; 6]>) -> Option<String> {
 
 /// ADD: veth into the pod, address from IPAM, routes, MTU; everything undone on failure.
 pub(crate) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
-    env.require("CNI_CONTAINERID", &env.container_id)?;
+    env.check_container_id()?;
     env.require("CNI_NETNS", &env.netns)?;
     env.check_ifname()?;
     let ns = open_netns(env)?;
@@ -137,8 +154,11 @@ fn plumb(
 
 /// DEL: release the address, remove the interface; succeeds when either is gone already.
 pub(crate) fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    env.require("CNI_CONTAINERID", &env.container_id)?;
+    env.check_container_id()?;
     env.check_ifname()?;
+    if !env.netns.is_empty() {
+        check_netns(env)?;
+    }
     let client = Client::new(&conf.api_socket);
     client.post::<_, Value>("/ipam/release", &ReleaseRequest { attachment: attachment(env) }).map_err(api("release the address"))?;
     if !env.netns.is_empty() {
@@ -154,9 +174,10 @@ pub(crate) fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 
 /// CHECK: interface, address, route and allocation still as prevResult says.
 pub(crate) fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    env.require("CNI_CONTAINERID", &env.container_id)?;
+    env.check_container_id()?;
     env.require("CNI_NETNS", &env.netns)?;
     env.check_ifname()?;
+    check_netns(env)?;
     let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult", "the runtime passes the ADD result as prevResult"))?;
     let want = prev["ips"][0]["address"].as_str().ok_or_else(|| CniError::new(code::INVALID_CONFIG, "prevResult has no ips[0].address", ""))?;
     let (addr, prefix) = parse_cidr(want)?;

@@ -156,6 +156,22 @@ impl Env {
         Ok(())
     }
 
+    /// Checks `CNI_CONTAINERID` as the spec defines it: an ASCII letter or digit, then letters,
+    /// digits, `_`, `.` and `-`.
+    pub(crate) fn check_container_id(&self) -> Result<(), CniError> {
+        self.require("CNI_CONTAINERID", &self.container_id)?;
+        let mut chars = self.container_id.chars();
+        let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric()) && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
+            return Err(CniError::new(
+                code::BAD_ENVIRONMENT,
+                format!("CNI_CONTAINERID {:?} is not a valid container ID", self.container_id),
+                "a container ID starts with a letter or digit, followed by letters, digits, '_', '.' or '-'",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks `CNI_IFNAME` is a usable interface name.
     pub(crate) fn check_ifname(&self) -> Result<(), CniError> {
         self.require("CNI_IFNAME", &self.ifname)?;
@@ -167,11 +183,28 @@ impl Env {
             return Err(CniError::new(
                 code::BAD_ENVIRONMENT,
                 format!("CNI_IFNAME {:?} is not a valid interface name", self.ifname),
-                "an interface name has 1 to 15 characters, none of '/', ':' or white space",
+                "an interface name has 1 to 15 bytes, is not '.' or '..', and has none of '/', ':' or white space",
             ));
         }
         Ok(())
     }
+}
+
+/// Why `CNI_NETNS` names a namespace a pod may not be put in: the plugin's own (where the
+/// bridge and the router live) or the host's (PID 1's). Compared by namespace identity (device
+/// and inode), so any path to the same namespace is caught. `None` when it is neither, or when
+/// the path cannot be read (opening it reports that).
+pub(crate) fn forbidden_netns(path: &str) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let given = id(path)?;
+    if id("/proc/self/ns/net") == Some(given) {
+        return Some("this plugin's own network namespace (the host side, where the bridge is)");
+    }
+    if id("/proc/1/ns/net") == Some(given) {
+        return Some("the host's network namespace (that of PID 1)");
+    }
+    None
 }
 
 /// What ADD created, to report in the result.
