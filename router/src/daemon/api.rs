@@ -1,6 +1,8 @@
 //! The local API server: HTTP/1.1 on a unix socket (mode 0600), one request per connection,
 //! JSON bodies. Routing of paths to handlers is the daemon's; this module owns the socket,
-//! the framing and the limits.
+//! the framing and the limits: at most its connection budget at once (more are answered 503,
+//! which CNI retries, and closed; see [`guard`]), the whole request within 10 s, the answer
+//! written within 10 s, and accept errors never end the server.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -12,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use weft_api::http;
 use weft_api::types::ErrorBody;
+
+use crate::daemon::guard::{self, Budget};
 
 /// A request as handlers see it.
 #[derive(Debug)]
@@ -60,8 +64,12 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
 }
 
-/// How long a client may take to send its request.
+/// How long a client may take to send its request (all of it).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing the answer may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may last in all (reading, handling, writing).
+const CONN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Binds the socket at `path` (its directory is created; a stale socket is replaced; mode 0600).
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
@@ -78,28 +86,26 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Serves connections until the task is dropped.
-pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
-    loop {
-        let (mut conn, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("API accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let reply = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut conn)).await {
-                Ok(Ok(req)) => handler.handle(req).await,
-                Ok(Err(e)) => Response::error(400, e),
-                Err(_) => Response::error(400, "request not received within 10 s"),
-            };
-            let _ = conn.write_all(&http::response(reply.status, &reply.body)).await;
-            let _ = conn.shutdown().await;
-        });
-    }
+/// Serves connections until the task is dropped, at most `budget` of them at once.
+pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>, budget: Arc<Budget>) {
+    let refusal = http::response(
+        503,
+        &serde_json::to_vec(&ErrorBody { error: format!("the router is serving {} API connections already; try again", budget.limit()) }).unwrap_or_default(),
+    );
+    guard::accept_loop(listener, budget, CONN_DEADLINE, Arc::from(refusal), move |conn| one(conn, handler.clone())).await;
+}
+
+async fn one<H: Handler>(mut conn: tokio::net::UnixStream, handler: Arc<H>) {
+    let reply = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut conn)).await {
+        Ok(Ok(req)) => handler.handle(req).await,
+        Ok(Err(e)) => Response::error(400, e),
+        Err(_) => Response::error(400, "request not received within 10 s"),
+    };
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let _ = conn.write_all(&http::response(reply.status, &reply.body)).await;
+        let _ = conn.shutdown().await;
+    })
+    .await;
 }
 
 async fn read_request(conn: &mut tokio::net::UnixStream) -> Result<Request, String> {
@@ -153,7 +159,7 @@ mod tests {
         let listener = rt.block_on(async { bind(&path) }).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        rt.spawn(serve(listener, Arc::new(Echo)));
+        rt.spawn(serve(listener, Arc::new(Echo), Budget::new("api", 4)));
         let client_path = path.clone();
         let results = std::thread::spawn(move || {
             let c = Client::new(&client_path);
@@ -173,6 +179,47 @@ mod tests {
         assert_eq!(s["ok"], true);
         assert_eq!(e["x"][1], 2);
         assert!(matches!(missing, ClientError::Refused { status: 404, ref message } if message.contains("/nope")));
+        unbind(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_connection_over_the_budget_is_answered_503_at_once() {
+        use std::io::{Read, Write};
+        let dir = std::env::temp_dir().join(format!("weft-apisrv-busy-{}", std::process::id()));
+        let path = dir.join("weft.sock");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(async { bind(&path) }).unwrap();
+        let budget = Budget::new("api", 1);
+        rt.spawn(serve(listener, Arc::new(Echo), budget.clone()));
+        // A client that sends nothing holds the only slot ...
+        let _slow = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let t = std::time::Instant::now();
+        while budget.open() == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // ... so the next is told so at once (503, which CNI retries), not left waiting.
+        let mut busy = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        busy.read_to_end(&mut got).unwrap();
+        let h = http::parse(&got).unwrap().unwrap();
+        assert_eq!(h.second, "503");
+        let body: ErrorBody = serde_json::from_slice(&got[h.head_len..]).unwrap();
+        assert!(body.error.contains("try again"), "{}", body.error);
+        assert_eq!(budget.refused(), 1);
+        // A client that sends its request slowly is cut at the read deadline, not held for ever:
+        // covered by `guard`'s tests; here the slot frees when the slow client goes.
+        drop(_slow);
+        let t = std::time::Instant::now();
+        while budget.open() == 1 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut ok = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        ok.write_all(&http::request("GET", "/status", &[])).unwrap();
+        let mut got = Vec::new();
+        ok.read_to_end(&mut got).unwrap();
+        assert_eq!(http::parse(&got).unwrap().unwrap().second, "200");
         unbind(&path);
         std::fs::remove_dir_all(&dir).unwrap();
     }

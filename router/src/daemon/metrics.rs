@@ -1,5 +1,6 @@
 //! Prometheus metrics on `127.0.0.1:6782/metrics` (`--metrics-addr`), in the text exposition
-//! format. Names carry the `weft_` prefix, counters end in `_total`, sizes are in bytes.
+//! format. Names carry the `weft_` prefix (but the standard `process_` ones), counters end in
+//! `_total`, sizes are in bytes.
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -15,6 +16,12 @@
 //! | `weft_drops_total` | counter | `reason` (no_route, malformed, unknown_session, auth, replay, mtu, io, switch, other) |
 //! | `weft_ipam_addresses_owned`, `weft_ipam_addresses_allocated` | gauge | |
 //! | `weft_route_recomputations_total` | counter | |
+//! | `weft_local_connections`, `weft_local_connection_limit` | gauge | `server` (api, metrics) |
+//! | `weft_local_connections_refused_total`, `weft_local_accept_errors_total` | counter | `server` |
+//! | `process_open_fds`, `process_max_fds` | gauge | |
+//!
+//! The server holds at most its connection budget ([`guard`]); a request must arrive within 5 s
+//! and a connection ends within 10 s.
 //!
 //! Frames dropped on links that have since closed stay counted in the data plane's totals;
 //! per-session reasons (auth, replay) count sessions that are still up.
@@ -23,10 +30,12 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::daemon::Daemon;
+use crate::daemon::guard::{self, Budget};
 
 /// Renders every metric.
 pub fn render(d: &Daemon) -> String {
@@ -99,6 +108,31 @@ pub fn render(d: &Daemon) -> String {
     let _ = writeln!(out, "weft_ipam_addresses_allocated {}", ipam.allocated);
     header(&mut out, "weft_route_recomputations_total", "counter", "Times routes were recomputed.");
     let _ = writeln!(out, "weft_route_recomputations_total {}", d.control().recomputations());
+    let servers = [&d.budgets.api, &d.budgets.metrics];
+    header(&mut out, "weft_local_connections", "gauge", "Connections the local servers hold now.");
+    for b in servers {
+        let _ = writeln!(out, "weft_local_connections{{server=\"{}\"}} {}", b.server(), b.open());
+    }
+    header(&mut out, "weft_local_connection_limit", "gauge", "Connections each local server may hold at once.");
+    for b in servers {
+        let _ = writeln!(out, "weft_local_connection_limit{{server=\"{}\"}} {}", b.server(), b.limit());
+    }
+    header(&mut out, "weft_local_connections_refused_total", "counter", "Connections closed at once because the server held its limit.");
+    for b in servers {
+        let _ = writeln!(out, "weft_local_connections_refused_total{{server=\"{}\"}} {}", b.server(), b.refused());
+    }
+    header(&mut out, "weft_local_accept_errors_total", "counter", "Failed accepts (such as running out of file handles), retried.");
+    for b in servers {
+        let _ = writeln!(out, "weft_local_accept_errors_total{{server=\"{}\"}} {}", b.server(), b.accept_errors());
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        header(&mut out, "process_open_fds", "gauge", "Open file handles.");
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
+    if let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        header(&mut out, "process_max_fds", "gauge", "The file handle limit (soft RLIMIT_NOFILE).");
+        let _ = writeln!(out, "process_max_fds {soft}");
+    }
     out
 }
 
@@ -106,34 +140,48 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// Serves `GET /metrics` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, d: Arc<Daemon>) -> std::io::Result<()> {
+/// How long a client may take to send its request (all of it, not each read).
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a connection may last in all.
+const CONN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves `GET /metrics` on `addr` until the task is dropped: at most `budget` connections at
+/// once (see [`guard`]); only failing to bind ends it.
+pub async fn serve(addr: SocketAddr, d: Arc<Daemon>, budget: Arc<Budget>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!("metrics on http://{addr}/metrics");
-    loop {
-        let (mut s, _) = listener.accept().await?;
-        let d = d.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let mut n = 0;
-            while n < buf.len() {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf[n..])).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-                    Ok(Ok(r)) => n += r,
-                }
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
+    tracing::info!(connections = budget.limit(), "metrics on http://{addr}/metrics");
+    let refusal = response("503 Service Unavailable", "text/plain", "too many connections to the metrics server; try again\n");
+    guard::accept_loop(listener, budget, CONN_DEADLINE, Arc::from(refusal), move |s| answer(s, d.clone())).await;
+    Ok(())
+}
+
+async fn answer(mut s: tokio::net::TcpStream, d: Arc<Daemon>) {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    let read = async {
+        while n < buf.len() {
+            match s.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(r) => n += r,
             }
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let (status, ctype, body) = match req.split_whitespace().take(2).collect::<Vec<_>>()[..] {
-                ["GET", "/metrics"] => ("200 OK", "text/plain; version=0.0.4", render(&d)),
-                ["GET", _] => ("404 Not Found", "text/plain", "only /metrics is here\n".to_owned()),
-                _ => ("405 Method Not Allowed", "text/plain", "GET /metrics\n".to_owned()),
-            };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
-        });
+            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        true
+    };
+    if !matches!(tokio::time::timeout(READ_DEADLINE, read).await, Ok(true)) {
+        return;
     }
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let reply = match req.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+        ["GET", "/metrics"] => response("200 OK", "text/plain; version=0.0.4", &render(&d)),
+        ["GET", _] => response("404 Not Found", "text/plain", "only /metrics is here\n"),
+        _ => response("405 Method Not Allowed", "text/plain", "GET /metrics\n"),
+    };
+    let _ = s.write_all(&reply).await;
+}
+
+fn response(status: &str, ctype: &str, body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
 }

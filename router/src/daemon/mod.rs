@@ -9,6 +9,7 @@
 //!   `status`), IPAM messages, the sleeve links of the data plane ([`crate::dataplane`]);
 //! - [`ipam`]: IPAM with its state persisted before every answer;
 //! - [`api`]: the local API's server on its unix socket; [`metrics`]: Prometheus metrics;
+//!   [`guard`]: their connection budgets, deadlines and accept backoff, and the file limit;
 //! - [`logging`]: the log subscriber.
 //!
 //! SIGTERM or SIGINT stops it cleanly: peers are told (their connections close with a reason),
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod guard;
 pub mod ipam;
 pub mod logging;
 pub mod metrics;
@@ -105,6 +107,7 @@ pub struct Daemon {
     commands: mpsc::UnboundedSender<Command>,
     dp: Arc<Shared>,
     mtu: u32,
+    pub(crate) budgets: guard::Budgets,
 }
 
 impl Daemon {
@@ -242,6 +245,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
 async fn main(config: Config) -> Result<(), DaemonError> {
     let now = Instant::now();
+    let budgets = file_budgets();
     let identity = Identity::load_or_create(&config.state_dir, &config.nickname)?;
     let creds = Credentials::load_or_create(&config.state_dir)?;
     tracing::info!(name = %identity.name, nickname = %identity.nickname, incarnation = identity.incarnation, "weft router starting");
@@ -298,13 +302,14 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         commands,
         dp,
         mtu: devices.mtu,
+        budgets: budgets.clone(),
     });
-    let server = tokio::spawn(api::serve(listener, daemon.clone()));
+    let server = tokio::spawn(api::serve(listener, daemon.clone(), budgets.api.clone()));
     let metrics_addr = daemon.config.metrics_addr;
     let metrics = tokio::spawn({
         let d = daemon.clone();
         async move {
-            if let Err(e) = metrics::serve(metrics_addr, d).await {
+            if let Err(e) = metrics::serve(metrics_addr, d, budgets.metrics.clone()).await {
                 tracing::warn!("metrics on {metrics_addr}: {e}");
             }
         }
@@ -346,6 +351,31 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     dataplane.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the file limit to the hard limit and sizes the local servers' budgets by it.
+fn file_budgets() -> guard::Budgets {
+    let files = match guard::raise_file_limit() {
+        Ok(l) if l.soft > l.was => {
+            tracing::info!("file limit raised from {} to {} (the hard limit)", l.was, l.soft);
+            l.soft
+        }
+        Ok(l) => {
+            tracing::info!("file limit is {} (the hard limit)", l.soft);
+            l.soft
+        }
+        Err(e) => {
+            let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
+            tracing::warn!("cannot raise the file limit from {soft}: {e}");
+            soft
+        }
+    };
+    let b = guard::Budgets::for_limit(files);
+    if files < guard::RESERVED_FILES + (b.api.limit() + b.metrics.limit()) as u64 {
+        tracing::warn!("file limit {files} is low: raise the hard limit (LimitNOFILE=, ulimit -Hn) to at least 1024");
+    }
+    tracing::info!(api = b.api.limit(), metrics = b.metrics.limit(), reserved = guard::RESERVED_FILES, "local server connection budgets");
+    b
 }
 
 /// Periodic upkeep: repair the plumbing (recreating and reopening the TAP if it was deleted)
