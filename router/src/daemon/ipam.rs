@@ -1,8 +1,10 @@
 //! The router's IPAM service: the mesh's persistent IPAM core behind the local API.
 //!
-//! Every answer is given only after the state is on disk (`PersistentIpam`). The bridge gets an
-//! address of its own from the same range (held by the pseudo-container [`BRIDGE_HOLDER`]), which
-//! pods use as their gateway.
+//! Every answer is given only after the state is on disk (`PersistentIpam`), and a change that
+//! cannot be saved is undone before its error (500, with the cause) is answered: an allocation
+//! refused so is not listed or looked up afterwards, and a release refused so leaves the
+//! allocation. The bridge gets an address of its own from the same range (held by the
+//! pseudo-container [`BRIDGE_HOLDER`]), which pods use as their gateway.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -31,8 +33,20 @@ fn to_response(e: IpamError) -> Response {
         IpamError::Alloc(AllocError::NotReady(_) | AllocError::WaitingForSpace(_) | AllocError::Left) => Response::error(503, e.to_string()),
         IpamError::Alloc(AllocError::InUse { .. } | AllocError::HolderHasAddress { .. }) => Response::error(409, e.to_string()),
         IpamError::Alloc(_) | IpamError::Shrink(_) => Response::error(400, e.to_string()),
-        IpamError::Persist(_) | IpamError::Handle(_) => Response::error(500, format!("{e}: nothing was changed")),
+        IpamError::Persist(_) | IpamError::Handle(_) => Response::error(500, format!("{}; nothing was changed", chain(&e))),
     }
+}
+
+/// An error and its causes on one line (the API carries text, not the chain).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl IpamService {
@@ -70,8 +84,12 @@ impl IpamService {
 
     /// `POST /ipam/allocate`.
     pub fn allocate(&self, now: Instant, att: &Attachment) -> Result<Allocation, Response> {
-        if self.gateway().is_none() && self.bridge_address(now).is_none() {
-            return Err(Response::error(503, format!("IPAM is not ready: {}", self.lock().core().status())));
+        if self.gateway().is_none() {
+            let bridge = self.lock().allocate(now, BRIDGE_HOLDER, &self.bridge);
+            bridge.map_err(|e| match e {
+                IpamError::Alloc(_) => Response::error(503, format!("IPAM is not ready: {}", self.lock().core().status())),
+                e => to_response(e),
+            })?;
         }
         let a = self.lock().allocate(now, &att.container_id, &att.ifname).map_err(to_response)?;
         Ok(self.answer(att, a))
@@ -159,5 +177,54 @@ impl IpamService {
     /// Runs `f` on the persistent core (message handling, timers, rmpeer).
     pub fn with<T>(&self, f: impl FnOnce(&mut PersistentIpam) -> T) -> T {
         f(&mut self.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::types::ErrorBody;
+
+    fn att(c: &str) -> Attachment {
+        Attachment { container_id: c.into(), ifname: "eth0".into() }
+    }
+
+    fn message(r: &Response) -> String {
+        serde_json::from_slice::<ErrorBody>(&r.body).unwrap().error
+    }
+
+    #[test]
+    fn a_change_that_cannot_be_saved_is_answered_500_and_not_kept() {
+        let dir = std::env::temp_dir().join(format!("weft-ipamsvc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let me = PeerName::from_u64(0x0e01);
+        let now = Instant::now();
+        let svc = IpamService::open(me, "10.32.0.0/24".parse().unwrap(), Bootstrap::Seeds(vec![me]), &dir, "weft", 1376, now).unwrap();
+        let kept = svc.allocate(now, &att("c1")).unwrap();
+        // Every save fails from here: the temp file's path is a directory (which stops root too).
+        let blocker = dir.join("ipam.state.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+
+        let r = svc.allocate(now, &att("c2")).unwrap_err();
+        assert_eq!(r.status, 500);
+        let m = message(&r);
+        assert!(m.contains("ipam.state.tmp") && m.contains("nothing was changed"), "{m}");
+        assert!(m.contains("Is a directory"), "the cause is in the answer: {m}");
+        assert_eq!(svc.lookup(&att("c2")).unwrap_err().status, 404, "refused, so not held");
+        assert!(svc.list().iter().all(|a| a.attachment.container_id != "c2"));
+
+        let r = svc.release(&att("c1")).unwrap_err();
+        assert_eq!(r.status, 500);
+        assert_eq!(svc.lookup(&att("c1")).unwrap().address, kept.address, "a failed release keeps the allocation");
+        assert_eq!(svc.gc(&[]).unwrap_err().status, 500);
+        assert_eq!(svc.list().len(), 2, "the bridge and c1, as before");
+        assert_eq!(svc.summary().allocated, 2);
+
+        std::fs::remove_dir(&blocker).unwrap();
+        assert_eq!(svc.release(&att("c1")).unwrap(), vec![kept.address.clone()]);
+        let c2 = svc.allocate(now, &att("c2")).unwrap();
+        assert_eq!(svc.lookup(&att("c2")).unwrap().address, c2.address);
+        assert_eq!(svc.summary().allocated, 2, "the bridge and c2");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
