@@ -61,7 +61,7 @@ fn run(d: Duration) -> Result<(), String> {
     println!("single-stream TCP, {} s per run, 2 cores shared by both ends", d.as_secs());
     if std::env::var_os("WEFT_E2E_ONLY_WEFT").is_some() {
         bed.teardown().map_err(|e| e.to_string())?;
-        let (t, cpu) = weft(d, Some("bench"))?;
+        let (t, cpu) = weft(d, Some("weft-bench-password"))?;
         println!("  weft sleeve, encrypted      {:6.2} Gbit/s  retransmits {}; routers' CPU {:.0}% + {:.0}%", gbps(&t), t.retransmits, cpu[0] * 100.0, cpu[1] * 100.0);
         return Ok(());
     }
@@ -70,7 +70,7 @@ fn run(d: Duration) -> Result<(), String> {
     let vx = iperf3(&mut bed, pods[1].0, pods[0].0, pods[1].1, d)?;
     println!("  kernel VXLAN (pod to pod)   {:6.2} Gbit/s  retransmits {}  = {:.2} of raw veth", gbps(&vx), vx.retransmits, vx.bits_per_second / raw.bits_per_second);
     bed.teardown().map_err(|e| e.to_string())?;
-    for (label, password) in [("weft sleeve, encrypted", Some("bench")), ("weft sleeve, plain", None)] {
+    for (label, password) in [("weft sleeve, encrypted", Some("weft-bench-password")), ("weft sleeve, plain", None)] {
         let (t, cpu) = weft(d, password)?;
         println!(
             "  {label:<27} {:6.2} Gbit/s  retransmits {}  = {:.2} of kernel VXLAN, {:.2} of raw veth; routers' CPU {:.0}% + {:.0}% of a core",

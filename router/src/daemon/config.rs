@@ -2,12 +2,33 @@
 //! environment), checked into a [`Config`] before anything starts.
 //!
 //! The cluster password is read from a file (`--password-file` / `WEFT_PASSWORD_FILE`) or from
-//! `WEFT_PASSWORD`; never from a command-line argument, and never logged.
+//! `WEFT_PASSWORD`; never from a command-line argument, and never logged. At most
+//! [`MAX_PASSWORD`] bytes are read (so `/dev/zero` is refused, not read for ever); a password
+//! shorter than [`MIN_PASSWORD`] bytes is refused, because each end sends its proof (an HMAC
+//! keyed by the password) before it has checked the other's, so anyone who can reach the mesh
+//! port can test guesses offline; a file its group or everyone may read is warned about.
+//!
+//! The pod range is refused when it is `/0` or overlaps a block pods cannot use (this network,
+//! loopback, link-local, multicast, reserved and broadcast: [`RESERVED_BLOCKS`]); what needs the
+//! host's state (its addresses and routes) is checked at start, in [`super::plumbing`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use weft_mesh::ipam::Cidr;
+
+/// The most bytes read from a password file (or taken from `WEFT_PASSWORD`).
+pub const MAX_PASSWORD: usize = 4096;
+/// The fewest bytes a cluster password may have.
+pub const MIN_PASSWORD: usize = 12;
+/// IPv4 blocks no pod range may overlap: (block, prefix, what it is).
+pub const RESERVED_BLOCKS: [([u8; 4], u8, &str); 5] = [
+    ([0, 0, 0, 0], 8, "\"this network\", which no host may use as an address"),
+    ([127, 0, 0, 0], 8, "loopback"),
+    ([169, 254, 0, 0], 16, "link-local"),
+    ([224, 0, 0, 0], 4, "multicast"),
+    ([240, 0, 0, 0], 4, "reserved, with the broadcast address 255.255.255.255"),
+];
 
 /// Default mesh control port (QUIC).
 pub const MESH_PORT: u16 = 6783;
@@ -139,12 +160,35 @@ pub enum ConfigError {
     /// The password is empty.
     #[error("the cluster password from {0} is empty: put the password in it, or leave encryption off by not setting one")]
     EmptyPassword(String),
+    /// The password file (or variable) holds more than [`MAX_PASSWORD`] bytes.
+    #[error("the cluster password from {0} is longer than 4 KiB: a password is one line (is it the right file?)")]
+    LongPassword(String),
+    /// The password is shorter than [`MIN_PASSWORD`] bytes.
+    #[error(
+        "the cluster password from {from} has {len} bytes, fewer than 12: peers can test guesses of a short one offline; use a random one (openssl rand -base64 32)"
+    )]
+    ShortPassword {
+        /// Where it came from.
+        from: String,
+        /// Its length.
+        len: usize,
+    },
     /// A bad `--peer` / `WEFT_PEERS` entry.
     #[error("bad peer {0:?}: expected HOST or HOST:PORT")]
     Peer(String),
     /// A bad `--ipalloc-range`.
     #[error("bad --ipalloc-range: {0}")]
     Range(String),
+    /// A `--ipalloc-range` overlapping addresses pods cannot use.
+    #[error("bad --ipalloc-range {range}: it overlaps {block}, {what}; pods need a private block such as 10.32.0.0/12")]
+    ReservedRange {
+        /// The range.
+        range: Cidr,
+        /// The block it overlaps.
+        block: Cidr,
+        /// What the block is.
+        what: &'static str,
+    },
     /// A bad `--ipalloc-init`.
     #[error("bad --ipalloc-init {0:?}: expected consensus=N with N at least 1")]
     IpallocInit(String),
@@ -168,15 +212,18 @@ impl Config {
             }
         }
         let password = match (&args.password_file, env("WEFT_PASSWORD")) {
-            (Some(path), _) => Some(read_password(path)?),
-            (None, Some(p)) if p.is_empty() => return Err(ConfigError::EmptyPassword("WEFT_PASSWORD".into())),
-            (None, Some(p)) => Some(p.into_bytes()),
+            (Some(path), _) => {
+                let (pw, warning) = read_password(path)?;
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+                Some(pw)
+            }
+            (None, Some(p)) => Some(check_password(p.into_bytes(), "WEFT_PASSWORD")?),
             (None, None) => None,
         };
         let ipalloc_range: Cidr = args.ipalloc_range.parse().map_err(|e: weft_mesh::ipam::ring::CidrError| ConfigError::Range(e.to_string()))?;
-        if ipalloc_range.prefix() > 30 {
-            return Err(ConfigError::Range(format!("{ipalloc_range} is too small for pods: use /30 or larger")));
-        }
+        check_range(ipalloc_range)?;
         if let Some(m) = args.mtu.filter(|m| !(576..=65000).contains(m)) {
             return Err(ConfigError::Mtu(m));
         }
@@ -234,13 +281,65 @@ pub fn parse_peer(p: &str, default_port: u16) -> Result<PeerTarget, ConfigError>
     }
 }
 
-fn read_password(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let mut pw = std::fs::read(path).map_err(|source| ConfigError::PasswordFile { path: path.to_owned(), source })?;
+/// Refuses a pod range that is `/0`, smaller than /30, or overlaps one of [`RESERVED_BLOCKS`].
+pub fn check_range(range: Cidr) -> Result<(), ConfigError> {
+    if range.prefix() == 0 {
+        return Err(ConfigError::Range(format!("{range} is every IPv4 address: pods need a private block such as 10.32.0.0/12")));
+    }
+    if range.prefix() > 30 {
+        return Err(ConfigError::Range(format!("{range} is too small for pods: use /30 or larger")));
+    }
+    for (addr, prefix, what) in RESERVED_BLOCKS {
+        // The table's blocks have their host bits zero.
+        let block = Cidr::new(addr.into(), prefix).unwrap_or(Cidr::DEFAULT);
+        if overlaps(range, block.base(), block.prefix()) {
+            return Err(ConfigError::ReservedRange { range, block, what });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `range` and the block of `addr/prefix` (host bits ignored) share an address.
+pub fn overlaps(range: Cidr, addr: u32, prefix: u8) -> bool {
+    let mask = |p: u8| if p == 0 { 0 } else { u32::MAX << (32 - p.min(32)) };
+    // Two blocks overlap exactly when they agree on the shorter of the two prefixes.
+    let m = mask(range.prefix().min(prefix));
+    range.base() & m == addr & m
+}
+
+/// Reads the password file: at most [`MAX_PASSWORD`] bytes, trailing newlines dropped, at
+/// least [`MIN_PASSWORD`] left. Also returns a warning when its group or everyone may read it.
+fn read_password(path: &Path) -> Result<(Vec<u8>, Option<String>), ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ConfigError::PasswordFile { path: path.to_owned(), source };
+    let f = std::fs::File::open(path).map_err(err)?;
+    let mode = f.metadata().map_err(err)?.permissions().mode();
+    let mut pw = Vec::new();
+    f.take(MAX_PASSWORD as u64 + 1).read_to_end(&mut pw).map_err(err)?;
+    let from = path.display().to_string();
+    if pw.len() > MAX_PASSWORD {
+        return Err(ConfigError::LongPassword(from));
+    }
+    let warning = (mode & 0o044 != 0).then(|| {
+        format!("the password file {from} may be read by its group or by everyone (mode {:o}): chmod 600 it", mode & 0o777)
+    });
+    Ok((check_password(pw, &from)?, warning))
+}
+
+/// Drops trailing newlines and checks the length.
+fn check_password(mut pw: Vec<u8>, from: &str) -> Result<Vec<u8>, ConfigError> {
+    if pw.len() > MAX_PASSWORD {
+        return Err(ConfigError::LongPassword(from.to_owned()));
+    }
     while pw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         pw.pop();
     }
     if pw.is_empty() {
-        return Err(ConfigError::EmptyPassword(path.display().to_string()));
+        return Err(ConfigError::EmptyPassword(from.to_owned()));
+    }
+    if pw.len() < MIN_PASSWORD {
+        return Err(ConfigError::ShortPassword { from: from.to_owned(), len: pw.len() });
     }
     Ok(pw)
 }
@@ -328,5 +427,80 @@ mod tests {
         std::fs::write(&f, "\n").unwrap();
         assert!(matches!(Config::from_args(args(&["--password-file", f.to_str().unwrap()]), no_env), Err(ConfigError::EmptyPassword(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn passwords_are_bounded_long_enough_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("weft-config-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pw");
+        let from_file = |content: &[u8], mode: u32| {
+            std::fs::write(&f, content).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            read_password(&f)
+        };
+        // An endless file is refused after 4 KiB + 1 byte.
+        let t = std::time::Instant::now();
+        let e = read_password(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, ConfigError::LongPassword(_)), "{e}");
+        assert!(e.to_string().contains("/dev/zero") && e.to_string().contains("4 KiB"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        assert!(matches!(from_file(&[b'x'; MAX_PASSWORD + 1], 0o600), Err(ConfigError::LongPassword(_))));
+        assert_eq!(from_file(&[b'x'; MAX_PASSWORD], 0o600).unwrap().0.len(), MAX_PASSWORD);
+        // Short ones are refused, saying how long they are and what to do.
+        let e = from_file(b"hunter2\n", 0o600).unwrap_err();
+        assert!(matches!(e, ConfigError::ShortPassword { len: 7, .. }), "{e}");
+        assert!(e.to_string().contains("fewer than 12") && !e.to_string().contains("hunter2"), "{e}");
+        let (pw, warning) = from_file(b"twelve-bytes\n", 0o600).unwrap();
+        assert_eq!((pw.as_slice(), warning), (&b"twelve-bytes"[..], None));
+        // Readable by others: accepted, with a warning.
+        for mode in [0o640, 0o604, 0o644] {
+            let (_, warning) = from_file(b"twelve-bytes", mode).unwrap();
+            let w = warning.unwrap_or_else(|| panic!("mode {mode:o} not warned about"));
+            assert!(w.contains(&format!("{mode:o}")) && w.contains("chmod 600"), "{w}");
+        }
+        // The variable follows the same rules.
+        let env = |v: &'static str| move |k: &str| (k == "WEFT_PASSWORD").then(|| v.to_owned());
+        assert!(matches!(Config::from_args(args(&[]), env("short")), Err(ConfigError::ShortPassword { len: 5, .. })));
+        assert!(matches!(Config::from_args(args(&[]), env("")), Err(ConfigError::EmptyPassword(_))));
+        assert_eq!(Config::from_args(args(&[]), env("long enough, surely")).unwrap().password.as_deref(), Some(&b"long enough, surely"[..]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ranges_pods_cannot_use_are_refused() {
+        for (range, needle) in [
+            ("0.0.0.0/0", "every IPv4 address"),
+            ("0.0.0.0/8", "this network"),
+            ("127.0.0.0/8", "loopback"),
+            ("127.1.0.0/16", "loopback"),
+            ("224.0.0.0/4", "multicast"),
+            ("239.1.0.0/16", "multicast"),
+            ("169.254.0.0/16", "link-local"),
+            ("240.0.0.0/4", "reserved"),
+            ("255.255.255.0/24", "broadcast"),
+            ("64.0.0.0/2", "loopback"),
+            ("128.0.0.0/1", "link-local"),
+        ] {
+            let e = Config::from_args(args(&["--ipalloc-range", range]), no_env).unwrap_err();
+            assert!(e.to_string().contains(needle) && e.to_string().contains(range), "{range}: {e}");
+        }
+        for range in ["10.32.0.0/12", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "198.18.0.0/15"] {
+            assert!(Config::from_args(args(&["--ipalloc-range", range]), no_env).is_ok(), "{range}");
+        }
+    }
+
+    #[test]
+    fn overlap_is_exact_at_the_edges() {
+        let r: Cidr = "10.32.0.0/12".parse().unwrap();
+        let a = |s: &str| u32::from(s.parse::<std::net::Ipv4Addr>().unwrap());
+        assert!(overlaps(r, a("10.47.255.255"), 32));
+        assert!(!overlaps(r, a("10.48.0.0"), 32));
+        assert!(!overlaps(r, a("10.31.255.255"), 32));
+        assert!(overlaps(r, a("10.0.0.0"), 8), "a block containing the range");
+        assert!(overlaps(r, a("10.40.1.7"), 24), "a subnet inside it, given by one of its addresses");
+        assert!(overlaps(r, a("192.0.2.1"), 0), "a default route covers everything");
+        assert!(!overlaps(r, a("192.0.2.1"), 24));
     }
 }

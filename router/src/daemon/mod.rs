@@ -76,6 +76,9 @@ pub enum DaemonError {
         /// What failed.
         detail: String,
     },
+    /// The pod range overlaps the host's addresses or routes.
+    #[error(transparent)]
+    Range(#[from] plumbing::RangeError),
     /// The mesh endpoint could not start.
     #[error("mesh: {0}")]
     Mesh(#[from] weft_mesh::transport::endpoint::EndpointError),
@@ -246,6 +249,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 async fn main(config: Config) -> Result<(), DaemonError> {
     let now = Instant::now();
     let budgets = file_budgets();
+    let devices = Devices { mtu: config.mtu.unwrap_or(DEFAULT_MTU), ..Devices::default() };
+    let mut nl = Handle::open()?;
+    plumbing::check_range(&mut nl, config.ipalloc_range, &devices.bridge)?;
     let identity = Identity::load_or_create(&config.state_dir, &config.nickname)?;
     let creds = Credentials::load_or_create(&config.state_dir)?;
     tracing::info!(name = %identity.name, nickname = %identity.nickname, incarnation = identity.incarnation, "weft router starting");
@@ -254,10 +260,9 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     } else {
         tracing::info!("cluster password set: peers must prove it, and the sleeve is encrypted");
     }
-    let devices = Devices { mtu: config.mtu.unwrap_or(DEFAULT_MTU), ..Devices::default() };
     let tap = Tap::open(&devices.tap)?;
-    let mut nl = Handle::open()?;
-    let repairs = plumbing::ensure(&mut nl, &devices)?;
+    let mut repairs = plumbing::ensure(&mut nl, &devices)?;
+    repairs.0.extend(plumbing::prune_bridge_addresses(&mut nl, &devices.bridge, config.ipalloc_range)?.0);
     for r in &repairs.0 {
         tracing::info!("plumbing: {r}");
     }

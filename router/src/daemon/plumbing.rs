@@ -3,9 +3,19 @@
 //!
 //! The TAP port is isolated on the bridge (and so is the VXLAN port, when the fast path adds
 //! it): frames never pass between the two overlays, so they cannot loop between hosts.
+//!
+//! At start, [`check_range`] refuses a pod range that overlaps an address or a route of the
+//! host other than the bridge's own (the default route aside), and [`prune_bridge_addresses`]
+//! removes from the bridge the IPv4 addresses of an earlier pod range (their routes go with
+//! them).
+
+use std::net::IpAddr;
 
 use weft_kernel::netlink::LinkKind;
 use weft_kernel::{Error, Handle};
+use weft_mesh::ipam::Cidr;
+
+use super::config::overlaps;
 
 /// Names and sizes of the host's devices.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +73,84 @@ pub fn ensure(nl: &mut Handle, dev: &Devices) -> Result<Repairs, Error> {
     if !tap.up {
         nl.set_up(&dev.tap)?;
         done.push(format!("set {} up", dev.tap));
+    }
+    Ok(Repairs(done))
+}
+
+/// Why the pod range cannot be used on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    /// An interface other than the bridge has an address whose subnet overlaps the range.
+    #[error(
+        "--ipalloc-range {range} overlaps {addr}/{prefix} on {link} of this host: pods would take the host's addresses; choose a range no interface of the host uses"
+    )]
+    Address {
+        /// The pod range.
+        range: Cidr,
+        /// The interface.
+        link: String,
+        /// Its address.
+        addr: IpAddr,
+        /// The address's prefix length.
+        prefix: u8,
+    },
+    /// A route (other than the default route and the bridge's) overlaps the range.
+    #[error(
+        "--ipalloc-range {range} overlaps the route {route} of this host: pod traffic and that route would shadow each other; choose a range no route of the host covers"
+    )]
+    Route {
+        /// The pod range.
+        range: Cidr,
+        /// The route.
+        route: String,
+    },
+    /// The host's addresses or routes could not be listed.
+    #[error("cannot check --ipalloc-range against the host's addresses and routes")]
+    Kernel(#[source] Error),
+}
+
+/// Refuses `range` when an IPv4 address of an interface other than `bridge`, or an IPv4 route
+/// (not the default route, not through `bridge`), overlaps it.
+pub fn check_range(nl: &mut Handle, range: Cidr, bridge: &str) -> Result<(), RangeError> {
+    for link in nl.links().map_err(RangeError::Kernel)? {
+        if link.name == bridge {
+            continue;
+        }
+        for (addr, prefix) in nl.addresses(&link.name).map_err(RangeError::Kernel)? {
+            if let IpAddr::V4(a) = addr
+                && overlaps(range, a.into(), prefix)
+            {
+                return Err(RangeError::Address { range, link: link.name, addr, prefix });
+            }
+        }
+    }
+    for route in nl.routes().map_err(RangeError::Kernel)? {
+        if let IpAddr::V4(dest) = route.dest
+            && route.prefix_len > 0
+            && route.dev.as_deref() != Some(bridge)
+            && overlaps(range, dest.into(), route.prefix_len)
+        {
+            return Err(RangeError::Route { range, route: route.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Removes from `bridge` every IPv4 address that is not of `range` (inside it, with its prefix
+/// length): what an earlier pod range left. Returns what it removed; nothing when the bridge
+/// does not exist.
+pub fn prune_bridge_addresses(nl: &mut Handle, bridge: &str, range: Cidr) -> Result<Repairs, Error> {
+    let mut done = Vec::new();
+    if nl.find_link(bridge)?.is_none() {
+        return Ok(Repairs(done));
+    }
+    for (addr, prefix) in nl.addresses(bridge)? {
+        if let IpAddr::V4(a) = addr
+            && !(range.contains(a.into()) && prefix == range.prefix())
+        {
+            nl.delete_address(bridge, addr, prefix)?;
+            done.push(format!("removed {addr}/{prefix} from bridge {bridge}: not of the pod range {range}"));
+        }
     }
     Ok(Repairs(done))
 }
