@@ -98,6 +98,15 @@ impl Control {
         }
     }
 
+    /// An authenticated connection from `remote` was refused (`reason` says why); shown as failed
+    /// until that peer connects from there. The topology is unchanged.
+    pub fn refused(&mut self, remote: SocketAddr, peer: Option<PeerName>, direction: Direction, reason: String) {
+        self.conns.insert(
+            remote,
+            Conn { direction, remote, peer, nickname: None, state: "failed", reason: Some(reason), retry_at: None, mtu: None, rtt: None, sleeve_dead: false, path_mtu: None },
+        );
+    }
+
     /// A connection (or attempt) with `remote` ended or failed; `retry_at` if we will try again.
     pub fn lost(&mut self, now: Instant, remote: SocketAddr, peer: Option<PeerName>, reason: String, retry_at: Option<Instant>) {
         if let Some(p) = peer {
@@ -306,5 +315,21 @@ mod tests {
         let conns = c.connections(now + Duration::from_secs(1));
         assert_eq!(conns[0].reason.as_deref(), Some("connection refused"));
         assert_eq!(conns[0].retry_in_secs, Some(3.0));
+    }
+
+    #[test]
+    fn a_refused_connection_shows_as_failed_with_its_reason_until_the_peer_connects() {
+        let now = Instant::now();
+        let mut c = Control::new(now, name(1), "h1".into(), 1, false);
+        c.connected(now, name(2), "h2", addr(2), Direction::Inbound, 1376);
+        c.refused(addr(3), Some(name(2)), Direction::Inbound, "two live routers".into());
+        assert_eq!(c.counts(), (1, 0, 1));
+        let conns = c.connections(now);
+        let failed = conns.iter().find(|x| x.state == "failed").unwrap();
+        assert_eq!((failed.remote.as_str(), failed.reason.as_deref()), ("192.0.2.3:6783", Some("two live routers")));
+        let ours = |c: &Control| c.topology().entry(name(1)).map(|e| e.connections.iter().filter(|x| x.remote == name(2)).count());
+        assert_eq!(ours(&c), Some(1), "the topology keeps the connection that stays");
+        c.connected(now, name(2), "h2", addr(3), Direction::Inbound, 1376);
+        assert_eq!(c.counts(), (1, 0, 0));
     }
 }

@@ -8,6 +8,15 @@
 //! Duplicate connections between one pair of peers (both dialled at once) are resolved the same
 //! way on both sides: the connection dialled by the peer with the smaller name is kept, unless
 //! the new one comes from a newer incarnation of the peer (it restarted; the old one is dead).
+//!
+//! Two live routers with one name (a copied identity) are told apart from a restart by where
+//! their connections come from ([`Duplicates`]): a second connection for a name from another
+//! address, with an older incarnation, or from an address whose connection was let go for that
+//! name shortly before (a restarted router never comes back from its old address with its old
+//! incarnation, a live copy does), is refused, and the existing one kept: no flapping. The
+//! conflict is logged as an error naming both addresses, and shown in `status connections` (the
+//! refused connection's reason) here and on the refused router. A peer calling itself by the
+//! zero or the broadcast name is refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +42,10 @@ const SECRET_SWITCH_DELAY: Duration = Duration::from_secs(1);
 /// Datagram size until path MTU discovery says otherwise: a 1500-byte IPv4 path.
 pub const DEFAULT_DATAGRAM: usize = 1472;
 
+/// How long a connection let go for a name is remembered: if the same name connects again from
+/// the same address within it while the other connection is up, two live routers share the name.
+pub const CONFLICT_WINDOW: Duration = Duration::from_secs(600);
+
 /// Requests from the local API.
 #[derive(Debug)]
 pub enum Command {
@@ -47,6 +60,74 @@ pub enum Command {
 struct Up {
     info: ConnInfo,
     handle: ConnHandle,
+}
+
+/// One of two connections to one peer name, as [`Duplicates`] compares them.
+#[derive(Clone, Copy, Debug)]
+struct Side {
+    remote: SocketAddr,
+    incarnation: u64,
+    direction: Direction,
+}
+
+impl Side {
+    fn of(i: &ConnInfo) -> Side {
+        Side { remote: i.remote, incarnation: i.incarnation, direction: i.direction }
+    }
+}
+
+/// What to do with a new connection to a peer already connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Close the new one (a duplicate of the same router).
+    KeepOld,
+    /// Close the old one (the router restarted, or the tie-break prefers the new one).
+    ReplaceOld,
+    /// Two live routers share the name: refuse the new one, say so.
+    Conflict,
+}
+
+/// Decides between two connections to one peer name, and notices two live routers with it
+/// (see the module doc).
+#[derive(Debug, Default)]
+struct Duplicates {
+    /// Per name, the address whose connection was last let go, and when.
+    let_go: HashMap<PeerName, (SocketAddr, Instant)>,
+}
+
+impl Duplicates {
+    fn decide(&mut self, now: Instant, me: PeerName, peer: PeerName, old: Side, new: Side) -> Verdict {
+        if old.remote == new.remote {
+            // One router: both ends dialled at once, or it restarted.
+            return match new.incarnation.cmp(&old.incarnation) {
+                std::cmp::Ordering::Greater => Verdict::ReplaceOld,
+                std::cmp::Ordering::Less => Verdict::KeepOld,
+                std::cmp::Ordering::Equal => tie_break(me, peer, old, new),
+            };
+        }
+        self.let_go.retain(|_, (_, at)| now.saturating_duration_since(*at) < CONFLICT_WINDOW);
+        let came_back = self.let_go.get(&peer).is_some_and(|(a, _)| *a == new.remote);
+        let verdict = if came_back || new.incarnation < old.incarnation {
+            Verdict::Conflict
+        } else if new.incarnation > old.incarnation {
+            Verdict::ReplaceOld
+        } else if new.direction != old.direction {
+            // Perhaps one multi-homed router dialling and dialled at once: as for one address.
+            tie_break(me, peer, old, new)
+        } else {
+            Verdict::KeepOld
+        };
+        let gone = if verdict == Verdict::ReplaceOld { old.remote } else { new.remote };
+        self.let_go.insert(peer, (gone, now));
+        verdict
+    }
+}
+
+/// Both ends keep the connection dialled by the peer with the smaller name.
+fn tie_break(me: PeerName, peer: PeerName, old: Side, new: Side) -> Verdict {
+    let dialler = |s: Side| if s.direction == Direction::Outbound { me } else { peer };
+    let preferred = me.min(peer);
+    if dialler(new) == preferred || dialler(old) != preferred { Verdict::ReplaceOld } else { Verdict::KeepOld }
 }
 
 /// Connections, targets and the events that change them.
@@ -65,6 +146,7 @@ pub struct Peering {
     dp: Arc<Shared>,
     topology_generation: u64,
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    duplicates: Duplicates,
 }
 
 impl Peering {
@@ -98,6 +180,7 @@ impl Peering {
             dp,
             topology_generation: 0,
             commands,
+            duplicates: Duplicates::default(),
         }
     }
 
@@ -236,19 +319,35 @@ impl Peering {
     }
 
     fn up(&mut self, now: Instant, d: &Daemon, info: ConnInfo, handle: ConnHandle) {
+        if let Err(e) = info.peer.check() {
+            tracing::warn!(remote = %info.remote, "mesh connection refused: the peer calls itself {e}");
+            self.refuse(now, d, &info, &handle, format!("refused: {e}"));
+            return;
+        }
         if let Some(old) = self.conns.get(&info.peer) {
-            let dialler = |i: &ConnInfo| if i.direction == Direction::Outbound { self.me } else { i.peer };
-            let preferred = self.me.min(info.peer);
-            // A peer that restarted (new incarnation) replaces its dead connection at once.
-            let keep_new = info.incarnation > old.info.incarnation || dialler(&info) == preferred || dialler(&old.info) != preferred;
-            if !keep_new {
-                tracing::info!(peer = %info.peer, "duplicate connection: keeping the one dialled by {preferred}");
-                handle.close("duplicate connection");
-                self.mark_target(&info);
-                return;
+            match self.duplicates.decide(now, self.me, info.peer, Side::of(&old.info), Side::of(&info)) {
+                Verdict::KeepOld => {
+                    tracing::info!(peer = %info.peer, kept = %old.info.remote, closed = %info.remote, "duplicate connection: keeping the older one");
+                    handle.close("duplicate connection");
+                    self.mark_target(&info);
+                    return;
+                }
+                Verdict::Conflict => {
+                    let (o, n) = (&old.info, &info);
+                    let reason = format!(
+                        "two live routers are named {}: this one at {} (incarnation {}) and one at {} (incarnation {}), connected already; \
+                         this connection is refused. Was an identity file copied? Give one of them a new identity (move its state directory's `identity` away)",
+                        n.peer, n.remote, n.incarnation, o.remote, o.incarnation
+                    );
+                    tracing::error!(peer = %n.peer, connected = %o.remote, refused = %n.remote, "two live routers share the name {}: keeping the connection from {}, refusing the one from {}", n.peer, o.remote, n.remote);
+                    self.refuse(now, d, &info, &handle, reason);
+                    return;
+                }
+                Verdict::ReplaceOld => {
+                    tracing::info!(peer = %info.peer, closed = %old.info.remote, kept = %info.remote, "duplicate connection: replacing the older one");
+                    old.handle.close("duplicate connection");
+                }
             }
-            tracing::info!(peer = %info.peer, "duplicate connection: replacing the older one");
-            old.handle.close("duplicate connection");
         }
         let sp = &info.sleeve;
         // Both ends install a new secret within milliseconds of each other (the Rekey message
@@ -261,6 +360,20 @@ impl Peering {
         d.control().connected(now, info.peer, &info.nickname, info.remote, info.direction, d.pod_mtu());
         self.mark_target(&info);
         self.conns.insert(info.peer, Up { info, handle });
+    }
+
+    /// Closes an authenticated connection telling the peer why; a dialled one is retried later
+    /// (with backoff), an accepted one is shown as failed, both with the reason.
+    fn refuse(&mut self, now: Instant, d: &Daemon, info: &ConnInfo, handle: &ConnHandle, reason: String) {
+        handle.close(&reason);
+        let target = if info.direction == Direction::Outbound { self.dialling.remove(&info.remote) } else { None };
+        match target {
+            Some(t) => {
+                let retry = self.targets.failed(now, &t, &reason);
+                d.control().lost(now, info.remote, None, reason, retry);
+            }
+            None => d.control().refused(info.remote, Some(info.peer), info.direction, reason),
+        }
     }
 
     fn mark_target(&mut self, info: &ConnInfo) {
@@ -389,5 +502,82 @@ impl Peering {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.endpoint.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: PeerName = PeerName([0x0e, 0, 0, 0, 0, 9]);
+    const PEER: PeerName = PeerName([0x0e, 0, 0, 0, 0, 5]);
+
+    fn side(ip: u8, incarnation: u64, direction: Direction) -> Side {
+        Side { remote: SocketAddr::from(([192, 0, 2, ip], 6783)), incarnation, direction }
+    }
+
+    #[test]
+    fn one_router_dialling_and_dialled_at_once_keeps_the_smaller_names_connection() {
+        let now = Instant::now();
+        let mut d = Duplicates::default();
+        // PEER < ME: keep what PEER dialled (our inbound one), whichever came first.
+        let (out, inb) = (side(1, 3, Direction::Outbound), side(1, 3, Direction::Inbound));
+        assert_eq!(d.decide(now, ME, PEER, out, inb), Verdict::ReplaceOld);
+        assert_eq!(d.decide(now, ME, PEER, inb, out), Verdict::KeepOld);
+        // A restart replaces its connection at once; an older incarnation never replaces a newer.
+        assert_eq!(d.decide(now, ME, PEER, side(1, 3, Direction::Inbound), side(1, 4, Direction::Inbound)), Verdict::ReplaceOld);
+        assert_eq!(d.decide(now, ME, PEER, side(1, 4, Direction::Inbound), side(1, 3, Direction::Outbound)), Verdict::KeepOld);
+        // None of this is a conflict, however often it happens.
+        for _ in 0..5 {
+            assert_ne!(d.decide(now, ME, PEER, out, inb), Verdict::Conflict);
+        }
+    }
+
+    #[test]
+    fn a_router_that_restarted_elsewhere_replaces_its_dead_connection_once() {
+        let now = Instant::now();
+        let mut d = Duplicates::default();
+        assert_eq!(d.decide(now, ME, PEER, side(1, 3, Direction::Inbound), side(2, 4, Direction::Inbound)), Verdict::ReplaceOld);
+        // Its old address never comes back; a later restart at a third address is no conflict either.
+        let later = now + Duration::from_secs(30);
+        assert_eq!(d.decide(later, ME, PEER, side(2, 4, Direction::Inbound), side(3, 5, Direction::Inbound)), Verdict::ReplaceOld);
+    }
+
+    #[test]
+    fn copies_with_one_incarnation_are_a_conflict_and_the_first_connection_stays() {
+        let now = Instant::now();
+        let mut d = Duplicates::default();
+        let (a, b) = (side(1, 7, Direction::Inbound), side(2, 7, Direction::Inbound));
+        // The first duplicate might be one multi-homed router: keep the old one, remember b.
+        assert_eq!(d.decide(now, ME, PEER, a, b), Verdict::KeepOld);
+        // b dials again while a is up: two live routers. Every further attempt is refused too.
+        for i in 1..=5 {
+            assert_eq!(d.decide(now + Duration::from_secs(i * 10), ME, PEER, a, b), Verdict::Conflict, "attempt {i}");
+        }
+    }
+
+    #[test]
+    fn a_copy_started_later_takes_over_once_and_the_original_is_then_refused() {
+        let now = Instant::now();
+        let mut d = Duplicates::default();
+        let (original, copy) = (side(1, 7, Direction::Inbound), side(2, 8, Direction::Inbound));
+        // Indistinguishable from a restart that moved: the newer incarnation is taken ...
+        assert_eq!(d.decide(now, ME, PEER, original, copy), Verdict::ReplaceOld);
+        // ... but the original comes back, older, while the copy is up: a conflict, for good.
+        for i in 1..=5 {
+            assert_eq!(d.decide(now + Duration::from_secs(i), ME, PEER, copy, original), Verdict::Conflict, "attempt {i}");
+        }
+        // An older incarnation from another address is a conflict even the first time.
+        let mut fresh = Duplicates::default();
+        assert_eq!(fresh.decide(now, ME, PEER, copy, original), Verdict::Conflict);
+    }
+
+    #[test]
+    fn what_was_let_go_is_forgotten_after_the_window() {
+        let now = Instant::now();
+        let mut d = Duplicates::default();
+        let (a, b) = (side(1, 7, Direction::Outbound), side(2, 7, Direction::Outbound));
+        assert_eq!(d.decide(now, ME, PEER, a, b), Verdict::KeepOld);
+        assert_eq!(d.decide(now + CONFLICT_WINDOW + Duration::from_secs(1), ME, PEER, a, b), Verdict::KeepOld);
     }
 }
