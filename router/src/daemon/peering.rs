@@ -45,6 +45,9 @@ pub const DEFAULT_DATAGRAM: usize = 1472;
 /// How long a connection let go for a name is remembered: if the same name connects again from
 /// the same address within it while the other connection is up, two live routers share the name.
 pub const CONFLICT_WINDOW: Duration = Duration::from_secs(600);
+/// A conflict between the same two addresses is logged as an error at most this often (the
+/// refused router dials again every second or so).
+pub const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Requests from the local API.
 #[derive(Debug)]
@@ -93,6 +96,8 @@ enum Verdict {
 struct Duplicates {
     /// Per name, the address whose connection was last let go, and when.
     let_go: HashMap<PeerName, (SocketAddr, Instant)>,
+    /// Conflicts logged as errors, and when.
+    reported: HashMap<(PeerName, SocketAddr), Instant>,
 }
 
 impl Duplicates {
@@ -120,6 +125,17 @@ impl Duplicates {
         let gone = if verdict == Verdict::ReplaceOld { old.remote } else { new.remote };
         self.let_go.insert(peer, (gone, now));
         verdict
+    }
+
+    /// Whether a conflict of `peer` at `remote` is to be logged as an error now: the first time,
+    /// then every [`CONFLICT_LOG_EVERY`].
+    fn report(&mut self, now: Instant, peer: PeerName, remote: SocketAddr) -> bool {
+        self.reported.retain(|_, at| now.saturating_duration_since(*at) < CONFLICT_LOG_EVERY);
+        let first = !self.reported.contains_key(&(peer, remote));
+        if first {
+            self.reported.insert((peer, remote), now);
+        }
+        first
     }
 }
 
@@ -339,7 +355,12 @@ impl Peering {
                          this connection is refused. Was an identity file copied? Give one of them a new identity (move its state directory's `identity` away)",
                         n.peer, n.remote, n.incarnation, o.remote, o.incarnation
                     );
-                    tracing::error!(peer = %n.peer, connected = %o.remote, refused = %n.remote, "two live routers share the name {}: keeping the connection from {}, refusing the one from {}", n.peer, o.remote, n.remote);
+                    let text = format!("two live routers share the name {}: keeping the connection from {}, refusing the one from {}", n.peer, o.remote, n.remote);
+                    if self.duplicates.report(now, n.peer, n.remote) {
+                        tracing::error!(peer = %n.peer, connected = %o.remote, refused = %n.remote, "{text} (said again at most every minute)");
+                    } else {
+                        tracing::debug!("{text}");
+                    }
                     self.refuse(now, d, &info, &handle, reason);
                     return;
                 }
@@ -570,6 +591,17 @@ mod tests {
         // An older incarnation from another address is a conflict even the first time.
         let mut fresh = Duplicates::default();
         assert_eq!(fresh.decide(now, ME, PEER, copy, original), Verdict::Conflict);
+    }
+
+    #[test]
+    fn a_conflict_is_logged_once_a_minute() {
+        let now = Instant::now();
+        let mut d = Duplicates::default();
+        let at = |ip| side(ip, 1, Direction::Inbound).remote;
+        let logged: Vec<bool> = (0..130).map(|s| d.report(now + Duration::from_secs(s), PEER, at(1))).collect();
+        assert_eq!(logged.iter().filter(|l| **l).count(), 3, "at 0, 60 and 120 s");
+        assert!(logged[0] && logged[60] && logged[120]);
+        assert!(d.report(now + Duration::from_secs(1), PEER, at(2)), "another address is another conflict");
     }
 
     #[test]
