@@ -72,7 +72,7 @@ pub fn run(opts: &Options) -> Result<(), DemoError> {
     }
 
     // Until the mesh shares one address ring, each host's router gets a quarter of the range.
-    let password = format!("weft-demo-{}", std::process::id());
+    let password = format!("weft-demo-password-{}", std::process::id());
     let o = RouterOptions { binary: binary.clone(), password: Some(password), extra_args: vec![] };
     println!("starting a weft router on every host (A dials B, C dials B, D dials C through its NAT; cluster password set)...");
     let t0 = std::time::Instant::now();

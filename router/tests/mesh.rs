@@ -130,7 +130,7 @@ fn transfer(bed: &TestBed, from: NodeId, to: NodeId, to_addr: Ipv4Addr, total: u
 
 #[test]
 fn a_gigabyte_crosses_from_a_pod_on_a_to_a_pod_on_c_through_b_intact() {
-    let m = Mesh::up(Some("pw"), 1);
+    let m = Mesh::up(Some("weft-test-password"), 1);
     let (a_pod, c_pod, c_addr) = (m.pods[0][0].0, m.pods[2][0].0, m.pods[2][0].1);
     assert!(m.bed.ping(a_pod, c_addr).unwrap() || m.bed.ping(a_pod, c_addr).unwrap());
     let total = 1u64 << 30;
@@ -203,7 +203,7 @@ fn killing_the_middle_router_or_cutting_a_link_interrupts_a_to_c_only_until_it_i
 #[test]
 fn pods_attached_by_cnitool_on_two_hosts_reach_each_other_and_pods_elsewhere() {
     assert!(Command::new("cnitool").arg("--help").output().is_ok(), "cnitool is missing: run scripts/install-deps");
-    let mut m = Mesh::up(Some("pw"), 1);
+    let mut m = Mesh::up(Some("weft-test-password"), 1);
     let mut attached = Vec::new();
     for host in [0, 2] {
         let conf = m.run.path().join(format!("net.d-{}", NAMES[host]));
@@ -232,7 +232,7 @@ fn pods_attached_by_cnitool_on_two_hosts_reach_each_other_and_pods_elsewhere() {
 
 #[test]
 fn a_smaller_path_mtu_is_found_and_oversized_df_packets_get_fragmentation_needed() {
-    let mut m = Mesh::up(Some("pw"), 1);
+    let mut m = Mesh::up(Some("weft-test-password"), 1);
     // Every underlay link shrinks to 1400 bytes (as on a cloud network with a smaller MTU): the
     // 1472-byte datagrams the routers found at start are refused now, and must be found again.
     let nodes: Vec<NodeId> = m.cluster.hosts.iter().copied().chain([m.cluster.nat]).collect();
@@ -280,7 +280,7 @@ fn a_smaller_path_mtu_is_found_and_oversized_df_packets_get_fragmentation_needed
 
 #[test]
 fn sleeve_keys_rotate_every_few_seconds_under_load_without_losing_a_datagram() {
-    let m = Mesh::up_with(Some("pw"), 1, &["--rekey-interval", "3"]);
+    let m = Mesh::up_with(Some("weft-test-password"), 1, &["--rekey-interval", "3"]);
     let (a_pod, c_pod, c_addr) = (m.pods[0][0].0, m.pods[2][0].0, m.pods[2][0].1);
     assert!(m.bed.ping(a_pod, c_addr).unwrap() || m.bed.ping(a_pod, c_addr).unwrap());
     let total = 1u64 << 30;

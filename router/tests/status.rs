@@ -34,7 +34,7 @@ fn metric(text: &str, series: &str) -> u64 {
 
 #[test]
 fn the_cli_shows_the_mesh_in_text_and_json() {
-    let m = Mesh::up(Some("pw"), 1);
+    let m = Mesh::up(Some("weft-test-password"), 1);
     let (a, b) = (&m.routers[0], &m.routers[1]);
 
     let (ok, text) = cli(a, &["status"]);
@@ -134,7 +134,7 @@ fn a_peer_with_the_wrong_password_is_refused_on_both_sides_and_never_joins_the_t
 
 #[test]
 fn metrics_count_traffic_and_drop_malformed_foreign_and_replayed_datagrams() {
-    let m = Mesh::up(Some("pw"), 1);
+    let m = Mesh::up(Some("weft-test-password"), 1);
     let (a_host, b_host) = (m.cluster.hosts[0], m.cluster.hosts[1]);
     let (a_pod, c_addr) = (m.pods[0][0].0, m.pods[2][0].1);
     let before = metrics(&m.bed, a_host);
