@@ -10,13 +10,16 @@
 //! the new one comes from a newer incarnation of the peer (it restarted; the old one is dead).
 //!
 //! Two live routers with one name (a copied identity) are told apart from a restart by where
-//! their connections come from ([`Duplicates`]): a second connection for a name from another
-//! address, with an older incarnation, or from an address whose connection was let go for that
-//! name shortly before (a restarted router never comes back from its old address with its old
-//! incarnation, a live copy does), is refused, and the existing one kept: no flapping. The
-//! conflict is logged as an error naming both addresses, and shown in `status connections` (the
-//! refused connection's reason) here and on the refused router. A peer calling itself by the
-//! zero or the broadcast name is refused.
+//! their connections come from. A second connection for a name from another address replaces
+//! the first when it brings a newer incarnation (a restart that moved), or at an equal one by the
+//! tie-break above when the two could be one multi-homed router dialling and dialled at once; it
+//! is refused as a conflict when it brings an older incarnation, or when it comes from the
+//! address whose connection was let go for that name within [`CONFLICT_WINDOW`] (a restarted
+//! router never comes back from its old address, a live copy does). So the connection that
+//! stays, stays: no flapping. A conflict is logged as an error naming both addresses (at most
+//! every [`CONFLICT_LOG_EVERY`]) and shown in `status connections` as the refused connection's
+//! reason, here and on the refused router. A peer calling itself by the zero or the broadcast
+//! name is refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
