@@ -402,27 +402,54 @@ fn bridge_addresses_of_an_earlier_range_are_removed_at_start_and_a_readable_pass
 }
 
 #[test]
-fn two_live_routers_with_one_identity_are_reported_and_the_third_keeps_one_connection() {
+fn a_copy_of_a_running_routers_state_is_reported_and_the_third_router_keeps_one_connection() {
+    two_live_routers_with_one_identity(false);
+}
+
+#[test]
+fn two_routers_started_from_one_identity_file_are_reported_and_the_third_keeps_one_connection() {
+    two_live_routers_with_one_identity(true);
+}
+
+/// Routers a1 and a2 with one identity both dial c. `together`: both start from the same
+/// identity file at once (one incarnation); otherwise a2 starts later from a copy of a1's
+/// running state directory (a newer incarnation, like a cloned machine).
+fn two_live_routers_with_one_identity(together: bool) {
     let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
     let run = RunDir::new(bed.id()).unwrap();
     let lan = topology::shared_segment(&mut bed, 3).unwrap();
     let (addr1, addr2, addr_c) = (lan.links[0].addr, lan.links[1].addr, lan.links[2].addr);
     let opts = RouterOptions { extra_args: vec!["--ipalloc-init".into(), "consensus=2".into()], ..plain() };
     let c = routers::start_router(&mut bed, &run, lan.hosts[2], "c", &[], &opts).unwrap();
-    let a1 = routers::start_router(&mut bed, &run, lan.hosts[0], "a1", &[addr_c], &opts).unwrap();
-    let s = routers::wait_for(&a1, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
-    let name = s.name;
-    // The copied host: the same state directory (identity, keys, IPAM), another address.
-    let copy = run.path().join("a2/state");
-    std::fs::create_dir_all(&copy).unwrap();
-    for f in std::fs::read_dir(&a1.state_dir).unwrap() {
-        let f = f.unwrap().path();
-        if f.is_file() {
-            std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    let (a1, a2, name) = if together {
+        let name = "0e:00:00:00:00:42".to_owned();
+        for r in ["a1", "a2"] {
+            let dir = run.path().join(r).join("state");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("identity"), format!("name {name}\nincarnation 5\n")).unwrap();
         }
+        let a1 = routers::start_router(&mut bed, &run, lan.hosts[0], "a1", &[addr_c], &opts).unwrap();
+        let a2 = routers::start_router(&mut bed, &run, lan.hosts[1], "a2", &[addr_c], &opts).unwrap();
+        (a1, a2, name)
+    } else {
+        let a1 = routers::start_router(&mut bed, &run, lan.hosts[0], "a1", &[addr_c], &opts).unwrap();
+        let s = routers::wait_for(&a1, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
+        // The copied host: the same state directory (identity, keys, IPAM), another address.
+        let copy = run.path().join("a2/state");
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in std::fs::read_dir(&a1.state_dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let a2 = routers::start_router(&mut bed, &run, lan.hosts[1], "a2", &[addr_c], &opts).unwrap();
+        (a1, a2, s.name)
+    };
+    for r in [&a1, &a2] {
+        assert_eq!(routers::wait_for(r, Duration::from_secs(30), |_| true).unwrap().name, name, "one name, two routers");
     }
-    let a2 = routers::start_router(&mut bed, &run, lan.hosts[1], "a2", &[addr_c], &opts).unwrap();
-    assert_eq!(routers::wait_for(&a2, Duration::from_secs(30), |_| true).unwrap().name, name, "one name, two routers");
+    routers::wait_for(&c, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();
 
     // Watch C's connection to that name for 25 s.
     let t0 = Instant::now();
@@ -437,7 +464,7 @@ fn two_live_routers_with_one_identity_are_reported_and_the_third_keeps_one_conne
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("C's connection to {name} over 25 s: {seen:?}");
+    println!("{}: C's connection to {name} over 25 s: {seen:?}", if together { "started together" } else { "copied later" });
     let log_c = c.log_text();
     let ups = log_c.lines().filter(|l| l.contains("mesh connection up") && l.contains(&name)).count();
     let replaced = log_c.lines().filter(|l| l.contains("replacing the older one") && l.contains(&name)).count();

@@ -290,8 +290,8 @@ pub fn check_range(range: Cidr) -> Result<(), ConfigError> {
         return Err(ConfigError::Range(format!("{range} is too small for pods: use /30 or larger")));
     }
     for (addr, prefix, what) in RESERVED_BLOCKS {
-        // The table's blocks have their host bits zero.
-        let block = Cidr::new(addr.into(), prefix).unwrap_or(Cidr::DEFAULT);
+        // A constant table; `ranges_pods_cannot_use_are_refused` goes through every entry.
+        let block = Cidr::new(addr.into(), prefix).expect("RESERVED_BLOCKS have their host bits zero");
         if overlaps(range, block.base(), block.prefix()) {
             return Err(ConfigError::ReservedRange { range, block, what });
         }
