@@ -49,7 +49,7 @@ pub mod persist;
 pub mod ring;
 pub mod sim;
 
-pub use alloc::{AllocError, Bootstrap, Config, Destination, Holder, Ipam, Status, Transmit};
+pub use alloc::{AllocError, Bootstrap, Config, Destination, HandOver, Holder, Ipam, Status, Transmit};
 pub use persist::{IpamError, PersistError, PersistentIpam, Store};
 pub use ring::{Cidr, Entry, Ring, RingError};
 

@@ -221,6 +221,7 @@ impl Sim {
             bootstrap,
             gossip_interval: self.cfg.gossip_interval,
             donate_timeout: self.cfg.donate_timeout,
+            handover_retry: self.cfg.donate_timeout,
         }
     }
 
