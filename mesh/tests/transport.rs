@@ -128,7 +128,9 @@ fn peers_authenticate_exchange_messages_and_rekey_and_the_wrong_password_is_refu
         assert!(ra.unwrap().contains("wrong cluster password"));
         assert!(rc.contains("wrong cluster password") || rc.contains("refused"), "{rc}");
 
-        // A peer going away is noticed and reported.
+        // A peer going away says why, and closes once the other end has read it (not after a
+        // fixed delay, nor only when the wait for an acknowledgement runs out).
+        let t0 = std::time::Instant::now();
         ha.close("test over");
         let mut reason = None;
         while reason.is_none() {
@@ -137,7 +139,17 @@ fn peers_authenticate_exchange_messages_and_rekey_and_the_wrong_password_is_refu
             }
         }
         println!("b saw: {}", reason.as_deref().unwrap());
-        assert!(reason.unwrap().contains("test over"));
+        assert_eq!(reason.unwrap(), "peer closed: test over");
+        let mut ours = None;
+        while ours.is_none() {
+            if let Event::Down { reason: r, .. } = next(&mut a).await {
+                ours = Some(r);
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(1), ha.closed()).await.expect("closed");
+        println!("a saw: {} after {:?}", ours.as_deref().unwrap(), t0.elapsed());
+        assert_eq!(ours.unwrap(), "closed by this router: test over", "b acknowledged the bye");
+        assert!(t0.elapsed() < MeshConfig::new(a.name, String::new(), 1, a.addr, 6784).bye_timeout);
         for n in [&a, &b, &c] {
             n.ep.shutdown().await;
         }
