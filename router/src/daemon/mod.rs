@@ -337,7 +337,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         }
     }
     if daemon.config.handover_on_exit {
-        peering.hand_over(&daemon).await;
+        peering.hand_over(&daemon, &mut events, peering::HANDOVER_TIMEOUT).await;
     }
     peering.shutdown().await;
     server.abort();

@@ -14,7 +14,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_mesh::ipam::Destination;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use weft_mesh::ipam::{Destination, HandOver};
 use weft_mesh::peer::PeerName;
 use weft_mesh::topology::Direction;
 use weft_mesh::transport::proto::EVERYONE;
@@ -32,6 +34,13 @@ const SECRET_SWITCH_DELAY: Duration = Duration::from_secs(1);
 
 /// Datagram size until path MTU discovery says otherwise: a 1500-byte IPv4 path.
 pub const DEFAULT_DATAGRAM: usize = 1472;
+
+/// How long a leaving router waits for the receiver of its range to acknowledge it.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for every peer to acknowledge the `Bye` (the mesh gives up on one
+/// connection after its own `bye_timeout`; this bounds them all).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests from the local API.
 #[derive(Debug)]
@@ -365,29 +374,74 @@ impl Peering {
     }
 
     /// Hands this peer's part of the range to the lowest-named live peer (and releases its
-    /// allocations), then sends what IPAM queued while the connections are still up.
-    pub async fn hand_over(&mut self, d: &Daemon) {
-        let now = Instant::now();
+    /// allocations), then keeps handling mesh events and IPAM timers (which send the hand-over
+    /// again) until the receiver acknowledges that it has persisted the range, at most
+    /// `timeout`. Returns the outcome (`None` when nothing was handed over); a timeout is logged.
+    pub async fn hand_over(&mut self, d: &Daemon, events: &mut UnboundedReceiver<Event>, timeout: Duration) -> Option<HandOver> {
+        let start = Instant::now();
         let live: Vec<PeerName> = {
             let c = d.control();
             let routes = c.routes().load_full();
             c.topology().entries().map(|e| e.name).filter(|p| routes.next_hop(*p).is_some()).collect()
         };
-        match d.ipam.with(|i| i.shutdown(now, &live)) {
-            Ok(Some(to)) => tracing::info!(peer = %to, "IPAM: handed this peer's range over"),
-            Ok(None) => tracing::info!("IPAM: nothing to hand over"),
-            Err(e) => tracing::warn!("IPAM: cannot hand the range over: {e}"),
+        let to = match d.ipam.with(|i| i.shutdown(start, &live)) {
+            Ok(Some(to)) => to,
+            Ok(None) => {
+                tracing::info!("IPAM: nothing to hand over");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!("IPAM: cannot hand the range over: {}", crate::daemon::logging::chain(&e));
+                return None;
+            }
+        };
+        tracing::info!(peer = %to, "IPAM: handing this peer's range over; waiting for the peer to acknowledge it");
+        self.flush(start, d);
+        let deadline = tokio::time::Instant::from_std(start + timeout);
+        loop {
+            let state = d.ipam.with(|i| i.core().hand_over());
+            if let Some(HandOver::Acknowledged(p)) = state {
+                tracing::info!(peer = %p, "IPAM: the peer acknowledged the hand-over after {:?}", start.elapsed());
+                return state;
+            }
+            let timer = d.ipam.with(|i| i.poll_timeout()).map(tokio::time::Instant::from_std).unwrap_or(deadline).min(deadline);
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.event(Instant::now(), d, ev),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(timer) => {
+                    let now = Instant::now();
+                    if let Err(e) = d.ipam.with(|i| i.handle_timeout(now)) {
+                        tracing::warn!("IPAM: {}", crate::daemon::logging::chain(&e));
+                    }
+                    d.control().handle_timeout(now);
+                    self.flush(now, d);
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
         }
-        self.flush(now, d);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tracing::warn!(
+            peer = %to,
+            "IPAM: the peer did not acknowledge the hand-over within {timeout:?}; leaving anyway (if it never got it, this peer's range stays under this peer's name: `weft rmpeer` this peer to reclaim it)"
+        );
+        d.ipam.with(|i| i.core().hand_over())
     }
 
-    /// Tells every peer we are going (SIGTERM).
+    /// Tells every peer we are going (SIGTERM) and waits, at most [`SHUTDOWN_TIMEOUT`], until
+    /// each has acknowledged it (its connection closed), then closes the endpoint.
     pub async fn shutdown(&mut self) {
         for u in self.conns.values() {
             u.handle.close("peer shutting down");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
+        for (p, u) in &self.conns {
+            if tokio::time::timeout_at(deadline, u.handle.closed()).await.is_err() {
+                tracing::warn!(peer = %p, "connection still open {SHUTDOWN_TIMEOUT:?} after saying bye: closing it");
+            }
+        }
         self.endpoint.shutdown().await;
     }
 }
