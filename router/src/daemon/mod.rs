@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use weft_api::types::{AllocateRequest, ClaimRequest, ConnectionCounts, GcRequest, ReleaseRequest, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
+use weft_api::types::{AllocateRequest, ClaimRequest, GcRequest, ReleaseRequest, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
 use weft_kernel::Handle;
 use weft_kernel::tap::Tap;
 use weft_mesh::identity::Identity;
@@ -128,7 +128,7 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
-        let (established, pending, failed) = self.control().counts();
+        let connections = self.control().counts();
         let targets: Vec<String> = self.targets.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
         // Each lock is taken and released on its own line: temporaries in the struct expression
         // below would live to its end, and `ipam_summary` takes the control lock again.
@@ -141,7 +141,7 @@ impl Daemon {
             encryption: self.config.password.is_some(),
             peer_discovery: true,
             targets,
-            connections: ConnectionCounts { established, pending, failed },
+            connections,
             peers,
             ipam,
         }
