@@ -361,7 +361,7 @@ impl TestBed {
 impl Drop for TestBed {
     fn drop(&mut self) {
         if let Err(e) = self.teardown_inner() {
-            eprintln!("test bed {}: teardown: {e}", self.id);
+            eprintln!("test bed {}: teardown: {}", self.id, weft_kernel::chain(&e));
         }
     }
 }

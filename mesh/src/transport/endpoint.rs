@@ -193,7 +193,7 @@ pub enum EndpointError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The UDP socket.
-    #[error("mesh socket {addr}: {source}")]
+    #[error("mesh socket {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -128,7 +128,7 @@ impl std::fmt::Debug for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The password file could not be read.
-    #[error("cannot read the password file {path}: {source}")]
+    #[error("cannot read the password file {path}")]
     PasswordFile {
         /// The file.
         path: PathBuf,
@@ -143,8 +143,11 @@ pub enum ConfigError {
     #[error("bad peer {0:?}: expected HOST or HOST:PORT")]
     Peer(String),
     /// A bad `--ipalloc-range`.
-    #[error("bad --ipalloc-range: {0}")]
-    Range(String),
+    #[error("bad --ipalloc-range")]
+    Range(#[source] weft_mesh::ipam::ring::CidrError),
+    /// An `--ipalloc-range` with too few addresses.
+    #[error("--ipalloc-range {0} is too small for pods: use /30 or larger")]
+    RangeTooSmall(Cidr),
     /// A bad `--ipalloc-init`.
     #[error("bad --ipalloc-init {0:?}: expected consensus=N with N at least 1")]
     IpallocInit(String),
@@ -173,9 +176,9 @@ impl Config {
             (None, Some(p)) => Some(p.into_bytes()),
             (None, None) => None,
         };
-        let ipalloc_range: Cidr = args.ipalloc_range.parse().map_err(|e: weft_mesh::ipam::ring::CidrError| ConfigError::Range(e.to_string()))?;
+        let ipalloc_range: Cidr = args.ipalloc_range.parse().map_err(ConfigError::Range)?;
         if ipalloc_range.prefix() > 30 {
-            return Err(ConfigError::Range(format!("{ipalloc_range} is too small for pods: use /30 or larger")));
+            return Err(ConfigError::RangeTooSmall(ipalloc_range));
         }
         if let Some(m) = args.mtu.filter(|m| !(576..=65000).contains(m)) {
             return Err(ConfigError::Mtu(m));
@@ -305,7 +308,10 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_what_to_do() {
         let e = Config::from_args(args(&["--ipalloc-range", "10.32.0.1/12"]), no_env).unwrap_err();
-        assert!(e.to_string().contains("did you mean 10.32.0.0/12"), "{e}");
+        assert_eq!(e.to_string(), "bad --ipalloc-range", "the cause is not repeated");
+        assert!(weft_kernel::chain(&e).contains("did you mean 10.32.0.0/12"), "{e}");
+        let small = Config::from_args(args(&["--ipalloc-range", "10.32.0.0/31"]), no_env).unwrap_err();
+        assert!(matches!(small, ConfigError::RangeTooSmall(_)) && small.to_string().contains("/30 or larger"), "{small}");
         assert!(matches!(Config::from_args(args(&["--ipalloc-range", "10.32.0.0/33"]), no_env), Err(ConfigError::Range(_))));
         assert!(matches!(Config::from_args(args(&["--mtu", "100"]), no_env), Err(ConfigError::Mtu(100))));
         assert!(matches!(Config::from_args(args(&["--conn-limit", "0"]), no_env), Err(ConfigError::ConnLimit)));

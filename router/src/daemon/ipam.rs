@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use weft_api::types::{Allocation, Attachment, IpamShare, IpamSummary};
-use weft_mesh::ipam::{self, AllocError, Bootstrap, Cidr, IpamError, PersistentIpam, Status, Store};
+use weft_mesh::ipam::{self, AllocError, Bootstrap, Cidr, IpamError, PersistError, PersistentIpam, Status, Store};
 use weft_mesh::peer::PeerName;
 
 use crate::daemon::api::Response;
@@ -27,21 +27,22 @@ pub struct IpamService {
 }
 
 fn to_response(e: IpamError) -> Response {
+    let text = weft_kernel::chain(&e);
     match &e {
-        IpamError::Alloc(AllocError::NotReady(_) | AllocError::WaitingForSpace(_) | AllocError::Left) => Response::error(503, e.to_string()),
-        IpamError::Alloc(AllocError::InUse { .. } | AllocError::HolderHasAddress { .. }) => Response::error(409, e.to_string()),
-        IpamError::Alloc(_) | IpamError::Shrink(_) => Response::error(400, e.to_string()),
-        IpamError::Persist(_) | IpamError::Handle(_) => Response::error(500, format!("{e}: nothing was changed")),
+        IpamError::Alloc(AllocError::NotReady(_) | AllocError::WaitingForSpace(_) | AllocError::Left) => Response::error(503, text),
+        IpamError::Alloc(AllocError::InUse { .. } | AllocError::HolderHasAddress { .. }) => Response::error(409, text),
+        IpamError::Alloc(_) | IpamError::Shrink(_) => Response::error(400, text),
+        IpamError::Persist(_) | IpamError::Handle(_) => Response::error(500, format!("{text}; nothing was changed")),
     }
 }
 
 impl IpamService {
     /// Opens (or creates) the IPAM state under `state_dir` for peer `me`.
-    pub fn open(me: PeerName, range: Cidr, bootstrap: Bootstrap, state_dir: &Path, bridge: &str, mtu: u32, now: Instant) -> Result<IpamService, String> {
+    pub fn open(me: PeerName, range: Cidr, bootstrap: Bootstrap, state_dir: &Path, bridge: &str, mtu: u32, now: Instant) -> Result<IpamService, PersistError> {
         let mut config = ipam::Config::new(bootstrap);
         config.range = range;
-        let store = Store::open(state_dir).map_err(|e| e.to_string())?;
-        let inner = PersistentIpam::open(me, config, store, now).map_err(|e| e.to_string())?;
+        let store = Store::open(state_dir)?;
+        let inner = PersistentIpam::open(me, config, store, now)?;
         Ok(IpamService { inner: Mutex::new(inner), range, mtu, bridge: bridge.to_owned() })
     }
 

@@ -13,28 +13,3 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .try_init();
 }
-
-/// An error and its causes on one line, `what failed: why: why`, for logs (an error's own text
-/// names what failed; its [`source`](std::error::Error::source) chain says why).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_chain_names_each_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("open the state")]
-        struct Outer(#[source] std::io::Error);
-        let e = Outer(std::io::Error::other("disk on fire"));
-        assert_eq!(super::chain(&e), "open the state: disk on fire");
-    }
-}

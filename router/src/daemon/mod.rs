@@ -64,24 +64,19 @@ pub enum DaemonError {
     #[error(transparent)]
     Identity(#[from] weft_mesh::identity::IdentityError),
     /// The kernel refused the host plumbing.
-    #[error("host plumbing: {0}")]
+    #[error("host plumbing")]
     Plumbing(#[from] weft_kernel::Error),
     /// IPAM state could not be opened.
-    #[error("IPAM state in {dir}: {detail}")]
-    Ipam {
-        /// The state directory.
-        dir: String,
-        /// What failed.
-        detail: String,
-    },
+    #[error(transparent)]
+    Ipam(#[from] weft_mesh::ipam::PersistError),
     /// The mesh endpoint could not start.
-    #[error("mesh: {0}")]
+    #[error("start the mesh")]
     Mesh(#[from] weft_mesh::transport::endpoint::EndpointError),
     /// The mesh key pair could not be loaded.
     #[error(transparent)]
     Tls(#[from] weft_mesh::transport::tls::TlsError),
     /// An I/O failure (API socket, runtime, signals).
-    #[error("{what}: {source}")]
+    #[error("cannot {what}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -224,7 +219,7 @@ impl api::Handler for Daemon {
                     let reclaimed = self
                         .ipam
                         .with(|i| i.rmpeer(now, dead, &known, &live))
-                        .map_err(|e| Response::error(409, e.to_string()))?;
+                        .map_err(|e| Response::error(409, weft_kernel::chain(&e)))?;
                     Response::ok(&RmpeerResponse { reclaimed })
                 }
                 (m, p) => Response::error(404, format!("no endpoint {m} {p}")),
@@ -264,8 +259,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         None => Bootstrap::Seeds(vec![identity.name]),
         Some(expected) => Bootstrap::Consensus { expected },
     };
-    let ipam = IpamService::open(identity.name, config.ipalloc_range, bootstrap, &config.state_dir, &devices.bridge, devices.mtu, now)
-        .map_err(|detail| DaemonError::Ipam { dir: config.state_dir.display().to_string(), detail })?;
+    let ipam = IpamService::open(identity.name, config.ipalloc_range, bootstrap, &config.state_dir, &devices.bridge, devices.mtu, now)?;
     let control = Control::new(now, identity.name, identity.nickname.clone(), identity.incarnation, config.password.is_some());
 
     let mut mesh_config = MeshConfig::new(
@@ -280,7 +274,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
     let sleeve_addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.sleeve_port));
     let sock = SleeveSocket::bind(sleeve_addr).map_err(io("bind the sleeve socket"))?;
-    tracing::info!(mesh = %endpoint.local_addr().map_err(io("mesh socket"))?, sleeve = %sleeve_addr, gso_segments = sock.max_gso_segments(), gro_segments = sock.gro_segments(), "listening");
+    tracing::info!(mesh = %endpoint.local_addr().map_err(io("read the mesh socket's address"))?, sleeve = %sleeve_addr, gso_segments = sock.max_gso_segments(), gro_segments = sock.gro_segments(), "listening");
     let dp = Arc::new(Shared::new(identity.name, control.routes(), sock, TapIo::new(tap).map_err(io("set up the TAP"))?));
     let dataplane = Dataplane::start(dp.clone()).map_err(io("start the data plane threads"))?;
 
@@ -355,14 +349,14 @@ fn maintain(d: &Daemon, dev: &Devices) {
     let mut nl = match Handle::open() {
         Ok(nl) => nl,
         Err(e) => {
-            tracing::warn!("plumbing check: {e}");
+            tracing::warn!("plumbing check: {}", weft_kernel::chain(&e));
             return;
         }
     };
     let checked = match plumbing::ensure(&mut nl, dev) {
         Err(e) if e.is_not_found() => {
-            tracing::warn!("{} was deleted: recreating it", dev.tap);
-            match Tap::open(&dev.tap).map_err(|e| e.to_string()).and_then(|t| TapIo::new(t).map_err(|e| e.to_string())) {
+            tracing::warn!("{} was deleted ({}): recreating it", dev.tap, weft_kernel::chain(&e));
+            match Tap::open(&dev.tap).map_err(|e| weft_kernel::chain(&e)).and_then(|t| TapIo::new(t).map_err(|e| e.to_string())) {
                 Ok(t) => {
                     d.dp.tap.store(Arc::new(t));
                     plumbing::ensure(&mut nl, dev)
@@ -377,7 +371,7 @@ fn maintain(d: &Daemon, dev: &Devices) {
     };
     match checked {
         Ok(r) => r.0.iter().for_each(|r| tracing::info!("plumbing repaired: {r}")),
-        Err(e) => tracing::warn!("plumbing check: {e}"),
+        Err(e) => tracing::warn!("plumbing check: {}", weft_kernel::chain(&e)),
     }
     if let Some(gw) = d.ipam.bridge_address(now) {
         let prefix = d.config.ipalloc_range.prefix();
@@ -386,9 +380,9 @@ fn maintain(d: &Daemon, dev: &Devices) {
             Ok(have) if have.contains(&want) => {}
             Ok(_) => match nl.add_address(&dev.bridge, want.0, prefix) {
                 Ok(()) => tracing::info!("bridge {} has address {gw}/{prefix}", dev.bridge),
-                Err(e) => tracing::warn!("address for bridge {}: {e}", dev.bridge),
+                Err(e) => tracing::warn!("address for bridge {}: {}", dev.bridge, weft_kernel::chain(&e)),
             },
-            Err(e) => tracing::warn!("addresses of bridge {}: {e}", dev.bridge),
+            Err(e) => tracing::warn!("addresses of bridge {}: {}", dev.bridge, weft_kernel::chain(&e)),
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use weft_kernel::chain;
 use weft_mesh::ipam::{Destination, HandOver};
 use weft_mesh::peer::PeerName;
 use weft_mesh::topology::Direction;
@@ -176,7 +177,7 @@ impl Peering {
         }
         let ipam = d.ipam.with(|i| i.handle_timeout(now));
         if let Err(e) = ipam {
-            tracing::warn!("IPAM: {e}");
+            tracing::warn!("IPAM: {}", chain(&e));
         }
         self.flush(now, d);
     }
@@ -307,7 +308,7 @@ impl Peering {
         match msg {
             Message::Gossip(bytes) => {
                 if let Err(e) = d.control().gossip(now, from, &bytes) {
-                    tracing::warn!(peer = %from, "gossip refused: {e}");
+                    tracing::warn!(peer = %from, "gossip refused: {}", chain(&e));
                 }
             }
             Message::Ipam { origin, dest, payload } => {
@@ -323,7 +324,7 @@ impl Peering {
                     return;
                 }
                 if let Err(e) = d.ipam.with(|i| i.handle(now, origin, &payload)) {
-                    tracing::warn!(peer = %origin, "IPAM message refused: {e}");
+                    tracing::warn!(peer = %origin, "IPAM message refused: {}", chain(&e));
                 }
             }
             other => tracing::debug!(peer = %from, "unexpected control message {other:?}"),
@@ -349,7 +350,7 @@ impl Peering {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!("IPAM: {e}");
+                    tracing::warn!("IPAM: {}", chain(&e));
                     break;
                 }
             };
@@ -391,7 +392,7 @@ impl Peering {
                 return None;
             }
             Err(e) => {
-                tracing::warn!("IPAM: cannot hand the range over: {}", crate::daemon::logging::chain(&e));
+                tracing::warn!("IPAM: cannot hand the range over: {}", chain(&e));
                 return None;
             }
         };
@@ -413,7 +414,7 @@ impl Peering {
                 _ = tokio::time::sleep_until(timer) => {
                     let now = Instant::now();
                     if let Err(e) = d.ipam.with(|i| i.handle_timeout(now)) {
-                        tracing::warn!("IPAM: {}", crate::daemon::logging::chain(&e));
+                        tracing::warn!("IPAM: {}", chain(&e));
                     }
                     d.control().handle_timeout(now);
                     self.flush(now, d);
