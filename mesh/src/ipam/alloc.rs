@@ -1,7 +1,8 @@
 //! [`Ipam`]: one peer's sans-IO IPAM core.
 //!
 //! It owns the peer's view of the ring, its allocations, the bootstrapping consensus, donation
-//! requests and replies, and pending `rmpeer` reclaims. It does no I/O and reads no clock: time is
+//! requests and replies, pending `rmpeer` reclaims, and the hand-over of a leaving peer until
+//! its receiver acknowledges it. It does no I/O and reads no clock: time is
 //! passed in, messages come in through [`Ipam::handle`] and go out through
 //! [`Ipam::poll_transmit`] as opaque bytes (see [`super::msg`]), timers through
 //! [`Ipam::poll_timeout`] / [`Ipam::handle_timeout`].

@@ -29,7 +29,7 @@ pub struct RouterArgs {
     /// This peer's nickname (default: the host name).
     #[arg(long, env = "WEFT_NICKNAME")]
     pub nickname: Option<String>,
-    /// Where identity, IPAM and persisted peers live.
+    /// Where this peer's identity, mesh key pair and IPAM state live.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     pub state_dir: PathBuf,
     /// The local API's unix socket.
@@ -40,17 +40,22 @@ pub struct RouterArgs {
     pub ipalloc_range: String,
     /// How the first division of the range is agreed: `consensus=N` (N peers, this one
     /// included, divide it among themselves once all N know each other). Default: consensus
-    /// among this peer and its `--peer` targets.
+    /// among this peer and its `--peer` targets; with no `--peer`, this peer takes the whole
+    /// range.
     #[arg(long, env = "WEFT_IPALLOC_INIT", value_name = "consensus=N")]
     pub ipalloc_init: Option<String>,
     /// On SIGTERM, hand this peer's part of the range to a live peer and release its
-    /// allocations: for a host leaving the cluster for good (a plain restart keeps both).
+    /// allocations: for a host leaving the cluster for good (a plain restart keeps both). The
+    /// router waits up to 10 s for the receiver to acknowledge that it saved the range.
     #[arg(long, env = "WEFT_HANDOVER_ON_EXIT")]
     pub handover_on_exit: bool,
     /// Seconds between fresh sleeve secrets on each connection (taken from the QUIC session).
     #[arg(long, env = "WEFT_REKEY_INTERVAL", default_value_t = 600, value_parser = clap::value_parser!(u64).range(3..))]
     pub rekey_interval: u64,
-    /// Pod MTU (default: the sleeve's path MTU less its overhead).
+    /// Pod MTU (default 1376, as Weave Net: a 1500-byte underlay path less the encrypted
+    /// sleeve's 106 bytes of headers, with 18 to spare; a fixed value, not measured). A packet
+    /// too big for a smaller path is answered with ICMP "fragmentation needed" (or "packet too
+    /// big") carrying the size that fits.
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
     /// At most this many peer connections.
