@@ -431,8 +431,8 @@ impl Peering {
         d.ipam.with(|i| i.core().hand_over())
     }
 
-    /// Tells every peer we are going (SIGTERM) and waits, at most [`SHUTDOWN_TIMEOUT`], until
-    /// each has acknowledged it (its connection closed), then closes the endpoint.
+    /// Tells every peer we are going (SIGTERM) and waits, at most 5 s, until each has
+    /// acknowledged it (its connection closed), then closes the endpoint.
     pub async fn shutdown(&mut self) {
         for u in self.conns.values() {
             u.handle.close("peer shutting down");
