@@ -41,6 +41,7 @@ fn random_schedules_thousands_of_steps() {
         total.restarts += s.restarts;
         total.reclaims += s.reclaims;
         total.shutdowns += s.shutdowns;
+        total.handovers_acknowledged += s.handovers_acknowledged;
         total.checks += s.checks;
         total.claimed += s.claimed;
     }
@@ -55,7 +56,7 @@ fn random_schedules_thousands_of_steps() {
     assert!(total.donations > 10, "{total:?}");
     assert!(total.crashes > 10 && total.restarts > 10, "{total:?}");
     assert!(total.reclaims > 0, "{total:?}");
-    assert!(total.shutdowns > 0, "{total:?}");
+    assert!(total.shutdowns > 0 && total.handovers_acknowledged > 0, "{total:?}");
     assert!(total.claimed > 0, "{total:?}");
 }
 

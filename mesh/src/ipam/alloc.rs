@@ -133,7 +133,7 @@ pub enum Status {
         /// The peer currently asked, if any.
         asked: Option<PeerName>,
     },
-    /// This peer handed its space over and left.
+    /// This peer left (its space handed over, see [`Ipam::hand_over`]).
     Left,
 }
 
@@ -163,7 +163,7 @@ impl fmt::Display for Status {
             Status::WaitingForSpace { asked: None } => {
                 f.write_str("waiting for space: no peer has free space; will ask again")
             }
-            Status::Left => f.write_str("left the ring (space handed over)"),
+            Status::Left => f.write_str("left the ring"),
         }
     }
 }
