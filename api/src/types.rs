@@ -47,7 +47,7 @@ pub struct ConnectionCounts {
 /// IPAM's state for the status summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamSummary {
-    /// `ready`, `awaiting-consensus`, `waiting-for-space`, or `not-running`.
+    /// `ready`, `awaiting-consensus`, `waiting-for-space`, or `left` (after a hand-over on exit).
     pub state: String,
     /// A sentence for the operator, with what to do when something is wrong.
     pub detail: String,

@@ -200,8 +200,13 @@ fn a_leaving_router_waits_for_a_slow_receiver_to_acknowledge_its_range() {
     signal("-TERM", c_pid);
     std::thread::sleep(Duration::from_millis(1500));
     let waited = routers::alive(c_pid);
+    let during = m.routers[leaving].client().get::<weft_api::types::Status>("/status");
     signal("-CONT", r_pid);
     assert!(waited, "C left without the receiver's acknowledgement:\n{}", m.routers[leaving].log_text());
+    // Meanwhile C does not call the hand-over done.
+    let during = during.unwrap().ipam;
+    println!("C's IPAM while the receiver is stopped: {} — {}", during.state, during.detail);
+    assert!(during.state == "left" && during.detail.contains("not yet acknowledged"), "{during:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while routers::alive(c_pid) {
         assert!(Instant::now() < deadline, "C still running 15 s after the receiver resumed:\n{}", m.routers[leaving].log_text());

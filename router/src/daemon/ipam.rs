@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use weft_api::types::{Allocation, Attachment, IpamShare, IpamSummary};
-use weft_mesh::ipam::{self, AllocError, Bootstrap, Cidr, IpamError, PersistError, PersistentIpam, Status, Store};
+use weft_mesh::ipam::{self, AllocError, Bootstrap, Cidr, HandOver, IpamError, PersistError, PersistentIpam, Status, Store};
 use weft_mesh::peer::PeerName;
 
 use crate::daemon::api::Response;
@@ -130,9 +130,16 @@ impl IpamService {
         let core = g.core();
         let (state, detail) = match core.status() {
             Status::Ready => ("ready", format!("allocating from {} owned ranges", core.usable().len())),
-            s @ Status::AwaitingConsensus { .. } => ("awaiting-consensus", format!("{s}: start the other initial peers, or give --ipalloc-init seed=...")),
+            s @ Status::AwaitingConsensus { .. } => ("awaiting-consensus", format!("{s}: start the other initial peers, or correct --ipalloc-init consensus=N")),
             s @ Status::WaitingForSpace { .. } => ("waiting-for-space", format!("{s}: free addresses on other peers, or `weft rmpeer` dead ones")),
-            s @ Status::Left => ("left", s.to_string()),
+            s @ Status::Left => (
+                "left",
+                match core.hand_over() {
+                    Some(HandOver::Waiting(p)) => format!("{s}: range handed to {p}, not yet acknowledged"),
+                    Some(HandOver::Acknowledged(p)) => format!("{s}: range handed to {p}, which acknowledged it"),
+                    None => s.to_string(),
+                },
+            ),
         };
         let owned = core.ring().shares().get(&core.name()).copied().unwrap_or(0);
         IpamSummary { state: state.into(), detail, range: self.range.to_string(), owned, allocated: core.allocations().count() as u64 }
