@@ -179,3 +179,33 @@ fn an_open_mesh_and_a_password_mesh_do_not_mix() {
     drop(rt);
     bed.teardown().unwrap();
 }
+
+#[test]
+fn a_bye_nobody_acknowledges_ends_after_the_timeout_and_says_so() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let lan = topology::shared_segment(&mut bed, 2).unwrap();
+    let ips: Vec<_> = lan.links.iter().map(|l| l.addr).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut a = node(&bed, lan.hosts[0], ips[0], 21, None, Duration::from_secs(600));
+        let mut b = node(&bed, lan.hosts[1], ips[1], 22, None, Duration::from_secs(600));
+        a.ep.connect(b.addr);
+        let (_, ha) = up(&mut a).await;
+        let _ = up(&mut b).await;
+        // b's cable is cut: the bye never arrives, and nothing comes back.
+        bed.cut(lan.links[1].cable).unwrap();
+        let bye_timeout = MeshConfig::new(a.name, String::new(), 1, a.addr, 6784).bye_timeout;
+        let t0 = std::time::Instant::now();
+        ha.close("leaving");
+        let reason = down_reason(&mut a).await;
+        let took = t0.elapsed();
+        println!("a saw: {reason} after {took:?}");
+        assert_eq!(reason, format!("closed by this router: leaving (not acknowledged within {bye_timeout:?})"));
+        assert!(took >= bye_timeout && took < bye_timeout * 2, "{took:?}");
+        tokio::time::timeout(Duration::from_secs(1), ha.closed()).await.expect("closed once the wait ran out");
+        a.ep.shutdown().await;
+        b.ep.shutdown().await;
+    });
+    drop(rt);
+    bed.teardown().unwrap();
+}
