@@ -471,6 +471,11 @@ impl Ipam {
         self.handing_over.as_ref().map(|h| if h.acknowledged { HandOver::Acknowledged(h.to) } else { HandOver::Waiting(h.to) })
     }
 
+    /// The spans [`Ipam::shutdown`] handed over in this run, each with the version it wrote.
+    pub fn handed_over(&self) -> &[(Span, u32)] {
+        self.handing_over.as_ref().map_or(&[], |h| &h.spans)
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats

@@ -586,19 +586,19 @@ impl Sim {
             }
             spans.extend(usable.iter().map(|s| (s.start, s.end, i)));
             // An acknowledged hand-over is on the receiver's disk: its persisted ring has every
-            // address the leaver sees it own at that version or a later one.
-            if let Some(HandOver::Acknowledged(to)) = p.core.as_ref().and_then(|c| c.hand_over())
+            // address handed over at the version the hand-over wrote, or a later one.
+            if let Some(c) = &p.core
+                && let Some(HandOver::Acknowledged(to)) = c.hand_over()
                 && let Some(r) = self.peers.iter().find(|q| q.name == to)
             {
                 let theirs = persist::decode_state(&r.disk).map_err(|e| fail(format!("{to}'s disk: {e}")))?.1.ring;
-                let ours = p.core.as_ref().map(|c| c.ring());
-                for piece in ours.into_iter().flat_map(|ring| ring.pieces()).filter(|q| q.entry.owner == to) {
+                for (span, version) in c.handed_over() {
                     let behind = theirs
                         .pieces()
-                        .filter(|q| q.end > piece.start as u64 && (q.start as u64) < piece.end)
-                        .any(|q| q.entry.version < piece.entry.version);
+                        .filter(|q| q.end > span.start as u64 && (q.start as u64) < span.end)
+                        .any(|q| q.entry.version < *version);
                     if theirs.is_empty() || behind {
-                        return Err(fail(format!("{} counts its hand-over to {to} acknowledged, but {to}'s disk lacks {}", p.name, Ipv4Addr::from(piece.start))));
+                        return Err(fail(format!("{} counts its hand-over to {to} acknowledged, but {to}'s disk lacks {}", p.name, Ipv4Addr::from(span.start))));
                     }
                 }
             }
