@@ -36,7 +36,7 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The connection broke or timed out.
-    #[error("talking to the weft router at {path}: {source}")]
+    #[error("talking to the weft router at {path}")]
     Io {
         /// The socket path.
         path: PathBuf,

@@ -47,7 +47,7 @@ pub struct ConnectionCounts {
 /// IPAM's state for the status summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamSummary {
-    /// `ready`, `awaiting-consensus`, `waiting-for-space`, or `not-running`.
+    /// `ready`, `awaiting-consensus`, `waiting-for-space`, or `left` (after a hand-over on exit).
     pub state: String,
     /// A sentence for the operator, with what to do when something is wrong.
     pub detail: String,
@@ -91,6 +91,38 @@ pub struct PeerLink {
     pub established: bool,
 }
 
+/// Where a connection (or an attempt at one) stands; in JSON the lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    /// Authenticated and carrying traffic.
+    Established,
+    /// Being dialled or set up.
+    Pending,
+    /// Failed; it will be tried again (see `retry_in_secs`).
+    Retrying,
+    /// Refused for good (e.g. a second live router with the same name); `reason` says why.
+    Failed,
+}
+
+impl ConnectionState {
+    /// The name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Established => "established",
+            ConnectionState::Pending => "pending",
+            ConnectionState::Retrying => "retrying",
+            ConnectionState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// `GET /connections`: this peer's connections and connection attempts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Connection {
@@ -102,8 +134,8 @@ pub struct Connection {
     pub peer: Option<String>,
     /// Remote peer's nickname, once known.
     pub nickname: Option<String>,
-    /// `established`, `pending`, `failed` or `retrying`.
-    pub state: String,
+    /// Its state.
+    pub state: ConnectionState,
     /// `sleeve`, `fastpath`, or `none` before data flows.
     pub overlay: String,
     /// Whether the data path is encrypted.
@@ -112,7 +144,7 @@ pub struct Connection {
     pub mtu: Option<u32>,
     /// Round-trip time in milliseconds.
     pub rtt_ms: Option<f64>,
-    /// For a failed or retrying one: why.
+    /// For a retrying one: why it failed.
     pub reason: Option<String>,
     /// For a retrying one: seconds until the next attempt.
     pub retry_in_secs: Option<f64>,
@@ -214,4 +246,19 @@ pub struct RmpeerRequest {
 pub struct RmpeerResponse {
     /// Addresses reclaimed by this peer.
     pub reclaimed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_states_are_lowercase_strings_in_json() {
+        for (state, text) in [(ConnectionState::Established, "established"), (ConnectionState::Pending, "pending"), (ConnectionState::Retrying, "retrying")] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<ConnectionState>(&format!("\"{text}\"")).unwrap(), state);
+            assert_eq!((state.as_str(), format!("{state:<12}|")), (text, format!("{text:<12}|")));
+        }
+        assert!(serde_json::from_str::<ConnectionState>("\"Established\"").is_err());
+    }
 }

@@ -199,6 +199,17 @@ mod tests {
     }
 
     #[test]
+    fn an_error_json_names_what_failed_in_msg_and_its_causes_in_details() {
+        let (version, r) = invoke(&[("CNI_COMMAND", "STATUS")], r#"{"cniVersion":"1.1.0","apiSocket":"/nonexistent/weft.sock"}"#);
+        let e = r.unwrap_err();
+        assert!(e.msg.starts_with("weft is not available: the weft router is not running (no API at /nonexistent/weft.sock)"), "{e:?}");
+        assert!(e.details.contains("No such file or directory"), "the connect error reaches the runtime: {e:?}");
+        assert!(!e.msg.contains("No such file"), "each cause is said once: {e:?}");
+        let json: serde_json::Value = serde_json::from_str(&e.to_json(&version)).unwrap();
+        assert_eq!((json["code"].as_u64(), json["msg"].as_str(), json["details"].as_str()), (Some(50), Some(e.msg.as_str()), Some(e.details.as_str())));
+    }
+
+    #[test]
     fn cni_args_are_parsed_leniently() {
         let env = Env::read(|k| (k == "CNI_ARGS").then(|| "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;junk".to_owned()));
         assert_eq!(env.args.get("K8S_POD_NAME").map(String::as_str), Some("web-0"));

@@ -13,18 +13,18 @@ use weft_kernel::{Handle, NetNs};
 use crate::spec::{self, Attached, CniError, Env, NetConf, code};
 
 fn kernel(what: &str) -> impl Fn(weft_kernel::Error) -> CniError + '_ {
-    move |e| CniError::new(code::IO, format!("{what}: {e}"), "")
+    move |e| CniError::caused(code::IO, what, &e, "")
 }
 
 /// Maps an API failure to the CNI code a runtime acts on.
 fn api(what: &'static str) -> impl Fn(ClientError) -> CniError {
     move |e| match e {
-        ClientError::NotRunning { .. } => CniError::new(code::TRY_AGAIN, format!("{what}: {e}"), "the weft router on this node is not running yet; the runtime will retry"),
-        ClientError::Refused { status: 503, .. } => CniError::new(code::TRY_AGAIN, format!("{what}: {e}"), ""),
+        ClientError::NotRunning { .. } => CniError::caused(code::TRY_AGAIN, what, &e, "the weft router on this node is not running yet; the runtime will retry"),
+        ClientError::Refused { status: 503, .. } => CniError::caused(code::TRY_AGAIN, what, &e, ""),
         ClientError::PermissionDenied { .. } => {
-            CniError::new(code::IO, format!("{what}: {e}"), "the container runtime runs weft-cni as root; a plugin run by another user cannot reach the router")
+            CniError::caused(code::IO, what, &e, "the container runtime runs weft-cni as root; a plugin run by another user cannot reach the router")
         }
-        _ => CniError::new(code::IO, format!("{what}: {e}"), ""),
+        _ => CniError::caused(code::IO, what, &e, ""),
     }
 }
 
@@ -55,7 +55,7 @@ fn check_netns(env: &Env) -> Result<(), CniError> {
 fn open_netns(env: &Env) -> Result<NetNs, CniError> {
     check_netns(env)?;
     NetNs::open_path(Path::new(&env.netns), &env.netns).map_err(|e| {
-        CniError::new(code::BAD_ENVIRONMENT, format!("CNI_NETNS {} cannot be opened", env.netns), e.to_string())
+        CniError::new(code::BAD_ENVIRONMENT, format!("CNI_NETNS {} cannot be opened", env.netns), weft_kernel::chain(&e))
     })
 }
 
@@ -218,7 +218,7 @@ pub(crate) fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 /// STATUS: ready when the router answers and IPAM can allocate.
 pub(crate) fn status(conf: &NetConf) -> Result<(), CniError> {
     let client = Client::new(&conf.api_socket).with_timeout(std::time::Duration::from_secs(5));
-    let s: Status = client.get("/status").map_err(|e| CniError::new(code::NOT_AVAILABLE, format!("weft is not available: {e}"), ""))?;
+    let s: Status = client.get("/status").map_err(|e| CniError::caused(code::NOT_AVAILABLE, "weft is not available", &e, ""))?;
     if s.ipam.state != "ready" {
         return Err(CniError::new(code::NOT_AVAILABLE, format!("weft IPAM is {}: {}", s.ipam.state, s.ipam.detail), ""));
     }

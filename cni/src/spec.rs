@@ -42,6 +42,19 @@ impl CniError {
         CniError { code, msg: msg.into(), details: details.into() }
     }
 
+    /// `what` failed with `e`: `msg` says what and `e` itself, `details` the causes behind `e`
+    /// (its source chain, `: `-joined), then `hint` if any.
+    pub(crate) fn caused(code: u32, what: &str, e: &dyn std::error::Error, hint: &str) -> CniError {
+        let mut causes = Vec::new();
+        let mut source = e.source();
+        while let Some(s) = source {
+            causes.push(s.to_string());
+            source = s.source();
+        }
+        let details = [causes.join(": "), hint.to_owned()].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
+        CniError::new(code, format!("{what}: {e}"), details)
+    }
+
     /// The error JSON, in `version`.
     pub(crate) fn to_json(&self, version: &str) -> String {
         let mut v = json!({ "cniVersion": version, "code": self.code, "msg": self.msg });

@@ -9,7 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The kernel refused or failed a request.
-    #[error("{op} {target} in namespace {ns}: {source}")]
+    #[error("{op} {target} in namespace {ns}")]
     Kernel {
         /// What was being done, e.g. "create veth pair".
         op: &'static str,
@@ -40,7 +40,7 @@ pub enum Error {
         detail: String,
     },
     /// A namespace operation (create, open, enter, delete) failed.
-    #[error("{op} network namespace {ns}: {source}")]
+    #[error("{op} network namespace {ns}")]
     Namespace {
         /// What was being done.
         op: &'static str,
@@ -62,7 +62,21 @@ pub enum Error {
 }
 
 fn list(errors: &[Error]) -> String {
-    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+    errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; ")
+}
+
+/// An error and its causes on one line, `what failed: why: why`, for where an error is kept
+/// as text (logs, CNI error details, messages of a test bed): an error's own text names what
+/// failed, its [`source`](std::error::Error::source) chain says why.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 impl Error {
@@ -83,5 +97,20 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NoSuchLink { .. })
             || matches!(self.raw_os_error(), Some(libc::ENOENT | libc::ENODEV | libc::ESRCH))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = Error::Kernel { op: "create veth pair", target: "vp1".into(), ns: "wt-1-a".into(), source: io::Error::from_raw_os_error(libc::EEXIST) };
+        assert_eq!(e.to_string(), "create veth pair vp1 in namespace wt-1-a");
+        let text = chain(&e);
+        assert!(text.starts_with("create veth pair vp1 in namespace wt-1-a: File exists"), "{text}");
+        let many = Error::Many(vec![e, Error::Invalid("no".into())]);
+        assert!(many.to_string().starts_with("2 failures: create veth pair vp1 in namespace wt-1-a: File exists"), "{many}");
     }
 }

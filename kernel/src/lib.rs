@@ -18,6 +18,6 @@ pub mod netns;
 mod sys;
 pub mod tap;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, chain};
 pub use netlink::Handle;
 pub use netns::NetNs;

@@ -31,7 +31,7 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Reading or writing failed.
-    #[error("identity file {path}: {source}")]
+    #[error("identity file {path}")]
     Io {
         /// The file.
         path: PathBuf,

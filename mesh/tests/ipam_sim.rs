@@ -41,6 +41,7 @@ fn random_schedules_thousands_of_steps() {
         total.restarts += s.restarts;
         total.reclaims += s.reclaims;
         total.shutdowns += s.shutdowns;
+        total.handovers_acknowledged += s.handovers_acknowledged;
         total.checks += s.checks;
         total.claimed += s.claimed;
     }
@@ -55,7 +56,7 @@ fn random_schedules_thousands_of_steps() {
     assert!(total.donations > 10, "{total:?}");
     assert!(total.crashes > 10 && total.restarts > 10, "{total:?}");
     assert!(total.reclaims > 0, "{total:?}");
-    assert!(total.shutdowns > 0, "{total:?}");
+    assert!(total.shutdowns > 0 && total.handovers_acknowledged > 0, "{total:?}");
     assert!(total.claimed > 0, "{total:?}");
 }
 
@@ -184,6 +185,36 @@ fn concurrent_rmpeer_in_two_partitions_is_safe() {
         sim.apply(Action::Advance(Duration::from_millis(5)));
         sim.check().unwrap();
     }
+}
+
+#[test]
+fn a_hand_over_its_receiver_never_got_is_sent_again_and_not_taken_as_acknowledged_meanwhile() {
+    use weft_mesh::ipam::HandOver;
+    // Two peers, the first the only seed: it owns the range and hands it to the second (with a
+    // third, the receiver could learn the hand-over from it: also a valid acknowledgement).
+    let mut sim = Sim::new(SimConfig { seed: 11, peers: 2, consensus: false, loss: 0.0, ..SimConfig::default() });
+    sim.apply(Action::Advance(Duration::from_millis(500)));
+    sim.check().unwrap();
+    let (leaver, receiver) = (0, 1);
+    let to = sim.core(receiver).unwrap().name();
+    assert_eq!(sim.core(receiver).unwrap().ring().shares().get(&to), None, "the receiver owns nothing yet");
+    // The receiver crashes while the hand-over is on its way (10-15 ms: it is lost), and
+    // restarts before the hand-over is sent again (every 100 ms here): its first gossip, its
+    // ring from before the hand-over, reaches the leaver first.
+    sim.apply(Action::Shutdown(leaver));
+    assert_eq!(sim.core(leaver).unwrap().hand_over(), Some(HandOver::Waiting(to)));
+    sim.apply(Action::Crash(receiver));
+    sim.apply(Action::Advance(Duration::from_millis(20)));
+    sim.apply(Action::Restart(receiver));
+    sim.apply(Action::Advance(Duration::from_millis(40)));
+    sim.check().unwrap();
+    assert_eq!(sim.core(leaver).unwrap().hand_over(), Some(HandOver::Waiting(to)), "a ring without the hand-over acknowledges nothing");
+    // The hand-over is sent again, merged, persisted and answered.
+    sim.apply(Action::Advance(Duration::from_secs(3)));
+    sim.check().unwrap();
+    assert_eq!(sim.core(leaver).unwrap().hand_over(), Some(HandOver::Acknowledged(to)));
+    assert_eq!(sim.stats().handovers_acknowledged, 1);
+    assert_eq!(sim.core(receiver).unwrap().ring().shares().get(&sim.core(leaver).unwrap().name()), None, "the leaver owns nothing");
 }
 
 /// The action a property-test triple stands for.

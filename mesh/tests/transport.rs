@@ -128,7 +128,9 @@ fn peers_authenticate_exchange_messages_and_rekey_and_the_wrong_password_is_refu
         assert!(ra.unwrap().contains("wrong cluster password"));
         assert!(rc.contains("wrong cluster password") || rc.contains("refused"), "{rc}");
 
-        // A peer going away is noticed and reported.
+        // A peer going away says why, and closes once the other end has read it (not after a
+        // fixed delay, nor only when the wait for an acknowledgement runs out).
+        let t0 = std::time::Instant::now();
         ha.close("test over");
         let mut reason = None;
         while reason.is_none() {
@@ -137,7 +139,17 @@ fn peers_authenticate_exchange_messages_and_rekey_and_the_wrong_password_is_refu
             }
         }
         println!("b saw: {}", reason.as_deref().unwrap());
-        assert!(reason.unwrap().contains("test over"));
+        assert_eq!(reason.unwrap(), "peer closed: test over");
+        let mut ours = None;
+        while ours.is_none() {
+            if let Event::Down { reason: r, .. } = next(&mut a).await {
+                ours = Some(r);
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(1), ha.closed()).await.expect("closed");
+        println!("a saw: {} after {:?}", ours.as_deref().unwrap(), t0.elapsed());
+        assert_eq!(ours.unwrap(), "closed by this router: test over", "b acknowledged the bye");
+        assert!(t0.elapsed() < MeshConfig::new(a.name, String::new(), 1, a.addr, 6784).bye_timeout);
         for n in [&a, &b, &c] {
             n.ep.shutdown().await;
         }
@@ -163,6 +175,36 @@ fn an_open_mesh_and_a_password_mesh_do_not_mix() {
         assert!(r1.contains("password"), "{r1}");
         open.ep.shutdown().await;
         closed.ep.shutdown().await;
+    });
+    drop(rt);
+    bed.teardown().unwrap();
+}
+
+#[test]
+fn a_bye_nobody_acknowledges_ends_after_the_timeout_and_says_so() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let lan = topology::shared_segment(&mut bed, 2).unwrap();
+    let ips: Vec<_> = lan.links.iter().map(|l| l.addr).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut a = node(&bed, lan.hosts[0], ips[0], 21, None, Duration::from_secs(600));
+        let mut b = node(&bed, lan.hosts[1], ips[1], 22, None, Duration::from_secs(600));
+        a.ep.connect(b.addr);
+        let (_, ha) = up(&mut a).await;
+        let _ = up(&mut b).await;
+        // b's cable is cut: the bye never arrives, and nothing comes back.
+        bed.cut(lan.links[1].cable).unwrap();
+        let bye_timeout = MeshConfig::new(a.name, String::new(), 1, a.addr, 6784).bye_timeout;
+        let t0 = std::time::Instant::now();
+        ha.close("leaving");
+        let reason = down_reason(&mut a).await;
+        let took = t0.elapsed();
+        println!("a saw: {reason} after {took:?}");
+        assert_eq!(reason, format!("closed by this router: leaving (not acknowledged within {bye_timeout:?})"));
+        assert!(took >= bye_timeout && took < bye_timeout * 2, "{took:?}");
+        tokio::time::timeout(Duration::from_secs(1), ha.closed()).await.expect("closed once the wait ran out");
+        a.ep.shutdown().await;
+        b.ep.shutdown().await;
     });
     drop(rt);
     bed.teardown().unwrap();

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use weft_api::Client;
-use weft_api::types::{Connection, IpamShare, Peer, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
+use weft_api::types::{Connection, ConnectionState, IpamShare, Peer, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
 
 /// `weft status` arguments.
 #[derive(Debug, clap::Args)]
@@ -120,7 +120,7 @@ pub fn render_peers(peers: &[Peer]) -> String {
         let _ = writeln!(out, "{}({}){mark}", p.name, p.nickname);
         for l in &p.connections {
             let arrow = if l.outbound { "->" } else { "<-" };
-            let state = if l.established { "established" } else { "pending" };
+            let state = if l.established { ConnectionState::Established } else { ConnectionState::Pending };
             let _ = writeln!(out, "   {arrow} {:<22} {}({:<10} {state}", l.address, l.name, l.nickname.clone() + ")");
         }
     }
@@ -206,7 +206,7 @@ mod tests {
             remote: "192.0.2.12:6783".into(),
             peer: Some("0e:00:00:00:00:0b".into()),
             nickname: Some("host-b".into()),
-            state: "established".into(),
+            state: ConnectionState::Established,
             overlay: "sleeve".into(),
             encrypted: true,
             mtu: Some(1376),
@@ -220,7 +220,7 @@ mod tests {
             remote: "192.0.2.99:6783".into(),
             peer: None,
             nickname: None,
-            state: "retrying".into(),
+            state: ConnectionState::Retrying,
             overlay: "none".into(),
             encrypted: false,
             mtu: None,

@@ -1,7 +1,7 @@
 //! `weft demo`: the cluster of the test bed ([`topology::cluster`]) brought up on this machine —
 //! hosts A and B on one segment, B and C on another, D behind a NAT — with `weft router` on every
 //! host and pods attached through `weft-cni`; what crosses it is shown as reachability matrices,
-//! then `weft status`.
+//! then a TCP transfer between pods on A and C (relayed by B) and `weft status`.
 //!
 //! The namespaces are named `weft-demo-*`; `--keep` leaves them for inspection
 //! (`ip netns exec weft-demo-a ...`) and `--down` removes them.

@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::weft;
-use weft_api::types::{AllocateRequest, Allocation, Attachment, Connection, Peer, ReleaseRequest, Status};
+use weft_api::types::{AllocateRequest, Allocation, Attachment, Connection, ConnectionState, Peer, ReleaseRequest, Status};
 use weft_api::{Client, ClientError};
 use weft_kernel::netns::NetNs;
 use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
@@ -456,7 +456,7 @@ fn two_live_routers_with_one_identity(together: bool) {
     let mut seen: Vec<(Duration, String)> = Vec::new();
     while t0.elapsed() < Duration::from_secs(25) {
         let conns: Vec<Connection> = c.client().get("/connections").unwrap();
-        let up: Vec<&Connection> = conns.iter().filter(|x| x.state == "established" && x.peer.as_deref() == Some(name.as_str())).collect();
+        let up: Vec<&Connection> = conns.iter().filter(|x| x.state == ConnectionState::Established && x.peer.as_deref() == Some(name.as_str())).collect();
         assert!(up.len() <= 1, "{up:?}");
         let now = up.first().map(|x| x.remote.clone()).unwrap_or_else(|| "none".into());
         if seen.last().is_none_or(|(_, r)| *r != now) {

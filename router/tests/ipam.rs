@@ -1,6 +1,7 @@
 //! IPAM across real routers on the four-host cluster: one range divided by consensus, parallel
 //! allocations on three hosts, a router killed in the middle of allocating, `weft rmpeer` of a
-//! stopped peer, and the hand-over of a leaving peer's range. Root needed.
+//! stopped peer, and the hand-over of a leaving peer's range, also to a receiver that is slow to
+//! acknowledge it. Root needed.
 
 mod common;
 
@@ -171,6 +172,71 @@ fn rmpeer_reclaims_a_stopped_peer_once_and_a_leaving_peer_hands_its_range_over()
             break;
         }
         assert!(Instant::now() < deadline, "C's range was not handed over: {s:?}\n{}", m.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    m.down();
+}
+
+#[test]
+fn a_leaving_router_waits_for_a_slow_receiver_to_acknowledge_its_range() {
+    let m = Mesh::up_with(None, 0, &["--handover-on-exit"]);
+    // C leaves; its range goes to the live peer with the smallest name (names are fixed-width
+    // lowercase hex, so they order as strings do).
+    let leaving = 2;
+    let names: Vec<String> = m.routers.iter().map(|r| r.client().get::<weft_api::types::Status>("/status").unwrap().name).collect();
+    let receiver = (0..4).filter(|i| *i != leaving).min_by_key(|i| names[*i].clone()).unwrap();
+    println!("{} leaves, {} ({}) receives", NAMES[leaving], NAMES[receiver], names[receiver]);
+    // Something allocated on C is released when it leaves: the whole quarter moves.
+    let _: Allocation = m.routers[leaving].client().post("/ipam/allocate", &req("leaving-pod")).unwrap();
+    let sizes = |host: usize| shares(&m, host).into_iter().map(|x| (x.nickname, x.size)).collect::<BTreeMap<String, u64>>();
+    assert_eq!(sizes(receiver)[NAMES[receiver]], 1 << 18);
+
+    // The receiver is stopped (its connections stay up: 1.5 s is well inside the idle timeout),
+    // then C is told to leave.
+    let (c_pid, r_pid) = (m.routers[leaving].pid, m.routers[receiver].pid);
+    let signal = |sig: &str, pid: u32| assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    signal("-STOP", r_pid);
+    let t0 = Instant::now();
+    signal("-TERM", c_pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let waited = routers::alive(c_pid);
+    let during = m.routers[leaving].client().get::<weft_api::types::Status>("/status");
+    signal("-CONT", r_pid);
+    assert!(waited, "C left without the receiver's acknowledgement:\n{}", m.routers[leaving].log_text());
+    // Meanwhile C does not call the hand-over done.
+    let during = during.unwrap().ipam;
+    println!("C's IPAM while the receiver is stopped: {} — {}", during.state, during.detail);
+    assert!(during.state == "left" && during.detail.contains("not yet acknowledged"), "{during:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while routers::alive(c_pid) {
+        assert!(Instant::now() < deadline, "C still running 15 s after the receiver resumed:\n{}", m.routers[leaving].log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t0.elapsed();
+    let log = m.routers[leaving].log_text();
+    let ack = log.lines().find(|l| l.contains("acknowledged the hand-over")).unwrap_or_else(|| panic!("no acknowledgement in C's log:\n{log}"));
+    println!("C exited {took:?} after SIGTERM; its log: {}", ack.trim());
+    for l in log.lines().skip_while(|l| !l.contains("SIGTERM")) {
+        println!("  c: {l}");
+    }
+    assert!(ack.contains(&names[receiver]), "{ack}");
+    assert!(!log.contains("did not acknowledge"), "{log}");
+    assert!(took >= Duration::from_millis(1500), "C exited after {took:?}, before the receiver could answer");
+
+    // The receiver owns C's quarter besides its own, and everyone agrees: nothing was lost.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let views: Vec<BTreeMap<String, u64>> = (0..4).filter(|i| *i != leaving).map(sizes).collect();
+        let r = &views[0];
+        let settled = views.iter().all(|v| v == r)
+            && r.values().sum::<u64>() == 1 << 20
+            && r.get(NAMES[leaving]).is_none_or(|n| *n == 0)
+            && r.get(NAMES[receiver]) == Some(&(2 << 18));
+        if settled {
+            println!("after C left, every live peer sees {r:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rings did not settle: {views:?}\n{}", m.logs());
         std::thread::sleep(Duration::from_millis(300));
     }
     m.down();

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Mesh, NAMES, cnitool, netconf, weft};
-use weft_api::types::{Connection, Peer, Status};
+use weft_api::types::{Connection, ConnectionState, Peer, Status};
 use weft_testbed::{NodeId, TestBed};
 use weft_testbed::routers;
 
@@ -54,7 +54,7 @@ fn every_pod_pings_every_pod(password: Option<&str>) {
     let status: Status = m.routers[0].client().get("/status").unwrap();
     assert_eq!(status.encryption, password.is_some());
     let conns: Vec<Connection> = m.routers[1].client().get("/connections").unwrap();
-    for c in conns.iter().filter(|c| c.state == "established") {
+    for c in conns.iter().filter(|c| c.state == ConnectionState::Established) {
         assert_eq!((c.overlay.as_str(), c.encrypted), ("sleeve", password.is_some()), "{c:?}");
     }
     let text = Command::new(weft()).args(["status", "peers", "--api-socket"]).arg(&m.routers[0].api_socket).output().unwrap();
@@ -271,7 +271,7 @@ fn a_smaller_path_mtu_is_found_and_oversized_df_packets_get_fragmentation_needed
     std::thread::sleep(Duration::from_millis(500));
     let conns: Vec<Connection> = m.routers[1].client().get("/connections").unwrap();
     for nick in ["a", "c"] {
-        let c = conns.iter().find(|c| c.state == "established" && c.nickname.as_deref() == Some(nick)).unwrap();
+        let c = conns.iter().find(|c| c.state == ConnectionState::Established && c.nickname.as_deref() == Some(nick)).unwrap();
         assert!(c.path_mtu.is_some_and(|p| (1228..=1400).contains(&p)), "{c:?}");
         println!("B -> {nick}: pmtu {:?}", c.path_mtu);
     }

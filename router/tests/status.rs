@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Mesh, weft};
-use weft_api::types::{Connection, IpamShare, Peer, Status};
+use weft_api::types::{Connection, ConnectionState, IpamShare, Peer, Status};
 use weft_testbed::{NodeId, TestBed, topology};
 use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
 
@@ -67,7 +67,7 @@ fn the_cli_shows_the_mesh_in_text_and_json() {
     assert!(peers.iter().all(|p| p.reachable && !p.name.is_empty()));
     let (_, json) = cli(b, &["status", "connections", "--json"]);
     let conns: Vec<Connection> = serde_json::from_str(&json).unwrap();
-    let up: Vec<&Connection> = conns.iter().filter(|c| c.state == "established").collect();
+    let up: Vec<&Connection> = conns.iter().filter(|c| c.state == ConnectionState::Established).collect();
     assert!(up.len() >= 3 && up.iter().all(|c| c.overlay == "sleeve" && c.encrypted && c.mtu == Some(1376) && c.rtt_ms.is_some()), "{conns:?}");
     let (_, json) = cli(a, &["status", "ipam", "--json"]);
     let shares: Vec<IpamShare> = serde_json::from_str(&json).unwrap();
@@ -205,7 +205,7 @@ fn a_blocked_sleeve_port_is_reported_on_the_connection_until_it_opens_again() {
     };
     let reason = |r: &RouterProc| -> Option<String> {
         let conns: Vec<Connection> = r.client().get("/connections").unwrap();
-        conns.into_iter().find(|c| c.state == "established").and_then(|c| c.reason)
+        conns.into_iter().find(|c| c.state == ConnectionState::Established).and_then(|c| c.reason)
     };
     let wait = |want: bool| {
         let t0 = Instant::now();
@@ -248,7 +248,7 @@ fn two_routers_dialling_each_other_at_once_keep_exactly_one_connection() {
     std::thread::sleep(Duration::from_secs(3));
     for r in [&h1, &h2] {
         let conns: Vec<Connection> = r.client().get("/connections").unwrap();
-        let up: Vec<&Connection> = conns.iter().filter(|c| c.state == "established").collect();
+        let up: Vec<&Connection> = conns.iter().filter(|c| c.state == ConnectionState::Established).collect();
         assert_eq!(up.len(), 1, "{conns:?}");
         let peers: Vec<Peer> = r.client().get("/peers").unwrap();
         assert_eq!(peers.len(), 2);

@@ -3,7 +3,8 @@
 //!
 //! Every host, segment switch and pod is a namespace named `wt-PID-N-NAME` (PID of the process
 //! that made it, N a per-process counter), so beds of concurrent tests never collide and the
-//! leftovers of a killed run are recognised and swept by the next [`TestBed::new`]. Segments
+//! leftovers of a killed run are recognised and swept by the next [`TestBed::new`] (those it
+//! cannot remove, held in another mount namespace, it leaves alone). Segments
 //! are bridges inside their own switch namespace; hosts attach to them through veth pairs, so a
 //! link is cut by taking its switch port down. Nothing is created in the caller's namespace.
 //!
@@ -361,7 +362,7 @@ impl TestBed {
 impl Drop for TestBed {
     fn drop(&mut self) {
         if let Err(e) = self.teardown_inner() {
-            eprintln!("test bed {}: teardown: {e}", self.id);
+            eprintln!("test bed {}: teardown: {}", self.id, weft_kernel::chain(&e));
         }
     }
 }
@@ -383,13 +384,17 @@ pub fn remove_named(id: &str) -> Result<Vec<String>> {
     }
 }
 
-/// Removes namespaces named by test beds of processes that no longer exist.
+/// Removes namespaces named by test beds of processes that no longer exist. One that cannot be
+/// removed is left alone: it is held in another mount namespace (a bed of a test of another
+/// working copy on this machine, whose PID is not visible here), not this bed's business.
 fn sweep_stale() -> Result<()> {
     for name in netns::list()? {
         let Some(rest) = name.strip_prefix(NS_PREFIX) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            netns::delete(&name)?;
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && let Err(e) = netns::delete(&name)
+        {
+            eprintln!("test bed: left {name} in place: {}", weft_kernel::chain(&e));
         }
     }
     Ok(())

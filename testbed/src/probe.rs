@@ -72,12 +72,12 @@ pub fn iperf3(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr: st
     let addr = server_addr.to_string();
     let pid = bed
         .spawn(server, Command::new("iperf3").args(["-s", "-1", "-B", &addr]).stdout(std::process::Stdio::null()))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| weft_kernel::chain(&e))?;
     std::thread::sleep(Duration::from_millis(300));
     let secs = duration.as_secs().max(1).to_string();
     let out = bed
         .run(client, Command::new("iperf3").args(["-c", &addr, "-t", &secs, "-J", "--connect-timeout", "3000"]))
-        .map_err(|e| e.to_string());
+        .map_err(|e| weft_kernel::chain(&e));
     let _ = bed.kill(pid);
     let out = out?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 output: {e}"))?;

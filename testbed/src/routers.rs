@@ -124,7 +124,7 @@ pub fn start_router(
         cmd.arg("--password-file").arg(&f);
     }
     cmd.args(&opts.extra_args);
-    let pid = bed.spawn(host, &mut cmd).map_err(|e| e.to_string())?;
+    let pid = bed.spawn(host, &mut cmd).map_err(|e| weft_kernel::chain(&e))?;
     Ok(RouterProc { host, pid, api_socket, state_dir, log })
 }
 
@@ -139,7 +139,7 @@ pub fn wait_for(router: &RouterProc, timeout: Duration, ready: impl Fn(&Status) 
         match router.client().get::<Status>("/status") {
             Ok(s) if ready(&s) => return Ok(s),
             Ok(s) => last = format!("{s:?}"),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = weft_kernel::chain(&e),
         }
         std::thread::sleep(Duration::from_millis(100));
     }

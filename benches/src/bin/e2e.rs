@@ -31,8 +31,8 @@ fn gbps(t: &Throughput) -> f64 {
 }
 
 fn run(d: Duration) -> Result<(), String> {
-    let mut bed = TestBed::new().map_err(|e| e.to_string())?;
-    let lan = topology::shared_segment(&mut bed, 2).map_err(|e| e.to_string())?;
+    let mut bed = TestBed::new().map_err(|e| weft_kernel::chain(&e))?;
+    let lan = topology::shared_segment(&mut bed, 2).map_err(|e| weft_kernel::chain(&e))?;
     let (h1, h2) = (lan.hosts[0], lan.hosts[1]);
 
     // Kernel VXLAN between the hosts, with a pod on each host's bridge.
@@ -51,16 +51,16 @@ fn run(d: Duration) -> Result<(), String> {
             nl.fdb_append("vx-base", &FdbEntry { mac: [0; 6], dst: Some(IpAddr::V4(other)) })?;
             Ok(())
         })();
-        r.map_err(|e| e.to_string())?;
+        r.map_err(|e| weft_kernel::chain(&e))?;
         let addr = Ipv4Addr::new(10, 32, 0, 10 + i as u8);
-        let pod = bed.add_pod(h, &format!("pod{i}"), POD_BRIDGE, "vp0", addr, 12, None).map_err(|e| e.to_string())?;
-        bed.netlink(pod).set_mtu("eth0", 1450).map_err(|e| e.to_string())?;
+        let pod = bed.add_pod(h, &format!("pod{i}"), POD_BRIDGE, "vp0", addr, 12, None).map_err(|e| weft_kernel::chain(&e))?;
+        bed.netlink(pod).set_mtu("eth0", 1450).map_err(|e| weft_kernel::chain(&e))?;
         pods.push((pod, addr));
     }
 
     println!("single-stream TCP, {} s per run, 2 cores shared by both ends", d.as_secs());
     if std::env::var_os("WEFT_E2E_ONLY_WEFT").is_some() {
-        bed.teardown().map_err(|e| e.to_string())?;
+        bed.teardown().map_err(|e| weft_kernel::chain(&e))?;
         let (t, cpu) = weft(d, Some("weft-bench-password"))?;
         println!("  weft sleeve, encrypted      {:6.2} Gbit/s  retransmits {}; routers' CPU {:.0}% + {:.0}%", gbps(&t), t.retransmits, cpu[0] * 100.0, cpu[1] * 100.0);
         return Ok(());
@@ -69,7 +69,7 @@ fn run(d: Duration) -> Result<(), String> {
     println!("  raw veth (host to host)     {:6.2} Gbit/s  retransmits {}", gbps(&raw), raw.retransmits);
     let vx = iperf3(&mut bed, pods[1].0, pods[0].0, pods[1].1, d)?;
     println!("  kernel VXLAN (pod to pod)   {:6.2} Gbit/s  retransmits {}  = {:.2} of raw veth", gbps(&vx), vx.retransmits, vx.bits_per_second / raw.bits_per_second);
-    bed.teardown().map_err(|e| e.to_string())?;
+    bed.teardown().map_err(|e| weft_kernel::chain(&e))?;
     for (label, password) in [("weft sleeve, encrypted", Some("weft-bench-password")), ("weft sleeve, plain", None)] {
         let (t, cpu) = weft(d, password)?;
         println!(
@@ -88,13 +88,13 @@ fn run(d: Duration) -> Result<(), String> {
 /// Two routers on one segment, a pod on each, one iperf3 run pod to pod over the sleeve.
 /// Returns the throughput and each router's CPU use (cores) during the run.
 fn weft(d: Duration, password: Option<&str>) -> Result<(Throughput, [f64; 2]), String> {
-    let binary = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("weft");
+    let binary = std::env::current_exe().map_err(|e| weft_kernel::chain(&e))?.with_file_name("weft");
     if !binary.exists() {
         return Err(format!("{} is missing: run `cargo build --release -p weft-router` first", binary.display()));
     }
-    let mut bed = TestBed::new().map_err(|e| e.to_string())?;
-    let run = RunDir::new(bed.id()).map_err(|e| e.to_string())?;
-    let lan = topology::shared_segment(&mut bed, 2).map_err(|e| e.to_string())?;
+    let mut bed = TestBed::new().map_err(|e| weft_kernel::chain(&e))?;
+    let run = RunDir::new(bed.id()).map_err(|e| weft_kernel::chain(&e))?;
+    let lan = topology::shared_segment(&mut bed, 2).map_err(|e| weft_kernel::chain(&e))?;
     let opts = RouterOptions { binary, password: password.map(str::to_owned), extra_args: vec!["--ipalloc-init".into(), "consensus=2".into()] };
     let r1 = routers::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts)?;
     let r2 = routers::start_router(&mut bed, &run, lan.hosts[1], "h2", &[], &opts)?;
@@ -115,8 +115,8 @@ fn weft(d: Duration, password: Option<&str>) -> Result<(Throughput, [f64; 2]), S
         let (addr, prefix) = a.address.split_once('/').ok_or("bad address")?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| "bad address")?;
         let gw: Ipv4Addr = a.gateway.as_deref().unwrap_or_default().parse().map_err(|_| "bad gateway")?;
-        let pod = bed.add_pod(lan.hosts[i], &format!("pod{i}"), POD_BRIDGE, "vp0", addr, prefix.parse().map_err(|_| "bad prefix")?, Some(gw)).map_err(|e| e.to_string())?;
-        bed.netlink(pod).set_mtu("eth0", a.mtu).map_err(|e| e.to_string())?;
+        let pod = bed.add_pod(lan.hosts[i], &format!("pod{i}"), POD_BRIDGE, "vp0", addr, prefix.parse().map_err(|_| "bad prefix")?, Some(gw)).map_err(|e| weft_kernel::chain(&e))?;
+        bed.netlink(pod).set_mtu("eth0", a.mtu).map_err(|e| weft_kernel::chain(&e))?;
         pods.push((pod, addr));
     }
     // Warm up: ARP and the switch learn both pods.
@@ -129,7 +129,7 @@ fn weft(d: Duration, password: Option<&str>) -> Result<(Throughput, [f64; 2]), S
     let wall = t0.elapsed().as_secs_f64();
     let after = [cpu_time(r1.pid)?, cpu_time(r2.pid)?];
     let cpu = [(after[0] - before[0]).as_secs_f64() / wall, (after[1] - before[1]).as_secs_f64() / wall];
-    bed.teardown().map_err(|e| e.to_string())?;
+    bed.teardown().map_err(|e| weft_kernel::chain(&e))?;
     drop(run);
     Ok((t, cpu))
 }

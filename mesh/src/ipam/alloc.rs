@@ -1,7 +1,8 @@
 //! [`Ipam`]: one peer's sans-IO IPAM core.
 //!
 //! It owns the peer's view of the ring, its allocations, the bootstrapping consensus, donation
-//! requests and replies, and pending `rmpeer` reclaims. It does no I/O and reads no clock: time is
+//! requests and replies, pending `rmpeer` reclaims, and the hand-over of a leaving peer until
+//! its receiver acknowledges it. It does no I/O and reads no clock: time is
 //! passed in, messages come in through [`Ipam::handle`] and go out through
 //! [`Ipam::poll_transmit`] as opaque bytes (see [`super::msg`]), timers through
 //! [`Ipam::poll_timeout`] / [`Ipam::handle_timeout`].
@@ -10,7 +11,7 @@
 //! persisted before an allocation is answered and before any transmit is sent
 //! ([`super::PersistentIpam`] does this). Messages must be handed to [`Ipam::handle`] with
 //! `from` set to the peer that produced them (the originator, even when the mesh relayed them):
-//! a ring counts as that peer's acknowledgement of a reclaim.
+//! a ring counts as that peer's acknowledgement of a reclaim, and of a hand-over.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -56,16 +57,20 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// How long to wait for a donate reply before asking another peer.
     pub donate_timeout: Duration,
+    /// How often a hand-over is sent again until the receiver acknowledges it.
+    pub handover_retry: Duration,
 }
 
 impl Config {
-    /// Defaults (range 10.32.0.0/12, gossip every 5 s, donate timeout 2 s) with `bootstrap`.
+    /// Defaults (range 10.32.0.0/12, gossip every 5 s, donate timeout 2 s, hand-over sent
+    /// again every second) with `bootstrap`.
     pub fn new(bootstrap: Bootstrap) -> Config {
         Config {
             range: Cidr::DEFAULT,
             bootstrap,
             gossip_interval: Duration::from_secs(5),
             donate_timeout: Duration::from_secs(2),
+            handover_retry: Duration::from_secs(1),
         }
     }
 }
@@ -128,7 +133,7 @@ pub enum Status {
         /// The peer currently asked, if any.
         asked: Option<PeerName>,
     },
-    /// This peer handed its space over and left.
+    /// This peer left (its space handed over, see [`Ipam::hand_over`]).
     Left,
 }
 
@@ -158,9 +163,18 @@ impl fmt::Display for Status {
             Status::WaitingForSpace { asked: None } => {
                 f.write_str("waiting for space: no peer has free space; will ask again")
             }
-            Status::Left => f.write_str("left the ring (space handed over)"),
+            Status::Left => f.write_str("left the ring"),
         }
     }
+}
+
+/// Where the hand-over of a peer that left stands (see [`Ipam::hand_over`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HandOver {
+    /// The space was handed to this peer, which has not yet acknowledged it.
+    Waiting(PeerName),
+    /// This peer sent a ring carrying everything handed to it: it has merged and persisted it.
+    Acknowledged(PeerName),
 }
 
 /// Why an allocation or claim could not be answered.
@@ -315,6 +329,15 @@ pub struct Stats {
     pub donations_asked: u64,
 }
 
+/// A hand-over in flight: what was handed to whom, at which versions.
+#[derive(Debug, Clone)]
+struct HandingOver {
+    to: PeerName,
+    spans: Vec<(Span, u32)>,
+    retry_at: Instant,
+    acknowledged: bool,
+}
+
 #[derive(Debug, Default, Clone)]
 struct Donation {
     wanted: bool,
@@ -337,6 +360,7 @@ pub struct Ipam {
     proposers: BTreeSet<PeerName>,
     known: BTreeSet<PeerName>,
     donation: Donation,
+    handing_over: Option<HandingOver>,
     outbox: VecDeque<Transmit>,
     gossip_due: bool,
     next_gossip: Instant,
@@ -404,6 +428,7 @@ impl Ipam {
             proposers: [me].into(),
             known: [me].into(),
             donation: Donation::default(),
+            handing_over: None,
             outbox: VecDeque::new(),
             gossip_due: true,
             dirty,
@@ -439,6 +464,17 @@ impl Ipam {
     /// Whether this peer left the ring.
     pub fn has_left(&self) -> bool {
         self.left
+    }
+
+    /// The hand-over made by [`Ipam::shutdown`] in this run, if it handed any space over. Not
+    /// persisted: a peer that restarts after leaving reports none.
+    pub fn hand_over(&self) -> Option<HandOver> {
+        self.handing_over.as_ref().map(|h| if h.acknowledged { HandOver::Acknowledged(h.to) } else { HandOver::Waiting(h.to) })
+    }
+
+    /// The spans [`Ipam::shutdown`] handed over in this run, each with the version it wrote.
+    pub fn handed_over(&self) -> &[(Span, u32)] {
+        self.handing_over.as_ref().map_or(&[], |h| &h.spans)
     }
 
     /// Counters.
@@ -634,10 +670,12 @@ impl Ipam {
 
     /// Orderly shutdown: releases every allocation (the pods go away with the host) and hands all
     /// space to the lowest-named peer of `live` (other than this one and removed peers). Returns
-    /// the receiver, or `None` when there was nothing to hand over. Flush transmits afterwards.
+    /// the receiver, or `None` when there was nothing to hand over. Flush transmits afterwards,
+    /// and keep handling messages and timers until [`Ipam::hand_over`] says the receiver
+    /// acknowledged (the hand-over is sent again every [`Config::handover_retry`] until then).
     pub fn shutdown(
         &mut self,
-        _now: Instant,
+        now: Instant,
         live: &[PeerName],
     ) -> Result<Option<PeerName>, ShrinkError> {
         if self.left {
@@ -657,10 +695,11 @@ impl Ipam {
             return Err(ShrinkError::NoLivePeer);
         }
         let mut ring = self.ring.clone();
+        let mut handed = Vec::with_capacity(owned.len());
         if let Some(t) = target {
             for span in &owned {
-                ring.transfer(*span, self.me, t)
-                    .map_err(ShrinkError::Ring)?;
+                let version = ring.transfer(*span, self.me, t).map_err(ShrinkError::Ring)?;
+                handed.push((*span, version));
             }
         }
         self.ring = ring;
@@ -672,10 +711,12 @@ impl Ipam {
         self.dirty = true;
         self.recompute_usable();
         self.gossip_due = true;
-        if let Some(t) = target.filter(|_| !owned.is_empty()) {
-            self.push(Destination::Peer(t), Message::Gossip(self.ring.clone()));
+        let to = target.filter(|_| !handed.is_empty());
+        if let Some(t) = to {
+            self.push(Destination::Peer(t), Message::HandOver(self.ring.clone()));
+            self.handing_over = Some(HandingOver { to: t, spans: handed, retry_at: now + self.config.handover_retry, acknowledged: false });
         }
-        Ok(target.filter(|_| !owned.is_empty()))
+        Ok(to)
     }
 
     /// `rmpeer dead`: reclaims every piece `dead` owns for this peer, flagged reclaimed. `live` is
@@ -745,6 +786,12 @@ impl Ipam {
         };
         match msg {
             Message::Gossip(ring) => self.merge_from(now, from, &ring)?,
+            Message::HandOver(ring) => {
+                // The answer leaves only after the merged ring is persisted (see the module
+                // contract), so it tells the sender its space is safe here.
+                self.merge_from(now, from, &ring)?;
+                self.push(Destination::Peer(from), Message::Gossip(self.ring.clone()));
+            }
             Message::Proposal { known } => {
                 if self.ring.is_empty() {
                     self.proposers.insert(from);
@@ -795,14 +842,21 @@ impl Ipam {
             Some(self.next_gossip),
             self.donation.asked.map(|(_, t)| t),
             self.donation.retry_at,
+            self.handing_over.as_ref().filter(|h| !h.acknowledged).map(|h| h.retry_at),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// Runs timers due at `now`: periodic gossip, donate timeouts and retries.
+    /// Runs timers due at `now`: periodic gossip, donate timeouts and retries, hand-over
+    /// retries.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(h) = self.handing_over.as_mut().filter(|h| !h.acknowledged && now >= h.retry_at) {
+            h.retry_at = now + self.config.handover_retry;
+            let to = h.to;
+            self.push(Destination::Peer(to), Message::HandOver(self.ring.clone()));
+        }
         if now >= self.next_gossip {
             self.gossip_due = true;
             self.next_gossip = now + self.config.gossip_interval;
@@ -860,6 +914,11 @@ impl Ipam {
         from: PeerName,
         theirs: &Ring,
     ) -> Result<(), HandleError> {
+        // Whatever becomes of the merge here, the receiver's own ring carrying the handed-over
+        // space at the versions written (or later ones) shows it merged and persisted it.
+        if let Some(h) = self.handing_over.as_mut().filter(|h| h.to == from && !h.acknowledged) {
+            h.acknowledged = carries(theirs, &h.spans);
+        }
         let merged = self.ring.merge(theirs, self.me).and_then(|m| {
             // Confirmed space may never be lost, not even to a reclaim tie-break.
             for span in &self.usable {
@@ -1129,6 +1188,16 @@ impl Ipam {
     }
 }
 
+/// Whether every address of each span is at its version or a later one in `ring`.
+fn carries(ring: &Ring, spans: &[(Span, u32)]) -> bool {
+    !ring.is_empty()
+        && spans.iter().all(|(span, version)| {
+            ring.pieces()
+                .filter(|p| p.end > span.start as u64 && (p.start as u64) < span.end)
+                .all(|p| p.entry.version >= *version)
+        })
+}
+
 fn covers_exactly(ring: &Ring, span: Span, want: Entry) -> bool {
     !ring.is_empty()
         && ring
@@ -1355,6 +1424,69 @@ mod tests {
             }]
         );
         assert_eq!(b.free_count(), 254);
+    }
+
+    #[test]
+    fn a_hand_over_is_done_only_once_the_receiver_acknowledges_it() {
+        let t0 = Instant::now();
+        let mut a = seeded(1, &[1, 2, 3], "10.0.0.0/24");
+        let mut b = seeded(2, &[1, 2, 3], "10.0.0.0/24");
+        let mut c = seeded(3, &[1, 2, 3], "10.0.0.0/24");
+        let retry = a.config.handover_retry;
+        assert_eq!(a.hand_over(), None);
+        assert_eq!(a.shutdown(t0, &[p(2), p(3)]).unwrap(), Some(p(2)));
+        assert_eq!(a.hand_over(), Some(HandOver::Waiting(p(2))));
+        let sent: Vec<Transmit> = std::iter::from_fn(|| a.poll_transmit(t0)).collect();
+        let hand_over = sent.iter().find(|t| t.to == Destination::Peer(p(2))).unwrap().payload.clone();
+        assert!(matches!(Message::parse(&hand_over), Ok(Message::HandOver(_))));
+
+        // b is slow: its gossip from before the hand-over acknowledges nothing, nor does c's
+        // ring, even once c has heard of the hand-over (c is not the receiver).
+        while let Some(t) = b.poll_transmit(t0) {
+            a.handle(t0, p(2), &t.payload).unwrap();
+        }
+        assert_eq!(a.hand_over(), Some(HandOver::Waiting(p(2))));
+        let broadcast = sent.iter().find(|t| t.to == Destination::All).unwrap();
+        c.handle(t0, p(1), &broadcast.payload).unwrap();
+        while let Some(t) = c.poll_transmit(t0) {
+            a.handle(t0, p(3), &t.payload).unwrap();
+        }
+        assert_eq!(a.hand_over(), Some(HandOver::Waiting(p(2))));
+
+        // Until it answers, the hand-over is sent again every retry interval, and only then.
+        assert_eq!(a.poll_timeout(), Some(t0 + retry));
+        a.handle_timeout(t0 + retry / 2);
+        assert!(std::iter::from_fn(|| a.poll_transmit(t0 + retry / 2)).all(|t| t.to != Destination::Peer(p(2))));
+        a.handle_timeout(t0 + retry);
+        let again: Vec<Transmit> = std::iter::from_fn(|| a.poll_transmit(t0 + retry)).filter(|t| t.to == Destination::Peer(p(2))).collect();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].payload, hand_over, "the same ring again");
+
+        // b handles the hand-over (twice: the first and the repeat) and answers each with its
+        // ring, which carries a's space: acknowledged, and no more repeats.
+        let later = t0 + retry * 2;
+        for bytes in [&hand_over, &again[0].payload] {
+            b.handle(later, p(1), bytes).unwrap();
+        }
+        assert_eq!(b.ring().shares()[&p(2)], 170);
+        assert!(b.take_dirty(), "the merged ring must be persisted before the answer leaves");
+        let answers: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit(later)).filter(|t| t.to == Destination::Peer(p(1))).collect();
+        assert_eq!(answers.len(), 2);
+        a.handle(later, p(2), &answers[0].payload).unwrap();
+        assert_eq!(a.hand_over(), Some(HandOver::Acknowledged(p(2))));
+        a.handle(later, p(2), &answers[1].payload).unwrap();
+        assert_eq!(a.hand_over(), Some(HandOver::Acknowledged(p(2))));
+        a.handle_timeout(later + retry * 10);
+        assert!(std::iter::from_fn(|| a.poll_transmit(later + retry * 10)).all(|t| t.to != Destination::Peer(p(2))));
+        assert_eq!(a.poll_timeout(), Some(later + retry * 10 + a.config.gossip_interval), "only the gossip timer is left");
+    }
+
+    #[test]
+    fn a_peer_with_nothing_to_hand_over_waits_for_nobody() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[2], "10.0.0.0/24");
+        assert_eq!(a.shutdown(now, &[p(2)]).unwrap(), None);
+        assert_eq!(a.hand_over(), None);
     }
 
     #[test]

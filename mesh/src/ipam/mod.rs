@@ -3,7 +3,8 @@
 //! The cluster range (default `10.32.0.0/12`) is a [`ring::Ring`]: contiguous pieces, each owned by
 //! exactly one peer, merged between peers as a CRDT by per-piece versions. A peer allocates only
 //! from pieces it owns, asks another peer to donate free space when it runs out, hands its pieces
-//! over when it leaves, and reclaims a dead peer's pieces on `rmpeer`.
+//! over when it leaves (the receiver acknowledges once it has persisted them), and reclaims a
+//! dead peer's pieces on `rmpeer`.
 //!
 //! - [`ring`]: the ring, its merge and its versioned binary encoding.
 //! - [`alloc`]: [`Ipam`], the per-peer sans-IO core: bootstrapping consensus, allocations,
@@ -50,7 +51,7 @@ pub mod persist;
 pub mod ring;
 pub mod sim;
 
-pub use alloc::{AllocError, Bootstrap, Config, Destination, Holder, Ipam, Status, Transmit};
+pub use alloc::{AllocError, Bootstrap, Config, Destination, HandOver, Holder, Ipam, Status, Transmit};
 pub use persist::{IpamError, PersistError, PersistentIpam, Store};
 pub use ring::{Cidr, Entry, Ring, RingError};
 

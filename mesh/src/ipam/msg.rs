@@ -6,7 +6,12 @@
 //! kind 2  proposal:       count:u16 name:[6]*count     (names heard while awaiting consensus)
 //! kind 3  donate request: (empty)
 //! kind 4  donate reply:   granted:u8 (0 or 1) ring
+//! kind 5  hand-over:      ring                         (the sender's ring after leaving)
 //! ```
+//!
+//! A hand-over is answered with the receiver's ring (kind 1, to the sender) once the receiver
+//! has merged and persisted it: that ring is the acknowledgement. A peer that does not know
+//! kind 5 refuses it as an unknown kind, so the leaving peer never takes silence for consent.
 //!
 //! Unknown formats and kinds, bad flags, truncation and trailing bytes are refused.
 
@@ -23,6 +28,7 @@ const KIND_GOSSIP: u8 = 1;
 const KIND_PROPOSAL: u8 = 2;
 const KIND_DONATE_REQUEST: u8 = 3;
 const KIND_DONATE_REPLY: u8 = 4;
+const KIND_HAND_OVER: u8 = 5;
 
 /// One IPAM message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,13 +49,16 @@ pub enum Message {
         /// The donor's ring.
         ring: Ring,
     },
+    /// The sender has left and its ring hands its space to the receiver, which merges it and
+    /// answers with its own ring once that is persisted.
+    HandOver(Ring),
 }
 
 impl Message {
     /// Bytes needed by [`Message::emit`].
     pub fn buffer_len(&self) -> usize {
         2 + match self {
-            Message::Gossip(r) => r.buffer_len(),
+            Message::Gossip(r) | Message::HandOver(r) => r.buffer_len(),
             Message::Proposal { known } => 2 + 6 * known.len().min(u16::MAX as usize),
             Message::DonateRequest => 0,
             Message::DonateReply { ring, .. } => 1 + ring.buffer_len(),
@@ -78,6 +87,10 @@ impl Message {
                 out.push(KIND_DONATE_REPLY);
                 out.push(u8::from(*granted));
                 ring.emit(out);
+            }
+            Message::HandOver(r) => {
+                out.push(KIND_HAND_OVER);
+                r.emit(out);
             }
         }
     }
@@ -121,6 +134,7 @@ impl Message {
                     ring: Ring::read(&mut r)?,
                 }
             }
+            KIND_HAND_OVER => Message::HandOver(Ring::read(&mut r)?),
             _ => return Err(DecodeError::Invalid("unknown IPAM message kind")),
         };
         r.finish()?;
@@ -153,6 +167,11 @@ mod tests {
         assert_eq!(Message::parse(&bytes).unwrap(), reply);
         let g = Message::Gossip(Ring::divide(ring.range(), &[PeerName::from_u64(7)]).unwrap());
         assert_eq!(Message::parse(&g.to_bytes()).unwrap(), g);
+        let h = Message::HandOver(ring);
+        let bytes = [1, 5, 1, 10, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0];
+        assert_eq!(h.to_bytes(), bytes);
+        assert_eq!(h.buffer_len(), bytes.len());
+        assert_eq!(Message::parse(&bytes).unwrap(), h);
     }
 
     #[test]
@@ -165,6 +184,8 @@ mod tests {
             &[1, 3, 0],
             &[1, 2, 0, 2, 1, 2, 3, 4, 5, 6],
             &[1, 4, 2],
+            &[1, 5],
+            &[1, 6],
         ] {
             assert!(Message::parse(bad).is_err(), "{bad:?}");
         }

@@ -596,6 +596,30 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_over_is_answered_only_after_the_receiver_persisted_it() {
+        let (da, db) = (tempdir("handover-a"), tempdir("handover-b"));
+        let now = Instant::now();
+        let (pa, pb) = (PeerName::from_u64(1), PeerName::from_u64(2));
+        let mut a = PersistentIpam::open(pa, config(), Store::open(&da).unwrap(), now).unwrap();
+        let store_b = Store::open(&db).unwrap();
+        let mut b = PersistentIpam::open(pb, config(), store_b.clone(), now).unwrap();
+        assert_eq!(a.shutdown(now, &[pb]).unwrap(), Some(pb));
+        while let Some(t) = a.poll_transmit(now).unwrap() {
+            if t.to == crate::ipam::Destination::Peer(pb) {
+                b.handle(now, pa, &t.payload).unwrap();
+            }
+        }
+        let answer = b.poll_transmit(now).unwrap().expect("b answers the hand-over");
+        // What b answers is already on b's disk: a's half is b's there.
+        let (_, on_disk) = store_b.load().unwrap().unwrap();
+        assert_eq!(on_disk.ring.shares()[&pb], 256);
+        a.handle(now, pb, &answer.payload).unwrap();
+        assert_eq!(a.core().hand_over(), Some(crate::ipam::HandOver::Acknowledged(pb)));
+        fs::remove_dir_all(&da).unwrap();
+        fs::remove_dir_all(&db).unwrap();
+    }
+
+    #[test]
     fn interrupted_write_loses_nothing() {
         let dir = tempdir("interrupted");
         let now = Instant::now();

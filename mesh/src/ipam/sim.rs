@@ -9,7 +9,8 @@
 //!
 //! [`Sim::check`] verifies, across every peer (crashed ones by their persisted state): no address
 //! is usable by two peers, every allocation lies in its peer's usable space (so no address is
-//! allocated twice), and every allocation ever answered and not released is still held.
+//! allocated twice), every allocation ever answered and not released is still held, and a
+//! hand-over acknowledged by its receiver is in the receiver's persisted ring.
 //! Everything random comes from one seed: a run is a pure function of its seed and actions.
 
 use std::cmp::Reverse;
@@ -17,7 +18,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::alloc::{AllocError, Bootstrap, Config, Destination, Ipam};
+use super::alloc::{AllocError, Bootstrap, Config, Destination, HandOver, Ipam};
 use super::persist;
 use super::ring::{Cidr, Span};
 use crate::peer::PeerName;
@@ -123,6 +124,8 @@ pub struct SimStats {
     pub restarts: u64,
     /// Shutdowns.
     pub shutdowns: u64,
+    /// Hand-overs of shutdowns acknowledged by their receivers.
+    pub handovers_acknowledged: u64,
     /// rmpeer calls that reclaimed something.
     pub reclaims: u64,
     /// Messages delivered.
@@ -221,6 +224,7 @@ impl Sim {
             bootstrap,
             gossip_interval: self.cfg.gossip_interval,
             donate_timeout: self.cfg.donate_timeout,
+            handover_retry: self.cfg.donate_timeout,
         }
     }
 
@@ -343,10 +347,14 @@ impl Sim {
             return;
         };
         let given = core.stats().donations_given;
+        let waiting = matches!(core.hand_over(), Some(HandOver::Waiting(_)));
         // Refused rings (e.g. from a peer whose reclaim lost) are counted by the core; the
         // invariant check is what decides whether anything went wrong.
         let _ = core.handle(now, name, payload);
         self.stats.donations += core.stats().donations_given - given;
+        if waiting && matches!(core.hand_over(), Some(HandOver::Acknowledged(_))) {
+            self.stats.handovers_acknowledged += 1;
+        }
         self.pump(to);
     }
 
@@ -577,6 +585,23 @@ impl Sim {
                 }
             }
             spans.extend(usable.iter().map(|s| (s.start, s.end, i)));
+            // An acknowledged hand-over is on the receiver's disk: its persisted ring has every
+            // address handed over at the version the hand-over wrote, or a later one.
+            if let Some(c) = &p.core
+                && let Some(HandOver::Acknowledged(to)) = c.hand_over()
+                && let Some(r) = self.peers.iter().find(|q| q.name == to)
+            {
+                let theirs = persist::decode_state(&r.disk).map_err(|e| fail(format!("{to}'s disk: {e}")))?.1.ring;
+                for (span, version) in c.handed_over() {
+                    let behind = theirs
+                        .pieces()
+                        .filter(|q| q.end > span.start as u64 && (q.start as u64) < span.end)
+                        .any(|q| q.entry.version < *version);
+                    if theirs.is_empty() || behind {
+                        return Err(fail(format!("{} counts its hand-over to {to} acknowledged, but {to}'s disk lacks {}", p.name, Ipv4Addr::from(span.start))));
+                    }
+                }
+            }
             if let Some(c) = &p.core {
                 for (container, addr) in &p.ledger {
                     if c.lookup(container, "eth0") != Some(*addr) {

@@ -6,6 +6,11 @@
 //! reported in [`Event::Down`], and nothing it sent reaches the router. Afterwards every control
 //! message arrives as [`Event::Message`], in order. The dialling end starts a new sleeve epoch
 //! every [`MeshConfig::rekey_interval`]; both ends report the new secret as [`Event::Rekey`].
+//!
+//! Closing is acknowledged: the closing end sends `Bye`, finishes its control stream and waits
+//! for the peer to close the connection (which it does once it has read the `Bye`), or for the
+//! peer's own `Bye`, at most [`MeshConfig::bye_timeout`]; a timeout is logged and the connection
+//! closed anyway.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +48,8 @@ pub struct MeshConfig {
     pub idle_timeout: Duration,
     /// How long the `Hello` exchange may take.
     pub handshake_timeout: Duration,
+    /// How long a closing end waits for the peer to acknowledge its `Bye`.
+    pub bye_timeout: Duration,
 }
 
 impl MeshConfig {
@@ -59,6 +66,7 @@ impl MeshConfig {
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
+            bye_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -102,6 +110,7 @@ pub struct ConnInfo {
 pub struct ConnHandle {
     tx: mpsc::UnboundedSender<Message>,
     conn: quinn::Connection,
+    bye_timeout: Duration,
 }
 
 impl ConnHandle {
@@ -110,14 +119,25 @@ impl ConnHandle {
         let _ = self.tx.send(msg);
     }
 
-    /// Says why, then closes.
+    /// Says why (`Bye`, after the messages already queued), then closes once the peer has
+    /// acknowledged it or [`MeshConfig::bye_timeout`] has passed; [`ConnHandle::closed`] tells
+    /// when. Should the `Bye` not even get out (the peer reads nothing), the connection is closed
+    /// after twice that time.
     pub fn close(&self, reason: &str) {
         let _ = self.tx.send(Message::Bye(reason.to_owned()));
         let conn = self.conn.clone();
+        let limit = self.bye_timeout * 2;
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            conn.close(1u32.into(), b"bye");
+            if tokio::time::timeout(limit, conn.closed()).await.is_err() {
+                tracing::warn!(remote = %conn.remote_address(), "bye not delivered within {limit:?}: closing the connection");
+                conn.close(1u32.into(), b"bye");
+            }
         });
+    }
+
+    /// Completes when the connection is closed, by either end.
+    pub async fn closed(&self) {
+        self.conn.closed().await;
     }
 
     /// The smoothed round-trip time QUIC measures.
@@ -173,7 +193,7 @@ pub enum EndpointError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The UDP socket.
-    #[error("mesh socket {addr}: {source}")]
+    #[error("mesh socket {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -315,7 +335,7 @@ impl MeshEndpoint {
                 Err(e) => Err(e.to_string()),
             }
         };
-        let (mut send, recv, peer) = match tokio::time::timeout(cfg.handshake_timeout, exchange).await {
+        let (mut send, mut recv, peer) = match tokio::time::timeout(cfg.handshake_timeout, exchange).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => return Err((None, e)),
             Err(_) => return Err((None, "hello exchange timed out".into())),
@@ -332,7 +352,23 @@ impl MeshEndpoint {
         if let Err(reason) = verdict {
             let _ = send.write_all(&Message::Bye(reason.clone()).to_bytes()).await;
             let _ = send.finish();
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The peer closes once it has read why, or refuses us too (its own Bye, or the end
+            // of its stream); anything else it sends meanwhile is not used.
+            let acknowledged = async {
+                tokio::select! {
+                    _ = conn.closed() => {}
+                    _ = async {
+                        while let Ok(Some(m)) = read_message(&mut recv).await {
+                            if matches!(m, Message::Bye(_)) {
+                                break;
+                            }
+                        }
+                    } => {}
+                }
+            };
+            if tokio::time::timeout(cfg.bye_timeout, acknowledged).await.is_err() {
+                tracing::info!(remote = %conn.remote_address(), peer = %peer.name, "the refused peer did not close within {:?}", cfg.bye_timeout);
+            }
             return Err(refuse(reason));
         }
         let secret = Self::sleeve_secret(conn, cfg.password.as_ref(), 0).map_err(refuse)?;
@@ -359,7 +395,10 @@ impl MeshEndpoint {
         let events = &self.shared.events;
         let cfg = &self.shared.config;
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-        let handle = ConnHandle { tx: tx.clone(), conn: conn.clone() };
+        let handle = ConnHandle { tx: tx.clone(), conn: conn.clone(), bye_timeout: cfg.bye_timeout };
+        // Set once our Bye is out: the connection then ends with its reason, however the peer's
+        // acknowledgement shows (it closes, its own Bye, its stream ends) or the wait times out.
+        let bye: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         tracing::info!(peer = %info.peer, nickname = %info.nickname, remote = %info.remote, direction = ?info.direction, authenticated = cfg.password.is_some(), "mesh connection up");
         let _ = events.send(Event::Up(info.clone(), handle));
         let writer = async {
@@ -368,16 +407,16 @@ impl MeshEndpoint {
                 buf.clear();
                 m.encode(&mut buf);
                 if let Err(e) = send.write_all(&buf).await {
-                    return format!("send: {e}");
+                    return Some(format!("send: {e}"));
                 }
                 if let Message::Bye(reason) = m {
-                    // Give the reason time to arrive before the connection is closed.
                     let _ = send.finish();
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    return format!("closed by this router: {reason}");
+                    let _ = bye.set(reason);
+                    tokio::time::sleep(cfg.bye_timeout).await;
+                    return None;
                 }
             }
-            "closed by this router".to_owned()
+            Some("closed by this router".to_owned())
         };
         let initiator = info.direction == Direction::Outbound;
         let rekeyer = async {
@@ -413,20 +452,30 @@ impl MeshEndpoint {
                     }
                     Ok(None) => return "peer closed the control stream".to_owned(),
                     Err(ReadError::Proto(e)) => {
+                        // The writer says why, after what it has queued, and waits for the peer.
                         let reason = format!("protocol error: {e}");
                         let _ = tx.send(Message::Bye(reason.clone()));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(cfg.bye_timeout * 2).await;
                         return reason;
                     }
                     Err(e) => return e.to_string(),
                 }
             }
         };
-        tokio::select! {
+        // `None`: the peer did not acknowledge our Bye in time.
+        let ended: Option<String> = tokio::select! {
             r = writer => r,
-            r = reader => r,
-            r = rekeyer => r,
-            e = conn.closed() => format!("connection lost: {e}"),
+            r = reader => Some(r),
+            r = rekeyer => Some(r),
+            e = conn.closed() => Some(format!("connection lost: {e}")),
+        };
+        match (bye.get(), ended) {
+            (Some(reason), None) => {
+                tracing::info!(peer = %info.peer, "no acknowledgement of our bye within {:?}: closing", cfg.bye_timeout);
+                format!("closed by this router: {reason} (not acknowledged within {:?})", cfg.bye_timeout)
+            }
+            (Some(reason), Some(_)) => format!("closed by this router: {reason}"),
+            (None, ended) => ended.unwrap_or_else(|| "closed by this router".to_owned()),
         }
     }
 }

@@ -16,7 +16,8 @@
 //! - `Ipam` (3): origin peer (6), destination peer (6; all-ones = every peer), IPAM message
 //!   ([`crate::ipam::msg`]), opaque here. Relayed along mesh routes with the origin kept.
 //! - `Rekey` (4): epoch (u64): both ends derive the sleeve secret of that epoch and install it.
-//! - `Bye` (5): a UTF-8 reason; the sender closes after it.
+//! - `Bye` (5): a UTF-8 reason; the sender finishes its stream after it and closes once the
+//!   peer has closed the connection (the peer's acknowledgement) or after a timeout.
 //!
 //! Parsing never panics and never trusts a length: a malformed or unknown message is an error
 //! that closes the connection.

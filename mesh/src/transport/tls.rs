@@ -28,7 +28,7 @@ pub const SERVER_NAME: &str = "weft";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The key file could not be read or written.
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -50,7 +50,7 @@ pub struct RouterArgs {
     /// This peer's nickname (default: the host name).
     #[arg(long, env = "WEFT_NICKNAME")]
     pub nickname: Option<String>,
-    /// Where identity, IPAM and persisted peers live.
+    /// Where this peer's identity, mesh key pair and IPAM state live.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     pub state_dir: PathBuf,
     /// The local API's unix socket.
@@ -61,17 +61,22 @@ pub struct RouterArgs {
     pub ipalloc_range: String,
     /// How the first division of the range is agreed: `consensus=N` (N peers, this one
     /// included, divide it among themselves once all N know each other). Default: consensus
-    /// among this peer and its `--peer` targets.
+    /// among this peer and its `--peer` targets; with no `--peer`, this peer takes the whole
+    /// range.
     #[arg(long, env = "WEFT_IPALLOC_INIT", value_name = "consensus=N")]
     pub ipalloc_init: Option<String>,
     /// On SIGTERM, hand this peer's part of the range to a live peer and release its
-    /// allocations: for a host leaving the cluster for good (a plain restart keeps both).
+    /// allocations: for a host leaving the cluster for good (a plain restart keeps both). The
+    /// router waits up to 10 s for the receiver to acknowledge that it saved the range.
     #[arg(long, env = "WEFT_HANDOVER_ON_EXIT")]
     pub handover_on_exit: bool,
     /// Seconds between fresh sleeve secrets on each connection (taken from the QUIC session).
     #[arg(long, env = "WEFT_REKEY_INTERVAL", default_value_t = 600, value_parser = clap::value_parser!(u64).range(3..))]
     pub rekey_interval: u64,
-    /// Pod MTU (default: the sleeve's path MTU less its overhead).
+    /// Pod MTU (default 1376, as Weave Net: a 1500-byte underlay path less the encrypted
+    /// sleeve's 106 bytes of headers, with 18 to spare; a fixed value, not measured). A packet
+    /// too big for a smaller path is answered with ICMP "fragmentation needed" (or "packet too
+    /// big") carrying the size that fits.
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
     /// At most this many peer connections.
@@ -149,7 +154,7 @@ impl std::fmt::Debug for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The password file could not be read.
-    #[error("cannot read the password file {path}: {source}")]
+    #[error("cannot read the password file {path}")]
     PasswordFile {
         /// The file.
         path: PathBuf,
@@ -177,8 +182,14 @@ pub enum ConfigError {
     #[error("bad peer {0:?}: expected HOST or HOST:PORT")]
     Peer(String),
     /// A bad `--ipalloc-range`.
+    #[error("bad --ipalloc-range")]
+    Range(#[source] weft_mesh::ipam::ring::CidrError),
+    /// An `--ipalloc-range` with too few addresses.
+    #[error("--ipalloc-range {0} is too small for pods: use /30 or larger")]
+    RangeTooSmall(Cidr),
+    /// A `--ipalloc-range` that is not a usable private block.
     #[error("bad --ipalloc-range: {0}")]
-    Range(String),
+    RangeUnusable(String),
     /// A `--ipalloc-range` overlapping addresses pods cannot use.
     #[error("bad --ipalloc-range {range}: it overlaps {block}, {what}; pods need a private block such as 10.32.0.0/12")]
     ReservedRange {
@@ -222,7 +233,7 @@ impl Config {
             (None, Some(p)) => Some(check_password(p.into_bytes(), "WEFT_PASSWORD")?),
             (None, None) => None,
         };
-        let ipalloc_range: Cidr = args.ipalloc_range.parse().map_err(|e: weft_mesh::ipam::ring::CidrError| ConfigError::Range(e.to_string()))?;
+        let ipalloc_range: Cidr = args.ipalloc_range.parse().map_err(ConfigError::Range)?;
         check_range(ipalloc_range)?;
         if let Some(m) = args.mtu.filter(|m| !(576..=65000).contains(m)) {
             return Err(ConfigError::Mtu(m));
@@ -284,10 +295,10 @@ pub fn parse_peer(p: &str, default_port: u16) -> Result<PeerTarget, ConfigError>
 /// Refuses a pod range that is `/0`, smaller than /30, or overlaps one of [`RESERVED_BLOCKS`].
 pub fn check_range(range: Cidr) -> Result<(), ConfigError> {
     if range.prefix() == 0 {
-        return Err(ConfigError::Range(format!("{range} is every IPv4 address: pods need a private block such as 10.32.0.0/12")));
+        return Err(ConfigError::RangeUnusable(format!("{range} is every IPv4 address: pods need a private block such as 10.32.0.0/12")));
     }
     if range.prefix() > 30 {
-        return Err(ConfigError::Range(format!("{range} is too small for pods: use /30 or larger")));
+        return Err(ConfigError::RangeTooSmall(range));
     }
     for (addr, prefix, what) in RESERVED_BLOCKS {
         // A constant table; `ranges_pods_cannot_use_are_refused` goes through every entry.
@@ -404,7 +415,10 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_what_to_do() {
         let e = Config::from_args(args(&["--ipalloc-range", "10.32.0.1/12"]), no_env).unwrap_err();
-        assert!(e.to_string().contains("did you mean 10.32.0.0/12"), "{e}");
+        assert_eq!(e.to_string(), "bad --ipalloc-range", "the cause is not repeated");
+        assert!(weft_kernel::chain(&e).contains("did you mean 10.32.0.0/12"), "{e}");
+        let small = Config::from_args(args(&["--ipalloc-range", "10.32.0.0/31"]), no_env).unwrap_err();
+        assert!(matches!(small, ConfigError::RangeTooSmall(_)) && small.to_string().contains("/30 or larger"), "{small}");
         assert!(matches!(Config::from_args(args(&["--ipalloc-range", "10.32.0.0/33"]), no_env), Err(ConfigError::Range(_))));
         assert!(matches!(Config::from_args(args(&["--mtu", "100"]), no_env), Err(ConfigError::Mtu(100))));
         assert!(matches!(Config::from_args(args(&["--conn-limit", "0"]), no_env), Err(ConfigError::ConnLimit)));

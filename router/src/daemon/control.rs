@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use weft_api::types::{Connection as ApiConnection, Peer as ApiPeer, PeerLink};
+use weft_api::types::{Connection as ApiConnection, ConnectionCounts, ConnectionState, Peer as ApiPeer, PeerLink};
 use weft_mesh::peer::PeerName;
 use weft_mesh::routes::{RouteEngine, RoutesHandle};
 use weft_mesh::topology::{self, Capabilities, Direction, HandleError, Topology, Transmit};
@@ -24,7 +24,7 @@ struct Conn {
     remote: SocketAddr,
     peer: Option<PeerName>,
     nickname: Option<String>,
-    state: &'static str,
+    state: ConnectionState,
     reason: Option<String>,
     retry_at: Option<Instant>,
     mtu: Option<u32>,
@@ -72,7 +72,7 @@ impl Control {
         self.conns.retain(|a, c| *a == remote || c.peer != Some(peer));
         self.conns.insert(
             remote,
-            Conn { direction, remote, peer: Some(peer), nickname: Some(nickname.to_owned()), state: "established", reason: None, retry_at: None, mtu: Some(mtu), rtt: None, sleeve_dead: false, path_mtu: None },
+            Conn { direction, remote, peer: Some(peer), nickname: Some(nickname.to_owned()), state: ConnectionState::Established, reason: None, retry_at: None, mtu: Some(mtu), rtt: None, sleeve_dead: false, path_mtu: None },
         );
         self.topology.set_connection(now, peer, remote, direction, true);
         self.routes.handle_timeout(now, &self.topology);
@@ -85,7 +85,7 @@ impl Control {
             remote,
             peer: None,
             nickname: None,
-            state: "pending",
+            state: ConnectionState::Pending,
             reason: None,
             retry_at: None,
             mtu: None,
@@ -93,8 +93,8 @@ impl Control {
             sleeve_dead: false,
             path_mtu: None,
         });
-        if c.state != "established" {
-            c.state = "pending";
+        if c.state != ConnectionState::Established {
+            c.state = ConnectionState::Pending;
         }
     }
 
@@ -103,7 +103,7 @@ impl Control {
     pub fn refused(&mut self, remote: SocketAddr, peer: Option<PeerName>, direction: Direction, reason: String) {
         self.conns.insert(
             remote,
-            Conn { direction, remote, peer, nickname: None, state: "failed", reason: Some(reason), retry_at: None, mtu: None, rtt: None, sleeve_dead: false, path_mtu: None },
+            Conn { direction, remote, peer, nickname: None, state: ConnectionState::Failed, reason: Some(reason), retry_at: None, mtu: None, rtt: None, sleeve_dead: false, path_mtu: None },
         );
     }
 
@@ -120,7 +120,7 @@ impl Control {
                     remote,
                     peer,
                     nickname: None,
-                    state: "retrying",
+                    state: ConnectionState::Retrying,
                     reason: None,
                     retry_at: None,
                     mtu: None,
@@ -128,7 +128,7 @@ impl Control {
                     sleeve_dead: false,
                     path_mtu: None,
                 });
-                c.state = "retrying";
+                c.state = ConnectionState::Retrying;
                 c.reason = Some(reason);
                 c.retry_at = Some(at);
             }
@@ -149,7 +149,7 @@ impl Control {
     /// the sleeve's UDP port is blocked).
     /// Also records the path MTU the sleeve found (`datagram` + 28).
     pub fn set_sleeve(&mut self, peer: PeerName, alive: bool, datagram: usize) {
-        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer) && c.state == "established") {
+        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer) && c.state == ConnectionState::Established) {
             c.path_mtu = Some(datagram as u32 + 28);
             if c.sleeve_dead == alive {
                 if alive {
@@ -188,10 +188,10 @@ impl Control {
         self.routes.handle_timeout(now, &self.topology);
     }
 
-    /// (established, pending, failed) connection counts.
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let n = |s: &str| self.conns.values().filter(|c| c.state == s).count();
-        (n("established"), n("pending"), n("retrying") + n("failed"))
+    /// Connection counts by state; the failed ones are those retrying.
+    pub fn counts(&self) -> ConnectionCounts {
+        let n = |s: ConnectionState| self.conns.values().filter(|c| c.state == s).count();
+        ConnectionCounts { established: n(ConnectionState::Established), pending: n(ConnectionState::Pending), failed: n(ConnectionState::Retrying) + n(ConnectionState::Failed) }
     }
 
     /// Every peer of the topology with its gossiped connections, for `weft status peers`.
@@ -232,18 +232,18 @@ impl Control {
                 remote: c.remote.to_string(),
                 peer: c.peer.map(|p| p.to_string()),
                 nickname: c.nickname.clone(),
-                state: c.state.into(),
-                overlay: if c.state == "established" { "sleeve" } else { "none" }.into(),
-                encrypted: self.encrypted && c.state == "established",
+                state: c.state,
+                overlay: if c.state == ConnectionState::Established { "sleeve" } else { "none" }.into(),
+                encrypted: self.encrypted && c.state == ConnectionState::Established,
                 mtu: c.mtu,
                 rtt_ms: c.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                reason: if c.sleeve_dead && c.state == "established" {
+                reason: if c.sleeve_dead && c.state == ConnectionState::Established {
                     Some("sleeve: no heartbeat answered for 5 s (is the sleeve's UDP port blocked?)".into())
                 } else {
                     c.reason.clone()
                 },
                 retry_in_secs: c.retry_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
-                path_mtu: c.path_mtu.filter(|_| c.state == "established"),
+                path_mtu: c.path_mtu.filter(|_| c.state == ConnectionState::Established),
             })
             .collect()
     }
@@ -299,9 +299,9 @@ mod tests {
         assert_eq!(c[2].routes().load_full().next_hop(name(1)), Some(name(2)));
         assert_eq!(c[0].peers().len(), 3);
         assert!(c[0].peers().iter().all(|p| p.reachable));
-        assert_eq!(c[1].counts(), (2, 0, 0));
+        assert_eq!(c[1].counts(), ConnectionCounts { established: 2, pending: 0, failed: 0 });
         let conns = c[0].connections(later);
-        assert_eq!((conns[0].state.as_str(), conns[0].overlay.as_str(), conns[0].encrypted), ("established", "sleeve", true));
+        assert_eq!((conns[0].state, conns[0].overlay.as_str(), conns[0].encrypted), (ConnectionState::Established, "sleeve", true));
     }
 
     #[test]
@@ -309,9 +309,9 @@ mod tests {
         let now = Instant::now();
         let mut c = Control::new(now, name(1), "h1".into(), 1, false);
         c.dialling(addr(9));
-        assert_eq!(c.counts(), (0, 1, 0));
+        assert_eq!(c.counts(), ConnectionCounts { established: 0, pending: 1, failed: 0 });
         c.lost(now, addr(9), None, "connection refused".into(), Some(now + Duration::from_secs(4)));
-        assert_eq!(c.counts(), (0, 0, 1));
+        assert_eq!(c.counts(), ConnectionCounts { established: 0, pending: 0, failed: 1 });
         let conns = c.connections(now + Duration::from_secs(1));
         assert_eq!(conns[0].reason.as_deref(), Some("connection refused"));
         assert_eq!(conns[0].retry_in_secs, Some(3.0));
@@ -323,13 +323,13 @@ mod tests {
         let mut c = Control::new(now, name(1), "h1".into(), 1, false);
         c.connected(now, name(2), "h2", addr(2), Direction::Inbound, 1376);
         c.refused(addr(3), Some(name(2)), Direction::Inbound, "two live routers".into());
-        assert_eq!(c.counts(), (1, 0, 1));
+        assert_eq!(c.counts(), ConnectionCounts { established: 1, pending: 0, failed: 1 });
         let conns = c.connections(now);
-        let failed = conns.iter().find(|x| x.state == "failed").unwrap();
+        let failed = conns.iter().find(|x| x.state == ConnectionState::Failed).unwrap();
         assert_eq!((failed.remote.as_str(), failed.reason.as_deref()), ("192.0.2.3:6783", Some("two live routers")));
         let ours = |c: &Control| c.topology().entry(name(1)).map(|e| e.connections.iter().filter(|x| x.remote == name(2)).count());
         assert_eq!(ours(&c), Some(1), "the topology keeps the connection that stays");
         c.connected(now, name(2), "h2", addr(3), Direction::Inbound, 1376);
-        assert_eq!(c.counts(), (1, 0, 0));
+        assert_eq!(c.counts(), ConnectionCounts { established: 1, pending: 0, failed: 0 });
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use weft_api::types::{Allocation, Attachment, IpamShare, IpamSummary};
-use weft_mesh::ipam::{self, AllocError, Bootstrap, Cidr, IpamError, PersistentIpam, Status, Store};
+use weft_mesh::ipam::{self, AllocError, Bootstrap, Cidr, HandOver, IpamError, PersistError, PersistentIpam, Status, Store};
 use weft_mesh::peer::PeerName;
 
 use crate::daemon::api::Response;
@@ -29,33 +29,22 @@ pub struct IpamService {
 }
 
 fn to_response(e: IpamError) -> Response {
+    let text = weft_kernel::chain(&e);
     match &e {
-        IpamError::Alloc(AllocError::NotReady(_) | AllocError::WaitingForSpace(_) | AllocError::Left) => Response::error(503, e.to_string()),
-        IpamError::Alloc(AllocError::InUse { .. } | AllocError::HolderHasAddress { .. }) => Response::error(409, e.to_string()),
-        IpamError::Alloc(_) | IpamError::Shrink(_) => Response::error(400, e.to_string()),
-        IpamError::Persist(_) | IpamError::Handle(_) => Response::error(500, format!("{}; nothing was changed", chain(&e))),
+        IpamError::Alloc(AllocError::NotReady(_) | AllocError::WaitingForSpace(_) | AllocError::Left) => Response::error(503, text),
+        IpamError::Alloc(AllocError::InUse { .. } | AllocError::HolderHasAddress { .. }) => Response::error(409, text),
+        IpamError::Alloc(_) | IpamError::Shrink(_) => Response::error(400, text),
+        IpamError::Persist(_) | IpamError::Handle(_) => Response::error(500, format!("{text}; nothing was changed")),
     }
-}
-
-/// An error and its causes on one line (the API carries text, not the chain).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 impl IpamService {
     /// Opens (or creates) the IPAM state under `state_dir` for peer `me`.
-    pub fn open(me: PeerName, range: Cidr, bootstrap: Bootstrap, state_dir: &Path, bridge: &str, mtu: u32, now: Instant) -> Result<IpamService, String> {
+    pub fn open(me: PeerName, range: Cidr, bootstrap: Bootstrap, state_dir: &Path, bridge: &str, mtu: u32, now: Instant) -> Result<IpamService, PersistError> {
         let mut config = ipam::Config::new(bootstrap);
         config.range = range;
-        let store = Store::open(state_dir).map_err(|e| e.to_string())?;
-        let inner = PersistentIpam::open(me, config, store, now).map_err(|e| e.to_string())?;
+        let store = Store::open(state_dir)?;
+        let inner = PersistentIpam::open(me, config, store, now)?;
         Ok(IpamService { inner: Mutex::new(inner), range, mtu, bridge: bridge.to_owned() })
     }
 
@@ -147,9 +136,16 @@ impl IpamService {
         let core = g.core();
         let (state, detail) = match core.status() {
             Status::Ready => ("ready", format!("allocating from {} owned ranges", core.usable().len())),
-            s @ Status::AwaitingConsensus { .. } => ("awaiting-consensus", format!("{s}: start the other initial peers, or give --ipalloc-init seed=...")),
+            s @ Status::AwaitingConsensus { .. } => ("awaiting-consensus", format!("{s}: start the other initial peers, or correct --ipalloc-init consensus=N")),
             s @ Status::WaitingForSpace { .. } => ("waiting-for-space", format!("{s}: free addresses on other peers, or `weft rmpeer` dead ones")),
-            s @ Status::Left => ("left", s.to_string()),
+            s @ Status::Left => (
+                "left",
+                match core.hand_over() {
+                    Some(HandOver::Waiting(p)) => format!("{s}: range handed to {p}, not yet acknowledged"),
+                    Some(HandOver::Acknowledged(p)) => format!("{s}: range handed to {p}, which acknowledged it"),
+                    None => s.to_string(),
+                },
+            ),
         };
         let owned = core.ring().shares().get(&core.name()).copied().unwrap_or(0);
         IpamSummary { state: state.into(), detail, range: self.range.to_string(), owned, allocated: core.allocations().count() as u64 }

@@ -4,7 +4,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `weft_connections` | gauge | `state` (established, pending, failed), `overlay`, `encryption` |
+//! | `weft_connections` | gauge | `state` (established, pending, failed: those retrying), `overlay`, `encryption` |
 //! | `weft_peers` | gauge | |
 //! | `weft_frames_total` | counter | `direction` (in, out), `overlay` |
 //! | `weft_frame_bytes_total` | counter | `direction`, `overlay` |
@@ -33,6 +33,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_api::types::ConnectionState;
 
 use crate::daemon::Daemon;
 use crate::daemon::guard::{self, Budget};
@@ -40,10 +41,11 @@ use crate::daemon::guard::{self, Budget};
 /// Renders every metric.
 pub fn render(d: &Daemon) -> String {
     let mut out = String::new();
-    let (established, pending, failed) = d.control().counts();
+    let counts = d.control().counts();
     let enc = if d.encrypted() { "on" } else { "off" };
     header(&mut out, "weft_connections", "gauge", "Mesh connections by state, overlay and encryption.");
-    for (state, n, overlay) in [("established", established, "sleeve"), ("pending", pending, "none"), ("failed", failed, "none")] {
+    let (established, pending) = (ConnectionState::Established.as_str(), ConnectionState::Pending.as_str());
+    for (state, n, overlay) in [(established, counts.established, "sleeve"), (pending, counts.pending, "none"), ("failed", counts.failed, "none")] {
         let _ = writeln!(out, "weft_connections{{state=\"{state}\",overlay=\"{overlay}\",encryption=\"{enc}\"}} {n}");
     }
     header(&mut out, "weft_peers", "gauge", "Peers in the topology, this one included.");

@@ -12,8 +12,11 @@
 //!   [`guard`]: their connection budgets, deadlines and accept backoff, and the file limit;
 //! - [`logging`]: the log subscriber.
 //!
-//! SIGTERM or SIGINT stops it cleanly: peers are told (their connections close with a reason),
-//! the data plane threads stop, the API socket is removed; IPAM state is already on disk.
+//! SIGTERM or SIGINT stops it cleanly: with `--handover-on-exit` its range is first handed to a
+//! live peer, which acknowledges having saved it (waited for at most
+//! [`peering::HANDOVER_TIMEOUT`]); peers are told (`Bye`, and each acknowledges by closing its
+//! connection, waited for a bounded time), the data plane threads stop, the API socket is
+//! removed; IPAM state is already on disk.
 
 pub mod api;
 pub mod config;
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use weft_api::types::{AllocateRequest, ClaimRequest, ConnectionCounts, GcRequest, ReleaseRequest, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
+use weft_api::types::{AllocateRequest, ClaimRequest, GcRequest, ReleaseRequest, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
 use weft_kernel::Handle;
 use weft_kernel::tap::Tap;
 use weft_mesh::identity::Identity;
@@ -52,7 +55,11 @@ use self::peering::{Command, Peering};
 use self::ipam::IpamService;
 use self::plumbing::Devices;
 
-/// Pod MTU when `--mtu` is not given: a 1500-byte underlay less the sleeve's overhead.
+/// Pod MTU when `--mtu` is not given, fixed (not measured): it fits a 1500-byte underlay path
+/// with the encrypted sleeve's 106 bytes of headers (outer IPv4 and UDP 28, sleeve header and
+/// tag 36, record 4, envelope 14, virtio-net header 10, inner Ethernet 14) and 18 bytes to spare,
+/// the same value as Weave Net's default. Smaller paths are found per link by the sleeve's path
+/// MTU discovery, and a pod sending too much is told by ICMP.
 pub const DEFAULT_MTU: u32 = 1376;
 /// How often plumbing is checked and repaired.
 const REPAIR_INTERVAL: Duration = Duration::from_secs(3);
@@ -66,27 +73,22 @@ pub enum DaemonError {
     #[error(transparent)]
     Identity(#[from] weft_mesh::identity::IdentityError),
     /// The kernel refused the host plumbing.
-    #[error("host plumbing: {0}")]
+    #[error("host plumbing")]
     Plumbing(#[from] weft_kernel::Error),
     /// IPAM state could not be opened.
-    #[error("IPAM state in {dir}: {detail}")]
-    Ipam {
-        /// The state directory.
-        dir: String,
-        /// What failed.
-        detail: String,
-    },
+    #[error(transparent)]
+    Ipam(#[from] weft_mesh::ipam::PersistError),
     /// The pod range overlaps the host's addresses or routes.
     #[error(transparent)]
     Range(#[from] plumbing::RangeError),
     /// The mesh endpoint could not start.
-    #[error("mesh: {0}")]
+    #[error("start the mesh")]
     Mesh(#[from] weft_mesh::transport::endpoint::EndpointError),
     /// The mesh key pair could not be loaded.
     #[error(transparent)]
     Tls(#[from] weft_mesh::transport::tls::TlsError),
     /// An I/O failure (API socket, runtime, signals).
-    #[error("{what}: {source}")]
+    #[error("cannot {what}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -134,7 +136,7 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
-        let (established, pending, failed) = self.control().counts();
+        let connections = self.control().counts();
         let targets: Vec<String> = self.targets.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
         // Each lock is taken and released on its own line: temporaries in the struct expression
         // below would live to its end, and `ipam_summary` takes the control lock again.
@@ -147,7 +149,7 @@ impl Daemon {
             encryption: self.config.password.is_some(),
             peer_discovery: true,
             targets,
-            connections: ConnectionCounts { established, pending, failed },
+            connections,
             peers,
             ipam,
         }
@@ -230,7 +232,7 @@ impl api::Handler for Daemon {
                     let reclaimed = self
                         .ipam
                         .with(|i| i.rmpeer(now, dead, &known, &live))
-                        .map_err(|e| Response::error(409, e.to_string()))?;
+                        .map_err(|e| Response::error(409, weft_kernel::chain(&e)))?;
                     Response::ok(&RmpeerResponse { reclaimed })
                 }
                 (m, p) => Response::error(404, format!("no endpoint {m} {p}")),
@@ -273,8 +275,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         None => Bootstrap::Seeds(vec![identity.name]),
         Some(expected) => Bootstrap::Consensus { expected },
     };
-    let ipam = IpamService::open(identity.name, config.ipalloc_range, bootstrap, &config.state_dir, &devices.bridge, devices.mtu, now)
-        .map_err(|detail| DaemonError::Ipam { dir: config.state_dir.display().to_string(), detail })?;
+    let ipam = IpamService::open(identity.name, config.ipalloc_range, bootstrap, &config.state_dir, &devices.bridge, devices.mtu, now)?;
     let control = Control::new(now, identity.name, identity.nickname.clone(), identity.incarnation, config.password.is_some());
 
     let mut mesh_config = MeshConfig::new(
@@ -289,7 +290,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
     let sleeve_addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.sleeve_port));
     let sock = SleeveSocket::bind(sleeve_addr).map_err(io("bind the sleeve socket"))?;
-    tracing::info!(mesh = %endpoint.local_addr().map_err(io("mesh socket"))?, sleeve = %sleeve_addr, gso_segments = sock.max_gso_segments(), gro_segments = sock.gro_segments(), "listening");
+    tracing::info!(mesh = %endpoint.local_addr().map_err(io("read the mesh socket's address"))?, sleeve = %sleeve_addr, gso_segments = sock.max_gso_segments(), gro_segments = sock.gro_segments(), "listening");
     let dp = Arc::new(Shared::new(identity.name, control.routes(), sock, TapIo::new(tap).map_err(io("set up the TAP"))?));
     let dataplane = Dataplane::start(dp.clone()).map_err(io("start the data plane threads"))?;
 
@@ -347,7 +348,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         }
     }
     if daemon.config.handover_on_exit {
-        peering.hand_over(&daemon).await;
+        peering.hand_over(&daemon, &mut events, peering::HANDOVER_TIMEOUT).await;
     }
     peering.shutdown().await;
     server.abort();
@@ -390,14 +391,14 @@ fn maintain(d: &Daemon, dev: &Devices) {
     let mut nl = match Handle::open() {
         Ok(nl) => nl,
         Err(e) => {
-            tracing::warn!("plumbing check: {e}");
+            tracing::warn!("plumbing check: {}", weft_kernel::chain(&e));
             return;
         }
     };
     let checked = match plumbing::ensure(&mut nl, dev) {
         Err(e) if e.is_not_found() => {
-            tracing::warn!("{} was deleted: recreating it", dev.tap);
-            match Tap::open(&dev.tap).map_err(|e| e.to_string()).and_then(|t| TapIo::new(t).map_err(|e| e.to_string())) {
+            tracing::warn!("{} was deleted ({}): recreating it", dev.tap, weft_kernel::chain(&e));
+            match Tap::open(&dev.tap).map_err(|e| weft_kernel::chain(&e)).and_then(|t| TapIo::new(t).map_err(|e| e.to_string())) {
                 Ok(t) => {
                     d.dp.tap.store(Arc::new(t));
                     plumbing::ensure(&mut nl, dev)
@@ -412,7 +413,7 @@ fn maintain(d: &Daemon, dev: &Devices) {
     };
     match checked {
         Ok(r) => r.0.iter().for_each(|r| tracing::info!("plumbing repaired: {r}")),
-        Err(e) => tracing::warn!("plumbing check: {e}"),
+        Err(e) => tracing::warn!("plumbing check: {}", weft_kernel::chain(&e)),
     }
     if let Some(gw) = d.ipam.bridge_address(now) {
         let prefix = d.config.ipalloc_range.prefix();
@@ -421,9 +422,9 @@ fn maintain(d: &Daemon, dev: &Devices) {
             Ok(have) if have.contains(&want) => {}
             Ok(_) => match nl.add_address(&dev.bridge, want.0, prefix) {
                 Ok(()) => tracing::info!("bridge {} has address {gw}/{prefix}", dev.bridge),
-                Err(e) => tracing::warn!("address for bridge {}: {e}", dev.bridge),
+                Err(e) => tracing::warn!("address for bridge {}: {}", dev.bridge, weft_kernel::chain(&e)),
             },
-            Err(e) => tracing::warn!("addresses of bridge {}: {e}", dev.bridge),
+            Err(e) => tracing::warn!("addresses of bridge {}: {}", dev.bridge, weft_kernel::chain(&e)),
         }
     }
 }

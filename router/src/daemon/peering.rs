@@ -26,7 +26,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_mesh::ipam::Destination;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use weft_kernel::chain;
+use weft_mesh::ipam::{Destination, HandOver};
 use weft_mesh::peer::PeerName;
 use weft_mesh::topology::Direction;
 use weft_mesh::transport::proto::EVERYONE;
@@ -51,6 +54,12 @@ pub const CONFLICT_WINDOW: Duration = Duration::from_secs(600);
 /// A conflict between the same two addresses is logged as an error at most this often (the
 /// refused router dials again every second or so).
 pub const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How long a leaving router waits for the receiver of its range to acknowledge it.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for every peer to acknowledge the `Bye` (the mesh gives up on one
+/// connection after its own `bye_timeout`; this bounds them all).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests from the local API.
 #[derive(Debug)]
@@ -269,7 +278,7 @@ impl Peering {
         }
         let ipam = d.ipam.with(|i| i.handle_timeout(now));
         if let Err(e) = ipam {
-            tracing::warn!("IPAM: {e}");
+            tracing::warn!("IPAM: {}", chain(&e));
         }
         self.flush(now, d);
     }
@@ -435,7 +444,7 @@ impl Peering {
         match msg {
             Message::Gossip(bytes) => {
                 if let Err(e) = d.control().gossip(now, from, &bytes) {
-                    tracing::warn!(peer = %from, "gossip refused: {e}");
+                    tracing::warn!(peer = %from, "gossip refused: {}", chain(&e));
                 }
             }
             Message::Ipam { origin, dest, payload } => {
@@ -451,7 +460,7 @@ impl Peering {
                     return;
                 }
                 if let Err(e) = d.ipam.with(|i| i.handle(now, origin, &payload)) {
-                    tracing::warn!(peer = %origin, "IPAM message refused: {e}");
+                    tracing::warn!(peer = %origin, "IPAM message refused: {}", chain(&e));
                 }
             }
             other => tracing::debug!(peer = %from, "unexpected control message {other:?}"),
@@ -477,7 +486,7 @@ impl Peering {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!("IPAM: {e}");
+                    tracing::warn!("IPAM: {}", chain(&e));
                     break;
                 }
             };
@@ -502,29 +511,74 @@ impl Peering {
     }
 
     /// Hands this peer's part of the range to the lowest-named live peer (and releases its
-    /// allocations), then sends what IPAM queued while the connections are still up.
-    pub async fn hand_over(&mut self, d: &Daemon) {
-        let now = Instant::now();
+    /// allocations), then keeps handling mesh events and IPAM timers (which send the hand-over
+    /// again) until the receiver acknowledges that it has persisted the range, at most
+    /// `timeout`. Returns the outcome (`None` when nothing was handed over); a timeout is logged.
+    pub async fn hand_over(&mut self, d: &Daemon, events: &mut UnboundedReceiver<Event>, timeout: Duration) -> Option<HandOver> {
+        let start = Instant::now();
         let live: Vec<PeerName> = {
             let c = d.control();
             let routes = c.routes().load_full();
             c.topology().entries().map(|e| e.name).filter(|p| routes.next_hop(*p).is_some()).collect()
         };
-        match d.ipam.with(|i| i.shutdown(now, &live)) {
-            Ok(Some(to)) => tracing::info!(peer = %to, "IPAM: handed this peer's range over"),
-            Ok(None) => tracing::info!("IPAM: nothing to hand over"),
-            Err(e) => tracing::warn!("IPAM: cannot hand the range over: {e}"),
+        let to = match d.ipam.with(|i| i.shutdown(start, &live)) {
+            Ok(Some(to)) => to,
+            Ok(None) => {
+                tracing::info!("IPAM: nothing to hand over");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!("IPAM: cannot hand the range over: {}", chain(&e));
+                return None;
+            }
+        };
+        tracing::info!(peer = %to, "IPAM: handing this peer's range over; waiting for the peer to acknowledge it");
+        self.flush(start, d);
+        let deadline = tokio::time::Instant::from_std(start + timeout);
+        loop {
+            let state = d.ipam.with(|i| i.core().hand_over());
+            if let Some(HandOver::Acknowledged(p)) = state {
+                tracing::info!(peer = %p, "IPAM: the peer acknowledged the hand-over after {:?}", start.elapsed());
+                return state;
+            }
+            let timer = d.ipam.with(|i| i.poll_timeout()).map(tokio::time::Instant::from_std).unwrap_or(deadline).min(deadline);
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.event(Instant::now(), d, ev),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(timer) => {
+                    let now = Instant::now();
+                    if let Err(e) = d.ipam.with(|i| i.handle_timeout(now)) {
+                        tracing::warn!("IPAM: {}", chain(&e));
+                    }
+                    d.control().handle_timeout(now);
+                    self.flush(now, d);
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
         }
-        self.flush(now, d);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tracing::warn!(
+            peer = %to,
+            "IPAM: the peer did not acknowledge the hand-over within {timeout:?}; leaving anyway (if it never got it, this peer's range stays under this peer's name: `weft rmpeer` this peer to reclaim it)"
+        );
+        d.ipam.with(|i| i.core().hand_over())
     }
 
-    /// Tells every peer we are going (SIGTERM).
+    /// Tells every peer we are going (SIGTERM) and waits, at most 5 s, until each has
+    /// acknowledged it (its connection closed), then closes the endpoint.
     pub async fn shutdown(&mut self) {
         for u in self.conns.values() {
             u.handle.close("peer shutting down");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_TIMEOUT;
+        for (p, u) in &self.conns {
+            if tokio::time::timeout_at(deadline, u.handle.closed()).await.is_err() {
+                tracing::warn!(peer = %p, "connection still open {SHUTDOWN_TIMEOUT:?} after saying bye: closing it");
+            }
+        }
         self.endpoint.shutdown().await;
     }
 }

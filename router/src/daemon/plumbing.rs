@@ -24,13 +24,14 @@ pub struct Devices {
     pub bridge: String,
     /// The router's TAP (`weft-tap`).
     pub tap: String,
-    /// The MTU pods get (the sleeve's path MTU less its overhead).
+    /// The MTU pods get (`--mtu`, by default [`DEFAULT_MTU`](crate::daemon::DEFAULT_MTU)), set
+    /// on the bridge and the TAP.
     pub mtu: u32,
 }
 
 impl Default for Devices {
     fn default() -> Self {
-        Devices { bridge: "weft".into(), tap: "weft-tap".into(), mtu: 1376 }
+        Devices { bridge: "weft".into(), tap: "weft-tap".into(), mtu: crate::daemon::DEFAULT_MTU }
     }
 }
 
