@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{cnitool, netconf, weft};
+use common::{cnitool, netconf, weft, weft_cni};
 use weft_api::types::{AllocateRequest, Allocation, Attachment, Status};
 use weft_kernel::netns::NETNS_DIR;
 use weft_testbed::{NodeId, TestBed};
@@ -26,7 +26,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn pods_attached_by_cnitool_get_addresses_and_talk() {
-    assert!(Command::new("cnitool").arg("--help").output().is_ok(), "cnitool is missing: run scripts/install-deps");
+    assert!(Command::new("cnitool").arg("--help").output().is_ok(), "cnitool is missing: run scripts/install-deps --test");
     let mut bed = TestBed::new().expect("cannot build a test bed");
     let run = RunDir::new(bed.id()).unwrap();
     let h = bed.add_node("h").unwrap();
@@ -130,8 +130,7 @@ fn status_cli_allocations_survive_kill_9_and_sigterm_is_clean() {
 
 #[test]
 fn a_hundred_parallel_adds_get_distinct_addresses_and_dels_leave_nothing() {
-    let plugin = weft().parent().unwrap().join("weft-cni");
-    assert!(plugin.exists(), "{} is not built: build the workspace first (scripts/test does)", plugin.display());
+    let plugin = weft_cni();
     let mut bed = TestBed::new().expect("cannot build a test bed");
     let run = RunDir::new(bed.id()).unwrap();
     let h = bed.add_node("h").unwrap();
@@ -195,8 +194,7 @@ fn a_hundred_parallel_adds_get_distinct_addresses_and_dels_leave_nothing() {
 /// Runs `weft-cni` in `host`'s namespace with `env` and `conf` on stdin.
 fn plugin_run(bed: &TestBed, host: NodeId, env: &[(&str, String)], conf: &str) -> Output {
     use std::io::Write;
-    let plugin = weft().parent().unwrap().join("weft-cni");
-    assert!(plugin.exists(), "{} is not built: build the workspace first (scripts/test does)", plugin.display());
+    let plugin = weft_cni();
     bed.ns(host)
         .run(|| -> std::io::Result<Output> {
             let mut child = Command::new(&plugin)

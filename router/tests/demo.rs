@@ -2,12 +2,15 @@
 //! attached by weft-cni, shows every pod reaching every pod, a relayed TCP transfer and status,
 //! and leaves nothing behind (root needed).
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn the_demo_runs_and_cleans_up() {
     weft_testbed::require_privileges().expect("the demo needs root");
-    let out = Command::new(env!("CARGO_BIN_EXE_weft")).arg("demo").output().unwrap();
+    common::weft_cni(); // `weft demo` runs the plugin beside itself
+    let out = Command::new(common::weft()).arg("demo").output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     for needle in ["pods (attached by weft-cni): a-pod1 10.", "weft status (on a):", "IPAM: ready", "Encryption: enabled", "(relayed by b, encrypted)", "(c)  via ", "torn down"] {

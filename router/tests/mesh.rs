@@ -202,7 +202,7 @@ fn killing_the_middle_router_or_cutting_a_link_interrupts_a_to_c_only_until_it_i
 
 #[test]
 fn pods_attached_by_cnitool_on_two_hosts_reach_each_other_and_pods_elsewhere() {
-    assert!(Command::new("cnitool").arg("--help").output().is_ok(), "cnitool is missing: run scripts/install-deps");
+    assert!(Command::new("cnitool").arg("--help").output().is_ok(), "cnitool is missing: run scripts/install-deps --test");
     let mut m = Mesh::up(Some("weft-test-password"), 1);
     let mut attached = Vec::new();
     for host in [0, 2] {

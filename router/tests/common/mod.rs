@@ -1,11 +1,13 @@
-//! What the router tests on the four-host cluster share: bringing the meshed routers up, pods
-//! with addresses from their IPAM, logs for failure messages, teardown.
+//! What the router tests share: the `weft` and `weft-cni` binaries; on the four-host cluster,
+//! bringing the meshed routers up, pods with addresses from their IPAM, logs for failure
+//! messages, teardown.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use weft_api::types::{AllocateRequest, Allocation, Attachment};
@@ -18,6 +20,47 @@ pub const NAMES: [&str; 4] = routers::CLUSTER_NAMES;
 
 pub fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// The `weft-cni` binary, beside [`weft`]: where `weft demo` and `cnitool` (through
+/// `CNI_PATH`) look for it.
+///
+/// Cargo builds only this package's binaries before its integration tests, so the first call in
+/// a test process runs `cargo build -p weft-cni` with the profile and target directory `weft` was
+/// built with (a quick no-op when it is fresh: cargo's fingerprints decide, not file times); the
+/// other test threads wait for that build, and cargo's lock on the target directory serialises
+/// it with any other cargo at work there. Panics with cargo's output if the build fails.
+pub fn weft_cni() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT.get_or_init(build_weft_cni).clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_weft_cni() -> Result<PathBuf, String> {
+    let weft = weft();
+    // `weft` is TARGET_DIR/PROFILE_DIR/weft, or TARGET_DIR/TRIPLE/PROFILE_DIR/weft with --target.
+    let out_dir = weft.parent().ok_or_else(|| format!("{} has no directory", weft.display()))?;
+    let profile = match out_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => return Err(format!("no profile directory in {}", weft.display())),
+    };
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into()));
+    cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--locked", "-p", "weft-cni", "--bin", "weft-cni", "--profile", profile]);
+    let is_target_dir = |d: &Path| d.join("CACHEDIR.TAG").exists();
+    match (out_dir.parent(), out_dir.parent().and_then(Path::parent)) {
+        (Some(target_dir), _) if is_target_dir(target_dir) => cargo.arg("--target-dir").arg(target_dir),
+        (Some(triple), Some(target_dir)) if is_target_dir(target_dir) => cargo.arg("--target").arg(triple.file_name().unwrap_or_default()).arg("--target-dir").arg(target_dir),
+        _ => return Err(format!("no cargo target directory above {}", weft.display())),
+    };
+    let out = cargo.output().map_err(|e| format!("run {cargo:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cargo:?} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let plugin = out_dir.join("weft-cni");
+    if !plugin.exists() {
+        return Err(format!("{cargo:?} succeeded but {} is missing", plugin.display()));
+    }
+    Ok(plugin)
 }
 
 pub struct Mesh {
@@ -106,7 +149,7 @@ pub fn netconf(dir: &Path, api_socket: &Path) {
 }
 
 pub fn cnitool(bed: &TestBed, h: NodeId, netconf_dir: &Path, verb: &str, pod_ns: &str) -> Output {
-    let plugins = format!("{}:/usr/lib/cni", weft().parent().unwrap().display());
+    let plugins = format!("{}:/usr/lib/cni", weft_cni().parent().unwrap().display());
     bed.run(
         h,
         Command::new("cnitool")
