@@ -32,6 +32,7 @@ impl NetNs {
         validate_name(name)?;
         let err = |op, e: io::Error| Error::Namespace { op, ns: name.to_owned(), source: e };
         fs::create_dir_all(NETNS_DIR).map_err(|e| err("create directory for", e))?;
+        share_netns_dir().map_err(|e| err("make /run/netns a shared mount point for", e))?;
         let path = path_of(name);
         // Create the mount point exclusively so two callers cannot take the same name.
         fs::OpenOptions::new()
@@ -117,6 +118,30 @@ impl NetNs {
     pub(crate) fn file(&self) -> &File {
         &self.file
     }
+}
+
+/// Makes `/run/netns` a shared mount point of its own, as `ip netns add` does before its first
+/// namespace. Without it, an `ip netns add` run later (by anyone) would bind-mount the directory
+/// over itself, hiding the namespaces mounted here beneath a copy: unmounting one then unmounts
+/// the copy, and the original stays busy. Done once per process.
+fn share_netns_dir() -> io::Result<()> {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return Ok(());
+    }
+    let shared = || nix::mount::mount(None::<&str>, NETNS_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    match shared() {
+        Ok(()) => {}
+        // Not a mount point yet: make it one (recursively, keeping what is mounted there), then share it.
+        Err(nix::errno::Errno::EINVAL) => {
+            nix::mount::mount(Some(NETNS_DIR), NETNS_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+            shared()?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    *done = true;
+    Ok(())
 }
 
 /// Removes the named namespace's mount. The kernel destroys the namespace (and every link in it)

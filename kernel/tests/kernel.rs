@@ -199,3 +199,19 @@ fn a_handle_in_a_namespace_never_touches_another() {
     assert!(after.iter().all(|l| l.name != "only-here"));
     assert_eq!(before.len(), after.len());
 }
+
+/// `ip netns add` (run by anyone, any time) bind-mounts `/run/netns` over itself when it is not a
+/// mount point yet; a namespace made here before that must still be deletable afterwards.
+#[test]
+fn a_namespace_made_here_is_deleted_cleanly_after_ip_netns_add_ran() {
+    weft_testbed::require_privileges().unwrap();
+    let ours = format!("{}{}-share-ours", weft_testbed::NS_PREFIX, std::process::id());
+    let theirs = format!("{}{}-share-ip", weft_testbed::NS_PREFIX, std::process::id());
+    drop(weft_kernel::NetNs::create(&ours).unwrap());
+    let added = std::process::Command::new("ip").args(["netns", "add", &theirs]).status().expect("run ip netns add");
+    let deleted = weft_kernel::netns::delete(&ours);
+    let _ = std::process::Command::new("ip").args(["netns", "delete", &theirs]).status();
+    assert!(added.success(), "ip netns add {theirs} failed");
+    deleted.unwrap_or_else(|e| panic!("deleting {ours} after ip netns add: {}", weft_kernel::chain(&e)));
+    assert!(!std::path::Path::new(weft_kernel::netns::NETNS_DIR).join(&ours).exists(), "{ours} is still mounted");
+}

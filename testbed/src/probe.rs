@@ -11,6 +11,8 @@ use weft_kernel::{Error, Result};
 
 /// How long a probe waits for its datagram or echo reply, in all.
 pub const PROBE_WAIT: Duration = Duration::from_millis(1200);
+/// How long [`TestBed::ping`] keeps trying for a reply.
+pub const PING_DEADLINE: Duration = Duration::from_secs(2);
 /// A UDP probe sends its datagram this many times, spread over [`PROBE_WAIT`]: a link that has
 /// just come up may drop the first packets until the kernel activates it.
 const PROBE_TRIES: u32 = 4;
@@ -43,10 +45,12 @@ impl TestBed {
         Ok(None)
     }
 
-    /// Sends one ICMP echo from `from` to `addr` with `ping`; true if a reply came back.
+    /// Pings `addr` from `from`: an ICMP echo every 200 ms until the first reply, for at most
+    /// [`PING_DEADLINE`] (one lost echo — an ARP still resolving on a busy machine — does not make
+    /// a reachable address look unreachable); true if a reply came back.
     pub fn ping(&self, from: NodeId, addr: Ipv4Addr) -> Result<bool> {
-        let wait = PROBE_WAIT.as_secs().max(1).to_string();
-        let out = self.run(from, Command::new("ping").args(["-n", "-q", "-c", "1", "-W", &wait, &addr.to_string()]));
+        let deadline = PING_DEADLINE.as_secs().to_string();
+        let out = self.run(from, Command::new("ping").args(["-n", "-q", "-c", "1", "-i", "0.2", "-w", &deadline, &addr.to_string()]));
         match out {
             Ok(o) => Ok(o.status.success()),
             Err(e) => Err(Error::TestBed(format!(
