@@ -139,6 +139,11 @@ impl SleeveLink {
         self.datagram.load(Ordering::Relaxed)
     }
 
+    /// Largest body of a datagram to this peer: the datagram less the session's header and tag.
+    pub fn max_body(&self) -> usize {
+        self.datagram().saturating_sub(self.overhead)
+    }
+
     /// Sets the datagram size (from path MTU discovery).
     pub fn set_datagram(&self, n: usize) {
         self.datagram.store(n, Ordering::Relaxed)

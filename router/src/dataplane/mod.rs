@@ -3,20 +3,20 @@
 //! - [`tapio`]: batched reads and writes of `weft-tap`, buffers with headroom;
 //!   [`vnet`]: the virtio-net header the TAP puts before each frame;
 //! - [`ethernet`]: the Ethernet header view; [`switch`]: MAC learning and the verdict per frame;
-//! - [`envelope`]: origin, destination and hop limit before each frame on the sleeve;
-//! - [`forward`]: which next hops (and whether the bridge) get a frame;
+//! - [`forward`]: which next hops (and whether the bridge) get a frame, and with which relay
+//!   envelope (its layout is the sleeve's, `weft_sleeve::wire`);
 //! - [`icmp`]: "fragmentation needed" / "packet too big" answers to pods;
 //! - [`links`]: the sleeve link to each connected peer (session, address, reassembly);
-//! - [`sleeve`]: framing, fragmentation, sealing and opening of frames.
+//! - [`sleeve`]: sealing and sending frames (whole or fragmented), walking opened bodies.
 //!
 //! Two threads, one reader per queue: the *TAP thread* reads batches from `weft-tap`, asks the
 //! [`Switch`] where each frame goes (one lock per batch), finds the next hops in the lock-free
 //! routes and sends each frame over the next hop's link; the *sleeve thread* receives batches of
-//! datagrams (GRO), opens them, reassembles, relays frames for other peers to their next hop and
-//! writes frames for this host to the TAP. Route and link tables are `arc-swap` snapshots; the
-//! only locks are the switch (per batch) and each link's session (per frame).
+//! datagrams (GRO), finds each datagram's link by the receiver index in the sleeve's header view,
+//! opens it, reassembles, relays frames for other peers to their next hop and writes frames for
+//! this host to the TAP. Route and link tables are `arc-swap` snapshots; the only locks are the
+//! switch (per batch) and each link's session (per frame).
 
-pub mod envelope;
 pub mod ethernet;
 pub mod forward;
 pub mod icmp;
@@ -33,13 +33,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use weft_mesh::peer::PeerName;
-use weft_mesh::routes::RoutesHandle;
+use weft_mesh::routes::{Routes, RoutesHandle};
 use weft_sleeve::liveness::{CONTROL_LEN, ControlMsg};
 use weft_sleeve::udp::{RecvBatch, SleeveSocket};
+use weft_sleeve::wire::{self, FrameRepr, Packet};
 
-use switch::{Switch, Verdict};
 use links::{Links, SleeveLink};
-use sleeve::{DataplaneStats, Incoming, Received, Sender};
+use sleeve::{DataplaneStats, Received, Sender};
+use switch::{Switch, Verdict};
 use tapio::{FrameBuf, TapIo};
 
 /// Frames read from the TAP per batch.
@@ -185,26 +186,26 @@ fn tap_thread(sh: &Shared) {
                 let _ = tap.write_frame(&[0u8; vnet::LEN], &reply[..n]);
                 continue;
             }
-            for (hop, env) in plan.onward.sends() {
-                send(sh, &mut sender, now, hop, env, vh.as_ref(), frame);
+            for (hop, envelope) in plan.onward.sends() {
+                send(sh, &mut sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
             }
         }
     }
 }
 
-/// The largest IP packet one datagram of `link` carries whole: the datagram less the session's
-/// bytes, the record header, the envelope, a virtio-net header and the Ethernet header.
+/// The largest IP packet one datagram of `link` carries whole: what its body carries in one
+/// frame record (with room for a virtio-net header) less the Ethernet header.
 fn ip_mtu(link: &SleeveLink) -> u16 {
-    let fixed = link.overhead + weft_sleeve::wire::RECORD_HEADER_LEN + envelope::LEN + weft_sleeve::wire::VNET_HDR_LEN + ethernet::HEADER_LEN;
-    link.datagram().saturating_sub(fixed).min(u16::MAX as usize) as u16
+    let frame = wire::max_frame_in_body(link.max_body());
+    frame.saturating_sub(ethernet::HEADER_LEN).min(u16::MAX as usize) as u16
 }
 
-fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, env: envelope::Envelope, vh: Option<&vnet::Header>, frame: &[u8]) {
+fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, frame: &FrameRepr<'_>) {
     let Some(link) = sh.links.get(hop) else {
         inc(&sh.stats.drop_no_route);
         return;
     };
-    match sender.send(now, &sh.sock, &link, env, vh, frame) {
+    match sender.send(now, &sh.sock, &link, frame) {
         Ok(()) => {}
         Err(sleeve::SendError::TooBig(_)) => inc(&sh.stats.drop_too_big),
         // The path (or our own interface) no longer carries datagrams of this size: search again.
@@ -219,9 +220,24 @@ fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, env: enve
             }
         }
         Err(e) => {
-            tracing::debug!(peer = %hop, "sleeve send: {e}");
+            tracing::debug!(peer = %hop, error = %Chain(&e), "sleeve: cannot send a frame");
             inc(&sh.stats.drop_io);
         }
+    }
+}
+
+/// Displays an error with its causes, `outer: cause: cause`, for log lines.
+struct Chain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
     }
 }
 
@@ -274,7 +290,7 @@ fn send_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLin
     let _ = msg.emit(&mut b);
     let r = sender.send_control(now, &sh.sock, link, &b, msg.pad_to());
     if let Err(e) = &r {
-        tracing::debug!(peer = %link.peer, "sleeve control: {e}");
+        tracing::debug!(peer = %link.peer, error = %Chain(e), "sleeve: cannot send a control record");
     }
     r
 }
@@ -303,13 +319,16 @@ fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn receive(sh: &Shared, sender: &mut Sender, routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, dgram: &mut [u8]) {
-    let Some(idx) = dgram.get(8..12) else {
-        inc(&sh.stats.drop_malformed);
-        return;
+fn receive(sh: &Shared, sender: &mut Sender, routes: &Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, dgram: &mut [u8]) {
+    let index = match Packet::new_checked(&*dgram) {
+        Ok(p) => p.receiver_index(),
+        Err(e) => {
+            tracing::trace!(%src, error = %e, "sleeve: datagram refused");
+            inc(&sh.stats.drop_malformed);
+            return;
+        }
     };
-    let idx = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
-    let Some(link) = sh.links.by_index(idx) else {
+    let Some(link) = sh.links.by_index(index) else {
         inc(&sh.stats.drop_unknown_session);
         return;
     };
@@ -329,27 +348,28 @@ fn receive(sh: &Shared, sender: &mut Sender, routes: &weft_mesh::routes::Routes,
         Received::Frame(f) => {
             link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
             link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
-            deliver(sh, sender, routes, tap, now, f)
+            deliver(sh, sender, routes, tap, now, &f)
         }
         Received::Control(payload) => on_control(sh, sender, now, &link, payload),
     });
 }
 
+/// A frame from a peer: relay it on, and deliver it to the bridge when it is for this host.
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Shared, sender: &mut Sender, routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, f: Incoming<'_>) {
-    let plan = forward::from_peer(sh.me, f.env, routes);
+fn deliver(sh: &Shared, sender: &mut Sender, routes: &Routes, tap: &TapIo, now: Instant, f: &FrameRepr<'_>) {
+    let plan = forward::from_peer(sh.me, f.envelope, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
         return;
     }
-    for (hop, env) in plan.onward.sends() {
+    for (hop, envelope) in plan.onward.sends() {
         inc(&sh.stats.relayed);
-        send(sh, sender, now, hop, env, f.vnet.as_ref(), f.frame);
+        send(sh, sender, now, hop, &FrameRepr { envelope, ..*f });
     }
     if !plan.local {
         return;
     }
-    if sh.switch().from_peer(now, f.env.src, f.frame) != Verdict::Local {
+    if sh.switch().from_peer(now, PeerName(f.envelope.src), f.frame) != Verdict::Local {
         inc(&sh.stats.drop_switch);
         return;
     }
