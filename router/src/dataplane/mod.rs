@@ -6,16 +6,22 @@
 //! - [`forward`]: which next hops (and whether the bridge) get a frame, and with which relay
 //!   envelope (its layout is the sleeve's, `weft_sleeve::wire`);
 //! - [`icmp`]: "fragmentation needed" / "packet too big" answers to pods;
-//! - [`links`]: the sleeve link to each connected peer (session, address, reassembly);
+//! - [`links`]: the sleeve link to each connected peer (session, address, reassembly, health);
 //! - [`sleeve`]: sealing and sending frames (whole or fragmented), walking opened bodies.
 //!
-//! Two threads, one reader per queue: the *TAP thread* reads batches from `weft-tap`, asks the
-//! [`Switch`] where each frame goes (one lock per batch), finds the next hops in the lock-free
-//! routes and sends each frame over the next hop's link; the *sleeve thread* receives batches of
-//! datagrams (GRO), finds each datagram's link by the receiver index in the sleeve's header view,
-//! opens it, reassembles, relays frames for other peers to their next hop and writes frames for
-//! this host to the TAP. Route and link tables are `arc-swap` snapshots; the only locks are the
-//! switch (per batch) and each link's session (per frame).
+//! Two threads, one reader per queue. The *TAP thread* reads a batch from `weft-tap`, asks the
+//! [`Switch`] where each frame goes under one lock for the whole batch, finds the next hops in
+//! the lock-free routes and sends each frame over its next hop's link (that link's session lock,
+//! once per frame). The *sleeve thread* receives a batch of messages (recvmmsg, each a GRO train
+//! of datagrams from one sender), finds each datagram's link by the receiver index in the
+//! sleeve's header view, opens a message's datagrams under one session lock, then walks their
+//! records: relays frames for other peers to their next hop, writes frames for this host to the
+//! TAP, answers control records; fragments are reassembled under the link's reassembler lock,
+//! taken at most once per message. Frames for this host are switched without the switch's lock
+//! ([`switch::PeerLearning`]); what they teach is learned under one lock per received batch.
+//! Route and link tables are `arc-swap` snapshots; a link's receive time and address are
+//! atomics; its health lock (heartbeats, path MTU) is taken by timers, control records, status
+//! and, on the TAP thread, only for a frame too large for its path.
 
 pub mod ethernet;
 pub mod forward;
@@ -26,6 +32,7 @@ pub mod switch;
 pub mod tapio;
 pub mod vnet;
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -39,8 +46,8 @@ use weft_sleeve::udp::{RecvBatch, SleeveSocket};
 use weft_sleeve::wire::{self, FrameRepr, Packet};
 
 use links::{Links, SleeveLink};
-use sleeve::{DataplaneStats, Received, Sender};
-use switch::{Switch, Verdict};
+use sleeve::{DataplaneStats, LazyReasm, Received, Sender};
+use switch::{PeerLearning, Switch, Verdict};
 use tapio::{FrameBuf, TapIo};
 
 /// Frames read from the TAP per batch.
@@ -241,9 +248,18 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// The sleeve thread's state, allocated once: the send buffer, the bodies opened from the
+/// message at hand, and what the frames of the batch at hand teach the switch.
+#[derive(Default)]
+struct Receiver {
+    sender: Sender,
+    opened: Vec<Range<usize>>,
+    learning: PeerLearning,
+}
+
 fn sleeve_thread(sh: &Shared) {
     let mut batch = RecvBatch::new(UDP_BATCH);
-    let mut sender = Sender::default();
+    let mut rx = Receiver::default();
     let mut next_timers = Instant::now();
     while !sh.stop.load(Ordering::Relaxed) {
         let n = match sh.sock.recv(&mut batch) {
@@ -260,15 +276,16 @@ fn sleeve_thread(sh: &Shared) {
             let tap = sh.tap.load_full();
             for i in 0..n {
                 let (src, data, stride) = batch.get_mut(i);
-                for dgram in data.chunks_mut(stride) {
-                    receive(sh, &mut sender, &routes, &tap, now, src, dgram);
-                }
+                receive_message(sh, &mut rx, &routes, &tap, now, src, data, stride);
+            }
+            if !rx.learning.is_empty() {
+                sh.switch().learn_from_peers(now, &mut rx.learning);
             }
         }
         if now >= next_timers {
             next_timers = now + TIMER_TICK;
             for link in sh.links.all() {
-                link_timers(sh, &mut sender, now, &link);
+                link_timers(sh, &mut rx.sender, now, &link);
             }
         }
     }
@@ -318,45 +335,69 @@ fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink,
     }
 }
 
+/// One received message: datagrams of `stride` bytes from `src` (a GRO train, or just one).
+/// Each run of datagrams for one session is opened under one session lock, then walked.
 #[allow(clippy::too_many_arguments)]
-fn receive(sh: &Shared, sender: &mut Sender, routes: &Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, dgram: &mut [u8]) {
-    let index = match Packet::new_checked(&*dgram) {
-        Ok(p) => p.receiver_index(),
-        Err(e) => {
-            tracing::trace!(%src, error = %e, "sleeve: datagram refused");
-            inc(&sh.stats.drop_malformed);
-            return;
+fn receive_message(sh: &Shared, rx: &mut Receiver, routes: &Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, data: &mut [u8], stride: usize) {
+    let mut at = 0;
+    while at < data.len() {
+        let index = match Packet::new_checked(&data[at..(at + stride).min(data.len())]) {
+            Ok(p) => p.receiver_index(),
+            Err(e) => {
+                tracing::trace!(%src, error = %e, "sleeve: datagram refused");
+                inc(&sh.stats.drop_malformed);
+                at += stride;
+                continue;
+            }
+        };
+        let Some(link) = sh.links.by_index(index) else {
+            inc(&sh.stats.drop_unknown_session);
+            at += stride;
+            continue;
+        };
+        // Open the run of datagrams for this session.
+        rx.opened.clear();
+        {
+            let mut session = link.session();
+            while at < data.len() {
+                let end = (at + stride).min(data.len());
+                let dgram = &mut data[at..end];
+                if Packet::new_checked(&*dgram).map(|p| p.receiver_index()) != Ok(index) {
+                    break;
+                }
+                match session.open(now, dgram) {
+                    Ok(body) => rx.opened.push(at + body.start..at + body.end),
+                    Err(_) => inc(&sh.stats.drop_open),
+                }
+                at = end;
+            }
         }
-    };
-    let Some(link) = sh.links.by_index(index) else {
-        inc(&sh.stats.drop_unknown_session);
-        return;
-    };
-    let body = match link.session().open(now, dgram) {
-        Ok(r) => r,
-        Err(_) => {
-            inc(&sh.stats.drop_open);
-            return;
+        if rx.opened.is_empty() {
+            continue;
         }
-    };
-    link.health().liveness.on_receive(now);
-    if link.seen(now, src) {
-        tracing::info!(peer = %link.peer, %src, "sleeve: peer now answers from a new address");
+        if link.seen(now, src) {
+            tracing::info!(peer = %link.peer, %src, "sleeve: peer now answers from a new address");
+        }
+        link.stats.datagrams_in.fetch_add(rx.opened.len() as u64, Ordering::Relaxed);
+        // Walk what opened.
+        let Receiver { sender, opened, learning } = rx;
+        let mut reasm = LazyReasm::new(&link);
+        for body in opened.iter() {
+            sleeve::for_each_record(now, &data[body.clone()], &mut reasm, &sh.stats, |item| match item {
+                Received::Frame(f) => {
+                    link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                    link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
+                    deliver(sh, sender, learning, routes, tap, now, &f)
+                }
+                Received::Control(payload) => on_control(sh, sender, now, &link, payload),
+            });
+        }
     }
-    link.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-    sleeve::for_each_record(now, &link, &dgram[body], &sh.stats, |item| match item {
-        Received::Frame(f) => {
-            link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
-            deliver(sh, sender, routes, tap, now, &f)
-        }
-        Received::Control(payload) => on_control(sh, sender, now, &link, payload),
-    });
 }
 
 /// A frame from a peer: relay it on, and deliver it to the bridge when it is for this host.
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Shared, sender: &mut Sender, routes: &Routes, tap: &TapIo, now: Instant, f: &FrameRepr<'_>) {
+fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, f: &FrameRepr<'_>) {
     let plan = forward::from_peer(sh.me, f.envelope, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
@@ -369,7 +410,7 @@ fn deliver(sh: &Shared, sender: &mut Sender, routes: &Routes, tap: &TapIo, now: 
     if !plan.local {
         return;
     }
-    if sh.switch().from_peer(now, PeerName(f.envelope.src), f.frame) != Verdict::Local {
+    if learning.from_peer(PeerName(f.envelope.src), f.frame) != Verdict::Local {
         inc(&sh.stats.drop_switch);
         return;
     }

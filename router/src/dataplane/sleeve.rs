@@ -11,10 +11,11 @@
 //! 64 KB TCP super-frame crosses whole and is segmented (if at all) by the receiving kernel.
 
 use std::io;
+use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use weft_sleeve::frag::{self, FragError};
+use weft_sleeve::frag::{self, FragError, Reassembler};
 use weft_sleeve::udp::SleeveSocket;
 use weft_sleeve::wire::{self, BodyRecord, BodyWriter, FrameRepr, RecordKind, Records};
 
@@ -171,24 +172,40 @@ pub enum Received<'a> {
     Control(&'a [u8]),
 }
 
+/// A link's reassembler, locked when a fragment first needs it and then held until dropped (the
+/// receive path keeps one per received message, so the lock is taken at most once per message).
+pub struct LazyReasm<'a> {
+    link: &'a SleeveLink,
+    guard: Option<MutexGuard<'a, Reassembler>>,
+}
+
+impl<'a> LazyReasm<'a> {
+    /// Nothing locked yet.
+    pub fn new(link: &'a SleeveLink) -> LazyReasm<'a> {
+        LazyReasm { link, guard: None }
+    }
+
+    fn get(&mut self) -> &mut Reassembler {
+        let link = self.link;
+        self.guard.get_or_insert_with(|| link.reassembler())
+    }
+}
+
 /// Hands each frame and control record of an opened datagram body to `f`, reassembling
 /// fragmented frames on the way. Malformed records and fragments are counted and dropped.
-pub fn for_each_record(now: Instant, link: &SleeveLink, body: &[u8], stats: &DataplaneStats, mut f: impl FnMut(Received<'_>)) {
+pub fn for_each_record(now: Instant, body: &[u8], reasm: &mut LazyReasm<'_>, stats: &DataplaneStats, mut f: impl FnMut(Received<'_>)) {
     for r in Records::new(body) {
         match r {
             Ok(BodyRecord::Frame(frame)) => f(Received::Frame(frame)),
             Ok(BodyRecord::Control { payload, .. }) => f(Received::Control(payload)),
-            Ok(BodyRecord::Fragment { flags, payload }) => {
-                let mut reasm = link.reassembler();
-                match reasm.push(now, flags, payload) {
-                    Ok(Some(whole)) => match FrameRepr::parse(whole.flags, whole.payload) {
-                        Ok(frame) => f(Received::Frame(frame)),
-                        Err(_) => inc(&stats.drop_malformed),
-                    },
-                    Ok(None) => {}
+            Ok(BodyRecord::Fragment { flags, payload }) => match reasm.get().push(now, flags, payload) {
+                Ok(Some(whole)) => match FrameRepr::parse(whole.flags, whole.payload) {
+                    Ok(frame) => f(Received::Frame(frame)),
                     Err(_) => inc(&stats.drop_malformed),
-                }
-            }
+                },
+                Ok(None) => {}
+                Err(_) => inc(&stats.drop_malformed),
+            },
             Err(_) => {
                 inc(&stats.drop_malformed);
                 break;
@@ -219,7 +236,8 @@ mod tests {
 
     fn walk(now: Instant, link: &SleeveLink, body: &[u8], stats: &DataplaneStats) -> Vec<Item> {
         let mut items = Vec::new();
-        for_each_record(now, link, body, stats, |r| {
+        let mut reasm = LazyReasm::new(link);
+        for_each_record(now, body, &mut reasm, stats, |r| {
             items.push(match r {
                 Received::Frame(f) => Item::Frame(f.vnet, f.envelope, f.frame.to_vec()),
                 Received::Control(p) => Item::Control(p.to_vec()),
