@@ -1,6 +1,6 @@
 //! The data plane: dedicated OS threads moving frames between the TAP and the sleeve.
 //!
-//! - [`tapio`]: batched reads and writes of `weft-tap`, buffers with headroom;
+//! - [`tapio`]: batched reads and writes of `weft-tap`, buffers allocated once;
 //!   [`vnet`]: the virtio-net header the TAP puts before each frame;
 //! - [`ethernet`]: the Ethernet header view; [`switch`]: MAC learning and the verdict per frame;
 //! - [`forward`]: which next hops (and whether the bridge) get a frame, and with which relay
