@@ -18,7 +18,8 @@
 //! records: relays frames for other peers to their next hop, writes frames for this host to the
 //! TAP, answers control records; fragments are reassembled under the link's reassembler lock,
 //! taken at most once per message. Frames for this host are switched without the switch's lock
-//! ([`switch::PeerLearning`]); what they teach is learned under one lock per received batch.
+//! ([`switch::PeerLearning`]); what they teach is learned under one lock per received batch
+//! (and once a second, expired MAC entries are removed under it).
 //! Route and link tables are `arc-swap` snapshots; a link's receive time and address are
 //! atomics; its health lock (heartbeats, path MTU) is taken by timers, control records, status
 //! and, on the TAP thread, only for a frame too large for its path.
@@ -56,6 +57,8 @@ pub const TAP_BATCH: usize = 32;
 pub const UDP_BATCH: usize = 32;
 /// How often the sleeve thread runs the links' timers (heartbeats, path MTU probes).
 pub const TIMER_TICK: Duration = Duration::from_millis(50);
+/// How often the sleeve thread removes expired MAC entries from the switch.
+pub const AGING_TICK: Duration = Duration::from_secs(1);
 
 /// What both threads share.
 pub struct Shared {
@@ -261,6 +264,7 @@ fn sleeve_thread(sh: &Shared) {
     let mut batch = RecvBatch::new(UDP_BATCH);
     let mut rx = Receiver::default();
     let mut next_timers = Instant::now();
+    let mut next_aging = Instant::now() + AGING_TICK;
     while !sh.stop.load(Ordering::Relaxed) {
         let n = match sh.sock.recv(&mut batch) {
             Ok(n) => n,
@@ -287,6 +291,10 @@ fn sleeve_thread(sh: &Shared) {
             for link in sh.links.all() {
                 link_timers(sh, &mut rx.sender, now, &link);
             }
+        }
+        if now >= next_aging {
+            next_aging = now + AGING_TICK;
+            sh.switch().handle_timeout(now);
         }
     }
 }

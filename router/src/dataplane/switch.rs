@@ -8,9 +8,10 @@
 //! [`PeerLearning::from_peer`]): the frame is delivered to the bridge, and its source is learned
 //! as behind `origin`. That verdict needs no table, so the receive path decides each frame without
 //! the switch's lock and applies what a whole batch taught under one lock afterwards
-//! ([`Switch::learn_from_peers`]); until then a reply to a new address is flooded. Relaying frames
-//! addressed to other peers is routing, not switching: the data plane does it from the mesh
-//! routes without asking here.
+//! ([`Switch::learn_from_peers`]); until then (microseconds) a reply to a new address is flooded
+//! and one to an address that moved goes to its old place. Relaying frames addressed to other
+//! peers is routing, not switching: the data plane does it from the mesh routes without asking
+//! here. Expired entries are never used; [`Switch::handle_timeout`] removes them.
 //!
 //! Contract: the caller passes `now`; nothing here reads a clock or does I/O. Link-local control
 //! frames (01:80:c2:00:00:0X: STP, pause, LACP, LLDP) never cross hosts.
