@@ -3,9 +3,9 @@
 //!
 //! `Throughput::Bytes` is the frame bytes per packet in every case. The raw baseline seals the
 //! frame bytes with a 20-byte AAD (the sleeve header's size) and nothing else; the session adds
-//! the record header, the packet header, the counter and key bookkeeping, and on open the replay
-//! window and the record validation. Opening is in place, so each open gets a freshly sealed
-//! packet, prepared outside the timed routine (same batching for both).
+//! the record header and relay envelope, the packet header, the counter and key bookkeeping, and
+//! on open the replay window and the record validation. Opening is in place, so each open gets a
+//! freshly sealed packet, prepared outside the timed routine (same batching for both).
 //!
 //! Ratio to report: session bytes/s ÷ raw bytes/s for the same cipher and size.
 
@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use weft_sleeve::ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
-use weft_sleeve::wire::{HEADER_LEN, RecordKind, TAG_LEN};
+use weft_sleeve::wire::{ENVELOPE_LEN, EnvelopeRepr, HEADER_LEN, RecordKind, TAG_LEN};
 use weft_sleeve::{BodyWriter, Cipher, Config, Role, Session, SessionIds};
 
 const SIZES: [usize; 3] = [64, 1400, 65000];
@@ -65,13 +65,21 @@ fn sessions(c: Cipher, now: Instant) -> (Session, Session) {
     )
 }
 
-/// Writes one frame record of `size` bytes into `buf` and seals it; returns the packet length.
-/// The frame bytes are whatever the buffer holds, as after a TAP read in place.
+/// Writes one frame record with a frame of `size` bytes into `buf` and seals it; returns the
+/// packet length. The record starts with a relay envelope; the frame bytes are whatever the
+/// buffer holds, as after a TAP read in place.
 fn seal_frame(s: &mut Session, now: Instant, buf: &mut [u8], size: usize) -> usize {
-    let end = buf.len() - TAG_LEN;
-    let mut w = BodyWriter::new(&mut buf[HEADER_LEN..end]);
-    w.reserve(RecordKind::Frame, 0, size)
+    let body = s.body_range(buf.len());
+    let mut w = BodyWriter::new(&mut buf[body]);
+    let p = w
+        .reserve(RecordKind::Frame, 0, ENVELOPE_LEN + size)
         .expect("buffer sized for the frame");
+    let envelope = EnvelopeRepr {
+        dst: [1; 6],
+        src: [2; 6],
+        hops: 16,
+    };
+    envelope.emit(p).expect("a frame record holds its envelope");
     let body_len = w.len();
     s.seal_in_place(now, buf, body_len).expect("seal")
 }

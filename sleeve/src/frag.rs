@@ -1,8 +1,9 @@
 //! Fragmentation of super-frames across datagrams, and their reassembly (sans-IO).
 //!
-//! A frame record's payload (up to [`MAX_TOTAL`] bytes: offload metadata, relay envelope and a
-//! 64 KB super-frame) is split into pieces, each carried by one datagram in one Fragment record
-//! whose flags are the frame record's flags. A fragment payload is
+//! A frame payload ([`wire::FrameRepr`]: offload metadata, relay envelope and a 64 KB
+//! super-frame, at most [`wire::MAX_FRAME_PAYLOAD`] bytes) that does not fit one datagram is cut
+//! ([`Cut`]) into pieces, each carried by one datagram in one Fragment record whose flags are the
+//! frame record's flags. A fragment payload is
 //!
 //! ```text
 //! id u32 | index u16 | count u16 | total_len u32 | piece
@@ -10,7 +11,8 @@
 //!
 //! (big-endian, [`FRAG_HEADER_LEN`] bytes of header). Every piece but the last has the same
 //! length, so piece `index` starts at `index * len(piece 0)`; the sender makes them so, which is
-//! also what lets it send them as one UDP GSO train. `count` is 2..=[`MAX_PIECES`].
+//! also what lets it send them as one UDP GSO train. `count` is 2..=[`MAX_PIECES`]. A completed
+//! payload is parsed with [`wire::FrameRepr::parse`] and the flags [`Reassembled`] returns.
 //!
 //! Pieces arrive inside authenticated datagrams, so only the peer can send them; still, the
 //! [`Reassembler`] trusts nothing: a piece that disagrees with what the first piece of its id
@@ -20,8 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::wire::BodyWriter;
-use crate::wire::{self, RecordKind};
+use crate::wire::{self, BodyWriter, RecordKind};
 
 /// Length of the fragment header.
 pub const FRAG_HEADER_LEN: usize = 12;
@@ -30,7 +31,7 @@ pub const MAX_PIECES: usize = 1024;
 /// Largest reassembled payload.
 pub const MAX_TOTAL: usize = 65_536 + 128;
 
-/// Why a fragment was refused.
+/// Why a fragment was refused, or a payload could not be cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FragError {
     /// Shorter than the fragment header, or the header is out of bounds.
@@ -42,7 +43,22 @@ pub enum FragError {
     /// The buffer is too small to write into.
     #[error("no room for the fragment header")]
     NoRoom,
+    /// A body of this many bytes cannot carry a piece.
+    #[error("a body of {0} bytes has no room for a fragment")]
+    BodyTooSmall(usize),
+    /// A payload that needs fewer than 2 or more than [`MAX_PIECES`] pieces, or is longer than
+    /// [`MAX_TOTAL`].
+    #[error("cannot cut a payload of {total_len} bytes into {count} pieces")]
+    CannotCut {
+        /// Payload length.
+        total_len: usize,
+        /// Pieces it would need.
+        count: usize,
+    },
 }
+
+// Every frame payload can be reassembled.
+const _: () = assert!(wire::MAX_FRAME_PAYLOAD <= MAX_TOTAL);
 
 /// A fragment's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,31 +112,69 @@ impl FragmentHeader {
     }
 }
 
-/// How many pieces of at most `max_piece` bytes `len` bytes need.
-pub fn pieces_needed(len: usize, max_piece: usize) -> usize {
-    len.div_ceil(max_piece.max(1))
+/// How a frame payload is cut for datagrams whose bodies hold at most `max_body` bytes: one
+/// Fragment record per datagram, every piece `piece_len` long but the last. The sender writes
+/// each piece straight from the payload's parts, without copying the payload together first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    id: u32,
+    total_len: usize,
+    piece_len: usize,
+    count: usize,
 }
 
-/// Splits `payload` (at most [`MAX_TOTAL`] bytes, needing 2..=[`MAX_PIECES`] pieces) into
-/// pieces of `max_piece` bytes (the last may be shorter), with their headers.
-pub fn split(id: u32, payload: &[u8], max_piece: usize) -> impl Iterator<Item = (FragmentHeader, &[u8])> {
-    let max_piece = max_piece.max(1);
-    let count = pieces_needed(payload.len(), max_piece).min(u16::MAX as usize) as u16;
-    let total_len = payload.len() as u32;
-    payload
-        .chunks(max_piece)
-        .enumerate()
-        .map(move |(i, piece)| (FragmentHeader { id, index: i as u16, count, total_len }, piece))
+impl Cut {
+    /// Cuts a payload of `total_len` bytes (frame `id`) for bodies of `max_body` bytes.
+    pub fn new(id: u32, total_len: usize, max_body: usize) -> Result<Cut, FragError> {
+        let piece_len = max_body.saturating_sub(wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN);
+        if piece_len == 0 {
+            return Err(FragError::BodyTooSmall(max_body));
+        }
+        let count = total_len.div_ceil(piece_len);
+        if total_len > MAX_TOTAL || !(2..=MAX_PIECES).contains(&count) {
+            return Err(FragError::CannotCut { total_len, count });
+        }
+        Ok(Cut { id, total_len, piece_len, count })
+    }
+
+    /// How many pieces (and so datagrams).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The header of piece `index`.
+    pub fn header(&self, index: usize) -> FragmentHeader {
+        // count <= MAX_PIECES < u16::MAX and total_len <= MAX_TOTAL < u32::MAX (checked in new).
+        FragmentHeader { id: self.id, index: index as u16, count: self.count as u16, total_len: self.total_len as u32 }
+    }
+
+    /// Writes piece `index` (below [`Cut::count`]) as a Fragment record with `flags` into `w`.
+    /// The payload is `head` followed by `tail` (for a frame: what
+    /// [`wire::FrameRepr::emit_head`] wrote, then the Ethernet frame), `total_len` bytes in all.
+    pub fn write_piece(&self, w: &mut BodyWriter<'_>, flags: u8, index: usize, head: &[u8], tail: &[u8]) -> Result<(), wire::Error> {
+        debug_assert_eq!(head.len() + tail.len(), self.total_len);
+        let off = index * self.piece_len;
+        let len = self.piece_len.min(self.total_len.saturating_sub(off));
+        let p = w.reserve(RecordKind::Fragment, flags, FRAG_HEADER_LEN + len)?;
+        let (h, dst) = p.split_at_mut(FRAG_HEADER_LEN);
+        // `h` is exactly FRAG_HEADER_LEN bytes long.
+        let _ = self.header(index).emit(h);
+        copy_range(dst, head, tail, off);
+        Ok(())
+    }
 }
 
-/// Writes one piece as a Fragment record with `flags` into `w`.
-pub fn write_piece(w: &mut BodyWriter<'_>, flags: u8, h: &FragmentHeader, piece: &[u8]) -> Result<(), wire::Error> {
-    let p = w.reserve(RecordKind::Fragment, flags, FRAG_HEADER_LEN + piece.len())?;
-    let (head, body) = p.split_at_mut(FRAG_HEADER_LEN);
-    // `head` is exactly FRAG_HEADER_LEN bytes long.
-    let _ = h.emit(head);
-    body.copy_from_slice(piece);
-    Ok(())
+/// Copies `dst.len()` bytes starting at `off` of the concatenation `head ++ tail` into `dst`.
+fn copy_range(dst: &mut [u8], head: &[u8], tail: &[u8], off: usize) {
+    let mut at = 0;
+    if off < head.len() {
+        let n = (head.len() - off).min(dst.len());
+        dst[..n].copy_from_slice(&head[off..off + n]);
+        at = n;
+    }
+    let from = (off + at).saturating_sub(head.len());
+    let rest = dst.len() - at;
+    dst[at..].copy_from_slice(&tail[from..from + rest]);
 }
 
 /// Reassembly limits.
@@ -327,13 +381,22 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
+    /// The fragment payloads of `payload` cut into pieces of `max` bytes, written by [`Cut`]
+    /// from the payload given as two parts (split where the frame head would end).
     fn fragments(id: u32, payload: &[u8], max: usize) -> Vec<Vec<u8>> {
-        split(id, payload, max)
-            .map(|(h, p)| {
-                let mut v = vec![0u8; FRAG_HEADER_LEN];
-                h.emit(&mut v).unwrap();
-                v.extend_from_slice(p);
-                v
+        let max_body = max + wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN;
+        let cut = Cut::new(id, payload.len(), max_body).unwrap();
+        let (head, tail) = payload.split_at(wire::FRAME_HEAD_MAX.min(payload.len()));
+        let mut body = vec![0u8; max_body];
+        (0..cut.count())
+            .map(|i| {
+                let mut w = BodyWriter::new(&mut body);
+                cut.write_piece(&mut w, 1, i, head, tail).unwrap();
+                let n = w.len();
+                match wire::Records::new(&body[..n]).next() {
+                    Some(Ok(wire::BodyRecord::Fragment { flags: 1, payload })) => payload.to_vec(),
+                    other => panic!("piece {i}: {other:?}"),
+                }
             })
             .collect()
     }
@@ -357,7 +420,7 @@ mod tests {
             for n in [1401, 2800, 2801, 65_535, MAX_TOTAL] {
                 let p = bytes(n);
                 let mut f = fragments(9, &p, max);
-                assert_eq!(f.len(), pieces_needed(n, max));
+                assert_eq!(f.len(), n.div_ceil(max));
                 let mut r = Reassembler::new(ReasmConfig::default());
                 assert_eq!(reassemble(&mut r, now, &f).as_deref(), Some(&p[..]), "{n}/{max} in order");
                 f.reverse();
@@ -415,6 +478,31 @@ mod tests {
         assert_eq!(r.pending(), 0);
         assert!(r.stats().timed_out >= 2);
         assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn ranges_of_head_and_tail_are_copied_across_the_seam() {
+        let (head, tail) = ([1u8, 2, 3], [4u8, 5, 6, 7, 8]);
+        let whole: Vec<u8> = head.iter().chain(&tail).copied().collect();
+        for off in 0..whole.len() {
+            for len in 0..=whole.len() - off {
+                let mut dst = vec![0u8; len];
+                copy_range(&mut dst, &head, &tail, off);
+                assert_eq!(dst, &whole[off..off + len], "off {off} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn cuts_refuse_what_cannot_be_fragmented() {
+        let room = wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN;
+        assert_eq!(Cut::new(1, 100, room), Err(FragError::BodyTooSmall(room)));
+        assert_eq!(Cut::new(1, 100, room + 100), Err(FragError::CannotCut { total_len: 100, count: 1 }));
+        assert_eq!(Cut::new(1, MAX_TOTAL + 1, 1400), Err(FragError::CannotCut { total_len: MAX_TOTAL + 1, count: (MAX_TOTAL + 1).div_ceil(1400 - room) }));
+        assert!(matches!(Cut::new(1, MAX_TOTAL, room + 10), Err(FragError::CannotCut { .. })));
+        let cut = Cut::new(7, wire::MAX_FRAME_PAYLOAD, 1400).unwrap();
+        assert_eq!(cut.count(), wire::MAX_FRAME_PAYLOAD.div_ceil(1400 - room));
+        assert_eq!(cut.header(3), FragmentHeader { id: 7, index: 3, count: cut.count() as u16, total_len: wire::MAX_FRAME_PAYLOAD as u32 });
     }
 
     proptest! {

@@ -173,9 +173,10 @@ impl Liveness {
         now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    /// An authenticated packet arrived from the peer.
-    pub fn on_receive(&mut self, now: Instant) {
-        self.last_rx = Some(now);
+    /// An authenticated packet arrived from the peer at `at` (an earlier time than one already
+    /// reported changes nothing, so a caller may report receive times in batches).
+    pub fn on_receive(&mut self, at: Instant) {
+        self.last_rx = self.last_rx.max(Some(at));
     }
 
     /// Handles a heartbeat message; returns the ack to send, if any.
@@ -412,6 +413,9 @@ mod tests {
         assert_eq!(l.state(t0 + Duration::from_secs(11)), PeerState::Dead);
         l.on_receive(t0 + Duration::from_secs(12));
         assert_eq!(l.state(t0 + Duration::from_secs(12)), PeerState::Alive);
+        // A receive time reported late does not move the last one back.
+        l.on_receive(t0 + Duration::from_secs(8));
+        assert_eq!(l.last_seen(), Some(t0 + Duration::from_secs(12)));
     }
 
     #[test]

@@ -31,7 +31,6 @@
 //! Plain mode (trusted networks) carries the same header and records without encryption, and
 //! still refuses malformed packets, foreign session indexes and duplicate counters.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -175,7 +174,7 @@ pub struct SessionIds {
     pub remote: u32,
 }
 
-/// Packet counts of a session (or of a [`SessionTable`], for packets no session claimed).
+/// Packet counts of a session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Packets sealed.
@@ -538,6 +537,13 @@ impl Session {
         datagram_len.saturating_sub(self.overhead())
     }
 
+    /// Where, in a buffer for a datagram of at most `datagram_len` bytes, the body goes: write
+    /// its records there (with a [`wire::BodyWriter`]), then [`Session::seal_in_place`] the
+    /// buffer. Empty when `datagram_len` cannot hold a body.
+    pub fn body_range(&self, datagram_len: usize) -> Range<usize> {
+        HEADER_LEN..HEADER_LEN.max(datagram_len.saturating_sub(self.overhead() - HEADER_LEN))
+    }
+
     /// The sender's current key epoch (0 for plain sessions).
     pub fn send_epoch(&self) -> u64 {
         match &self.state {
@@ -858,68 +864,14 @@ impl SealedState {
     }
 }
 
-/// The sessions of one sleeve endpoint, found by the receiver index of incoming packets.
-#[derive(Debug, Default)]
-pub struct SessionTable {
-    sessions: HashMap<u32, Session>,
-    stats: Stats,
-}
-
-impl SessionTable {
-    /// An empty table.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a session under its local index; returns the one it replaces.
-    pub fn insert(&mut self, session: Session) -> Option<Session> {
-        self.sessions.insert(session.ids().local, session)
-    }
-
-    /// Removes the session with this local index.
-    pub fn remove(&mut self, local_index: u32) -> Option<Session> {
-        self.sessions.remove(&local_index)
-    }
-
-    /// The session with this local index.
-    pub fn get_mut(&mut self, local_index: u32) -> Option<&mut Session> {
-        self.sessions.get_mut(&local_index)
-    }
-
-    /// Counts of packets dropped before any session claimed them (bad header, unknown index).
-    pub fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    /// Opens a received datagram with the session its receiver index names. Returns that local
-    /// index and the body range (see [`Session::open`]).
-    pub fn open(&mut self, now: Instant, buf: &mut [u8]) -> Result<(u32, Range<usize>), OpenError> {
-        let index = match Packet::new_checked(&*buf) {
-            Ok(p) => p.receiver_index(),
-            Err(e) => {
-                let e = OpenError::from_header(e);
-                self.stats.count(&e);
-                return Err(e);
-            }
-        };
-        let Some(session) = self.sessions.get_mut(&index) else {
-            let p = Packet::new_unchecked(&*buf);
-            let e = OpenError::UnknownSession {
-                sender_index: p.sender_index(),
-                receiver_index: index,
-            };
-            self.stats.count(&e);
-            return Err(e);
-        };
-        session.open(now, buf).map(|r| (index, r))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::replay::WINDOW;
-    use crate::wire::{BodyRecord, BodyWriter, FLAG_KEY_FROM_SECRET, VnetHdr};
+    use crate::wire::{
+        BodyRecord, BodyWriter, ENVELOPE_LEN, EnvelopeRepr, FLAG_KEY_FROM_SECRET, FrameRepr,
+        VnetHdr,
+    };
 
     const SECRET: [u8; 32] = [7; 32];
     const A: SessionIds = SessionIds {
@@ -942,12 +894,26 @@ mod tests {
         (0..n).map(|i| (seed as usize * 7 + i * 13) as u8).collect()
     }
 
+    fn frame_repr(vnet: Option<VnetHdr>, frame: &[u8]) -> FrameRepr<'_> {
+        let envelope = EnvelopeRepr {
+            dst: [1; 6],
+            src: [2; 6],
+            hops: 16,
+        };
+        FrameRepr {
+            vnet,
+            envelope,
+            frame,
+        }
+    }
+
     /// Seals one frame record carrying `seed`; returns the packet.
     fn seal(s: &mut Session, now: Instant, seed: u64) -> Vec<u8> {
         let f = frame(60, seed);
-        let mut buf = vec![0u8; HEADER_LEN + 4 + f.len() + TAG_LEN];
-        let mut w = BodyWriter::new(&mut buf[HEADER_LEN..]);
-        w.push_frame(None, &f).unwrap();
+        let mut buf = vec![0u8; HEADER_LEN + 4 + ENVELOPE_LEN + f.len() + TAG_LEN];
+        let body = s.body_range(buf.len());
+        let mut w = BodyWriter::new(&mut buf[body]);
+        w.push_frame(&frame_repr(None, &f)).unwrap();
         let body_len = w.len();
         let n = s.seal_in_place(now, &mut buf, body_len).unwrap();
         buf.truncate(n);
@@ -962,10 +928,7 @@ mod tests {
         let recs: Vec<_> = Records::new(&pkt[body]).collect();
         assert_eq!(
             recs,
-            vec![Ok(BodyRecord::Frame {
-                vnet: None,
-                frame: &frame(60, seed)
-            })]
+            vec![Ok(BodyRecord::Frame(frame_repr(None, &frame(60, seed))))]
         );
     }
 
@@ -1009,31 +972,26 @@ mod tests {
             let big = frame(60_000, 3);
             let small = frame(80, 4);
             let mut buf = vec![0u8; 64 * 1024];
-            let end = buf.len() - TAG_LEN;
-            let mut w = BodyWriter::new(&mut buf[HEADER_LEN..end]);
-            w.push_frame(Some(&vnet), &big).unwrap();
-            w.push_frame(None, &small).unwrap();
+            let body = a.body_range(buf.len());
+            let mut w = BodyWriter::new(&mut buf[body]);
+            w.push_frame(&frame_repr(Some(vnet), &big)).unwrap();
+            w.push_frame(&frame_repr(None, &small)).unwrap();
             w.push_control(2, b"hb").unwrap();
             let body_len = w.len();
             let n = a.seal_in_place(now, &mut buf, body_len).unwrap();
             assert_eq!(n, body_len + a.overhead());
             if let Mode::Sealed(_) = config.mode {
                 // The body really is encrypted.
-                assert_ne!(&buf[HEADER_LEN + 14..HEADER_LEN + 114], &big[..100]);
+                let at = HEADER_LEN + 4 + 10 + ENVELOPE_LEN;
+                assert_ne!(&buf[at..at + 100], &big[..100]);
             }
             let body = b.open(now, &mut buf[..n]).unwrap();
             let recs: Vec<_> = Records::new(&buf[body]).collect::<Result<_, _>>().unwrap();
             assert_eq!(
                 recs,
                 vec![
-                    BodyRecord::Frame {
-                        vnet: Some(vnet),
-                        frame: &big
-                    },
-                    BodyRecord::Frame {
-                        vnet: None,
-                        frame: &small
-                    },
+                    BodyRecord::Frame(frame_repr(Some(vnet), &big)),
+                    BodyRecord::Frame(frame_repr(None, &small)),
                     BodyRecord::Control {
                         flags: 2,
                         payload: b"hb"
@@ -1230,12 +1188,16 @@ mod tests {
         for config in configs() {
             let (mut a, mut b) = pair(config, now);
             let mut buf = vec![0u8; 64];
-            // A frame record too short to hold an Ethernet header.
+            // A frame record too short to hold its envelope.
             buf[HEADER_LEN..HEADER_LEN + 6].copy_from_slice(&[1, 0, 0, 2, 0xaa, 0xbb]);
             let n = a.seal_in_place(now, &mut buf, 6).unwrap();
             let pkt = buf[..n].to_vec();
             let err = b.open(now, &mut pkt.clone()).unwrap_err();
-            assert_eq!(err, OpenError::Malformed(wire::Error::FrameTooShort(2)));
+            let short = wire::Error::Truncated {
+                needed: ENVELOPE_LEN,
+                available: 2,
+            };
+            assert_eq!(err, OpenError::Malformed(short));
             assert_eq!(b.stats().malformed, 1);
             let second = b.open(now, &mut pkt.clone()).unwrap_err();
             if config.mode == Mode::Plain {
@@ -1310,48 +1272,6 @@ mod tests {
     }
 
     #[test]
-    fn table_dispatches_and_counts_foreign() {
-        let now = Instant::now();
-        let (mut a, b) = pair(Config::sealed(Cipher::Aes256Gcm), now);
-        let mut c = Session::new(
-            &SECRET,
-            Role::Initiator,
-            SessionIds {
-                local: 5,
-                remote: 6,
-            },
-            Config::plain(),
-            now,
-        );
-        let mut table = SessionTable::new();
-        assert!(table.insert(b).is_none());
-        let mut p = seal(&mut a, now, 3);
-        let (idx, body) = table.open(now, &mut p).unwrap();
-        assert_eq!(idx, B.local);
-        assert_eq!(Records::validate(&p[body]), Ok(1));
-        let mut foreign = seal(&mut c, now, 3);
-        assert_eq!(
-            table.open(now, &mut foreign),
-            Err(OpenError::UnknownSession {
-                sender_index: 5,
-                receiver_index: 6
-            })
-        );
-        assert_eq!(
-            table.open(now, &mut [9u8; 40][..]),
-            Err(OpenError::BadVersion(9))
-        );
-        assert!(matches!(
-            table.open(now, &mut [1u8; 10][..]),
-            Err(OpenError::Truncated(_))
-        ));
-        let s = table.stats();
-        assert_eq!((s.unknown_session, s.bad_version, s.truncated), (1, 1, 1));
-        assert_eq!(table.get_mut(B.local).unwrap().stats().opened, 1);
-        assert!(table.remove(B.local).is_some());
-    }
-
-    #[test]
     fn seal_refuses_small_buffer() {
         let now = Instant::now();
         let (mut a, _) = pair(Config::sealed(Cipher::ChaCha20Poly1305), now);
@@ -1366,6 +1286,26 @@ mod tests {
         assert_eq!(a.seal_in_place(now, &mut buf, 0), Err(SealError::EmptyBody));
         assert_eq!(a.seal_in_place(now, &mut buf, 4), Ok(40));
         assert_eq!(a.max_body_len(1400), 1400 - 36);
+        assert_eq!(a.body_range(1400), HEADER_LEN..1400 - TAG_LEN);
+        assert_eq!(a.body_range(30), HEADER_LEN..HEADER_LEN);
+        let (plain, _) = pair(Config::plain(), now);
+        assert_eq!(plain.body_range(1400), HEADER_LEN..1400);
+    }
+
+    #[test]
+    fn the_header_view_names_the_receiving_session() {
+        let now = Instant::now();
+        for config in configs() {
+            let (mut a, mut b) = pair(config, now);
+            let mut p = seal(&mut a, now, 1);
+            let header = Packet::new_checked(&p[..]).unwrap();
+            assert_eq!(
+                (header.receiver_index(), header.sender_index()),
+                (B.local, A.local)
+            );
+            assert_eq!(b.ids().local, header.receiver_index());
+            assert!(b.open(now, &mut p).is_ok());
+        }
     }
 
     /// Delivers `n` packets each way with shuffles inside blocks of `block`, advancing time by

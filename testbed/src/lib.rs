@@ -385,8 +385,9 @@ pub fn remove_named(id: &str) -> Result<Vec<String>> {
 }
 
 /// Removes namespaces named by test beds of processes that no longer exist. One that cannot be
-/// removed is left alone: it is held in another mount namespace (a bed of a test of another
-/// working copy on this machine, whose PID is not visible here), not this bed's business.
+/// removed is left in place, with a line on stderr: its name carries a PID no bed of ours has,
+/// so it cannot collide with ours (e.g. it is held in another mount namespace, by a test whose
+/// process is not visible from here).
 fn sweep_stale() -> Result<()> {
     for name in netns::list()? {
         let Some(rest) = name.strip_prefix(NS_PREFIX) else { continue };

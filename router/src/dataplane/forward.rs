@@ -1,11 +1,29 @@
-//! Forwarding plans: given a switch verdict (frames from the bridge) or an envelope (frames from
-//! a peer), which next hops get a copy and whether the bridge does. Pure functions over a
-//! [`RouteView`], so the rules are tested without sockets.
+//! Forwarding plans: given a switch verdict (frames from the bridge) or a relay envelope (frames
+//! from a peer), which next hops get a copy, with which envelope, and whether the bridge does.
+//! Pure functions over a [`RouteView`], so the rules are tested without sockets.
+//!
+//! Relaying, as Weave does: a frame for a peer that is not directly connected goes to the next
+//! hop on the way; a broadcast goes along the origin's spanning tree and is delivered at every
+//! peer on it. The envelope's layout is the sleeve's ([`weft_sleeve::wire::EnvelopeRepr`], peer
+//! names as raw bytes); the rules are here: an origin sets `hops` to [`MAX_HOPS`], each relay
+//! takes one, and a frame with none left is dropped, so a transient routing loop cannot circulate
+//! a frame forever. A frame whose origin is this peer is dropped.
 
 use weft_mesh::peer::PeerName;
+use weft_sleeve::wire::{BROADCAST_PEER, EnvelopeRepr};
 
-use super::envelope::{BROADCAST, Envelope, MAX_HOPS};
 use super::switch::Verdict;
+
+/// Relays a frame may take (more than any sane mesh diameter).
+pub const MAX_HOPS: u8 = 16;
+
+/// A fresh envelope from origin `src` to `dst` (a peer, or [`BROADCAST`]).
+pub fn envelope(dst: PeerName, src: PeerName) -> EnvelopeRepr {
+    EnvelopeRepr { dst: dst.0, src: src.0, hops: MAX_HOPS }
+}
+
+/// Destination of a broadcast.
+pub const BROADCAST: PeerName = PeerName(BROADCAST_PEER);
 
 /// What the forwarder needs to know of the mesh routes.
 pub trait RouteView {
@@ -23,14 +41,14 @@ pub enum Onward<'a> {
     #[default]
     Nowhere,
     /// To one next hop.
-    One(PeerName, Envelope),
+    One(PeerName, EnvelopeRepr),
     /// To each of these next hops, all with the same envelope.
-    Tree(&'a [PeerName], Envelope),
+    Tree(&'a [PeerName], EnvelopeRepr),
 }
 
 impl Onward<'_> {
     /// Every (next hop, envelope) copy.
-    pub fn sends(&self) -> impl Iterator<Item = (PeerName, Envelope)> + '_ {
+    pub fn sends(&self) -> impl Iterator<Item = (PeerName, EnvelopeRepr)> + '_ {
         let (one, tree, env) = match *self {
             Onward::Nowhere => (None, &[][..], None),
             Onward::One(h, e) => (Some((h, e)), &[][..], None),
@@ -55,11 +73,11 @@ pub struct Plan<'a> {
 pub fn from_bridge<R: RouteView>(me: PeerName, verdict: Verdict, routes: &R) -> Plan<'_> {
     match verdict {
         Verdict::ToPeer(p) => match routes.next_hop(p) {
-            Some(hop) => Plan { onward: Onward::One(hop, Envelope { dst: p, src: me, hops: MAX_HOPS }), ..Plan::default() },
+            Some(hop) => Plan { onward: Onward::One(hop, envelope(p, me)), ..Plan::default() },
             None => Plan { dropped: Some("no route"), ..Plan::default() },
         },
         Verdict::Flood => Plan {
-            onward: Onward::Tree(routes.broadcast_hops(me), Envelope { dst: BROADCAST, src: me, hops: MAX_HOPS }),
+            onward: Onward::Tree(routes.broadcast_hops(me), envelope(BROADCAST, me)),
             ..Plan::default()
         },
         Verdict::Local | Verdict::Drop(_) => Plan::default(),
@@ -67,23 +85,23 @@ pub fn from_bridge<R: RouteView>(me: PeerName, verdict: Verdict, routes: &R) -> 
 }
 
 /// For a frame that arrived from a peer with envelope `env`.
-pub fn from_peer<R: RouteView>(me: PeerName, env: Envelope, routes: &R) -> Plan<'_> {
-    if env.src == me {
+pub fn from_peer<R: RouteView>(me: PeerName, env: EnvelopeRepr, routes: &R) -> Plan<'_> {
+    if env.src == me.0 {
         return Plan { dropped: Some("own frame came back"), ..Plan::default() };
     }
     let hops = env.hops.saturating_sub(1);
     if env.is_broadcast() {
-        let onward = if hops == 0 { Onward::Nowhere } else { Onward::Tree(routes.broadcast_hops(env.src), Envelope { hops, ..env }) };
+        let onward = if hops == 0 { Onward::Nowhere } else { Onward::Tree(routes.broadcast_hops(PeerName(env.src)), EnvelopeRepr { hops, ..env }) };
         return Plan { local: true, onward, dropped: None };
     }
-    if env.dst == me {
+    if env.dst == me.0 {
         return Plan { local: true, ..Plan::default() };
     }
     if hops == 0 {
         return Plan { dropped: Some("hop limit"), ..Plan::default() };
     }
-    match routes.next_hop(env.dst) {
-        Some(hop) => Plan { onward: Onward::One(hop, Envelope { hops, ..env }), ..Plan::default() },
+    match routes.next_hop(PeerName(env.dst)) {
+        Some(hop) => Plan { onward: Onward::One(hop, EnvelopeRepr { hops, ..env }), ..Plan::default() },
         None => Plan { dropped: Some("no route"), ..Plan::default() },
     }
 }
@@ -133,10 +151,10 @@ mod tests {
     fn unicast_to_a_far_peer_goes_via_its_next_hop_and_is_relayed() {
         let (a, b) = (at_a(), at_b());
         let plan = from_bridge(A, Verdict::ToPeer(C), &a);
-        assert_eq!(plan.onward, Onward::One(B, Envelope { dst: C, src: A, hops: MAX_HOPS }));
+        assert_eq!(plan.onward, Onward::One(B, EnvelopeRepr { dst: C.0, src: A.0, hops: MAX_HOPS }));
         let Onward::One(_, env) = plan.onward else { unreachable!() };
         let relay = from_peer(B, env, &b);
-        assert_eq!((relay.local, relay.onward), (false, Onward::One(C, Envelope { dst: C, src: A, hops: MAX_HOPS - 1 })));
+        assert_eq!((relay.local, relay.onward), (false, Onward::One(C, EnvelopeRepr { dst: C.0, src: A.0, hops: MAX_HOPS - 1 })));
         let Onward::One(_, env) = relay.onward else { unreachable!() };
         let arrive = from_peer(C, env, &b);
         assert!(arrive.local && arrive.onward.sends().next().is_none());
@@ -158,11 +176,11 @@ mod tests {
         let (a, b) = (at_a(), at_b());
         let no_route = from_bridge(A, Verdict::ToPeer(PeerName([9; 6])), &a);
         assert_eq!((no_route.onward, no_route.dropped), (Onward::Nowhere, Some("no route")));
-        let tired = from_peer(B, Envelope { dst: C, src: A, hops: 1 }, &b);
+        let tired = from_peer(B, EnvelopeRepr { dst: C.0, src: A.0, hops: 1 }, &b);
         assert_eq!(tired.dropped, Some("hop limit"));
-        let own = from_peer(A, Envelope { dst: BROADCAST, src: A, hops: 5 }, &a);
+        let own = from_peer(A, EnvelopeRepr { dst: BROADCAST.0, src: A.0, hops: 5 }, &a);
         assert_eq!((own.local, own.dropped), (false, Some("own frame came back")));
-        let last_bcast_hop = from_peer(B, Envelope { dst: BROADCAST, src: A, hops: 1 }, &b);
+        let last_bcast_hop = from_peer(B, EnvelopeRepr { dst: BROADCAST.0, src: A.0, hops: 1 }, &b);
         assert!(last_bcast_hop.local && last_bcast_hop.onward == Onward::Nowhere);
     }
 }

@@ -1,11 +1,15 @@
 //! The sleeve links: one per directly connected peer, found without locks by peer name (for
 //! sending) and by our session index (for receiving).
 //!
-//! A link owns the peer's sleeve [`Session`] (sealing and opening need it mutably; the TAP
-//! thread and the sleeve thread each hold its lock for one frame at a time), the peer's sleeve
-//! address (updated from authenticated packets, so a peer behind NAT is answered at its outside
-//! address), the datagram size the path carries, the reassembly state of fragmented
-//! super-frames, and counters.
+//! A link owns the peer's sleeve [`Session`], the peer's sleeve address (updated from
+//! authenticated packets, so a peer behind NAT is answered at its outside address), the datagram
+//! size the path carries, the reassembly state of fragmented super-frames, heartbeats and the
+//! path MTU search, and counters. Locks, each held briefly and never two of one link at once:
+//! the session (the TAP thread seals one frame under it, the sleeve thread opens the datagrams of
+//! one received GRO message under it); the reassembler (only the sleeve thread, per received
+//! message that holds fragments); the health (timers, control records, status). The receive
+//! time and the address are atomics, written per datagram without a lock; [`SleeveLink::health`]
+//! hands liveness the latest receive time.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -124,9 +128,14 @@ impl SleeveLink {
         lock(&self.session)
     }
 
-    /// Heartbeats and path MTU, locked.
+    /// Heartbeats and path MTU, locked; liveness has heard of every packet [`seen`](Self::seen)
+    /// so far.
     pub fn health(&self) -> MutexGuard<'_, LinkHealth> {
-        lock(&self.live)
+        let mut h = lock(&self.live);
+        if let Some(t) = self.last_rx() {
+            h.liveness.on_receive(t);
+        }
+        h
     }
 
     /// The reassembly state, locked.
@@ -137,6 +146,11 @@ impl SleeveLink {
     /// Largest datagram to send to this peer.
     pub fn datagram(&self) -> usize {
         self.datagram.load(Ordering::Relaxed)
+    }
+
+    /// Largest body of a datagram to this peer: the datagram less the session's header and tag.
+    pub fn max_body(&self) -> usize {
+        self.datagram().saturating_sub(self.overhead)
     }
 
     /// Sets the datagram size (from path MTU discovery).

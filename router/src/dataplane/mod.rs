@@ -1,22 +1,29 @@
 //! The data plane: dedicated OS threads moving frames between the TAP and the sleeve.
 //!
-//! - [`tapio`]: batched reads and writes of `weft-tap`, buffers with headroom;
+//! - [`tapio`]: batched reads and writes of `weft-tap`, buffers allocated once;
 //!   [`vnet`]: the virtio-net header the TAP puts before each frame;
 //! - [`ethernet`]: the Ethernet header view; [`switch`]: MAC learning and the verdict per frame;
-//! - [`envelope`]: origin, destination and hop limit before each frame on the sleeve;
-//! - [`forward`]: which next hops (and whether the bridge) get a frame;
+//! - [`forward`]: which next hops (and whether the bridge) get a frame, and with which relay
+//!   envelope (its layout is the sleeve's, `weft_sleeve::wire`);
 //! - [`icmp`]: "fragmentation needed" / "packet too big" answers to pods;
-//! - [`links`]: the sleeve link to each connected peer (session, address, reassembly);
-//! - [`sleeve`]: framing, fragmentation, sealing and opening of frames.
+//! - [`links`]: the sleeve link to each connected peer (session, address, reassembly, health);
+//! - [`sleeve`]: sealing and sending frames (whole or fragmented), walking opened bodies.
 //!
-//! Two threads, one reader per queue: the *TAP thread* reads batches from `weft-tap`, asks the
-//! [`Switch`] where each frame goes (one lock per batch), finds the next hops in the lock-free
-//! routes and sends each frame over the next hop's link; the *sleeve thread* receives batches of
-//! datagrams (GRO), opens them, reassembles, relays frames for other peers to their next hop and
-//! writes frames for this host to the TAP. Route and link tables are `arc-swap` snapshots; the
-//! only locks are the switch (per batch) and each link's session (per frame).
+//! Two threads, one reader per queue. The *TAP thread* reads a batch from `weft-tap`, asks the
+//! [`Switch`] where each frame goes under one lock for the whole batch, finds the next hops in
+//! the lock-free routes and sends each frame over its next hop's link (that link's session lock,
+//! once per frame). The *sleeve thread* receives a batch of messages (recvmmsg, each a GRO train
+//! of datagrams from one sender), finds each datagram's link by the receiver index in the
+//! sleeve's header view, opens a message's datagrams under one session lock, then walks their
+//! records: relays frames for other peers to their next hop, writes frames for this host to the
+//! TAP, answers control records; fragments are reassembled under the link's reassembler lock,
+//! taken at most once per message. Frames for this host are switched without the switch's lock
+//! ([`switch::PeerLearning`]); what they teach is learned under one lock per received batch
+//! (and once a second, expired MAC entries are removed under it).
+//! Route and link tables are `arc-swap` snapshots; a link's receive time and address are
+//! atomics; its health lock (heartbeats, path MTU) is taken by timers, control records, status
+//! and, on the TAP thread, only for a frame too large for its path.
 
-pub mod envelope;
 pub mod ethernet;
 pub mod forward;
 pub mod icmp;
@@ -26,6 +33,7 @@ pub mod switch;
 pub mod tapio;
 pub mod vnet;
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,13 +41,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use weft_mesh::peer::PeerName;
-use weft_mesh::routes::RoutesHandle;
+use weft_mesh::routes::{Routes, RoutesHandle};
 use weft_sleeve::liveness::{CONTROL_LEN, ControlMsg};
 use weft_sleeve::udp::{RecvBatch, SleeveSocket};
+use weft_sleeve::wire::{self, FrameRepr, Packet};
 
-use switch::{Switch, Verdict};
 use links::{Links, SleeveLink};
-use sleeve::{DataplaneStats, Incoming, Received, Sender};
+use sleeve::{DataplaneStats, LazyReasm, Received, Sender};
+use switch::{PeerLearning, Switch, Verdict};
 use tapio::{FrameBuf, TapIo};
 
 /// Frames read from the TAP per batch.
@@ -48,6 +57,8 @@ pub const TAP_BATCH: usize = 32;
 pub const UDP_BATCH: usize = 32;
 /// How often the sleeve thread runs the links' timers (heartbeats, path MTU probes).
 pub const TIMER_TICK: Duration = Duration::from_millis(50);
+/// How often the sleeve thread removes expired MAC entries from the switch.
+pub const AGING_TICK: Duration = Duration::from_secs(1);
 
 /// What both threads share.
 pub struct Shared {
@@ -185,26 +196,26 @@ fn tap_thread(sh: &Shared) {
                 let _ = tap.write_frame(&[0u8; vnet::LEN], &reply[..n]);
                 continue;
             }
-            for (hop, env) in plan.onward.sends() {
-                send(sh, &mut sender, now, hop, env, vh.as_ref(), frame);
+            for (hop, envelope) in plan.onward.sends() {
+                send(sh, &mut sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
             }
         }
     }
 }
 
-/// The largest IP packet one datagram of `link` carries whole: the datagram less the session's
-/// bytes, the record header, the envelope, a virtio-net header and the Ethernet header.
+/// The largest IP packet one datagram of `link` carries whole: what its body carries in one
+/// frame record (with room for a virtio-net header) less the Ethernet header.
 fn ip_mtu(link: &SleeveLink) -> u16 {
-    let fixed = link.overhead + weft_sleeve::wire::RECORD_HEADER_LEN + envelope::LEN + weft_sleeve::wire::VNET_HDR_LEN + ethernet::HEADER_LEN;
-    link.datagram().saturating_sub(fixed).min(u16::MAX as usize) as u16
+    let frame = wire::max_frame_in_body(link.max_body());
+    frame.saturating_sub(ethernet::HEADER_LEN).min(u16::MAX as usize) as u16
 }
 
-fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, env: envelope::Envelope, vh: Option<&vnet::Header>, frame: &[u8]) {
+fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, frame: &FrameRepr<'_>) {
     let Some(link) = sh.links.get(hop) else {
         inc(&sh.stats.drop_no_route);
         return;
     };
-    match sender.send(now, &sh.sock, &link, env, vh, frame) {
+    match sender.send(now, &sh.sock, &link, frame) {
         Ok(()) => {}
         Err(sleeve::SendError::TooBig(_)) => inc(&sh.stats.drop_too_big),
         // The path (or our own interface) no longer carries datagrams of this size: search again.
@@ -219,16 +230,41 @@ fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, env: enve
             }
         }
         Err(e) => {
-            tracing::debug!(peer = %hop, "sleeve send: {e}");
+            tracing::debug!(peer = %hop, error = %Chain(&e), "sleeve: cannot send a frame");
             inc(&sh.stats.drop_io);
         }
     }
 }
 
+/// Displays an error with its causes, `outer: cause: cause`, for log lines.
+struct Chain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// The sleeve thread's state, allocated once: the send buffer, the bodies opened from the
+/// message at hand, and what the frames of the batch at hand teach the switch.
+#[derive(Default)]
+struct Receiver {
+    sender: Sender,
+    opened: Vec<Range<usize>>,
+    learning: PeerLearning,
+}
+
 fn sleeve_thread(sh: &Shared) {
     let mut batch = RecvBatch::new(UDP_BATCH);
-    let mut sender = Sender::default();
+    let mut rx = Receiver::default();
     let mut next_timers = Instant::now();
+    let mut next_aging = Instant::now() + AGING_TICK;
     while !sh.stop.load(Ordering::Relaxed) {
         let n = match sh.sock.recv(&mut batch) {
             Ok(n) => n,
@@ -244,16 +280,21 @@ fn sleeve_thread(sh: &Shared) {
             let tap = sh.tap.load_full();
             for i in 0..n {
                 let (src, data, stride) = batch.get_mut(i);
-                for dgram in data.chunks_mut(stride) {
-                    receive(sh, &mut sender, &routes, &tap, now, src, dgram);
-                }
+                receive_message(sh, &mut rx, &routes, &tap, now, src, data, stride);
+            }
+            if !rx.learning.is_empty() {
+                sh.switch().learn_from_peers(now, &mut rx.learning);
             }
         }
         if now >= next_timers {
             next_timers = now + TIMER_TICK;
             for link in sh.links.all() {
-                link_timers(sh, &mut sender, now, &link);
+                link_timers(sh, &mut rx.sender, now, &link);
             }
+        }
+        if now >= next_aging {
+            next_aging = now + AGING_TICK;
+            sh.switch().handle_timeout(now);
         }
     }
 }
@@ -274,7 +315,7 @@ fn send_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLin
     let _ = msg.emit(&mut b);
     let r = sender.send_control(now, &sh.sock, link, &b, msg.pad_to());
     if let Err(e) = &r {
-        tracing::debug!(peer = %link.peer, "sleeve control: {e}");
+        tracing::debug!(peer = %link.peer, error = %Chain(e), "sleeve: cannot send a control record");
     }
     r
 }
@@ -302,54 +343,82 @@ fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink,
     }
 }
 
+/// One received message: datagrams of `stride` bytes from `src` (a GRO train, or just one).
+/// Each run of datagrams for one session is opened under one session lock, then walked.
 #[allow(clippy::too_many_arguments)]
-fn receive(sh: &Shared, sender: &mut Sender, routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, dgram: &mut [u8]) {
-    let Some(idx) = dgram.get(8..12) else {
-        inc(&sh.stats.drop_malformed);
-        return;
-    };
-    let idx = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
-    let Some(link) = sh.links.by_index(idx) else {
-        inc(&sh.stats.drop_unknown_session);
-        return;
-    };
-    let body = match link.session().open(now, dgram) {
-        Ok(r) => r,
-        Err(_) => {
-            inc(&sh.stats.drop_open);
-            return;
+fn receive_message(sh: &Shared, rx: &mut Receiver, routes: &Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, data: &mut [u8], stride: usize) {
+    let mut at = 0;
+    while at < data.len() {
+        let index = match Packet::new_checked(&data[at..(at + stride).min(data.len())]) {
+            Ok(p) => p.receiver_index(),
+            Err(e) => {
+                tracing::trace!(%src, error = %e, "sleeve: datagram refused");
+                inc(&sh.stats.drop_malformed);
+                at += stride;
+                continue;
+            }
+        };
+        let Some(link) = sh.links.by_index(index) else {
+            inc(&sh.stats.drop_unknown_session);
+            at += stride;
+            continue;
+        };
+        // Open the run of datagrams for this session.
+        rx.opened.clear();
+        {
+            let mut session = link.session();
+            while at < data.len() {
+                let end = (at + stride).min(data.len());
+                let dgram = &mut data[at..end];
+                if Packet::new_checked(&*dgram).map(|p| p.receiver_index()) != Ok(index) {
+                    break;
+                }
+                match session.open(now, dgram) {
+                    Ok(body) => rx.opened.push(at + body.start..at + body.end),
+                    Err(_) => inc(&sh.stats.drop_open),
+                }
+                at = end;
+            }
         }
-    };
-    link.health().liveness.on_receive(now);
-    if link.seen(now, src) {
-        tracing::info!(peer = %link.peer, %src, "sleeve: peer now answers from a new address");
+        if rx.opened.is_empty() {
+            continue;
+        }
+        if link.seen(now, src) {
+            tracing::info!(peer = %link.peer, %src, "sleeve: peer now answers from a new address");
+        }
+        link.stats.datagrams_in.fetch_add(rx.opened.len() as u64, Ordering::Relaxed);
+        // Walk what opened.
+        let Receiver { sender, opened, learning } = rx;
+        let mut reasm = LazyReasm::new(&link);
+        for body in opened.iter() {
+            sleeve::for_each_record(now, &data[body.clone()], &mut reasm, &sh.stats, |item| match item {
+                Received::Frame(f) => {
+                    link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                    link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
+                    deliver(sh, sender, learning, routes, tap, now, &f)
+                }
+                Received::Control(payload) => on_control(sh, sender, now, &link, payload),
+            });
+        }
     }
-    link.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-    sleeve::for_each_record(now, &link, &dgram[body], &sh.stats, |item| match item {
-        Received::Frame(f) => {
-            link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
-            deliver(sh, sender, routes, tap, now, f)
-        }
-        Received::Control(payload) => on_control(sh, sender, now, &link, payload),
-    });
 }
 
+/// A frame from a peer: relay it on, and deliver it to the bridge when it is for this host.
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Shared, sender: &mut Sender, routes: &weft_mesh::routes::Routes, tap: &TapIo, now: Instant, f: Incoming<'_>) {
-    let plan = forward::from_peer(sh.me, f.env, routes);
+fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, f: &FrameRepr<'_>) {
+    let plan = forward::from_peer(sh.me, f.envelope, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
         return;
     }
-    for (hop, env) in plan.onward.sends() {
+    for (hop, envelope) in plan.onward.sends() {
         inc(&sh.stats.relayed);
-        send(sh, sender, now, hop, env, f.vnet.as_ref(), f.frame);
+        send(sh, sender, now, hop, &FrameRepr { envelope, ..*f });
     }
     if !plan.local {
         return;
     }
-    if sh.switch().from_peer(now, f.env.src, f.frame) != Verdict::Local {
+    if learning.from_peer(PeerName(f.envelope.src), f.frame) != Verdict::Local {
         inc(&sh.stats.drop_switch);
         return;
     }

@@ -1,31 +1,26 @@
-//! Frames onto and off the sleeve: framing, fragmentation, sealing and opening.
+//! Frames onto and off the sleeve: sealing and sending a frame (whole or in fragments), and
+//! walking an opened body (frames, reassembly, control records).
 //!
-//! A frame travels as one record of a sleeve packet (see `weft_sleeve::wire`): a Frame record
-//! whose payload is `[virtio-net header (10 bytes, when the frame is a super-frame or needs its
-//! checksum finished)] [envelope (14 bytes: destination peer, origin peer, hops)] [Ethernet
-//! frame]`. When that does not fit one datagram of the link's size, the payload is split into
-//! Fragment records (`weft_sleeve::frag`), one per datagram, all of one size but the last, sealed
-//! one by one into consecutive slots of one buffer and handed to the kernel in one UDP GSO send.
-//! The receiver opens each datagram, reassembles, and hands the frame to the TAP with its
-//! virtio-net header, so a 64 KB TCP super-frame crosses whole and is segmented (if at all) by
-//! the receiving kernel.
+//! The layout is the sleeve's ([`weft_sleeve::wire`]): a frame travels as a frame payload
+//! ([`FrameRepr`]: a virtio-net header when the frame is a super-frame or needs its checksum
+//! finished, the relay envelope, the Ethernet frame) in one Frame record. When that does not fit
+//! one datagram of the link's size, the payload is cut into Fragment records ([`frag::Cut`]), one
+//! per datagram, all of one size but the last, sealed one by one into consecutive slots of one
+//! buffer under one session lock and handed to the kernel in one UDP GSO send. The receiver opens
+//! each datagram, reassembles, and hands the frame to the TAP with its virtio-net header, so a
+//! 64 KB TCP super-frame crosses whole and is segmented (if at all) by the receiving kernel.
 
 use std::io;
+use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use weft_mesh::peer::PeerName;
-use weft_sleeve::frag::{self, FRAG_HEADER_LEN};
+use weft_sleeve::frag::{self, FragError, Reassembler};
 use weft_sleeve::udp::SleeveSocket;
-use weft_sleeve::wire::{self, BodyRecord, BodyWriter, FRAME_FLAG_VNET_HDR, RecordKind, Records};
-use weft_sleeve::VnetHdr;
+use weft_sleeve::wire::{self, BodyRecord, BodyWriter, FrameRepr, RecordKind, Records};
 
-use super::envelope::{self, Envelope};
 use super::links::SleeveLink;
 
-/// Largest frame record payload: virtio-net header, envelope, a 64 KB IP packet and its
-/// Ethernet header.
-pub const MAX_PAYLOAD: usize = wire::VNET_HDR_LEN + envelope::LEN + 14 + 65_535;
 /// Smallest datagram the sleeve sends (and so the smallest path it works over).
 pub const MIN_DATAGRAM: usize = 576;
 const OUT_CAPACITY: usize = 256 * 1024;
@@ -60,23 +55,26 @@ fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Why a frame could not be sent.
+/// Why a frame (or control record) could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The frame exceeds what the sleeve carries.
     #[error("frame of {0} bytes exceeds the sleeve's limit")]
     TooBig(usize),
     /// The datagram size is below the minimum.
-    #[error("datagram size {0} is too small")]
+    #[error("datagram size {0} is below the sleeve's minimum of {MIN_DATAGRAM}")]
     DatagramTooSmall(usize),
+    /// The frame payload could not be cut into fragments for the link's datagram size.
+    #[error("cannot fragment a frame payload of {0} bytes")]
+    Fragment(usize, #[source] FragError),
     /// Sealing failed.
-    #[error("seal: {0}")]
+    #[error("cannot seal the datagram")]
     Seal(#[from] weft_sleeve::SealError),
     /// Writing a record failed.
-    #[error("record: {0}")]
+    #[error("cannot write the record")]
     Wire(#[from] wire::Error),
     /// The socket refused.
-    #[error("send: {0}")]
+    #[error("UDP send failed")]
     Io(#[from] io::Error),
 }
 
@@ -92,26 +90,24 @@ impl Default for Sender {
 }
 
 impl Sender {
-    /// Seals `frame` (with its offload metadata and envelope) for `link` and sends it.
-    pub fn send(&mut self, now: Instant, sock: &SleeveSocket, link: &SleeveLink, env: Envelope, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), SendError> {
-        let vlen = if vnet.is_some() { wire::VNET_HDR_LEN } else { 0 };
-        let plen = vlen + envelope::LEN + frame.len();
-        if plen > MAX_PAYLOAD {
-            return Err(SendError::TooBig(frame.len()));
+    /// Seals `frame` (offload metadata, envelope, Ethernet frame) for `link` and sends it: one
+    /// datagram, or a GSO train of fragments. Holds the link's session lock while sealing.
+    pub fn send(&mut self, now: Instant, sock: &SleeveSocket, link: &SleeveLink, frame: &FrameRepr<'_>) -> Result<(), SendError> {
+        let plen = frame.buffer_len();
+        if plen > wire::MAX_FRAME_PAYLOAD {
+            return Err(SendError::TooBig(frame.frame.len()));
         }
-        let flags = if vnet.is_some() { FRAME_FLAG_VNET_HDR } else { 0 };
         let dsize = link.datagram();
         if dsize < MIN_DATAGRAM {
             return Err(SendError::DatagramTooSmall(dsize));
         }
         let mut session = link.session();
-        let overhead = session.overhead();
+        let body = session.body_range(dsize);
         let addr = link.addr();
-        if wire::RECORD_HEADER_LEN + plen + overhead <= dsize {
+        if wire::RECORD_HEADER_LEN + plen <= body.len() {
             let body_len = {
-                let mut w = BodyWriter::new(&mut self.out[wire::HEADER_LEN..dsize - (overhead - wire::HEADER_LEN)]);
-                let p = w.reserve(RecordKind::Frame, flags, plen)?;
-                write_payload(p, vnet, env, frame)?;
+                let mut w = BodyWriter::new(&mut self.out[body]);
+                w.push_frame(frame)?;
                 w.len()
             };
             let n = session.seal_in_place(now, &mut self.out, body_len)?;
@@ -119,28 +115,19 @@ impl Sender {
             sock.send(addr, &self.out[..n], None)?;
             link.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
         } else {
-            // The payload is `head` (vnet header and envelope, at most 24 bytes) then `frame`;
-            // each piece is copied straight from them into its datagram slot.
-            let mut head = [0u8; wire::VNET_HDR_LEN + envelope::LEN];
-            let hlen = vlen + envelope::LEN;
-            write_payload(&mut head[..hlen], vnet, env, &[])?;
-            let piece = dsize - overhead - wire::RECORD_HEADER_LEN - FRAG_HEADER_LEN;
-            let count = frag::pieces_needed(plen, piece);
-            if count * dsize > self.out.len() {
-                return Err(SendError::TooBig(frame.len()));
+            // Each piece is copied straight from the head (vnet header and envelope) and the frame.
+            let mut head = [0u8; wire::FRAME_HEAD_MAX];
+            let hlen = frame.emit_head(&mut head)?;
+            let cut = frag::Cut::new(link.next_frag_id(), plen, body.len()).map_err(|e| SendError::Fragment(plen, e))?;
+            if cut.count() * dsize > self.out.len() {
+                return Err(SendError::TooBig(frame.frame.len()));
             }
-            let id = link.next_frag_id();
             let mut total = 0;
-            for k in 0..count {
-                let (off, len) = (k * piece, piece.min(plen - k * piece));
-                let h = frag::FragmentHeader { id, index: k as u16, count: count as u16, total_len: plen as u32 };
+            for k in 0..cut.count() {
                 let slot = &mut self.out[k * dsize..(k + 1) * dsize];
                 let body_len = {
-                    let mut w = BodyWriter::new(&mut slot[wire::HEADER_LEN..dsize - (overhead - wire::HEADER_LEN)]);
-                    let p = w.reserve(RecordKind::Fragment, flags, FRAG_HEADER_LEN + len)?;
-                    let (fh, dst) = p.split_at_mut(FRAG_HEADER_LEN);
-                    let _ = h.emit(fh);
-                    copy_range(dst, &head[..hlen], frame, off);
+                    let mut w = BodyWriter::new(&mut slot[body.clone()]);
+                    cut.write_piece(&mut w, frame.flags(), k, &head[..hlen], frame.frame)?;
                     w.len()
                 };
                 let n = session.seal_in_place(now, slot, body_len)?;
@@ -148,10 +135,10 @@ impl Sender {
             }
             drop(session);
             sock.send(addr, &self.out[..total], Some(dsize))?;
-            link.stats.datagrams_out.fetch_add(count as u64, Ordering::Relaxed);
+            link.stats.datagrams_out.fetch_add(cut.count() as u64, Ordering::Relaxed);
         }
         link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        link.stats.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        link.stats.bytes_out.fetch_add(frame.frame.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -161,8 +148,9 @@ impl Sender {
         let mut session = link.session();
         let overhead = session.overhead();
         let len = payload.len().max(pad_to.saturating_sub(overhead + wire::RECORD_HEADER_LEN)).min(wire::MAX_RECORD_PAYLOAD);
+        let body = session.body_range(overhead + wire::RECORD_HEADER_LEN + len);
         let body_len = {
-            let mut w = BodyWriter::new(&mut self.out[wire::HEADER_LEN..wire::HEADER_LEN + wire::RECORD_HEADER_LEN + len]);
+            let mut w = BodyWriter::new(&mut self.out[body]);
             let p = w.reserve(RecordKind::Control, 0, len)?;
             p[..payload.len()].copy_from_slice(payload);
             p[payload.len()..].fill(0);
@@ -175,90 +163,49 @@ impl Sender {
     }
 }
 
-/// Copies `dst.len()` bytes starting at `off` of the concatenation `head ++ tail` into `dst`.
-fn copy_range(dst: &mut [u8], head: &[u8], tail: &[u8], off: usize) {
-    let mut at = 0;
-    if off < head.len() {
-        let n = (head.len() - off).min(dst.len());
-        dst[..n].copy_from_slice(&head[off..off + n]);
-        at = n;
-    }
-    let from = (off + at).saturating_sub(head.len());
-    let rest = dst.len() - at;
-    dst[at..].copy_from_slice(&tail[from..from + rest]);
-}
-
-/// Writes a frame record's payload: vnet header (if any), envelope, frame.
-fn write_payload(p: &mut [u8], vnet: Option<&VnetHdr>, env: Envelope, frame: &[u8]) -> Result<(), wire::Error> {
-    let mut at = 0;
-    if let Some(v) = vnet {
-        v.emit(&mut p[..wire::VNET_HDR_LEN])?;
-        at = wire::VNET_HDR_LEN;
-    }
-    env.emit(&mut p[at..at + envelope::LEN]);
-    p[at + envelope::LEN..].copy_from_slice(frame);
-    Ok(())
-}
-
-/// A frame taken off the sleeve.
-#[derive(Debug, Clone, Copy)]
-pub struct Incoming<'a> {
-    /// Its envelope.
-    pub env: Envelope,
-    /// Its offload metadata.
-    pub vnet: Option<VnetHdr>,
-    /// The Ethernet frame.
-    pub frame: &'a [u8],
-}
-
-/// Parses a frame record payload (`flags` from its record or fragment).
-pub fn parse_payload(flags: u8, p: &[u8]) -> Option<Incoming<'_>> {
-    if flags & !FRAME_FLAG_VNET_HDR != 0 {
-        return None;
-    }
-    let (vnet, rest) = if flags & FRAME_FLAG_VNET_HDR != 0 {
-        (Some(VnetHdr::parse(p).ok()?), p.get(wire::VNET_HDR_LEN..)?)
-    } else {
-        (None, p)
-    };
-    let env = Envelope::parse(rest).ok()?;
-    let frame = rest.get(envelope::LEN..)?;
-    if frame.len() < 14 {
-        return None;
-    }
-    Some(Incoming { env, vnet, frame })
-}
-
 /// One item of an opened datagram.
 #[derive(Debug, Clone, Copy)]
 pub enum Received<'a> {
     /// A whole frame (reassembled if it came in pieces).
-    Frame(Incoming<'a>),
+    Frame(FrameRepr<'a>),
     /// A control record's payload (heartbeat, probe).
     Control(&'a [u8]),
 }
 
+/// A link's reassembler, locked when a fragment first needs it and then held until dropped (the
+/// receive path keeps one per received message, so the lock is taken at most once per message).
+pub struct LazyReasm<'a> {
+    link: &'a SleeveLink,
+    guard: Option<MutexGuard<'a, Reassembler>>,
+}
+
+impl<'a> LazyReasm<'a> {
+    /// Nothing locked yet.
+    pub fn new(link: &'a SleeveLink) -> LazyReasm<'a> {
+        LazyReasm { link, guard: None }
+    }
+
+    fn get(&mut self) -> &mut Reassembler {
+        let link = self.link;
+        self.guard.get_or_insert_with(|| link.reassembler())
+    }
+}
+
 /// Hands each frame and control record of an opened datagram body to `f`, reassembling
-/// fragmented frames on the way.
-pub fn for_each_record(now: Instant, link: &SleeveLink, body: &[u8], stats: &DataplaneStats, mut f: impl FnMut(Received<'_>)) {
+/// fragmented frames on the way. Malformed records and fragments are counted and dropped.
+pub fn for_each_record(now: Instant, body: &[u8], reasm: &mut LazyReasm<'_>, stats: &DataplaneStats, mut f: impl FnMut(Received<'_>)) {
     for r in Records::new(body) {
         match r {
-            Ok(BodyRecord::Frame { vnet, frame }) => match Envelope::parse(frame) {
-                Ok(env) if frame.len() >= envelope::LEN + 14 => f(Received::Frame(Incoming { env, vnet, frame: &frame[envelope::LEN..] })),
-                _ => inc(&stats.drop_malformed),
-            },
+            Ok(BodyRecord::Frame(frame)) => f(Received::Frame(frame)),
             Ok(BodyRecord::Control { payload, .. }) => f(Received::Control(payload)),
-            Ok(BodyRecord::Fragment { flags, payload }) => {
-                let mut reasm = link.reassembler();
-                match reasm.push(now, flags, payload) {
-                    Ok(Some(whole)) => match parse_payload(whole.flags, whole.payload) {
-                        Some(i) => f(Received::Frame(i)),
-                        None => inc(&stats.drop_malformed),
-                    },
-                    Ok(None) => {}
+            Ok(BodyRecord::Fragment { flags, payload }) => match reasm.get().push(now, flags, payload) {
+                Ok(Some(whole)) => match FrameRepr::parse(whole.flags, whole.payload) {
+                    Ok(frame) => f(Received::Frame(frame)),
                     Err(_) => inc(&stats.drop_malformed),
-                }
-            }
+                },
+                Ok(None) => {}
+                Err(_) => inc(&stats.drop_malformed),
+            },
             Err(_) => {
                 inc(&stats.drop_malformed);
                 break;
@@ -267,38 +214,80 @@ pub fn for_each_record(now: Instant, link: &SleeveLink, body: &[u8], stats: &Dat
     }
 }
 
-/// The origin of a frame for the switch: who put it on the sleeve.
-pub fn origin(inc: &Incoming<'_>) -> PeerName {
-    inc.env.src
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_mesh::peer::PeerName;
+    use weft_sleeve::wire::{EnvelopeRepr, VnetHdr};
+    use weft_sleeve::{Config, Role, Session, SessionIds};
 
-    #[test]
-    fn ranges_of_head_and_tail_are_copied_across_the_seam() {
-        let (head, tail) = ([1u8, 2, 3], [4u8, 5, 6, 7, 8]);
-        let whole: Vec<u8> = head.iter().chain(&tail).copied().collect();
-        for off in 0..whole.len() {
-            for len in 0..=whole.len() - off {
-                let mut dst = vec![0u8; len];
-                copy_range(&mut dst, &head, &tail, off);
-                assert_eq!(dst, &whole[off..off + len], "off {off} len {len}");
-            }
-        }
+    fn link(now: Instant) -> SleeveLink {
+        let ids = SessionIds { local: 1, remote: 2 };
+        let session = Session::new(&[1; 32], Role::Initiator, ids, Config::plain(), now);
+        SleeveLink::new(PeerName([2; 6]), 7, session, "192.0.2.2:6784".parse().unwrap(), 1400, now)
+    }
+
+    /// What `for_each_record` handed over, owned.
+    #[derive(Debug, PartialEq)]
+    enum Item {
+        Frame(Option<VnetHdr>, EnvelopeRepr, Vec<u8>),
+        Control(Vec<u8>),
+    }
+
+    fn walk(now: Instant, link: &SleeveLink, body: &[u8], stats: &DataplaneStats) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut reasm = LazyReasm::new(link);
+        for_each_record(now, body, &mut reasm, stats, |r| {
+            items.push(match r {
+                Received::Frame(f) => Item::Frame(f.vnet, f.envelope, f.frame.to_vec()),
+                Received::Control(p) => Item::Control(p.to_vec()),
+            })
+        });
+        items
     }
 
     #[test]
-    fn payloads_parse_back_and_bad_flags_or_short_frames_are_refused() {
-        let env = Envelope { dst: PeerName([1; 6]), src: PeerName([2; 6]), hops: 3 };
-        let v = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
-        let frame = [9u8; 60];
-        let mut p = vec![0u8; wire::VNET_HDR_LEN + envelope::LEN + frame.len()];
-        write_payload(&mut p, Some(&v), env, &frame).unwrap();
-        let got = parse_payload(FRAME_FLAG_VNET_HDR, &p).unwrap();
-        assert_eq!((got.env, got.vnet, got.frame), (env, Some(v), &frame[..]));
-        assert!(parse_payload(0x80, &p).is_none());
-        assert!(parse_payload(0, &p[..envelope::LEN + 13]).is_none());
+    fn whole_and_fragmented_frames_and_control_records_come_out_and_bad_ones_are_counted() {
+        let now = Instant::now();
+        let link = link(now);
+        let stats = DataplaneStats::default();
+        let env = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
+        let vnet = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        let small: Vec<u8> = (0..60u8).collect();
+        let big: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let whole = FrameRepr { vnet: None, envelope: env, frame: &small };
+        let super_frame = FrameRepr { vnet: Some(vnet), envelope: env, frame: &big };
+
+        // One body: a whole frame and a control record.
+        let mut body = vec![0u8; 1400];
+        let n = {
+            let mut w = BodyWriter::new(&mut body);
+            w.push_frame(&whole).unwrap();
+            w.push_control(0, b"hb").unwrap();
+            w.len()
+        };
+        assert_eq!(walk(now, &link, &body[..n], &stats), vec![Item::Frame(None, env, small.clone()), Item::Control(b"hb".to_vec())]);
+
+        // The super-frame cut into bodies of 1400 bytes, delivered last piece first.
+        let mut head = [0u8; wire::FRAME_HEAD_MAX];
+        let hlen = super_frame.emit_head(&mut head).unwrap();
+        let cut = frag::Cut::new(9, super_frame.buffer_len(), 1400).unwrap();
+        let mut got = Vec::new();
+        for k in (0..cut.count()).rev() {
+            let mut w = BodyWriter::new(&mut body);
+            cut.write_piece(&mut w, super_frame.flags(), k, &head[..hlen], &big).unwrap();
+            let n = w.len();
+            got.extend(walk(now, &link, &body[..n], &stats));
+        }
+        assert_eq!(got, vec![Item::Frame(Some(vnet), env, big.clone())]);
+        assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 0);
+
+        // A fragment that disagrees with itself, and a record of unknown kind, are counted.
+        let mut w = BodyWriter::new(&mut body);
+        w.push_fragment(0, &[0; 20]).unwrap();
+        let n = w.len();
+        body[n..n + 4].copy_from_slice(&[9, 0, 0, 0]);
+        assert_eq!(walk(now, &link, &body[..n + 4], &stats), vec![]);
+        assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 2);
     }
 }

@@ -1,12 +1,17 @@
 //! The switch (sans-IO): learns which peer each MAC address lives behind, ages entries out, and
 //! decides where a frame goes.
 //!
-//! Frames come from two sides. From the local bridge (read from `weft-tap`): the source is
-//! learned as local; the verdict is a peer (the destination's MAC is known behind it), a flood
-//! (group or unknown destination: every peer, along our broadcast tree), or a drop. From a peer
-//! (over an overlay, addressed to us or broadcast by `origin`): the source is learned as behind
-//! `origin`, and the frame is delivered to the bridge. Relaying frames addressed to other peers
-//! is routing, not switching: the data plane does it from the mesh routes without asking here.
+//! Frames come from two sides. From the local bridge (read from `weft-tap`, [`Switch::from_local`]):
+//! the source is learned as local; the verdict is a peer (the destination's MAC is known behind
+//! it), a flood (group or unknown destination: every peer, along our broadcast tree), or a drop.
+//! From a peer (over an overlay, addressed to us or broadcast by `origin`,
+//! [`PeerLearning::from_peer`]): the frame is delivered to the bridge, and its source is learned
+//! as behind `origin`. That verdict needs no table, so the receive path decides each frame without
+//! the switch's lock and applies what a whole batch taught under one lock afterwards
+//! ([`Switch::learn_from_peers`]); until then (microseconds) a reply to a new address is flooded
+//! and one to an address that moved goes to its old place. Relaying frames addressed to other
+//! peers is routing, not switching: the data plane does it from the mesh routes without asking
+//! here. Expired entries are never used; [`Switch::handle_timeout`] removes them.
 //!
 //! Contract: the caller passes `now`; nothing here reads a clock or does I/O. Link-local control
 //! frames (01:80:c2:00:00:0X: STP, pause, LACP, LLDP) never cross hosts.
@@ -119,16 +124,16 @@ impl Switch {
         }
     }
 
-    /// Decides for a frame that `origin` sent to us (unicast) or to everyone (broadcast).
-    pub fn from_peer(&mut self, now: Instant, origin: PeerName, frame: &[u8]) -> Verdict {
-        let Ok(f) = Frame::new_checked(frame) else { return self.drop(DropReason::Malformed) };
-        if f.dst().is_link_local_control() {
-            return self.drop(DropReason::LinkLocalControl);
+    /// Learns what a batch of frames from peers taught ([`PeerLearning::from_peer`]) and counts
+    /// its drops; leaves `batch` empty (with its capacity) for the next one.
+    pub fn learn_from_peers(&mut self, now: Instant, batch: &mut PeerLearning) {
+        for (mac, origin) in batch.seen.drain(..) {
+            // Sources were checked when they were noted.
+            let _ = self.learn(now, mac, Origin::Peer(origin));
         }
-        if let Err(r) = self.learn(now, f.src(), Origin::Peer(origin)) {
-            return self.drop(r);
+        for r in batch.dropped.drain(..) {
+            *self.stats.dropped.entry(r).or_default() += 1;
         }
-        Verdict::Local
     }
 
     /// Where `mac` lives, if known and not expired.
@@ -141,7 +146,7 @@ impl Switch {
 
     /// Records that `mac` was seen at `origin`.
     pub fn learn(&mut self, now: Instant, mac: Mac, origin: Origin) -> Result<Learned, DropReason> {
-        if mac.is_group() || mac == Mac::default() {
+        if is_bad_source(mac) {
             return Err(DropReason::BadSource);
         }
         let fresh = Entry { origin, seen: now };
@@ -198,6 +203,49 @@ impl Switch {
     }
 }
 
+/// A source address no station may use: a group address or all zeros.
+fn is_bad_source(mac: Mac) -> bool {
+    mac.is_group() || mac == Mac::default()
+}
+
+/// What frames from peers teach the switch, noted without its lock while a receive batch is
+/// delivered, then applied at once by [`Switch::learn_from_peers`]. Keeps its capacity between
+/// batches, so the receive path does not allocate once warm.
+#[derive(Debug, Default)]
+pub struct PeerLearning {
+    seen: Vec<(Mac, PeerName)>,
+    dropped: Vec<DropReason>,
+}
+
+impl PeerLearning {
+    /// Decides for a frame that `origin` sent to us (unicast) or to everyone (broadcast): to the
+    /// bridge, unless it is malformed, link-local control or from a bad source; notes its source
+    /// to learn behind `origin` (once for a run of frames from the same source).
+    pub fn from_peer(&mut self, origin: PeerName, frame: &[u8]) -> Verdict {
+        let verdict = match Frame::new_checked(frame) {
+            Err(_) => Verdict::Drop(DropReason::Malformed),
+            Ok(f) if f.dst().is_link_local_control() => Verdict::Drop(DropReason::LinkLocalControl),
+            Ok(f) if is_bad_source(f.src()) => Verdict::Drop(DropReason::BadSource),
+            Ok(f) => {
+                let seen = (f.src(), origin);
+                if self.seen.last() != Some(&seen) {
+                    self.seen.push(seen);
+                }
+                Verdict::Local
+            }
+        };
+        if let Verdict::Drop(r) = verdict {
+            self.dropped.push(r);
+        }
+        verdict
+    }
+
+    /// Whether nothing was noted since the last [`Switch::learn_from_peers`].
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty() && self.dropped.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,13 +266,40 @@ mod tests {
         PeerName([0x0e, 0, 0, 0, 0, n])
     }
 
+    /// One frame from a peer, learned at once.
+    fn from_peer(s: &mut Switch, now: Instant, origin: PeerName, frame: &[u8]) -> Verdict {
+        let mut batch = PeerLearning::default();
+        let v = batch.from_peer(origin, frame);
+        s.learn_from_peers(now, &mut batch);
+        assert!(batch.is_empty());
+        v
+    }
+
+    #[test]
+    fn a_batch_from_peers_is_learned_at_once_and_each_source_noted_once() {
+        let t = Instant::now();
+        let mut s = Switch::new(DEFAULT_MAX_AGE);
+        let mut batch = PeerLearning::default();
+        for _ in 0..5 {
+            assert_eq!(batch.from_peer(peer(2), &frame(A, B)), Verdict::Local);
+        }
+        assert_eq!(batch.from_peer(peer(3), &frame(A, C)), Verdict::Local);
+        assert_eq!(batch.from_peer(peer(3), &frame(A, Mac::default())), Verdict::Drop(DropReason::BadSource));
+        assert_eq!(batch.seen.len(), 2, "a run of frames from one source is noted once");
+        assert_eq!(s.lookup(t, B), None, "nothing is learned before the batch is applied");
+        s.learn_from_peers(t, &mut batch);
+        assert!(batch.is_empty());
+        assert_eq!((s.lookup(t, B), s.lookup(t, C)), (Some(Origin::Peer(peer(2))), Some(Origin::Peer(peer(3)))));
+        assert_eq!((s.stats().learned, s.stats().dropped[&DropReason::BadSource]), (2, 1));
+    }
+
     #[test]
     fn unknown_and_group_destinations_flood_known_ones_go_to_their_peer() {
         let t = Instant::now();
         let mut s = Switch::new(DEFAULT_MAX_AGE);
         assert_eq!(s.from_local(t, &frame(B, A)), Verdict::Flood, "B unknown");
         assert_eq!(s.from_local(t, &frame(Mac::BROADCAST, A)), Verdict::Flood);
-        assert_eq!(s.from_peer(t, peer(2), &frame(A, B)), Verdict::Local);
+        assert_eq!(from_peer(&mut s, t, peer(2), &frame(A, B)), Verdict::Local);
         assert_eq!(s.lookup(t, B), Some(Origin::Peer(peer(2))));
         assert_eq!(s.from_local(t, &frame(B, A)), Verdict::ToPeer(peer(2)));
         assert_eq!(s.lookup(t, A), Some(Origin::Local));
@@ -242,7 +317,7 @@ mod tests {
     fn a_mac_that_moves_between_hosts_follows() {
         let t = Instant::now();
         let mut s = Switch::new(DEFAULT_MAX_AGE);
-        s.from_peer(t, peer(2), &frame(A, B));
+        from_peer(&mut s, t, peer(2), &frame(A, B));
         assert_eq!(s.learn(t, B, Origin::Peer(peer(3))), Ok(Learned::Moved(Origin::Peer(peer(2)))));
         assert_eq!(s.from_local(t, &frame(B, A)), Verdict::ToPeer(peer(3)));
         s.from_local(t, &frame(A, B)); // B now shows up locally
@@ -255,10 +330,10 @@ mod tests {
         let t0 = Instant::now();
         let age = Duration::from_secs(10);
         let mut s = Switch::new(age);
-        s.from_peer(t0, peer(2), &frame(A, B));
-        s.from_peer(t0, peer(2), &frame(A, C));
+        from_peer(&mut s, t0, peer(2), &frame(A, B));
+        from_peer(&mut s, t0, peer(2), &frame(A, C));
         assert_eq!(s.poll_timeout(), Some(t0 + age));
-        s.from_peer(t0 + Duration::from_secs(8), peer(2), &frame(A, C)); // refresh C only
+        from_peer(&mut s, t0 + Duration::from_secs(8), peer(2), &frame(A, C)); // refresh C only
         let t1 = t0 + Duration::from_secs(11);
         assert_eq!(s.lookup(t1, B), None, "expired entries are not used even before aging");
         s.handle_timeout(t1);
@@ -273,8 +348,8 @@ mod tests {
         let mut s = Switch::new(DEFAULT_MAX_AGE);
         let stp = Mac([0x01, 0x80, 0xc2, 0, 0, 0]);
         assert_eq!(s.from_local(t, &frame(stp, A)), Verdict::Drop(DropReason::LinkLocalControl));
-        assert_eq!(s.from_peer(t, peer(2), &frame(stp, B)), Verdict::Drop(DropReason::LinkLocalControl));
-        assert_eq!(s.from_peer(t, peer(2), &frame(A, Mac::BROADCAST)), Verdict::Drop(DropReason::BadSource));
+        assert_eq!(from_peer(&mut s, t, peer(2), &frame(stp, B)), Verdict::Drop(DropReason::LinkLocalControl));
+        assert_eq!(from_peer(&mut s, t, peer(2), &frame(A, Mac::BROADCAST)), Verdict::Drop(DropReason::BadSource));
         assert_eq!(s.from_local(t, &frame(A, Mac::default())), Verdict::Drop(DropReason::BadSource));
         for n in 0..14 {
             assert_eq!(s.from_local(t, &frame(A, B)[..n]), Verdict::Drop(DropReason::Malformed));
@@ -288,8 +363,8 @@ mod tests {
     fn forgetting_a_peer_removes_its_addresses() {
         let t = Instant::now();
         let mut s = Switch::new(DEFAULT_MAX_AGE);
-        s.from_peer(t, peer(2), &frame(A, B));
-        s.from_peer(t, peer(3), &frame(A, C));
+        from_peer(&mut s, t, peer(2), &frame(A, B));
+        from_peer(&mut s, t, peer(3), &frame(A, C));
         s.forget_peer(peer(2));
         assert_eq!((s.lookup(t, B), s.lookup(t, C)), (None, Some(Origin::Peer(peer(3)))));
     }

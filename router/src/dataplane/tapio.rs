@@ -1,5 +1,7 @@
 //! Batched I/O on the TAP: wait once, then read every frame that is ready (up to a batch) so one
 //! wakeup serves many frames; frames carry their virtio-net header and may be 64 KB super-frames.
+//! Buffers are allocated once per reader. The sender copies each frame once, from here into its
+//! datagram buffer, where it is sealed in place.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -11,12 +13,10 @@ use weft_kernel::tap::Tap;
 
 use super::vnet;
 
-/// Room reserved before each frame for the headers the sleeve prepends, so it seals in place.
-pub const HEADROOM: usize = 128;
 /// Largest frame the TAP hands over: a 64 KB IP super-frame, its Ethernet header and vnet header.
 pub const MAX_FRAME: usize = vnet::LEN + 14 + 65535;
 
-/// A frame buffer allocated once and reused: `HEADROOM` bytes, then the vnet header and frame.
+/// A frame buffer allocated once and reused: the vnet header and frame.
 pub struct FrameBuf {
     data: Box<[u8]>,
     len: usize,
@@ -24,19 +24,14 @@ pub struct FrameBuf {
 
 impl Default for FrameBuf {
     fn default() -> Self {
-        FrameBuf { data: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(), len: 0 }
+        FrameBuf { data: vec![0u8; MAX_FRAME].into_boxed_slice(), len: 0 }
     }
 }
 
 impl FrameBuf {
     /// The vnet header and frame that were read.
     pub fn packet(&self) -> &[u8] {
-        &self.data[HEADROOM..HEADROOM + self.len]
-    }
-
-    /// The whole buffer (headroom included) and where the packet starts and ends in it.
-    pub fn parts_mut(&mut self) -> (&mut [u8], usize, usize) {
-        (&mut self.data, HEADROOM, HEADROOM + self.len)
+        &self.data[..self.len]
     }
 }
 
@@ -72,7 +67,7 @@ impl TapIo {
         let mut n = 0;
         while n < bufs.len() {
             let b = &mut bufs[n];
-            match self.tap.read(&mut b.data[HEADROOM..]) {
+            match self.tap.read(&mut b.data) {
                 Ok(len) if len > vnet::LEN => {
                     b.len = len;
                     n += 1;

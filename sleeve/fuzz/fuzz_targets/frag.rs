@@ -1,12 +1,14 @@
 //! Fragment headers and reassembly on arbitrary bytes: never panics; the first byte picks the
 //! record flags, the rest is cut into fragment payloads at the lengths the bytes themselves give.
-//! Whatever completes must be exactly as long as its header said.
+//! Whatever completes must be exactly as long as its header said, and, when it parses as a frame
+//! payload, re-emit to the same bytes.
 #![no_main]
 
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use weft_sleeve::frag::{FragmentHeader, ReasmConfig, Reassembler};
+use weft_sleeve::wire::FrameRepr;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, mut rest)) = data.split_first() else { return };
@@ -23,6 +25,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(Some(whole)) = r.push(t0 + Duration::from_millis(step), flags, piece) {
             assert_eq!(whole.flags, flags);
             assert_eq!(Some(whole.payload.len()), parsed);
+            if let Ok(frame) = FrameRepr::parse(whole.flags, whole.payload) {
+                let mut out = vec![0u8; whole.payload.len()];
+                assert_eq!(frame.emit(&mut out), Ok(out.len()));
+                assert_eq!(out, whole.payload);
+            }
         }
     }
 });

@@ -1,5 +1,6 @@
 //! The body record iterator on arbitrary bytes: never panics, stops after an error, and the
-//! records it yields re-emit to the bytes they came from.
+//! records it yields (frame records with their whole frame payload: virtio-net header, relay
+//! envelope, Ethernet frame) re-emit to the bytes they came from.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
