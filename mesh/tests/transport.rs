@@ -1,5 +1,9 @@
 //! The QUIC mesh transport between real network namespaces: hosts on one segment, real UDP
 //! sockets, real TLS. Root needed (the test bed fails loudly without it).
+//!
+//! Covered: authentication by the PAKE (the wrong password refused on both sides with the
+//! reason), an open and a password mesh refusing each other, failed attempts limited per
+//! source, and what an unauthenticated client may send (a large frame, a version 1 hello).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -20,6 +24,10 @@ struct Node {
 }
 
 fn node(bed: &TestBed, h: weft_testbed::NodeId, ip: std::net::Ipv4Addr, n: u8, password: Option<&[u8]>, rekey: Duration) -> Node {
+    node_with(bed, h, ip, n, password, |cfg| cfg.rekey_interval = rekey)
+}
+
+fn node_with(bed: &TestBed, h: weft_testbed::NodeId, ip: std::net::Ipv4Addr, n: u8, password: Option<&[u8]>, configure: impl FnOnce(&mut MeshConfig)) -> Node {
     let addr = SocketAddr::from((ip, 6783));
     let sock = bed.ns(h).run(|| UdpSocket::bind(addr)).unwrap().unwrap();
     let dir = std::env::temp_dir().join(format!("weft-transport-{}-{n}", std::process::id()));
@@ -29,7 +37,7 @@ fn node(bed: &TestBed, h: weft_testbed::NodeId, ip: std::net::Ipv4Addr, n: u8, p
     let name = PeerName([0x0e, 0, 0, 0, 0, n]);
     let mut cfg = MeshConfig::new(name, format!("host{n}"), 1, addr, 6784);
     cfg.password = password.map(PasswordKey::new);
-    cfg.rekey_interval = rekey;
+    configure(&mut cfg);
     let (ep, events) = MeshEndpoint::start_on(sock, cfg, &creds).unwrap();
     Node { ep, events, addr, name }
 }
@@ -175,6 +183,127 @@ fn an_open_mesh_and_a_password_mesh_do_not_mix() {
         assert!(r1.contains("password"), "{r1}");
         open.ep.shutdown().await;
         closed.ep.shutdown().await;
+    });
+    drop(rt);
+    bed.teardown().unwrap();
+}
+
+async fn no_event_for(n: &mut Node, d: Duration) {
+    if let Ok(e) = tokio::time::timeout(d, n.events.recv()).await {
+        panic!("expected no event, got {e:?}");
+    }
+}
+
+#[test]
+fn failed_password_attempts_are_limited_per_source_and_other_sources_still_connect() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let lan = topology::shared_segment(&mut bed, 3).unwrap();
+    let ips: Vec<_> = lan.links.iter().map(|l| l.addr).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut a = node_with(&bed, lan.hosts[0], ips[0], 21, Some(b"s3cret"), |cfg| {
+            cfg.admission.failure_burst = 3;
+            cfg.admission.failure_refill = Duration::from_secs(600);
+        });
+        let mut b = node(&bed, lan.hosts[1], ips[1], 22, Some(b"s3cret"), Duration::from_secs(600));
+        let mut c = node(&bed, lan.hosts[2], ips[2], 23, Some(b"guess"), Duration::from_secs(600));
+
+        for i in 0..3 {
+            c.ep.connect(a.addr);
+            let rc = down_reason(&mut c).await;
+            let ra = down_reason(&mut a).await;
+            println!("attempt {i}: c's side: {rc}; a's side: {ra}");
+            assert_eq!(ra, "wrong cluster password");
+            assert_eq!(rc, "peer refused us: wrong cluster password");
+        }
+        // The fourth attempt is turned away before the handshake: a sees no connection at all.
+        c.ep.connect(a.addr);
+        let rc = down_reason(&mut c).await;
+        println!("attempt 3: c's side: {rc}");
+        assert!(rc.contains("refused the connection before the handshake") && rc.contains("failed password attempts"), "{rc}");
+        no_event_for(&mut a, Duration::from_millis(500)).await;
+
+        // Another source with the password is not affected.
+        b.ep.connect(a.addr);
+        let (ib, _) = up(&mut b).await;
+        let (ia, _) = up(&mut a).await;
+        assert_eq!((ib.peer, ia.peer), (a.name, b.name));
+        for n in [&a, &b, &c] {
+            n.ep.shutdown().await;
+        }
+    });
+    drop(rt);
+    bed.teardown().unwrap();
+}
+
+/// A QUIC client that is no mesh peer: sends `bytes` on the control stream and returns what it
+/// reads back until the listener closes (at most 10 s).
+async fn raw_client(sock: UdpSocket, to: SocketAddr, bytes: Vec<u8>) -> Vec<u8> {
+    let transport = weft_mesh::transport::tls::transport(Duration::from_secs(1), Duration::from_secs(5), 1 << 20).unwrap();
+    let runtime = quinn::default_runtime().unwrap();
+    let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, runtime).unwrap();
+    ep.set_default_client_config(weft_mesh::transport::tls::client_config(transport).unwrap());
+    let conn = ep.connect(to, weft_mesh::transport::tls::SERVER_NAME).unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // Written in the background: the listener may close before all of it is taken.
+    tokio::spawn(async move {
+        let _ = send.write_all(&bytes).await;
+    });
+    let got = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20)).await.expect("the listener closes within 10 s");
+    conn.close(0u32.into(), b"");
+    got.unwrap_or_default()
+}
+
+fn frames(mut b: &[u8]) -> Vec<Message> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let n = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+        if b.len() < 4 + n {
+            break;
+        }
+        out.push(Message::decode(&b[4..4 + n]).unwrap());
+        b = &b[4 + n..];
+    }
+    out
+}
+
+#[test]
+fn before_authentication_a_large_frame_or_a_version_1_hello_is_refused_with_the_reason() {
+    let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
+    let lan = topology::shared_segment(&mut bed, 2).unwrap();
+    let ips: Vec<_> = lan.links.iter().map(|l| l.addr).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut a = node(&bed, lan.hosts[0], ips[0], 31, Some(b"s3cret"), Duration::from_secs(600));
+
+        // A 4 MiB frame: refused at its length field.
+        let mut big = (4u32 << 20).to_be_bytes().to_vec();
+        big.extend(std::iter::repeat_n(0u8, 256 << 10));
+        let sock = bed.ns(lan.hosts[1]).run(|| UdpSocket::bind((ips[1], 0))).unwrap().unwrap();
+        let got = frames(&raw_client(sock, a.addr, big).await);
+        let ra = down_reason(&mut a).await;
+        println!("large frame: a's side: {ra}; the client got {got:?}");
+        assert_eq!(ra, "control message of 4194304 bytes exceeds the limit of 2048");
+        assert!(got.iter().any(|m| *m == Message::Bye(ra.clone())), "{got:?}");
+
+        // A version 1 peer's hello (with its password proof).
+        let mut v1 = vec![1, 1, 0x0e, 0, 0, 0, 0, 9];
+        v1.extend_from_slice(&1u64.to_be_bytes());
+        v1.extend_from_slice(&6784u16.to_be_bytes());
+        v1.extend_from_slice(&7u32.to_be_bytes());
+        v1.extend_from_slice(&[1, 2, b'o', b'l', 32]);
+        v1.extend_from_slice(&[0xaa; 32]);
+        let frame = [&(v1.len() as u32).to_be_bytes()[..], &v1].concat();
+        let sock = bed.ns(lan.hosts[1]).run(|| UdpSocket::bind((ips[1], 0))).unwrap().unwrap();
+        let got = raw_client(sock, a.addr, frame).await;
+        let ra = down_reason(&mut a).await;
+        println!("version 1 hello: a's side: {ra}");
+        assert_eq!(ra, "peer speaks mesh protocol version 1, we speak 2");
+        // The client got our hello and the reason; a version 1 peer reads the version byte of the
+        // first frame and reports "peer speaks control protocol version 2, this router speaks 1".
+        assert_eq!(got[4], 2, "our frames carry version 2");
+        assert!(frames(&got).iter().any(|m| *m == Message::Bye(ra.clone())));
+        a.ep.shutdown().await;
     });
     drop(rt);
     bed.teardown().unwrap();

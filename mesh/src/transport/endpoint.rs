@@ -1,11 +1,20 @@
 //! The QUIC driver: one endpoint on the mesh port, one connection per directly connected peer,
 //! one bidirectional control stream per connection.
 //!
-//! A connection is handed to the router only after both `Hello`s are exchanged and, with a
-//! password, both proofs verified ([`Event::Up`]); a peer that fails is told why (`Bye`), closed,
-//! reported in [`Event::Down`], and nothing it sent reaches the router. Afterwards every control
-//! message arrives as [`Event::Message`], in order. The dialling end starts a new sleeve epoch
-//! every [`MeshConfig::rekey_interval`]; both ends report the new secret as [`Event::Rekey`].
+//! A connection is handed to the router only after the handshake ([`super::handshake`]: both
+//! `Hello`s and, with a password, the PAKE and both key confirmations) within
+//! [`MeshConfig::handshake_timeout`] ([`Event::Up`]); a peer that fails is told why (`Bye`),
+//! closed, reported in [`Event::Down`], and nothing it sent reaches the router. Afterwards every
+//! control message arrives as [`Event::Message`], in order. The dialling end starts a new sleeve
+//! epoch every [`MeshConfig::rekey_interval`]; both ends report the new secret as
+//! [`Event::Rekey`].
+//!
+//! Before authentication a connection holds little: frames of at most
+//! [`HANDSHAKE_MESSAGE_LEN`] bytes, a QUIC receive window of [`PRE_AUTH_WINDOW`] bytes (opened
+//! to the full window once authenticated), no QUIC datagrams. Inbound connections must first
+//! prove their source address (a QUIC retry), then pass [`admission`](super::admission): a
+//! refused one is turned away before the TLS handshake and any PAKE work, and the refusal is
+//! logged (rate-limited).
 //!
 //! Closing is acknowledged: the closing end sends `Bye`, finishes its control stream and waits
 //! for the peer to close the connection (which it does once it has read the `Bye`), or for the
@@ -15,12 +24,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::admission::{Admission, Limits, Outcome};
 use super::auth::{self, End, PasswordKey};
-use super::proto::{Hello, Message, ProtoError};
+use super::handshake::{Handshake, reason};
+use super::proto::{HANDSHAKE_MESSAGE_LEN, Hello, MAX_MESSAGE_LEN, Message, ProtoError};
 use super::tls::{self, Credentials, TlsError};
 use crate::peer::PeerName;
 use crate::topology::Direction;
@@ -46,10 +58,12 @@ pub struct MeshConfig {
     pub keep_alive: Duration,
     /// A connection silent this long is dead.
     pub idle_timeout: Duration,
-    /// How long the `Hello` exchange may take.
+    /// How long the QUIC handshake, and then the mesh handshake, may take each.
     pub handshake_timeout: Duration,
     /// How long a closing end waits for the peer to acknowledge its `Bye`.
     pub bye_timeout: Duration,
+    /// Limits on inbound connections that are not yet authenticated.
+    pub admission: Limits,
 }
 
 impl MeshConfig {
@@ -67,6 +81,7 @@ impl MeshConfig {
             idle_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             bye_timeout: Duration::from_secs(2),
+            admission: Limits::default(),
         }
     }
 }
@@ -207,7 +222,46 @@ struct Shared {
     config: MeshConfig,
     events: mpsc::UnboundedSender<Event>,
     next_id: AtomicU64,
+    admission: Mutex<Admission>,
 }
+
+impl Shared {
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        // The admission state stays consistent even if a holder panicked mid-update: counters only.
+        self.admission.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An admitted inbound handshake; releases its place when dropped.
+struct Ticket {
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    outcome: Outcome,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(blocked) = self.shared.admission().release(self.remote.ip(), self.outcome, Instant::now()) {
+            tracing::warn!(remote = %self.remote, "refusing further mesh connections: {blocked}");
+        }
+    }
+}
+
+/// Why a handshake failed.
+struct Refused {
+    peer: Option<PeerName>,
+    reason: String,
+    password_attempt: bool,
+}
+
+impl Refused {
+    fn other(reason: impl Into<String>) -> Refused {
+        Refused { peer: None, reason: reason.into(), password_attempt: false }
+    }
+}
+
+/// The QUIC connection-level receive window before authentication.
+pub const PRE_AUTH_WINDOW: u32 = 16 * 1024;
 
 /// The mesh endpoint.
 #[derive(Clone)]
@@ -227,13 +281,14 @@ impl MeshEndpoint {
     /// As [`start`](Self::start), on a socket the caller bound (e.g. inside a network namespace).
     pub fn start_on(socket: std::net::UdpSocket, config: MeshConfig, creds: &Credentials) -> Result<(MeshEndpoint, mpsc::UnboundedReceiver<Event>), EndpointError> {
         let addr = socket.local_addr().unwrap_or(config.listen);
-        let transport = tls::transport(config.keep_alive, config.idle_timeout)?;
+        let transport = tls::transport(config.keep_alive, config.idle_timeout, PRE_AUTH_WINDOW)?;
         let server = tls::server_config(creds, transport.clone())?;
         let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Bind { addr, source: std::io::Error::other("no async runtime") })?;
         let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(|source| EndpointError::Bind { addr, source })?;
         endpoint.set_default_client_config(tls::client_config(transport)?);
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared { config, events: tx, next_id: AtomicU64::new(1) });
+        let admission = Mutex::new(Admission::new(config.admission.clone()));
+        let shared = Arc::new(Shared { config, events: tx, next_id: AtomicU64::new(1), admission });
         let me = MeshEndpoint { endpoint, shared };
         let acceptor = me.clone();
         tokio::spawn(async move { acceptor.accept_loop().await });
@@ -252,13 +307,16 @@ impl MeshEndpoint {
             let result = match me.endpoint.connect(addr, tls::SERVER_NAME) {
                 Ok(connecting) => match tokio::time::timeout(me.shared.config.handshake_timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(quinn::ConnectionError::ConnectionClosed(c))) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => Err(
+                        "peer refused the connection before the handshake (too many failed password attempts from this address, or too many unauthenticated connections; see its log)".to_owned(),
+                    ),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("no answer (QUIC handshake timed out)".to_owned()),
                 },
                 Err(e) => Err(e.to_string()),
             };
             match result {
-                Ok(conn) => me.run(conn, Direction::Outbound).await,
+                Ok(conn) => me.run(conn, Direction::Outbound, None).await,
                 Err(reason) => {
                     let _ = me.shared.events.send(Event::Down { id: None, peer: None, remote: addr, direction: Direction::Outbound, reason });
                 }
@@ -274,28 +332,57 @@ impl MeshEndpoint {
 
     async fn accept_loop(self) {
         while let Some(incoming) = self.endpoint.accept().await {
+            let remote = incoming.remote_address();
+            // A source address must be proved (one round trip, no state kept here) before it is
+            // counted against its limits: nobody can use them up with spoofed packets.
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
+            let admitted = self.shared.admission().admit(remote.ip(), Instant::now());
+            if let Err((refusal, log)) = admitted {
+                if log {
+                    tracing::warn!(%remote, "refusing mesh connection before the handshake: {refusal}");
+                } else {
+                    tracing::debug!(%remote, "refusing mesh connection before the handshake: {refusal}");
+                }
+                incoming.refuse();
+                continue;
+            }
+            let ticket = Ticket { shared: self.shared.clone(), remote, outcome: Outcome::Other };
             let me = self.clone();
             tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                match incoming.await {
-                    Ok(conn) => me.run(conn, Direction::Inbound).await,
+                let accepted = match incoming.accept() {
+                    Ok(connecting) => tokio::time::timeout(me.shared.config.handshake_timeout, connecting).await.unwrap_or_else(|_| Err(quinn::ConnectionError::TimedOut)),
+                    Err(e) => Err(e),
+                };
+                match accepted {
+                    Ok(conn) => me.run(conn, Direction::Inbound, Some(ticket)).await,
                     Err(e) => tracing::info!(%remote, "inbound mesh connection failed: {e}"),
                 }
             });
         }
     }
 
-    async fn run(self, conn: quinn::Connection, direction: Direction) {
+    async fn run(self, conn: quinn::Connection, direction: Direction, mut ticket: Option<Ticket>) {
         let remote = conn.remote_address();
         let events = self.shared.events.clone();
         match self.handshake(&conn, direction).await {
-            Err((peer, reason)) => {
+            Err(Refused { peer, reason, password_attempt }) => {
                 tracing::warn!(%remote, peer = ?peer, "mesh connection refused: {reason}");
                 conn.close(3u32.into(), reason.as_bytes());
+                if let Some(t) = ticket.as_mut().filter(|_| password_attempt) {
+                    t.outcome = Outcome::PasswordFailed;
+                }
+                drop(ticket);
                 let _ = events.send(Event::Down { id: None, peer, remote, direction, reason });
             }
-            Ok((info, send, recv)) => {
-                let reason = self.serve(conn.clone(), info.clone(), send, recv).await;
+            Ok((info, send, recv, mix)) => {
+                drop(ticket);
+                conn.set_receive_window(quinn::VarInt::MAX);
+                let reason = self.serve(conn.clone(), info.clone(), send, recv, mix).await;
                 tracing::info!(peer = %info.peer, nickname = %info.nickname, %remote, "mesh connection down: {reason}");
                 conn.close(0u32.into(), b"");
                 let _ = events.send(Event::Down { id: Some(info.id), peer: Some(info.peer), remote, direction, reason });
@@ -309,69 +396,68 @@ impl MeshEndpoint {
         Ok(out)
     }
 
-    async fn handshake(&self, conn: &quinn::Connection, direction: Direction) -> Result<(ConnInfo, quinn::SendStream, quinn::RecvStream), (Option<PeerName>, String)> {
+    async fn handshake(&self, conn: &quinn::Connection, direction: Direction) -> Result<(ConnInfo, quinn::SendStream, quinn::RecvStream, Option<[u8; 32]>), Refused> {
         let cfg = &self.shared.config;
         let outbound = direction == Direction::Outbound;
-        let (mine, theirs) = if outbound { (End::Dialer, End::Listener) } else { (End::Listener, End::Dialer) };
-        let exporter = Self::exporter(conn, auth::AUTH_LABEL, b"").map_err(|e| (None, e))?;
+        let end = if outbound { End::Dialer } else { End::Listener };
+        let exporter = Self::exporter(conn, auth::AUTH_LABEL, b"").map_err(Refused::other)?;
         let local_index = random_u32();
-        let hello = Hello {
+        let ours = Hello {
             name: cfg.name,
             incarnation: cfg.incarnation,
             nickname: cfg.nickname.clone(),
             sleeve_port: cfg.sleeve_port,
             sleeve_index: local_index,
-            password: cfg.password.is_some(),
-            proof: cfg.password.as_ref().map(|k| k.proof(mine, &exporter).to_vec()).unwrap_or_default(),
+            password: false,
+            pake: Vec::new(),
         };
+        let (mut hs, hello) = Handshake::start(ours, cfg.password.as_ref(), end, &exporter);
         let exchange = async {
-            let (mut send, mut recv) = if outbound { conn.open_bi().await } else { conn.accept_bi().await }.map_err(|e| e.to_string())?;
-            send.write_all(&Message::Hello(hello).to_bytes()).await.map_err(|e| e.to_string())?;
-            match read_message(&mut recv).await {
-                Ok(Some(Message::Hello(h))) => Ok((send, recv, h)),
-                Ok(Some(Message::Bye(reason))) => Err(format!("peer refused us: {reason}")),
-                Ok(Some(other)) => Err(format!("expected hello, got {other:?}")),
-                Ok(None) => Err("closed during the hello exchange".into()),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-        let (mut send, mut recv, peer) = match tokio::time::timeout(cfg.handshake_timeout, exchange).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => return Err((None, e)),
-            Err(_) => return Err((None, "hello exchange timed out".into())),
-        };
-        let refuse = |reason: String| (Some(peer.name), reason);
-        let verdict = match (&cfg.password, peer.password) {
-            _ if peer.name == cfg.name => Err("connected to itself".to_owned()),
-            (Some(k), true) if k.verify(theirs, &exporter, &peer.proof) => Ok(()),
-            (Some(_), true) => Err("wrong cluster password".to_owned()),
-            (Some(_), false) => Err("peer has no cluster password but this router requires one".to_owned()),
-            (None, true) => Err("peer requires a cluster password but this router has none".to_owned()),
-            (None, false) => Ok(()),
-        };
-        if let Err(reason) = verdict {
-            let _ = send.write_all(&Message::Bye(reason.clone()).to_bytes()).await;
-            let _ = send.finish();
-            // The peer closes once it has read why, or refuses us too (its own Bye, or the end
-            // of its stream); anything else it sends meanwhile is not used.
-            let acknowledged = async {
-                tokio::select! {
-                    _ = conn.closed() => {}
-                    _ = async {
-                        while let Ok(Some(m)) = read_message(&mut recv).await {
-                            if matches!(m, Message::Bye(_)) {
-                                break;
+            let (mut send, mut recv) = if outbound { conn.open_bi().await } else { conn.accept_bi().await }.map_err(|e| Refused::other(e.to_string()))?;
+            send.write_all(&hello.to_bytes()).await.map_err(|e| Refused::other(e.to_string()))?;
+            loop {
+                let (result, bye) = match read_frame(&mut recv, HANDSHAKE_MESSAGE_LEN).await {
+                    Ok(Some(frame)) => match hs.handle(&frame) {
+                        Ok(step) => {
+                            if let Some(m) = step.send {
+                                send.write_all(&m.to_bytes()).await.map_err(|e| Refused::other(e.to_string()))?;
+                            }
+                            match step.done {
+                                Some(a) => return Ok((send, recv, a)),
+                                None => continue,
                             }
                         }
-                    } => {}
+                        Err(f) => (Refused { peer: f.peer, reason: reason(&f.error), password_attempt: f.error.password_attempt() }, f.bye),
+                    },
+                    Ok(None) => (Refused::other("peer closed the control stream during the handshake"), None),
+                    Err(ReadError::Proto(e)) => (Refused::other(e.to_string()), Some(Message::Bye(e.to_string()))),
+                    Err(e) => (Refused::other(reason(&e)), None),
+                };
+                if let Some(bye) = bye {
+                    let _ = send.write_all(&bye.to_bytes()).await;
+                    let _ = send.finish();
+                    // Acknowledged once the peer has received all of it (QUIC acknowledges
+                    // the finished stream) or has closed the connection.
+                    let acknowledged = async {
+                        tokio::select! {
+                            _ = send.stopped() => {}
+                            _ = conn.closed() => {}
+                        }
+                    };
+                    if tokio::time::timeout(cfg.bye_timeout, acknowledged).await.is_err() {
+                        tracing::info!(remote = %conn.remote_address(), "the refused peer did not close within {:?}", cfg.bye_timeout);
+                    }
                 }
-            };
-            if tokio::time::timeout(cfg.bye_timeout, acknowledged).await.is_err() {
-                tracing::info!(remote = %conn.remote_address(), peer = %peer.name, "the refused peer did not close within {:?}", cfg.bye_timeout);
+                return Err(result);
             }
-            return Err(refuse(reason));
-        }
-        let secret = Self::sleeve_secret(conn, cfg.password.as_ref(), 0).map_err(refuse)?;
+        };
+        let (send, recv, peer) = match tokio::time::timeout(cfg.handshake_timeout, exchange).await {
+            Ok(r) => r?,
+            Err(_) => return Err(Refused::other("mesh handshake timed out")),
+        };
+        let mix = peer.keys.as_ref().map(|k| *k.sleeve_mix());
+        let peer = peer.peer;
+        let secret = Self::sleeve_secret(conn, mix.as_ref(), 0).map_err(|reason| Refused { peer: Some(peer.name), reason, password_attempt: false })?;
         let remote = conn.remote_address();
         let info = ConnInfo {
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
@@ -382,16 +468,16 @@ impl MeshEndpoint {
             direction,
             sleeve: SleeveParams { secret, initiator: outbound, local_index, remote_index: peer.sleeve_index, remote: SocketAddr::new(remote.ip(), peer.sleeve_port) },
         };
-        Ok((info, send, recv))
+        Ok((info, send, recv, mix))
     }
 
-    fn sleeve_secret(conn: &quinn::Connection, password: Option<&PasswordKey>, epoch: u64) -> Result<[u8; 32], String> {
+    fn sleeve_secret(conn: &quinn::Connection, mix: Option<&[u8; 32]>, epoch: u64) -> Result<[u8; 32], String> {
         let x = Self::exporter(conn, auth::SLEEVE_LABEL, &auth::epoch_context(epoch))?;
-        Ok(auth::sleeve_secret(&x, password))
+        Ok(auth::sleeve_secret(&x, mix))
     }
 
     /// Runs an up connection until it ends; returns why it ended.
-    async fn serve(&self, conn: quinn::Connection, info: ConnInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> String {
+    async fn serve(&self, conn: quinn::Connection, info: ConnInfo, mut send: quinn::SendStream, mut recv: quinn::RecvStream, mix: Option<[u8; 32]>) -> String {
         let events = &self.shared.events;
         let cfg = &self.shared.config;
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
@@ -426,7 +512,7 @@ impl MeshEndpoint {
                 if initiator {
                     epoch += 1;
                     let _ = tx.send(Message::Rekey(epoch));
-                    match Self::sleeve_secret(&conn, cfg.password.as_ref(), epoch) {
+                    match Self::sleeve_secret(&conn, mix.as_ref(), epoch) {
                         Ok(secret) => {
                             let _ = events.send(Event::Rekey { id: info.id, peer: info.peer, epoch, secret });
                         }
@@ -439,8 +525,8 @@ impl MeshEndpoint {
             loop {
                 match read_message(&mut recv).await {
                     Ok(Some(Message::Bye(reason))) => return format!("peer closed: {reason}"),
-                    Ok(Some(Message::Hello(_))) => return "protocol error: a second hello".to_owned(),
-                    Ok(Some(Message::Rekey(epoch))) if !initiator => match Self::sleeve_secret(&conn, cfg.password.as_ref(), epoch) {
+                    Ok(Some(m @ (Message::Hello(_) | Message::Confirm(_)))) => return format!("protocol error: a {} after the handshake", m.kind_name()),
+                    Ok(Some(Message::Rekey(epoch))) if !initiator => match Self::sleeve_secret(&conn, mix.as_ref(), epoch) {
                         Ok(secret) => {
                             let _ = events.send(Event::Rekey { id: info.id, peer: info.peer, epoch, secret });
                         }
@@ -458,7 +544,7 @@ impl MeshEndpoint {
                         tokio::time::sleep(cfg.bye_timeout * 2).await;
                         return reason;
                     }
-                    Err(e) => return e.to_string(),
+                    Err(e) => return reason(&e),
                 }
             }
         };
@@ -485,22 +571,31 @@ impl MeshEndpoint {
 enum ReadError {
     #[error(transparent)]
     Proto(#[from] ProtoError),
-    #[error("read: {0}")]
-    Read(String),
+    #[error("read")]
+    Read(#[source] quinn::ReadExactError),
 }
 
-/// Reads one framed message; `None` when the stream ended cleanly between messages.
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, ReadError> {
+/// Reads one frame of at most `max` bytes after its length field, and returns those bytes;
+/// `None` when the stream ended cleanly between frames.
+async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, ReadError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(ReadError::Read(e.to_string())),
+        Err(e) => return Err(ReadError::Read(e)),
     }
-    let n = Message::frame_len(len)?;
+    let n = Message::frame_len(len, max)?;
     let mut body = vec![0u8; n];
-    recv.read_exact(&mut body).await.map_err(|e| ReadError::Read(e.to_string()))?;
-    Ok(Some(Message::decode(&body)?))
+    recv.read_exact(&mut body).await.map_err(ReadError::Read)?;
+    Ok(Some(body))
+}
+
+/// Reads one message on an authenticated connection; `None` when the stream ended cleanly.
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, ReadError> {
+    match read_frame(recv, MAX_MESSAGE_LEN).await? {
+        Some(body) => Ok(Some(Message::decode(&body)?)),
+        None => Ok(None),
+    }
 }
 
 fn random_u32() -> u32 {

@@ -3,7 +3,7 @@
 //!
 //! Certificates are not checked against any authority (peers have no PKI); the TLS handshake
 //! still proves that each server holds the key of the certificate it shows, and membership is
-//! proved by the password ([`super::auth`]) bound to the session. Only TLS 1.3 is offered.
+//! proved by the PAKE ([`super::auth`]) bound to the session. Only TLS 1.3 is offered.
 
 use std::fs;
 use std::io;
@@ -87,13 +87,17 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Keep-alive and idle timeout: a peer that vanishes is noticed within `idle`.
-pub fn transport(keep_alive: Duration, idle: Duration) -> Result<Arc<quinn::TransportConfig>, TlsError> {
+/// Keep-alive and idle timeout (a peer that vanishes is noticed within `idle`); one
+/// bidirectional stream, no QUIC datagrams, and a connection-level receive window of
+/// `receive_window` bytes, which the caller widens once the peer is authenticated.
+pub fn transport(keep_alive: Duration, idle: Duration, receive_window: u32) -> Result<Arc<quinn::TransportConfig>, TlsError> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(keep_alive));
     t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).map_err(|e| TlsError::Setup(e.to_string()))?));
     t.max_concurrent_uni_streams(0u32.into());
     t.max_concurrent_bidi_streams(1u32.into());
+    t.receive_window(receive_window.into());
+    t.datagram_receive_buffer_size(None);
     Ok(Arc::new(t))
 }
 
