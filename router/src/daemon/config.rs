@@ -4,9 +4,9 @@
 //! The cluster password is read from a file (`--password-file` / `WEFT_PASSWORD_FILE`) or from
 //! `WEFT_PASSWORD`; never from a command-line argument, and never logged. At most
 //! [`MAX_PASSWORD`] bytes are read (so `/dev/zero` is refused, not read for ever); a password
-//! shorter than [`MIN_PASSWORD`] bytes is refused, because each end sends its proof (an HMAC
-//! keyed by the password) before it has checked the other's, so anyone who can reach the mesh
-//! port can test guesses offline; a file its group or everyone may read is warned about.
+//! shorter than [`MIN_PASSWORD`] bytes is refused: the mesh's PAKE allows no offline guessing,
+//! but each handshake is one online guess (rate-limited per source), and a short password is
+//! within reach of many of them; a file its group or everyone may read is warned about.
 //!
 //! The pod range is refused when it is `/0` or overlaps a block pods cannot use (this network,
 //! loopback, link-local, multicast, reserved and broadcast: [`RESERVED_BLOCKS`]); what needs the
@@ -170,7 +170,7 @@ pub enum ConfigError {
     LongPassword(String),
     /// The password is shorter than [`MIN_PASSWORD`] bytes.
     #[error(
-        "the cluster password from {from} has {len} bytes, fewer than 12: peers can test guesses of a short one offline; use a random one (openssl rand -base64 32)"
+        "the cluster password from {from} has {len} bytes, fewer than 12: every handshake is one guess at it, and a short one falls to enough of them; use a random one (openssl rand -base64 32)"
     )]
     ShortPassword {
         /// Where it came from.
