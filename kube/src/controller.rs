@@ -22,8 +22,9 @@ pub trait Mesh: Send + Sync + 'static {
     fn set_targets(&self, targets: BTreeSet<String>);
     /// The peers reachable now over the mesh, this one included.
     fn live_peers(&self) -> BTreeSet<String>;
-    /// Reclaims the space of `peer` (dead); returns how many addresses moved to this peer.
-    fn rmpeer(&self, peer: &str) -> Result<u64, Box<dyn std::error::Error + Send + Sync>>;
+    /// Reclaims the space of `peer` (dead), whose Node was `node`; returns how many addresses
+    /// moved to this peer.
+    fn rmpeer(&self, peer: &str, node: &str) -> Result<u64, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 impl<M: Mesh> Mesh for std::sync::Arc<M> {
@@ -33,8 +34,8 @@ impl<M: Mesh> Mesh for std::sync::Arc<M> {
     fn live_peers(&self) -> BTreeSet<String> {
         (**self).live_peers()
     }
-    fn rmpeer(&self, peer: &str) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-        (**self).rmpeer(peer)
+    fn rmpeer(&self, peer: &str, node: &str) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        (**self).rmpeer(peer, node)
     }
 }
 

@@ -155,7 +155,7 @@ impl Reclaimer {
                     }
                 }
                 Decision::Finish { peer, node } => {
-                    let addresses = mesh.rmpeer(&peer).map_err(|source| ReclaimError::Rmpeer { peer: peer.clone(), node: node.clone(), source })?;
+                    let addresses = mesh.rmpeer(&peer, &node).map_err(|source| ReclaimError::Rmpeer { peer: peer.clone(), node: node.clone(), source })?;
                     tracing::info!(%peer, %node, addresses, "reclaimed the space of a deleted node's peer");
                     self.clear(registry, &peer, true).await?;
                     done.push(Reclaimed { peer, node, addresses });

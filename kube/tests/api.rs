@@ -57,7 +57,7 @@ impl Mesh for FakeMesh {
     fn live_peers(&self) -> BTreeSet<String> {
         self.live.lock().unwrap().clone()
     }
-    fn rmpeer(&self, peer: &str) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    fn rmpeer(&self, peer: &str, _node: &str) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
         self.rmpeers.lock().unwrap().push(peer.to_owned());
         Ok(1024)
     }
