@@ -89,10 +89,15 @@ impl<K: Object, S: ObjectSource<K>> Informer<K, S> {
         Ok(self.with(|r| r.listed(list)))
     }
 
-    /// Does the next step: a list, or one watch until its stream ends. A 410 Gone makes the
-    /// next step a list again and is not an error.
-    pub async fn step(&mut self) -> Result<(), SourceError> {
+    /// Does the next step: a list, or one watch until its stream ends; returns which. A 410
+    /// Gone makes the next step a list again and is not an error.
+    pub async fn step(&mut self) -> Result<Step, SourceError> {
         let step = self.with(|r| r.next());
+        self.run_step(&step).await?;
+        Ok(step)
+    }
+
+    async fn run_step(&mut self, step: &Step) -> Result<(), SourceError> {
         match step {
             Step::List => {
                 let d = self.list().await?;
@@ -100,7 +105,7 @@ impl<K: Object, S: ObjectSource<K>> Informer<K, S> {
                 Ok(())
             }
             Step::Watch(version) => {
-                let mut events = match self.source.watch(&version).await {
+                let mut events = match self.source.watch(version).await {
                     Err(SourceError::Gone { version }) => {
                         self.gone(&version);
                         return Ok(());
@@ -127,12 +132,19 @@ impl<K: Object, S: ObjectSource<K>> Informer<K, S> {
         self.with(|r| r.expire());
     }
 
-    /// Runs for ever (until the task is dropped).
+    /// Runs for ever (until the task is dropped). A watch that ends sooner than
+    /// [`Backoff::min`] is followed by a pause of that long, so a server that closes watches at
+    /// once is not asked again in a tight loop.
     pub async fn run(mut self) {
         let mut delay = self.backoff.min;
         loop {
+            let started = tokio::time::Instant::now();
             match self.step().await {
-                Ok(()) => delay = self.backoff.min,
+                Ok(Step::Watch(_)) if started.elapsed() < self.backoff.min => {
+                    delay = self.backoff.min;
+                    tokio::time::sleep_until(started + self.backoff.min).await;
+                }
+                Ok(_) => delay = self.backoff.min,
                 Err(e) => {
                     tracing::warn!(what = %self.source.what(), "{}; again in {delay:?}", chain(&e));
                     tokio::time::sleep(delay).await;

@@ -129,6 +129,10 @@ pub async fn start(k: &KubeConfig, me: PeerName, mesh_port: u16, commands: Unbou
         }
     };
     tracing::info!(nodes, "Kubernetes: Nodes listed");
+    let me = weft_kube::source::Key { namespace: String::new(), name: k.node_name.clone() };
+    if !controller.store().read(|r| r.get(&me).is_some()) {
+        tracing::warn!(node = %k.node_name, "Kubernetes: no Node has this host's name: set --node-name (WEFT_NODE_NAME, from spec.nodeName) so it is told from the others");
+    }
     if let Err(e) = controller.register().await {
         tracing::warn!("Kubernetes: {} (RBAC: get, create and update configmaps); trying again", chain(&e));
     }
