@@ -50,10 +50,11 @@ pub fn run(opts: &Options) -> Result<(), DemoError> {
         let mut stopped = 0;
         for pid in std::fs::read_to_string(&pid_file).unwrap_or_default().split_whitespace() {
             // Only the routers this demo started and recorded, by PID.
-            if let Ok(pid) = pid.parse::<i32>() {
-                if routers::alive(pid as u32) && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).is_ok() {
-                    stopped += 1;
-                }
+            if let Ok(pid) = pid.parse::<i32>()
+                && routers::alive(pid as u32)
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).is_ok()
+            {
+                stopped += 1;
             }
         }
         let removed = weft_testbed::remove_named(DEMO_BED)?;

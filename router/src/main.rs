@@ -14,6 +14,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run: the router's many flags cost nothing
 enum Command {
     /// Run the router daemon on this host (needs root or NET_ADMIN).
     Router(weft_router::daemon::config::RouterArgs),

@@ -1,8 +1,10 @@
 //! Which addresses to dial, and when (sans-IO, `now` passed in).
 //!
 //! Targets come from the command line and environment ([`Source::Configured`], kept until
-//! `weft forget`) and from gossip ([`Source::Gossip`], the addresses other peers report for
-//! their connections; dropped after repeated failures). A target is dialled when it is due, not
+//! `weft forget`), from Kubernetes Nodes ([`Source::Kubernetes`], kept while the Node exists)
+//! and from gossip ([`Source::Gossip`], the addresses other peers report for their connections;
+//! dropped after repeated failures). A target's source only rises (gossip, Kubernetes,
+//! configured), so a target both configured and a Node's stays when its Node goes. A target is dialled when it is due, not
 //! already being dialled or connected, and the connection limit allows. Failures back off
 //! exponentially from [`Config::base`] to [`Config::max`], each delay scaled by a random factor
 //! in [0.5, 1.5) so that peers restarting together do not dial in lockstep.
@@ -15,8 +17,21 @@ use std::time::{Duration, Instant};
 pub enum Source {
     /// `--peer`, `WEFT_PEERS` or `weft connect`.
     Configured,
+    /// A Kubernetes Node's address (`--kube-peers`).
+    Kubernetes,
     /// Learned from gossip.
     Gossip,
+}
+
+impl Source {
+    /// Which source wins when a target comes from two.
+    fn rank(self) -> u8 {
+        match self {
+            Source::Gossip => 0,
+            Source::Kubernetes => 1,
+            Source::Configured => 2,
+        }
+    }
 }
 
 /// What is happening with a target.
@@ -69,12 +84,17 @@ impl Targets {
         Targets { config, targets: BTreeMap::new(), rng: seed | 1 }
     }
 
-    /// Adds a target (due at once). A configured target stays configured.
+    /// Adds a target (due at once). Its source only rises: a configured target stays configured.
     pub fn add(&mut self, now: Instant, addr: &str, source: Source) {
         let t = self.targets.entry(addr.to_owned()).or_insert(Target { source, state: State::Idle(now), failures: 0, last_error: None });
-        if source == Source::Configured {
-            t.source = Source::Configured;
+        if source.rank() > t.source.rank() {
+            t.source = source;
         }
+    }
+
+    /// Where a target came from.
+    pub fn source(&self, addr: &str) -> Option<Source> {
+        self.targets.get(addr).map(|t| t.source)
     }
 
     /// Removes a target; true if it was there.
@@ -192,6 +212,24 @@ mod tests {
         t.connected("b:1");
         assert_eq!(t.state("b:1"), Some(State::Connected));
         assert!(t.forget("b:1") && !t.forget("b:1"));
+    }
+
+    #[test]
+    fn a_source_only_rises_and_kubernetes_targets_are_kept_through_failures() {
+        let now = Instant::now();
+        let mut t = Targets::new(Config { gossip_give_up: 2, ..Config::default() }, 3);
+        t.add(now, "n:1", Source::Gossip);
+        t.add(now, "n:1", Source::Kubernetes);
+        assert_eq!(t.source("n:1"), Some(Source::Kubernetes));
+        for _ in 0..5 {
+            t.failed(now, "n:1", "x");
+        }
+        assert_eq!(t.source("n:1"), Some(Source::Kubernetes), "a Node's target is kept while the Node exists");
+        t.add(now, "n:1", Source::Configured);
+        t.add(now, "n:1", Source::Kubernetes);
+        t.add(now, "n:1", Source::Gossip);
+        assert_eq!(t.source("n:1"), Some(Source::Configured));
+        assert_eq!(t.configured(), vec!["n:1".to_owned()]);
     }
 
     #[test]

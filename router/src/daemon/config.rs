@@ -11,6 +11,9 @@
 //! The pod range is refused when it is `/0` or overlaps a block pods cannot use (this network,
 //! loopback, link-local, multicast, reserved and broadcast: [`RESERVED_BLOCKS`]); what needs the
 //! host's state (its addresses and routes) is checked at start, in [`super::plumbing`].
+//!
+//! Kubernetes discovery ([`KubeConfig`]) is on with `--kube-peers`, or by default inside a pod
+//! (`KUBERNETES_SERVICE_HOST` set); `--kube-peers=false` turns it off.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,9 +91,58 @@ pub struct RouterArgs {
     /// Sleeve data port.
     #[arg(long, env = "WEFT_SLEEVE_PORT", default_value_t = SLEEVE_PORT)]
     pub sleeve_port: u16,
-    /// Prometheus metrics address.
+    /// Prometheus metrics address (also `/healthz` and `/readyz`).
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
     pub metrics_addr: SocketAddr,
+    /// Dial the cluster's Nodes (list and watch them) and reclaim the space of deleted ones.
+    /// Default: on when running in a Kubernetes pod (KUBERNETES_SERVICE_HOST is set).
+    #[arg(long, env = "WEFT_KUBE_PEERS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub kube_peers: Option<bool>,
+    /// Which Node address to dial: InternalIP, ExternalIP, ...
+    #[arg(long, env = "WEFT_KUBE_ADDRESS_TYPE", default_value = weft_kube::nodes::DEFAULT_ADDRESS_TYPE)]
+    pub kube_address_type: String,
+    /// This host's Node name (the DaemonSet passes spec.nodeName); default: the host name.
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The namespace of the peer registry ConfigMap; default: the pod's own (its service account's).
+    #[arg(long, env = "WEFT_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
+    /// The peer registry ConfigMap (peer name to node name, reclaim claims).
+    #[arg(long, env = "WEFT_KUBE_PEERS_CONFIGMAP", default_value = weft_kube::registry::DEFAULT_NAME)]
+    pub kube_peers_configmap: String,
+    /// A kubeconfig file for the API server (default: the pod's service account, else KUBECONFIG
+    /// or ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Seconds a deleted Node's peer must be unreachable before its space is reclaimed.
+    #[arg(long, env = "WEFT_KUBE_RECLAIM_GRACE", default_value_t = 30)]
+    pub kube_reclaim_grace: u64,
+    /// Write the CNI configuration once the router is ready to serve ADDs.
+    #[arg(long, env = "WEFT_WRITE_CNI_CONF")]
+    pub write_cni_conf: bool,
+    /// Where the CNI configuration goes.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// The CNI configuration's file name.
+    #[arg(long, env = "WEFT_CNI_CONF_NAME", default_value = "10-weft.conflist")]
+    pub cni_conf_name: String,
+}
+
+/// Kubernetes peer discovery and reclaim (`--kube-peers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeConfig {
+    /// The Node address type dialled.
+    pub address_type: String,
+    /// This host's Node name.
+    pub node_name: String,
+    /// The registry's namespace (None: the client's default, the pod's own).
+    pub namespace: Option<String>,
+    /// The registry ConfigMap's name.
+    pub configmap: String,
+    /// How long a deleted Node's peer must be unreachable before it is reclaimed.
+    pub reclaim_grace: std::time::Duration,
+    /// A kubeconfig file, if given.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A peer to dial: host name or address, and port.
@@ -133,6 +185,12 @@ pub struct Config {
     pub sleeve_port: u16,
     /// Metrics address.
     pub metrics_addr: SocketAddr,
+    /// Whether `--ipalloc-init` was given (else, with Kubernetes, the first Node list decides).
+    pub ipalloc_init_given: bool,
+    /// Kubernetes discovery, when on.
+    pub kube: Option<KubeConfig>,
+    /// Where to write the CNI configuration once ready (None: not written).
+    pub cni_conf: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -209,10 +267,14 @@ pub enum ConfigError {
     /// A bad `--conn-limit`.
     #[error("bad --conn-limit 0: must allow at least one connection")]
     ConnLimit,
+    /// A bad `--cni-conf-name`.
+    #[error("bad --cni-conf-name {0:?}: a file name such as 10-weft.conflist (no slash, not hidden)")]
+    CniConfName(String),
 }
 
 impl Config {
-    /// Checks `args`, with `env` giving `WEFT_PEERS` and `WEFT_PASSWORD` (passed in for tests).
+    /// Checks `args`, with `env` giving `WEFT_PEERS`, `WEFT_PASSWORD` and
+    /// `KUBERNETES_SERVICE_HOST` (passed in for tests).
     pub fn from_args(args: RouterArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut peers = Vec::new();
         let listed = env("WEFT_PEERS").unwrap_or_default();
@@ -249,6 +311,19 @@ impl Config {
                 _ => return Err(ConfigError::IpallocInit(v.to_owned())),
             },
         };
+        let in_cluster = env("KUBERNETES_SERVICE_HOST").is_some_and(|h| !h.is_empty());
+        let kube = args.kube_peers.unwrap_or(in_cluster).then(|| KubeConfig {
+            address_type: args.kube_address_type.clone(),
+            node_name: args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname),
+            namespace: args.kube_namespace.clone().filter(|n| !n.is_empty()),
+            configmap: args.kube_peers_configmap.clone(),
+            reclaim_grace: std::time::Duration::from_secs(args.kube_reclaim_grace),
+            kubeconfig: args.kubeconfig.clone(),
+        });
+        if args.cni_conf_name.is_empty() || args.cni_conf_name.contains('/') || args.cni_conf_name.starts_with('.') {
+            return Err(ConfigError::CniConfName(args.cni_conf_name));
+        }
+        let cni_conf = args.write_cni_conf.then(|| args.cni_conf_dir.join(&args.cni_conf_name));
         let nickname = args.nickname.unwrap_or_else(hostname);
         Ok(Config {
             peers,
@@ -265,6 +340,9 @@ impl Config {
             mesh_port: args.mesh_port,
             sleeve_port: args.sleeve_port,
             metrics_addr: args.metrics_addr,
+            ipalloc_init_given: args.ipalloc_init.is_some(),
+            kube,
+            cni_conf,
         })
     }
 }
@@ -427,6 +505,33 @@ mod tests {
         assert_eq!(Config::from_args(args(&["--peer", "a", "--peer", "b"]), no_env).unwrap().ipalloc_consensus, Some(3));
         let missing = Config::from_args(args(&["--password-file", "/nonexistent/weft-pw"]), no_env).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/weft-pw"), "{missing}");
+    }
+
+    #[test]
+    fn kubernetes_discovery_is_on_in_a_pod_or_when_asked() {
+        assert_eq!(Config::from_args(args(&[]), no_env).unwrap().kube, None);
+        let in_pod = |k: &str| (k == "KUBERNETES_SERVICE_HOST").then(|| "10.96.0.1".to_owned());
+        let k = Config::from_args(args(&["--node-name", "node-1"]), in_pod).unwrap().kube.unwrap();
+        assert_eq!((k.node_name.as_str(), k.address_type.as_str(), k.configmap.as_str(), k.namespace), ("node-1", "InternalIP", "weft-peers", None));
+        assert_eq!(Config::from_args(args(&["--kube-peers=false"]), in_pod).unwrap().kube, None, "turned off in a pod");
+        let k = Config::from_args(args(&["--kube-peers", "--kube-address-type", "ExternalIP", "--kube-namespace", "weft"]), no_env).unwrap().kube.unwrap();
+        assert_eq!((k.address_type.as_str(), k.namespace.as_deref()), ("ExternalIP", Some("weft")));
+        assert!(!k.node_name.is_empty(), "the host name by default");
+        let c = Config::from_args(args(&["--kube-peers"]), no_env).unwrap();
+        assert!(!c.ipalloc_init_given, "the first Node list decides the consensus");
+        assert!(Config::from_args(args(&["--kube-peers", "--ipalloc-init", "consensus=3"]), no_env).unwrap().ipalloc_init_given);
+    }
+
+    #[test]
+    fn the_cni_configuration_is_written_only_when_asked() {
+        assert_eq!(Config::from_args(args(&[]), no_env).unwrap().cni_conf, None);
+        let c = Config::from_args(args(&["--write-cni-conf"]), no_env).unwrap();
+        assert_eq!(c.cni_conf, Some(PathBuf::from("/etc/cni/net.d/10-weft.conflist")));
+        let c = Config::from_args(args(&["--write-cni-conf", "--cni-conf-dir", "/x", "--cni-conf-name", "05-w.conflist"]), no_env).unwrap();
+        assert_eq!(c.cni_conf, Some(PathBuf::from("/x/05-w.conflist")));
+        for bad in ["", "a/b", ".hidden"] {
+            assert!(matches!(Config::from_args(args(&["--cni-conf-name", bad]), no_env), Err(ConfigError::CniConfName(_))), "{bad:?}");
+        }
     }
 
     #[test]

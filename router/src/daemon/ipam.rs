@@ -63,6 +63,16 @@ impl IpamService {
         self.lock().allocate(now, BRIDGE_HOLDER, &self.bridge).ok()
     }
 
+    /// The bridge's address, allocated the first time: 503 while IPAM has no space for it, 500
+    /// (with the cause) when it cannot be saved.
+    pub fn gateway_address(&self, now: Instant) -> Result<Ipv4Addr, Response> {
+        let bridge = self.lock().allocate(now, BRIDGE_HOLDER, &self.bridge);
+        bridge.map_err(|e| match e {
+            IpamError::Alloc(_) => Response::error(503, format!("IPAM is not ready: {}", self.lock().core().status())),
+            e => to_response(e),
+        })
+    }
+
     fn gateway(&self) -> Option<String> {
         self.lock().core().lookup(BRIDGE_HOLDER, &self.bridge).map(|a| a.to_string())
     }

@@ -20,6 +20,9 @@
 //! | `weft_local_connections_refused_total`, `weft_local_accept_errors_total` | counter | `server` |
 //! | `process_open_fds`, `process_max_fds` | gauge | |
 //!
+//! `GET /healthz` and `GET /readyz` answer 200 `ok`, or 503 with the reasons one a line (see
+//! [`super::health`]): for the kubelet's liveness and readiness probes.
+//!
 //! The server holds at most its connection budget ([`guard`]); a request must arrive within 5 s
 //! and a connection ends within 10 s.
 //!
@@ -178,10 +181,19 @@ async fn answer(mut s: tokio::net::TcpStream, d: Arc<Daemon>) {
     let req = String::from_utf8_lossy(&buf[..n]);
     let reply = match req.split_whitespace().take(2).collect::<Vec<_>>()[..] {
         ["GET", "/metrics"] => response("200 OK", "text/plain; version=0.0.4", &render(&d)),
-        ["GET", _] => response("404 Not Found", "text/plain", "only /metrics is here\n"),
-        _ => response("405 Method Not Allowed", "text/plain", "GET /metrics\n"),
+        ["GET", "/healthz"] => verdict(d.health.healthz(std::time::Instant::now())),
+        ["GET", "/readyz"] => verdict(crate::daemon::health::readyz(&d)),
+        ["GET", _] => response("404 Not Found", "text/plain", "only /metrics, /healthz and /readyz are here\n"),
+        _ => response("405 Method Not Allowed", "text/plain", "GET /metrics, /healthz or /readyz\n"),
     };
     let _ = s.write_all(&reply).await;
+}
+
+fn verdict(v: Result<(), Vec<String>>) -> Vec<u8> {
+    match v {
+        Ok(()) => response("200 OK", "text/plain", "ok\n"),
+        Err(why) => response("503 Service Unavailable", "text/plain", &(why.join("\n") + "\n")),
+    }
 }
 
 fn response(status: &str, ctype: &str, body: &str) -> Vec<u8> {

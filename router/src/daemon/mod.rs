@@ -7,7 +7,10 @@
 //! - [`peering`]: the mesh (QUIC on the mesh port: authenticated connections, dial targets) and
 //!   what its events change: [`control`] (topology gossip, routes, connection records for
 //!   `status`), IPAM messages, the sleeve links of the data plane ([`crate::dataplane`]);
-//! - [`ipam`]: IPAM with its state persisted before every answer;
+//! - [`ipam`]: IPAM with its state persisted before every answer; [`health`]: the gateway on the
+//!   bridge before any ADD returns it, `/healthz` and `/readyz`, and [`cniconf`]: the CNI
+//!   configuration written once ready;
+//! - [`kube`]: Kubernetes Nodes as dial targets and the first consensus, reclaim of deleted ones;
 //! - [`api`]: the local API's server on its unix socket; [`metrics`]: Prometheus metrics;
 //!   [`guard`]: their connection budgets, deadlines and accept backoff, and the file limit;
 //! - [`logging`]: the log subscriber.
@@ -19,17 +22,19 @@
 //! removed; IPAM state is already on disk.
 
 pub mod api;
+pub mod cniconf;
 pub mod config;
 pub mod control;
 pub mod guard;
+pub mod health;
 pub mod ipam;
+pub mod kube;
 pub mod logging;
 pub mod metrics;
 pub mod peering;
 pub mod plumbing;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +92,9 @@ pub enum DaemonError {
     /// The mesh key pair could not be loaded.
     #[error(transparent)]
     Tls(#[from] weft_mesh::transport::tls::TlsError),
+    /// Kubernetes discovery could not start.
+    #[error(transparent)]
+    Kube(#[from] kube::KubeError),
     /// An I/O failure (API socket, runtime, signals).
     #[error("cannot {what}")]
     Io {
@@ -113,6 +121,9 @@ pub struct Daemon {
     dp: Arc<Shared>,
     mtu: u32,
     pub(crate) budgets: guard::Budgets,
+    pub(crate) health: health::Health,
+    /// The last reclaims of deleted Nodes' peers, for `weft status`.
+    pub(crate) reclaims: Mutex<Vec<String>>,
 }
 
 impl Daemon {
@@ -166,7 +177,25 @@ impl Daemon {
                 lost.join(", ")
             ));
         }
+        let reclaims = self.reclaims.lock().unwrap_or_else(|p| p.into_inner()).join(", ");
+        if !reclaims.is_empty() {
+            sum.detail.push_str(&format!("; reclaimed {reclaims}"));
+        }
         sum
+    }
+
+    /// The peers reachable now, this one included.
+    pub(crate) fn live_peers(&self) -> Vec<PeerName> {
+        let c = self.control();
+        let routes = c.routes().load_full();
+        c.topology().entries().map(|e| e.name).filter(|p| *p == self.identity.name || routes.next_hop(*p).is_some()).collect()
+    }
+
+    /// Reclaims the space of `dead` (refused if it is reachable); returns the addresses reclaimed.
+    pub(crate) fn rmpeer(&self, now: Instant, dead: PeerName) -> Result<u64, weft_mesh::ipam::IpamError> {
+        let known: Vec<PeerName> = self.control().topology().entries().map(|e| e.name).collect();
+        let live = self.live_peers();
+        self.ipam.with(|i| i.rmpeer(now, dead, &known, &live))
     }
 
     fn ipam_shares(&self) -> Vec<weft_api::types::IpamShare> {
@@ -186,6 +215,13 @@ impl Daemon {
 
 impl api::Handler for Daemon {
     async fn handle(&self, req: Request) -> Response {
+        // The gateway an answer names is on the bridge before the answer leaves.
+        if req.method == "POST"
+            && (req.path == "/ipam/allocate" || req.path == "/ipam/claim")
+            && let Err(r) = health::ensure_gateway(self).await
+        {
+            return r;
+        }
         let now = Instant::now();
         let result: Result<Response, Response> = (|| {
             Ok(match (req.method.as_str(), req.path.as_str()) {
@@ -222,17 +258,7 @@ impl api::Handler for Daemon {
                 ("POST", "/rmpeer") => {
                     let r: RmpeerRequest = Response::decode(&req)?;
                     let dead = self.find_peer(&r.peer).ok_or_else(|| Response::error(404, format!("no peer named {:?}", r.peer)))?;
-                    let (known, live): (Vec<PeerName>, Vec<PeerName>) = {
-                        let c = self.control();
-                        let routes = c.routes().load_full();
-                        let known: Vec<PeerName> = c.topology().entries().map(|e| e.name).collect();
-                        let live = known.iter().copied().filter(|p| *p == self.identity.name || routes.next_hop(*p).is_some()).collect();
-                        (known, live)
-                    };
-                    let reclaimed = self
-                        .ipam
-                        .with(|i| i.rmpeer(now, dead, &known, &live))
-                        .map_err(|e| Response::error(409, weft_kernel::chain(&e)))?;
+                    let reclaimed = self.rmpeer(now, dead).map_err(|e| Response::error(409, weft_kernel::chain(&e)))?;
                     Response::ok(&RmpeerResponse { reclaimed })
                 }
                 (m, p) => Response::error(404, format!("no endpoint {m} {p}")),
@@ -269,9 +295,21 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         tracing::info!("plumbing: {r}");
     }
 
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
+    // With Kubernetes, the Nodes are listed first: their number is the first consensus's.
+    let kube = match &config.kube {
+        Some(k) => Some(kube::start(k, identity.name, config.mesh_port, commands.clone()).await?),
+        None => None,
+    };
+
     // Alone, this peer is the whole cluster: it seeds the ring itself. With peers, the first
-    // division is agreed among the expected number of them (as Weave Net's default).
-    let bootstrap = match config.ipalloc_consensus {
+    // division is agreed among the expected number of them (as Weave Net's default); with
+    // Kubernetes, among the Nodes of the first list, unless --ipalloc-init says otherwise.
+    let consensus = match &kube {
+        Some(k) if !config.ipalloc_init_given => Some(k.nodes.max(1)),
+        _ => config.ipalloc_consensus,
+    };
+    let bootstrap = match consensus {
         None => Bootstrap::Seeds(vec![identity.name]),
         Some(expected) => Bootstrap::Consensus { expected },
     };
@@ -295,10 +333,10 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     let dataplane = Dataplane::start(dp.clone()).map_err(io("start the data plane threads"))?;
 
     let initial: Vec<String> = config.peers.iter().map(|p| format!("{}:{}", p.host, p.port)).collect();
-    let (commands, mut command_rx) = mpsc::unbounded_channel();
     let mut peering = Peering::new(now, identity.name, endpoint, dp.clone(), config.password.is_some(), config.conn_limit, config.mesh_port, &initial, commands.clone());
     let listener = api::bind(&config.api_socket).map_err(io("bind the API socket"))?;
     let api_socket = config.api_socket.clone();
+    let config_prefix = config.ipalloc_range.prefix();
     let daemon = Arc::new(Daemon {
         config,
         identity,
@@ -309,7 +347,11 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         dp,
         mtu: devices.mtu,
         budgets: budgets.clone(),
+        health: health::Health::new(now, &devices.bridge, config_prefix),
+        reclaims: Mutex::new(Vec::new()),
     });
+    let readiness = tokio::spawn(health::become_ready(daemon.clone()));
+    let kube_task = kube.map(|k| tokio::spawn(kube::run(k, &daemon)));
     let server = tokio::spawn(api::serve(listener, daemon.clone(), budgets.api.clone()));
     let metrics_addr = daemon.config.metrics_addr;
     let metrics = tokio::spawn({
@@ -333,6 +375,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
             Some(ev) = events.recv() => peering.event(Instant::now(), &daemon, ev),
             Some(cmd) = command_rx.recv() => peering.command(Instant::now(), &daemon, cmd),
             _ = tick.tick() => {
+                daemon.health.tick(Instant::now(), dataplane.alive());
                 peering.tick(Instant::now(), &daemon);
                 let rtts = peering.rtts();
                 let mut c = daemon.control();
@@ -351,6 +394,10 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         peering.hand_over(&daemon, &mut events, peering::HANDOVER_TIMEOUT).await;
     }
     peering.shutdown().await;
+    readiness.abort();
+    if let Some(t) = kube_task {
+        t.abort();
+    }
     server.abort();
     metrics.abort();
     api::unbind(&api_socket);
@@ -417,14 +464,10 @@ fn maintain(d: &Daemon, dev: &Devices) {
     }
     if let Some(gw) = d.ipam.bridge_address(now) {
         let prefix = d.config.ipalloc_range.prefix();
-        let want = (IpAddr::V4(gw), prefix);
-        match nl.addresses(&dev.bridge) {
-            Ok(have) if have.contains(&want) => {}
-            Ok(_) => match nl.add_address(&dev.bridge, want.0, prefix) {
-                Ok(()) => tracing::info!("bridge {} has address {gw}/{prefix}", dev.bridge),
-                Err(e) => tracing::warn!("address for bridge {}: {}", dev.bridge, weft_kernel::chain(&e)),
-            },
-            Err(e) => tracing::warn!("addresses of bridge {}: {}", dev.bridge, weft_kernel::chain(&e)),
+        match plumbing::ensure_bridge_address(&mut nl, &dev.bridge, gw, prefix) {
+            Ok(true) => tracing::info!("bridge {} has address {gw}/{prefix}", dev.bridge),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("address for bridge {}: {}", dev.bridge, weft_kernel::chain(&e)),
         }
     }
 }

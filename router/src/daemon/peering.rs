@@ -21,7 +21,7 @@
 //! reason, here and on the refused router. A peer calling itself by the zero or the broadcast
 //! name is refused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +70,8 @@ pub enum Command {
     Forget(String),
     /// A target's host name was looked up (internal: lookups run beside the event loop).
     Resolved(String, Result<SocketAddr, String>),
+    /// The Nodes' targets, all of them (from the Kubernetes controller: `--kube-peers`).
+    Kubernetes(BTreeSet<String>),
 }
 
 struct Up {
@@ -175,6 +177,8 @@ pub struct Peering {
     topology_generation: u64,
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
     duplicates: Duplicates,
+    /// The targets the Nodes gave, as last set.
+    kube_targets: BTreeSet<String>,
 }
 
 impl Peering {
@@ -209,6 +213,7 @@ impl Peering {
             topology_generation: 0,
             commands,
             duplicates: Duplicates::default(),
+            kube_targets: BTreeSet::new(),
         }
     }
 
@@ -235,12 +240,31 @@ impl Peering {
                 tracing::info!("peer {t}: {e}");
                 self.dial_failed(now, d, &t, None, e);
             }
+            Command::Kubernetes(set) => self.set_kube_targets(now, set),
         }
         self.publish_targets(d);
     }
 
+    /// Makes the Nodes' targets `set`: new ones are dialled, those of Nodes gone are forgotten
+    /// (unless configured too).
+    fn set_kube_targets(&mut self, now: Instant, set: BTreeSet<String>) {
+        for gone in self.kube_targets.difference(&set) {
+            if self.targets.source(gone) == Some(Source::Kubernetes) {
+                tracing::info!("forget {gone} (its Node is gone)");
+                self.targets.forget(gone);
+            }
+        }
+        for new in set.difference(&self.kube_targets) {
+            tracing::info!("connect {new} (a Node)");
+            self.targets.add(now, new, Source::Kubernetes);
+        }
+        self.kube_targets = set;
+    }
+
     fn publish_targets(&self, d: &Daemon) {
-        *d.targets.lock().unwrap_or_else(|p| p.into_inner()) = self.targets.configured().into_iter().collect();
+        let mut listed: BTreeSet<String> = self.targets.configured().into_iter().collect();
+        listed.extend(self.kube_targets.iter().filter(|t| self.targets.source(t).is_some()).cloned());
+        *d.targets.lock().unwrap_or_else(|p| p.into_inner()) = listed;
     }
 
     /// Dials due targets, learns targets from gossip, runs timers and flushes messages.

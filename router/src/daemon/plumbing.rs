@@ -155,3 +155,13 @@ pub fn prune_bridge_addresses(nl: &mut Handle, bridge: &str, range: Cidr) -> Res
     }
     Ok(Repairs(done))
 }
+
+/// Puts `gw/prefix` on `bridge` unless it is there; returns whether it added it.
+pub fn ensure_bridge_address(nl: &mut Handle, bridge: &str, gw: std::net::Ipv4Addr, prefix: u8) -> Result<bool, Error> {
+    let want = (IpAddr::V4(gw), prefix);
+    if nl.addresses(bridge)?.contains(&want) {
+        return Ok(false);
+    }
+    nl.add_address(bridge, want.0, prefix)?;
+    Ok(true)
+}

@@ -131,6 +131,11 @@ impl Dataplane {
         &self.shared
     }
 
+    /// Whether both threads are still running.
+    pub fn alive(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
+
     /// Stops both threads (within their 100 ms wait).
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::Relaxed);

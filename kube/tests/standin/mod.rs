@@ -1,0 +1,415 @@
+//! A stand-in for the Kubernetes API server's HTTP protocol, for tests: HTTP/1.1 on 127.0.0.1
+//! (or on a listener the test binds elsewhere), one thread per connection, keep-alive.
+//!
+//! It serves what weft uses and behaves as the API server does there:
+//! - `GET /api/v1/nodes`: a NodeList with the current resourceVersion (one counter for every
+//!   object, as etcd's revision);
+//! - `GET /api/v1/nodes?watch=true&resourceVersion=V`: a chunked stream of JSON lines
+//!   (`ADDED`, `MODIFIED`, `DELETED`, with the object), every change after V, then the changes as
+//!   they happen; from a V older than the last [`StandIn::compact`], `410 Gone` as the answer
+//!   (the request's status) or, for a watch running when the log is compacted, an `ERROR` event
+//!   with a `Status` of code 410 ("too old resource version"), which ends the stream;
+//! - ConfigMaps in any namespace: `GET` (404 when missing), `POST` (409 AlreadyExists), `PUT`
+//!   (404 when missing, 409 Conflict when `metadata.resourceVersion` is not the current one).
+//!
+//! [`StandIn::hold_configmap_gets`] makes the next N ConfigMap reads wait for each other, so N
+//! clients read the same version and race their writes.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Api {
+    version: u64,
+    nodes: BTreeMap<String, Value>,
+    /// (version, type, object), oldest first.
+    events: Vec<(u64, &'static str, Value)>,
+    /// Watches from versions below this get 410.
+    compacted: u64,
+    configmaps: BTreeMap<(String, String), Value>,
+    /// ConfigMap reads still to be held, and how many are waiting.
+    hold: usize,
+    held: usize,
+    released: u64,
+    /// Bumped to end every running watch stream (as the server's watch timeout does).
+    watch_epoch: u64,
+    /// 410s answered to watch requests, and ERROR 410 events sent in watch streams.
+    gone_answers: usize,
+    gone_events: usize,
+    /// Every request line (method, path and query), in order.
+    log: Vec<String>,
+    /// Status codes answered to ConfigMap writes.
+    writes: Vec<(String, u16)>,
+}
+
+struct Shared {
+    api: Mutex<Api>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+/// The running stand-in; stops its threads when dropped.
+pub struct StandIn {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl StandIn {
+    /// Serves on a fresh port of 127.0.0.1.
+    pub fn start() -> StandIn {
+        StandIn::serve(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1"))
+    }
+
+    /// Serves on `listener`.
+    pub fn serve(listener: TcpListener) -> StandIn {
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared { api: Mutex::new(Api::default()), changed: Condvar::new(), stop: AtomicBool::new(false) });
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(conn) = conn {
+                    let s = s.clone();
+                    std::thread::spawn(move || serve_connection(&s, conn));
+                }
+            }
+        });
+        StandIn { addr, shared }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn change<T>(&self, f: impl FnOnce(&mut Api) -> T) -> T {
+        let out = f(&mut self.shared.api.lock().unwrap());
+        self.shared.changed.notify_all();
+        out
+    }
+
+    /// Adds (or replaces) Node `name` with an InternalIP; returns the new version.
+    pub fn add_node(&self, name: &str, internal_ip: &str) -> u64 {
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}]}});
+        self.change(|a| {
+            a.version += 1;
+            let mut n = node;
+            n["metadata"]["resourceVersion"] = json!(a.version.to_string());
+            let kind = if a.nodes.contains_key(name) { "MODIFIED" } else { "ADDED" };
+            a.nodes.insert(name.to_owned(), n.clone());
+            let v = a.version;
+            a.events.push((v, kind, n));
+            v
+        })
+    }
+
+    /// Deletes Node `name`; returns the new version.
+    pub fn delete_node(&self, name: &str) -> u64 {
+        self.change(|a| {
+            let mut n = a.nodes.remove(name).expect("no such node");
+            a.version += 1;
+            n["metadata"]["resourceVersion"] = json!(a.version.to_string());
+            let v = a.version;
+            a.events.push((v, "DELETED", n));
+            v
+        })
+    }
+
+    /// Forgets the event log: running watches get an ERROR 410 event, new watches from older
+    /// versions a 410 answer.
+    pub fn compact(&self) {
+        self.change(|a| {
+            a.events.clear();
+            a.compacted = a.version + 1;
+        });
+    }
+
+    /// Ends every running watch stream cleanly (as the server's watch timeout does) and forgets
+    /// the event log at once: the next watch from an older version is answered 410.
+    pub fn end_watches_and_compact(&self) {
+        self.change(|a| {
+            a.watch_epoch += 1;
+            a.events.clear();
+            a.compacted = a.version + 1;
+        });
+    }
+
+    /// (410 answers to watch requests, ERROR 410 events in watch streams) so far.
+    pub fn gones(&self) -> (usize, usize) {
+        let a = self.shared.api.lock().unwrap();
+        (a.gone_answers, a.gone_events)
+    }
+
+    /// The next `n` ConfigMap reads wait until all `n` have arrived.
+    pub fn hold_configmap_gets(&self, n: usize) {
+        self.change(|a| {
+            a.hold = n;
+            a.held = 0;
+        });
+    }
+
+    /// Every request so far (method, path, query).
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.api.lock().unwrap().log.clone()
+    }
+
+    /// How many requests so far start with `prefix` ("GET /api/v1/nodes?").
+    pub fn count(&self, prefix: &str) -> usize {
+        self.requests().iter().filter(|r| r.starts_with(prefix)).count()
+    }
+
+    /// The status of every ConfigMap write so far ("PUT name", code).
+    pub fn writes(&self) -> Vec<(String, u16)> {
+        self.shared.api.lock().unwrap().writes.clone()
+    }
+
+    /// A ConfigMap's data key, parsed as JSON.
+    pub fn configmap_json(&self, namespace: &str, name: &str, key: &str) -> Option<Value> {
+        let a = self.shared.api.lock().unwrap();
+        let cm = a.configmaps.get(&(namespace.to_owned(), name.to_owned()))?;
+        cm["data"][key].as_str().map(|s| serde_json::from_str(s).unwrap())
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.changed.notify_all();
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)); // wakes the accept loop
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next()?.to_owned(), parts.next()?.to_owned());
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).ok()?;
+    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
+    let query = q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.replace("%2F", "/"))).collect();
+    Some(Request { method, path: path.to_owned(), query, body })
+}
+
+fn respond(w: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let text = body.to_string();
+    let reason = match code {
+        200 => "OK",
+        201 => "Created",
+        404 => "Not Found",
+        409 => "Conflict",
+        410 => "Gone",
+        _ => "Other",
+    };
+    write!(w, "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}", text.len())?;
+    w.flush()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
+}
+
+fn serve_connection(s: &Shared, conn: TcpStream) {
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    while let Some(req) = read_request(&mut r) {
+        if s.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let q = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        s.api.lock().unwrap().log.push(format!("{} {}?{q}", req.method, req.path));
+        let ok = if req.path == "/api/v1/nodes" && req.query.get("watch").is_some_and(|v| v == "true" || v == "1") {
+            let from = req.query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let timeout = req.query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290);
+            watch(s, &mut w, from, Duration::from_secs(timeout))
+        } else if req.path == "/api/v1/nodes" && req.method == "GET" {
+            let a = s.api.lock().unwrap();
+            let list = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": a.version.to_string()},
+                "items": a.nodes.values().cloned().collect::<Vec<_>>()});
+            drop(a);
+            respond(&mut w, 200, &list)
+        } else if let Some(rest) = req.path.strip_prefix("/api/v1/namespaces/") {
+            configmap(s, &mut w, &req, rest)
+        } else {
+            respond(&mut w, 404, &status(404, "NotFound", &format!("the stand-in does not serve {}", req.path)))
+        };
+        if ok.is_err() {
+            return;
+        }
+    }
+}
+
+fn chunk(w: &mut TcpStream, line: &Value) -> std::io::Result<()> {
+    let text = format!("{line}\n");
+    write!(w, "{:x}\r\n{text}\r\n", text.len())?;
+    w.flush()
+}
+
+fn watch(s: &Shared, w: &mut TcpStream, from: u64, timeout: Duration) -> std::io::Result<()> {
+    let (compacted, epoch) = {
+        let mut a = s.api.lock().unwrap();
+        if from < a.compacted {
+            a.gone_answers += 1;
+        }
+        (a.compacted, a.watch_epoch)
+    };
+    if from < compacted {
+        return respond(w, 410, &status(410, "Expired", &format!("too old resource version: {from} ({compacted})")));
+    }
+    write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+    w.flush()?;
+    let end = Instant::now() + timeout;
+    let mut cursor = from;
+    let mut a = s.api.lock().unwrap();
+    loop {
+        if s.stop.load(Ordering::Relaxed) {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if a.watch_epoch != epoch || Instant::now() >= end {
+            drop(a);
+            break;
+        }
+        if cursor < a.compacted {
+            a.gone_events += 1;
+            let e = json!({"type": "ERROR", "object": status(410, "Expired", &format!("too old resource version: {cursor} ({})", a.compacted))});
+            drop(a);
+            chunk(w, &e)?;
+            break;
+        }
+        let next: Vec<(u64, Value)> = a.events.iter().filter(|(v, _, _)| *v > cursor).map(|(v, t, o)| (*v, json!({"type": t, "object": o}))).collect();
+        if next.is_empty() {
+            a = s.changed.wait_timeout(a, Duration::from_millis(100)).unwrap().0;
+            continue;
+        }
+        drop(a);
+        for (v, e) in next {
+            chunk(w, &e)?;
+            cursor = v;
+        }
+        a = s.api.lock().unwrap();
+    }
+    write!(w, "0\r\n\r\n")?;
+    w.flush()
+}
+
+fn configmap(s: &Shared, w: &mut TcpStream, req: &Request, rest: &str) -> std::io::Result<()> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (ns, name) = match parts[..] {
+        [ns, "configmaps"] => (ns.to_owned(), None),
+        [ns, "configmaps", name] => (ns.to_owned(), Some(name.to_owned())),
+        _ => return respond(w, 404, &status(404, "NotFound", "not served")),
+    };
+    let mut a = s.api.lock().unwrap();
+    match (req.method.as_str(), name) {
+        ("GET", Some(name)) => {
+            if a.hold > 0 {
+                // Hold this read until `hold` reads have arrived, then answer them all alike.
+                a.held += 1;
+                let round = a.released;
+                if a.held == a.hold {
+                    a.hold = 0;
+                    a.held = 0;
+                    a.released += 1;
+                    s.changed.notify_all();
+                } else {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while a.released == round && Instant::now() < deadline {
+                        a = s.changed.wait_timeout(a, Duration::from_millis(50)).unwrap().0;
+                    }
+                }
+            }
+            match a.configmaps.get(&(ns, name.clone())).cloned() {
+                Some(cm) => {
+                    drop(a);
+                    respond(w, 200, &cm)
+                }
+                None => {
+                    drop(a);
+                    respond(w, 404, &status(404, "NotFound", &format!("configmaps \"{name}\" not found")))
+                }
+            }
+        }
+        ("POST", None) => {
+            let mut cm: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            let name = cm["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let key = (ns.clone(), name.clone());
+            if a.configmaps.contains_key(&key) {
+                a.writes.push((format!("POST {name}"), 409));
+                drop(a);
+                return respond(w, 409, &status(409, "AlreadyExists", &format!("configmaps \"{name}\" already exists")));
+            }
+            a.version += 1;
+            cm["metadata"]["resourceVersion"] = json!(a.version.to_string());
+            cm["metadata"]["namespace"] = json!(ns);
+            a.configmaps.insert(key, cm.clone());
+            a.writes.push((format!("POST {name}"), 201));
+            drop(a);
+            respond(w, 201, &cm)
+        }
+        ("PUT", Some(name)) => {
+            let mut cm: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            let key = (ns.clone(), name.clone());
+            let Some(current) = a.configmaps.get(&key) else {
+                a.writes.push((format!("PUT {name}"), 404));
+                drop(a);
+                return respond(w, 404, &status(404, "NotFound", &format!("configmaps \"{name}\" not found")));
+            };
+            if cm["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                a.writes.push((format!("PUT {name}"), 409));
+                drop(a);
+                let m = format!("Operation cannot be fulfilled on configmaps \"{name}\": the object has been modified; please apply your changes to the latest version and try again");
+                return respond(w, 409, &status(409, "Conflict", &m));
+            }
+            a.version += 1;
+            cm["metadata"]["resourceVersion"] = json!(a.version.to_string());
+            cm["metadata"]["namespace"] = json!(ns);
+            a.configmaps.insert(key, cm.clone());
+            a.writes.push((format!("PUT {name}"), 200));
+            drop(a);
+            respond(w, 200, &cm)
+        }
+        _ => {
+            drop(a);
+            respond(w, 405, &status(405, "MethodNotAllowed", "not served"))
+        }
+    }
+}
