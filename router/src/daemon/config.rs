@@ -86,6 +86,10 @@ pub struct RouterArgs {
     /// Prometheus metrics address.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
     pub metrics_addr: SocketAddr,
+    /// Do not masquerade pod traffic leaving the pod range (for networks that route the range
+    /// to the nodes themselves); removes the nftables table `ip weft` if an earlier run made it.
+    #[arg(long, env = "WEFT_NO_MASQUERADE")]
+    pub no_masquerade: bool,
 }
 
 /// A peer to dial: host name or address, and port.
@@ -128,6 +132,8 @@ pub struct Config {
     pub sleeve_port: u16,
     /// Metrics address.
     pub metrics_addr: SocketAddr,
+    /// Masquerade pod traffic leaving the pod range (not `--no-masquerade`).
+    pub masquerade: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -141,6 +147,7 @@ impl std::fmt::Debug for Config {
             .field("ipalloc_range", &self.ipalloc_range)
             .field("mtu", &self.mtu)
             .field("conn_limit", &self.conn_limit)
+            .field("masquerade", &self.masquerade)
             .finish_non_exhaustive()
     }
 }
@@ -254,6 +261,7 @@ impl Config {
             mesh_port: args.mesh_port,
             sleeve_port: args.sleeve_port,
             metrics_addr: args.metrics_addr,
+            masquerade: !args.no_masquerade,
         })
     }
 }
@@ -380,6 +388,14 @@ mod tests {
         assert_eq!(c.api_socket, PathBuf::from("/run/weft/weft.sock"));
         assert_eq!((c.mesh_port, c.sleeve_port, c.conn_limit), (6783, 6784, 100));
         assert!(c.password.is_none() && c.peers.is_empty());
+        assert!(c.masquerade, "pod traffic leaving the range is masqueraded unless turned off");
+    }
+
+    #[test]
+    fn masquerade_is_turned_off_by_the_flag() {
+        // WEFT_NO_MASQUERADE is exercised by the namespace test `masquerade_opt_out` (setting
+        // the variable here would reach every test of this process).
+        assert!(!Config::from_args(args(&["--no-masquerade"]), no_env).unwrap().masquerade);
     }
 
     #[test]

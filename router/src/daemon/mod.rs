@@ -4,6 +4,8 @@
 //! the parts it runs are its submodules:
 //! - [`config`]: flags and environment variables, checked into a [`config::Config`];
 //! - [`plumbing`]: the bridge `weft` and the isolated `weft-tap` on it, repaired every few seconds;
+//! - [`hostnet`]: IPv4 forwarding, masquerade of pod traffic leaving the pod range (nftables
+//!   table `ip weft`) and the bridge setting kube-proxy needs, checked as often;
 //! - [`peering`]: the mesh (QUIC on the mesh port: authenticated connections, dial targets) and
 //!   what its events change: [`control`] (topology gossip, routes, connection records for
 //!   `status`), IPAM messages, the sleeve links of the data plane ([`crate::dataplane`]);
@@ -19,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod guard;
+pub mod hostnet;
 pub mod ipam;
 pub mod logging;
 pub mod metrics;
@@ -79,6 +82,9 @@ pub enum DaemonError {
     /// The pod range overlaps the host's addresses or routes.
     #[error(transparent)]
     Range(#[from] plumbing::RangeError),
+    /// Forwarding or masquerade could not be set up.
+    #[error(transparent)]
+    HostNet(#[from] hostnet::HostNetError),
     /// The mesh endpoint could not start.
     #[error("mesh: {0}")]
     Mesh(#[from] weft_mesh::transport::endpoint::EndpointError),
@@ -111,6 +117,7 @@ pub struct Daemon {
     dp: Arc<Shared>,
     mtu: u32,
     pub(crate) budgets: guard::Budgets,
+    hostnet: hostnet::HostNet,
 }
 
 impl Daemon {
@@ -266,6 +273,10 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     for r in &repairs.0 {
         tracing::info!("plumbing: {r}");
     }
+    let hostnet = hostnet::HostNet::new(config.ipalloc_range, config.masquerade, hostnet::Tools::default());
+    let set = hostnet.start()?;
+    set.repairs.iter().for_each(|r| tracing::info!("host networking: {r}"));
+    set.warnings.iter().for_each(|w| tracing::warn!("host networking: {w}"));
 
     // Alone, this peer is the whole cluster: it seeds the ring itself. With peers, the first
     // division is agreed among the expected number of them (as Weave Net's default).
@@ -308,6 +319,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         dp,
         mtu: devices.mtu,
         budgets: budgets.clone(),
+        hostnet,
     });
     let server = tokio::spawn(api::serve(listener, daemon.clone(), budgets.api.clone()));
     let metrics_addr = daemon.config.metrics_addr;
@@ -384,7 +396,7 @@ fn file_budgets() -> guard::Budgets {
 }
 
 /// Periodic upkeep: repair the plumbing (recreating and reopening the TAP if it was deleted)
-/// and give the bridge its address once IPAM can.
+/// and the host networking, and give the bridge its address once IPAM can.
 fn maintain(d: &Daemon, dev: &Devices) {
     let now = Instant::now();
     let mut nl = match Handle::open() {
@@ -414,6 +426,9 @@ fn maintain(d: &Daemon, dev: &Devices) {
         Ok(r) => r.0.iter().for_each(|r| tracing::info!("plumbing repaired: {r}")),
         Err(e) => tracing::warn!("plumbing check: {e}"),
     }
+    let host = d.hostnet.repair();
+    host.repairs.iter().for_each(|r| tracing::info!("host networking repaired: {r}"));
+    host.warnings.iter().for_each(|w| tracing::warn!("host networking: {w}"));
     if let Some(gw) = d.ipam.bridge_address(now) {
         let prefix = d.config.ipalloc_range.prefix();
         let want = (IpAddr::V4(gw), prefix);
