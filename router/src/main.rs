@@ -78,7 +78,11 @@ fn main() -> ExitCode {
                 }
                 r.done.iter().for_each(|d| println!("{d}"));
                 // Every failed step is reported; any one of them fails the command.
-                r.failed.iter().map(|e| report(e)).last().unwrap_or(ExitCode::SUCCESS)
+                let mut code = ExitCode::SUCCESS;
+                for e in &r.failed {
+                    code = report(e);
+                }
+                code
             }
             Err(e) => report(&e),
         },

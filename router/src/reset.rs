@@ -2,7 +2,7 @@
 //! uninstalling: the nftables table `ip weft` (masquerade), the bridge `weft` (pods still on it
 //! lose their network) and the TAP `weft-tap` if some process still holds it; with `--state`,
 //! the files the router keeps in its state directory (the peer's identity and key, IPAM state)
-//! and the directory if that leaves it empty; with `--cni`, `weft-cni` and `10-weft.conflist`.
+//! and the directory if that leaves it empty (and it is not a mount point); with `--cni`, `weft-cni` and `10-weft.conflist`.
 //!
 //! It refuses while a router answers on the API socket (that router would put everything back).
 //! Forwarding and the bridge netfilter setting are left on: other software may rely on them.
@@ -119,6 +119,8 @@ pub fn reset(args: &ResetArgs) -> Result<Report, ResetError> {
             Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
                 r.done.push(format!("kept {}: it holds files that are not weft's", args.state_dir.display()))
             }
+            // A mount point (the state directory mounted into a container): emptied is enough.
+            Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {}
             Err(e) => r.failed.push(ResetError::File(args.state_dir.clone(), e)),
         }
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::weft;
 use weft_kernel::netlink::Route;
 use weft_kernel::netns::NETNS_DIR;
-use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
+use weft_testbed::routers::{self, RouterProc, RunDir};
 use weft_testbed::{NodeId, TestBed};
 
 const FORWARD: &str = "net/ipv4/ip_forward";
@@ -120,27 +120,23 @@ fn attach(bed: &mut TestBed, h: NodeId, name: &str, conf: &Path, cap_args: &serd
     (pod, addr)
 }
 
-/// Starts a router on `h` named `name`, dialling `peers`, with `env` set.
+/// Starts a router on `h` named `name`, dialling `peers`, with `env` set: as
+/// `routers::start_router`, which takes no environment.
 fn start(bed: &mut TestBed, run: &RunDir, h: NodeId, name: &str, peers: &[Ipv4Addr], env: &[(&str, &str)]) -> RouterProc {
-    let r = if env.is_empty() {
-        let opts = RouterOptions { binary: weft(), password: None, extra_args: vec![] };
-        routers::start_router(bed, run, h, name, peers, &opts).unwrap()
-    } else {
-        // As routers::start_router, with environment variables (which it does not take).
-        let dir = run.path().join(name);
-        let state_dir = dir.join("state");
-        std::fs::create_dir_all(&state_dir).unwrap();
-        let log = dir.join("router.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(weft());
-        cmd.arg("router").args(["--nickname", name]).arg("--state-dir").arg(&state_dir).arg("--api-socket").arg(dir.join("weft.sock"));
-        peers.iter().for_each(|p| drop(cmd.arg("--peer").arg(p.to_string())));
-        cmd.env_remove("WEFT_PEERS").env_remove("WEFT_PASSWORD").envs(env.iter().copied());
-        cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out);
-        let pid = bed.spawn(h, &mut cmd).unwrap();
-        RouterProc { host: h, pid, api_socket: dir.join("weft.sock"), state_dir, log }
-    };
-    r
+    let dir = run.path().join(name);
+    let state_dir = dir.join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let log = dir.join("router.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(weft());
+    cmd.arg("router").args(["--nickname", name]).arg("--state-dir").arg(&state_dir).arg("--api-socket").arg(dir.join("weft.sock"));
+    for p in peers {
+        cmd.arg("--peer").arg(p.to_string());
+    }
+    cmd.env_remove("WEFT_PEERS").env_remove("WEFT_PASSWORD").envs(env.iter().copied());
+    cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out);
+    let pid = bed.spawn(h, &mut cmd).unwrap();
+    RouterProc { host: h, pid, api_socket: dir.join("weft.sock"), state_dir, log }
 }
 
 /// Waits until the router's IPAM is ready.
@@ -183,7 +179,8 @@ fn pods_leave_the_range_masqueraded_host_ports_are_reached_and_reset_removes_it_
         bed.ns(h1).set_sysctl(BRIDGE_NF, "0").unwrap();
     }
 
-    let r1 = start(&mut bed, &run, h1, "h1", &[a2], &[]);
+    // As the manifest sets it: masquerade stays on.
+    let r1 = start(&mut bed, &run, h1, "h1", &[a2], &[("WEFT_NO_MASQUERADE", "false")]);
     let r2 = start(&mut bed, &run, h2, "h2", &[a1], &[]);
     ready(&r1);
     ready(&r2);

@@ -7,9 +7,9 @@
 //!   rule rewrites the source of packets from the range to anywhere outside it (multicast
 //!   aside) to the address of the interface they leave by. With `--no-masquerade` the table is
 //!   removed instead (for networks that route the pod range themselves); a node without `nft`
-//!   is then left as it is. The table is written
-//!   whole in one `nft -f` transaction — created, emptied and filled atomically — so a reader
-//!   never sees half of it; nothing outside it is touched.
+//!   is then left as it is. The table is replaced whole in one `nft -f` transaction (created if
+//!   missing, deleted, written anew), so no packet meets half of it; nothing outside it is
+//!   touched.
 //! - `net.bridge.bridge-nf-call-iptables` = 1, so that kube-proxy's Service rules see traffic the
 //!   bridge forwards between pods of one host. It exists only while the `br_netfilter` module is
 //!   loaded; when it is missing, `modprobe br_netfilter` is tried once at start, and otherwise a
