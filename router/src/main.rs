@@ -26,6 +26,9 @@ enum Command {
     Forget(cli::AdminArgs),
     /// Reclaim the address space of a peer that is gone for good.
     Rmpeer(cli::AdminArgs),
+    /// Remove what the router left on this host (nftables table, bridge, TAP; with --state its
+    /// state, with --cni weft-cni and its conflist): for uninstalling, with the router stopped.
+    Reset(weft_router::reset::ResetArgs),
     /// Bring up a virtual cluster in network namespaces on this machine, show traffic across it,
     /// and tear it down (needs root).
     Demo(weft_router::demo::Options),
@@ -69,6 +72,21 @@ fn main() -> ExitCode {
         Command::Connect(a) => print(cli::connect(&a)),
         Command::Forget(a) => print(cli::forget(&a)),
         Command::Rmpeer(a) => print(cli::rmpeer(&a)),
+        Command::Reset(a) => match weft_router::reset::reset(&a) {
+            Ok(r) => {
+                if r.done.is_empty() && r.failed.is_empty() {
+                    println!("nothing of weft's was left to remove");
+                }
+                r.done.iter().for_each(|d| println!("{d}"));
+                // Every failed step is reported; any one of them fails the command.
+                let mut code = ExitCode::SUCCESS;
+                for e in &r.failed {
+                    code = report(e);
+                }
+                code
+            }
+            Err(e) => report(&e),
+        },
         Command::Demo(opts) => match weft_router::demo::run(&opts) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => report(&e),

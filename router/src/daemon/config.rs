@@ -126,6 +126,10 @@ pub struct RouterArgs {
     /// The CNI configuration's file name.
     #[arg(long, env = "WEFT_CNI_CONF_NAME", default_value = "10-weft.conflist")]
     pub cni_conf_name: String,
+    /// Do not masquerade pod traffic leaving the pod range (for networks that route the range
+    /// to the nodes themselves); removes the nftables table `ip weft` if an earlier run made it.
+    #[arg(long, env = "WEFT_NO_MASQUERADE")]
+    pub no_masquerade: bool,
 }
 
 /// Kubernetes peer discovery and reclaim (`--kube-peers`).
@@ -191,6 +195,8 @@ pub struct Config {
     pub kube: Option<KubeConfig>,
     /// Where to write the CNI configuration once ready (None: not written).
     pub cni_conf: Option<PathBuf>,
+    /// Masquerade pod traffic leaving the pod range (not `--no-masquerade`).
+    pub masquerade: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -204,6 +210,7 @@ impl std::fmt::Debug for Config {
             .field("ipalloc_range", &self.ipalloc_range)
             .field("mtu", &self.mtu)
             .field("conn_limit", &self.conn_limit)
+            .field("masquerade", &self.masquerade)
             .finish_non_exhaustive()
     }
 }
@@ -343,6 +350,7 @@ impl Config {
             ipalloc_init_given: args.ipalloc_init.is_some(),
             kube,
             cni_conf,
+            masquerade: !args.no_masquerade,
         })
     }
 }
@@ -469,6 +477,14 @@ mod tests {
         assert_eq!(c.api_socket, PathBuf::from("/run/weft/weft.sock"));
         assert_eq!((c.mesh_port, c.sleeve_port, c.conn_limit), (6783, 6784, 100));
         assert!(c.password.is_none() && c.peers.is_empty());
+        assert!(c.masquerade, "pod traffic leaving the range is masqueraded unless turned off");
+    }
+
+    #[test]
+    fn masquerade_is_turned_off_by_the_flag() {
+        // WEFT_NO_MASQUERADE is exercised by the namespace test `masquerade_opt_out` (setting
+        // the variable here would reach every test of this process).
+        assert!(!Config::from_args(args(&["--no-masquerade"]), no_env).unwrap().masquerade);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! the parts it runs are its submodules:
 //! - [`config`]: flags and environment variables, checked into a [`config::Config`];
 //! - [`plumbing`]: the bridge `weft` and the isolated `weft-tap` on it, repaired every few seconds;
+//! - [`hostnet`]: IPv4 forwarding, masquerade of pod traffic leaving the pod range (nftables
+//!   table `ip weft`) and the bridge setting kube-proxy needs, checked as often;
 //! - [`peering`]: the mesh (QUIC on the mesh port: authenticated connections, dial targets) and
 //!   what its events change: [`control`] (topology gossip, routes, connection records for
 //!   `status`), IPAM messages, the sleeve links of the data plane ([`crate::dataplane`]);
@@ -27,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod guard;
 pub mod health;
+pub mod hostnet;
 pub mod ipam;
 pub mod kube;
 pub mod logging;
@@ -86,6 +89,9 @@ pub enum DaemonError {
     /// The pod range overlaps the host's addresses or routes.
     #[error(transparent)]
     Range(#[from] plumbing::RangeError),
+    /// Forwarding or masquerade could not be set up.
+    #[error(transparent)]
+    HostNet(#[from] hostnet::HostNetError),
     /// The mesh endpoint could not start.
     #[error("start the mesh")]
     Mesh(#[from] weft_mesh::transport::endpoint::EndpointError),
@@ -124,6 +130,7 @@ pub struct Daemon {
     pub(crate) health: health::Health,
     /// The last reclaims of deleted Nodes' peers, for `weft status`.
     pub(crate) reclaims: Mutex<Vec<String>>,
+    hostnet: hostnet::HostNet,
 }
 
 impl Daemon {
@@ -294,6 +301,10 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     for r in &repairs.0 {
         tracing::info!("plumbing: {r}");
     }
+    let hostnet = hostnet::HostNet::new(config.ipalloc_range, config.masquerade, hostnet::Tools::default());
+    let set = hostnet.start()?;
+    set.repairs.iter().for_each(|r| tracing::info!("host networking: {r}"));
+    set.warnings.iter().for_each(|w| tracing::warn!("host networking: {w}"));
 
     let (commands, mut command_rx) = mpsc::unbounded_channel();
     // With Kubernetes, the Nodes are listed first: their number is the first consensus's.
@@ -349,6 +360,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         budgets: budgets.clone(),
         health: health::Health::new(now, &devices.bridge, config_prefix),
         reclaims: Mutex::new(Vec::new()),
+        hostnet,
     });
     let readiness = tokio::spawn(health::become_ready(daemon.clone()));
     let kube_task = kube.map(|k| tokio::spawn(kube::run(k, &daemon)));
@@ -432,7 +444,7 @@ fn file_budgets() -> guard::Budgets {
 }
 
 /// Periodic upkeep: repair the plumbing (recreating and reopening the TAP if it was deleted)
-/// and give the bridge its address once IPAM can.
+/// and the host networking, and give the bridge its address once IPAM can.
 fn maintain(d: &Daemon, dev: &Devices) {
     let now = Instant::now();
     let mut nl = match Handle::open() {
@@ -462,6 +474,9 @@ fn maintain(d: &Daemon, dev: &Devices) {
         Ok(r) => r.0.iter().for_each(|r| tracing::info!("plumbing repaired: {r}")),
         Err(e) => tracing::warn!("plumbing check: {}", weft_kernel::chain(&e)),
     }
+    let host = d.hostnet.repair();
+    host.repairs.iter().for_each(|r| tracing::info!("host networking repaired: {r}"));
+    host.warnings.iter().for_each(|w| tracing::warn!("host networking: {w}"));
     if let Some(gw) = d.ipam.bridge_address(now) {
         let prefix = d.config.ipalloc_range.prefix();
         match plumbing::ensure_bridge_address(&mut nl, &dev.bridge, gw, prefix) {
