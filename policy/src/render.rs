@@ -25,7 +25,7 @@ pub fn full(ruleset: &Ruleset, counters: &CounterValues) -> String {
     let _ = writeln!(s, "table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{");
     for name in &ruleset.counters {
         let (packets, bytes) = counters.get(name).copied().unwrap_or((0, 0));
-        let _ = writeln!(s, "  counter \"{name}\" {{ packets {packets} bytes {bytes} }}");
+        let _ = writeln!(s, "  counter {name} {{ packets {packets} bytes {bytes} }}");
     }
     for (name, set) in &ruleset.sets {
         let kind = match set.kind {
