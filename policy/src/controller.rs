@@ -154,3 +154,60 @@ impl Controller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LabelSelector, Rule};
+    use std::net::Ipv4Addr;
+
+    fn pod(name: &str, ip: u8) -> Pod {
+        Pod {
+            namespace: "a".into(),
+            name: name.into(),
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+            ip: Some(Ipv4Addr::new(10, 32, 1, ip)),
+            node: "n1".into(),
+            ports: vec![],
+        }
+    }
+
+    fn deny(name: &str) -> NetworkPolicy {
+        NetworkPolicy {
+            namespace: "a".into(),
+            name: name.into(),
+            pod_selector: LabelSelector::everything(),
+            policy_types: None,
+            ingress: vec![Rule::default()],
+            egress: vec![],
+        }
+    }
+
+    #[test]
+    fn full_then_deltas_then_full_on_policy_change_or_failure() {
+        let mut c = Controller::new(Node { name: "n1".into(), bridge: "weft".into() });
+        c.handle(Event::PolicyApplied(deny("p")));
+        c.handle(Event::PodApplied(pod("x", 10)));
+        assert!(matches!(c.poll_update(), Some(Update::Full(_))));
+        c.applied(true);
+        assert_eq!(c.poll_update(), None);
+
+        c.handle(Event::PodApplied(pod("y", 11)));
+        let Some(Update::Delta(script)) = c.poll_update() else { panic!("a new pod is a delta") };
+        assert!(script.contains("add element inet weft-policy p0 { 10.32.1.11 }"), "{script}");
+        c.applied(true);
+
+        c.handle(Event::PodDeleted("a".into(), "x".into()));
+        let Some(Update::Delta(script)) = c.poll_update() else { panic!("a pod gone is a delta") };
+        assert!(script.contains("delete element inet weft-policy p0 { 10.32.1.10 }"), "{script}");
+        c.applied(false); // the table's state is now unknown
+        assert!(matches!(c.poll_update(), Some(Update::Full(_))));
+        c.applied(true);
+
+        c.handle(Event::PolicyApplied(deny("q")));
+        assert!(matches!(c.poll_update(), Some(Update::Full(_))), "a new policy changes rules");
+        c.applied(true);
+        c.handle(Event::Restarted(c.objects()));
+        assert_eq!(c.poll_update(), None, "a re-list with nothing new changes nothing");
+    }
+}

@@ -123,6 +123,9 @@ fn pods_peer(pods: Option<LabelSelector>, namespaces: Option<LabelSelector>) -> 
     Peer::Pods { pod_selector: pods, namespace_selector: namespaces }
 }
 
+/// A pod of the test: name, host index, namespace, labels, address, container ports.
+type PodSpec = (&'static str, usize, &'static str, &'static [(&'static str, &'static str)], Ipv4Addr, Vec<ContainerPort>);
+
 struct Host {
     node: NodeId,
     controller: Controller,
@@ -213,8 +216,7 @@ fn network_policy_conformance() {
         .expect("route to pods");
 
     let http = |port| ContainerPort { name: Some("http".into()), port, protocol: Protocol::Tcp };
-    // (name, host, namespace, labels, address)
-    let specs: [(&str, usize, &str, &[(&str, &str)], Ipv4Addr, Vec<ContainerPort>); 6] = [
+    let specs: [PodSpec; 6] = [
         ("a-web", 0, "a", &[("app", "web")], Ipv4Addr::new(10, 32, 1, 10), vec![http(8080)]),
         ("a-client", 0, "a", &[("app", "client")], Ipv4Addr::new(10, 32, 1, 11), vec![]),
         ("b-client", 0, "b", &[("app", "client")], Ipv4Addr::new(10, 32, 1, 12), vec![]),
