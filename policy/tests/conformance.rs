@@ -404,3 +404,56 @@ fn network_policy_conformance() {
     bed.teardown().unwrap_or_else(|e| panic!("teardown: {}", weft_kernel::chain(&e)));
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Time to apply, in a host's namespace, the full ruleset of a 1000-pod, 100-policy cluster and
+/// then one pod's delta (printed; bounded loosely so a pathological slowdown fails).
+#[test]
+fn apply_time_1000_pods_100_policies() {
+    let mut bed = TestBed::new().unwrap_or_else(|e| panic!("{}", weft_kernel::chain(&e)));
+    let h = bed.add_node("h").expect("host");
+    let ns = |i: u32| format!("ns{}", i % 10);
+    let mk_pod = |i: u32| Pod {
+        namespace: ns(i),
+        name: format!("pod{i}"),
+        labels: labels(&[("app", &format!("a{}", i % 20))]),
+        ip: Some(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 32, 0, 10)) + i)),
+        node: format!("node{}", i % 4),
+        ports: vec![ContainerPort { name: Some("http".into()), port: 8000 + (i % 7) as u16, protocol: Protocol::Tcp }],
+    };
+    let mut c = Controller::new(Node { name: "node0".into(), bridge: POD_BRIDGE.into() });
+    for i in 0..10 {
+        c.handle(Event::NamespaceApplied(Namespace { name: ns(i), labels: labels(&[("team", &format!("t{}", i % 3))]) }));
+    }
+    for i in 0..1000 {
+        c.handle(Event::PodApplied(mk_pod(i)));
+    }
+    for i in 0..100 {
+        c.handle(Event::PolicyApplied(policy(&ns(i), &format!("pol{i}"), LabelSelector::labels([("app", format!("a{}", i % 20).as_str())]),
+            &[Direction::Ingress, Direction::Egress],
+            vec![Rule {
+                peers: vec![pods_peer(Some(LabelSelector::labels([("app", format!("a{}", (i + 1) % 20).as_str())])), Some(LabelSelector::labels([("team", "t1")])))],
+                ports: vec![PolicyPort { protocol: Protocol::Tcp, port: PortSpec::Named("http".into()) }, PolicyPort { protocol: Protocol::Udp, port: PortSpec::Range { start: 5000, end: 5100 } }],
+            }],
+            vec![Rule { peers: vec![Peer::IpBlock(IpBlock { cidr: "10.0.0.0/8".parse().expect("cidr"), except: vec!["10.32.0.0/12".parse().expect("cidr")] })], ports: vec![] }])));
+    }
+    let mut time_update = |c: &mut Controller| {
+        let t = std::time::Instant::now();
+        let update = c.poll_update().expect("an update");
+        let compiled = t.elapsed();
+        let script = update.script(&Default::default());
+        let t = std::time::Instant::now();
+        let result = bed.ns(h).run(|| nft::apply(&script)).expect("enter");
+        let applied = t.elapsed();
+        c.applied(result.is_ok());
+        result.unwrap_or_else(|e| panic!("apply: {e}"));
+        (matches!(update, Update::Full(_)), script.len(), compiled, applied)
+    };
+    let full = time_update(&mut c);
+    c.handle(Event::PodApplied(mk_pod(1000)));
+    let delta = time_update(&mut c);
+    println!("full update:  {} bytes, compile {:?}, nft -f {:?}", full.1, full.2, full.3);
+    println!("pod delta:    {} bytes, compile {:?}, nft -f {:?}", delta.1, delta.2, delta.3);
+    assert!(full.0 && !delta.0, "the first update is full, a pod's is a delta");
+    assert!(full.3 < Duration::from_secs(10) && delta.3 < Duration::from_secs(5), "applying took far too long");
+    bed.teardown().unwrap_or_else(|e| panic!("teardown: {}", weft_kernel::chain(&e)));
+}
