@@ -436,7 +436,7 @@ fn apply_time_1000_pods_100_policies() {
             }],
             vec![Rule { peers: vec![Peer::IpBlock(IpBlock { cidr: "10.0.0.0/8".parse().expect("cidr"), except: vec!["10.32.0.0/12".parse().expect("cidr")] })], ports: vec![] }])));
     }
-    let mut time_update = |c: &mut Controller| {
+    let time_update = |c: &mut Controller| {
         let t = std::time::Instant::now();
         let update = c.poll_update().expect("an update");
         let compiled = t.elapsed();
