@@ -86,8 +86,6 @@ pub struct Path {
     last_proof: Option<Instant>,
     next_tx: Instant,
     sleeve_alive: bool,
-    /// When the sleeve last came back (silence is judged from then on).
-    sleeve_back: Instant,
     changes: VecDeque<Change>,
 }
 
@@ -105,7 +103,6 @@ impl Path {
             last_proof: None,
             next_tx: now,
             sleeve_alive: true,
-            sleeve_back: now,
             changes: VecDeque::new(),
         }
     }
@@ -130,13 +127,10 @@ impl Path {
         self.evaluate(now);
     }
 
-    /// Whether the peer's router answers on the sleeve (it decides whether silence on the VXLAN
-    /// path means a broken path or a silent router).
-    /// After the sleeve comes back, the path has [`HOLD`] to prove itself again.
+    /// Whether the peer's router is known to be alive although the VXLAN path is silent (the
+    /// sleeve heard from it after the last heartbeat here): it decides whether silence on the
+    /// VXLAN path means a broken path or a silent router. Initially true.
     pub fn set_sleeve_alive(&mut self, now: Instant, alive: bool) {
-        if alive && !self.sleeve_alive {
-            self.sleeve_back = now;
-        }
         self.sleeve_alive = alive;
         self.evaluate(now);
     }
@@ -163,12 +157,17 @@ impl Path {
             && self.sleeve_alive
             && let Some(p) = self.last_proof
         {
-            t = t.min(p.max(self.sleeve_back) + HOLD);
+            t = t.min(p + HOLD);
         }
         if self.state == State::Probing {
             t = t.min(self.since + PROBE_LIMIT);
         }
         t
+    }
+
+    /// When a heartbeat last arrived from the peer.
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_rx
     }
 
     /// Runs the timers: silence puts an established path on hold.
@@ -209,7 +208,7 @@ impl Path {
             State::Probing | State::OnHold if proven => {
                 self.change(now, State::Established, "heartbeats cross the VXLAN path both ways".into());
             }
-            State::Established if !proven && self.sleeve_alive && now.saturating_duration_since(self.sleeve_back) >= HOLD => {
+            State::Established if !proven && self.sleeve_alive => {
                 let why = self.silence(now);
                 self.change(now, State::OnHold, why);
             }
@@ -343,9 +342,10 @@ mod tests {
         p.b.set_sleeve_alive(now, false);
         p.run(Duration::from_secs(5));
         assert_eq!(p.a.state(), State::Established, "{:?}", p.changes);
-        // It is back, and so is the sleeve: nothing changed on the way.
+        // It is back: heartbeats cross again, then the sleeve answers: nothing changed on the way.
         p.ab = true;
         p.ba = true;
+        p.run(Duration::from_millis(300));
         let now = p.now;
         p.a.set_sleeve_alive(now, true);
         p.run(Duration::from_secs(1));

@@ -91,6 +91,14 @@ pub struct RouterArgs {
     /// Prometheus metrics address.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
     pub metrics_addr: SocketAddr,
+    /// Never use the kernel VXLAN fast path (UDP 6785): every frame crosses the sleeve.
+    #[arg(long, env = "WEFT_NO_FASTPATH")]
+    pub no_fastpath: bool,
+    /// With a cluster password, the underlay subnets (CIDR,...) where frames may cross the fast
+    /// path unencrypted; peers elsewhere stay on the encrypted sleeve. Without a password the
+    /// fast path is used towards every directly reachable peer.
+    #[arg(long, env = "WEFT_TRUSTED_SUBNETS", value_name = "CIDR,...", value_delimiter = ',')]
+    pub trusted_subnets: Vec<String>,
 }
 
 /// A peer to dial: host name or address, and port.
@@ -133,6 +141,10 @@ pub struct Config {
     pub sleeve_port: u16,
     /// Metrics address.
     pub metrics_addr: SocketAddr,
+    /// Whether the kernel VXLAN fast path may be used.
+    pub fastpath: bool,
+    /// Underlay subnets trusted to carry frames unencrypted (`--trusted-subnets`).
+    pub trusted_subnets: Vec<Cidr>,
 }
 
 impl std::fmt::Debug for Config {
@@ -209,6 +221,9 @@ pub enum ConfigError {
     /// A bad `--conn-limit`.
     #[error("bad --conn-limit 0: must allow at least one connection")]
     ConnLimit,
+    /// A bad `--trusted-subnets` entry.
+    #[error("bad --trusted-subnets entry {0:?}: expected an IPv4 CIDR such as 192.0.2.0/24")]
+    TrustedSubnet(String, #[source] weft_mesh::ipam::ring::CidrError),
 }
 
 impl Config {
@@ -249,6 +264,10 @@ impl Config {
                 _ => return Err(ConfigError::IpallocInit(v.to_owned())),
             },
         };
+        let mut trusted_subnets = Vec::new();
+        for t in args.trusted_subnets.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            trusted_subnets.push(t.parse::<Cidr>().map_err(|e| ConfigError::TrustedSubnet(t.to_owned(), e))?);
+        }
         let nickname = args.nickname.unwrap_or_else(hostname);
         Ok(Config {
             peers,
@@ -265,6 +284,8 @@ impl Config {
             mesh_port: args.mesh_port,
             sleeve_port: args.sleeve_port,
             metrics_addr: args.metrics_addr,
+            fastpath: !args.no_fastpath,
+            trusted_subnets,
         })
     }
 }
