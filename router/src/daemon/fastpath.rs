@@ -329,6 +329,7 @@ impl Worker {
 
     fn update_candidates(&mut self, now: Instant) {
         let cands = lock(&self.shared.candidates).clone();
+        tracing::trace!(n = cands.len(), "fast path: candidates");
         for (p, c) in &cands {
             if let Some((seen, adv)) = self.nat.get(p)
                 && *seen == c.ip

@@ -382,7 +382,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
                 }
                 if let Some(f) = &fast {
                     let topo = c.topology();
-                    f.shared().set_candidates(selector.candidates(Instant::now(), &daemon.dp, |p| topo.entry(p).is_some_and(|e| e.capabilities.fastpath)));
+                    f.shared().set_candidates(selector.candidates(Instant::now(), &daemon.dp, |p| topo.entry(p).is_none_or(|e| e.capabilities.fastpath)));
                 }
             }
             _ = repair.tick() => {
