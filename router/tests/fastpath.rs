@@ -199,9 +199,9 @@ fn an_encrypted_mesh_without_trusted_subnets_never_uses_the_fast_path() {
     let (a_pod, b_pod) = (m.pods[0][0].0, m.pods[1][0].1);
     assert!(m.bed.ping(a_pod, b_pod).unwrap());
     std::thread::sleep(Duration::from_secs(2));
-    for h in 0..4 {
+    for (h, name) in NAMES.iter().enumerate() {
         for c in connections(&m, h).iter().filter(|c| c.state == ConnectionState::Established) {
-            assert_eq!((c.overlay.as_str(), c.encrypted), ("sleeve", true), "{} {c:?}", NAMES[h]);
+            assert_eq!((c.overlay.as_str(), c.encrypted), ("sleeve", true), "{name} {c:?}");
         }
     }
     m.down();

@@ -1,8 +1,8 @@
 //! The fast path's control side: which peers may use kernel VXLAN, the heartbeats that prove
 //! the path per peer, and the kernel state that steers their pods' MACs onto it.
 //!
-//! A peer is a *candidate* when it is directly connected (it has a sleeve link), advertises the
-//! fast path in its topology entry, and — with a cluster password — its underlay address is in
+//! A peer is a *candidate* when it is directly connected (it has a sleeve link), its topology
+//! entry does not say it has no fast path (an entry may arrive after the connection), and — with a cluster password — its underlay address is in
 //! `--trusted-subnets`. A candidate whose heartbeats say it sends from another address than the
 //! one we see (a NAT between us) is dropped. For each candidate the fast-path thread (`weft-fastpath`)
 //! runs a [`weft_fastpath::path::Path`]: every 250 ms a heartbeat goes out of `weft-vxlan` to the
@@ -140,8 +140,8 @@ impl Selector {
         !self.encrypted || matches!(ip, IpAddr::V4(v4) if self.trusted.iter().any(|c| c.contains(u32::from(v4))))
     }
 
-    /// The candidates among the directly connected peers of `dp`; `fastpath(peer)` says whether
-    /// the peer advertises the fast path.
+    /// The candidates among the directly connected peers of `dp`; `fastpath(peer)` is false for
+    /// a peer whose topology entry says it has no fast path.
     pub fn candidates(&mut self, now: Instant, dp: &Shared, fastpath: impl Fn(PeerName) -> bool) -> HashMap<PeerName, Candidate> {
         let mut out = HashMap::new();
         let links = dp.links.all();
