@@ -3,9 +3,10 @@
 //! - [`netns`]: named network namespaces (as `ip netns` makes them) and running code inside one;
 //! - [`netlink`]: a blocking rtnetlink [`Handle`], opened in the current
 //!   namespace or inside another one, with typed operations on links (veth, bridge, VXLAN, TAP
-//!   attach, namespace moves, MTU, up/down, bridge ports with hairpin and isolation), addresses,
-//!   routes and FDB entries;
-//! - [`tap`]: opening a TAP device with the virtio-net header and offloads.
+//!   attach, namespace moves, MTU, up/down, bridge ports with hairpin, isolation, learning and flooding), addresses,
+//!   routes and FDB entries (a device's own, and the bridge's);
+//! - [`tap`]: opening a TAP device with the virtio-net header and offloads;
+//! - [`packet`]: raw `AF_PACKET` sockets (the fast path's heartbeats).
 //!
 //! The namespace test bed built on this layer is its own crate (`weft-testbed`).
 //!
@@ -15,6 +16,7 @@
 pub mod error;
 pub mod netlink;
 pub mod netns;
+pub mod packet;
 mod sys;
 pub mod tap;
 

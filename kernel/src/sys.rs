@@ -1,5 +1,5 @@
 //! The few ioctls the TAP device needs, which no maintained crate exposes with the virtio-net
-//! header. All unsafe code of this crate is here.
+//! header, and the raw `AF_PACKET` socket. All unsafe code of this crate is here.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -54,4 +54,32 @@ pub(crate) fn tun_set_offload(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> 
     // SAFETY: TUNSETOFFLOAD takes the flags by value in the argument; no memory is passed.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Opens a raw `AF_PACKET` socket (non-blocking, close-on-exec) for frames of `ethertype`
+/// (0: none received), bound to the interface `ifindex`.
+pub(crate) fn packet_socket(ifindex: u32, ethertype: u16) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let proto = ethertype.to_be();
+    // SAFETY: plain socket(2) call with constant arguments; no memory is passed.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, i32::from(proto)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `sockaddr_ll` is plain old data; all zeros is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: `addr` is an initialised `sockaddr_ll` that lives across the call, and the length
+    // passed is its size.
+    let rc = unsafe {
+        libc::bind(owned.as_raw_fd(), &addr as *const libc::sockaddr_ll as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
 }

@@ -2,7 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use weft_kernel::netlink::{FdbEntry, LinkKind, Route, VxlanConfig};
+use weft_kernel::netlink::{BridgeFdbKind, FdbEntry, LinkKind, PortFlags, Route, VxlanConfig};
+use weft_kernel::packet::PacketSocket;
 use weft_kernel::tap::{TUN_F_TSO4, Tap};
 use weft_testbed::TestBed;
 use weft_testbed::topology::{self, POD_BRIDGE};
@@ -149,6 +150,68 @@ fn vxlan_with_programmed_fdb_carries_pod_frames() {
 
     bed.netlink(h0).fdb_delete("weft-vxlan", &flood(a1)).unwrap();
     assert!(!bed.netlink(h0).fdb_entries("weft-vxlan").unwrap().contains(&flood(a1)));
+    bed.teardown().unwrap();
+}
+
+/// The fast path's kernel state: a quiet VXLAN port, per-MAC remote entries, static sticky
+/// bridge entries, a local entry that hands a frame up to the bridge, where a raw socket reads it.
+#[test]
+fn per_mac_vxlan_entries_bridge_entries_and_raw_frames_cross() {
+    let mut bed = bed();
+    let lan = topology::shared_segment(&mut bed, 2).unwrap();
+    for (h, link) in lan.hosts.iter().zip(&lan.links) {
+        let nl = bed.netlink(*h);
+        nl.add_link(POD_BRIDGE, &LinkKind::Bridge).unwrap();
+        nl.set_up(POD_BRIDGE).unwrap();
+        let cfg = VxlanConfig { vni: 0x7766, port: 6785, local: Some(link.addr.into()), underlay: None, learning: false };
+        nl.add_link("weft-vxlan", &LinkKind::Vxlan(cfg)).unwrap();
+        nl.set_master("weft-vxlan", POD_BRIDGE).unwrap();
+        nl.set_port_flags("weft-vxlan", PortFlags::QUIET).unwrap();
+        nl.set_up("weft-vxlan").unwrap();
+        assert_eq!(nl.link("weft-vxlan").unwrap().port, Some(PortFlags::QUIET));
+    }
+    let (h0, h1) = (lan.hosts[0], lan.hosts[1]);
+    let a1: IpAddr = lan.links[1].addr.into();
+    let (mac, other) = ([0x02, 0, 0, 0, 0x77, 1], [0x02, 0, 0, 0, 0x77, 2]);
+    // One destination per MAC: replacing moves it, it never duplicates.
+    let nl = bed.netlink(h0);
+    nl.fdb_replace("weft-vxlan", &FdbEntry { mac, dst: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99))) }).unwrap();
+    nl.fdb_replace("weft-vxlan", &FdbEntry { mac, dst: Some(a1) }).unwrap();
+    let mine: Vec<FdbEntry> = nl.fdb_entries("weft-vxlan").unwrap().into_iter().filter(|e| e.mac == mac).collect();
+    assert_eq!(mine, vec![FdbEntry { mac, dst: Some(a1) }]);
+    nl.bridge_fdb_add("weft-vxlan", other, BridgeFdbKind::StaticSticky).unwrap();
+    let bridge = nl.bridge_fdb_entries("weft-vxlan").unwrap();
+    let e = bridge.iter().find(|e| e.mac == other).expect("bridge entry listed");
+    assert!(e.is_static && e.sticky && !e.local, "{e:?}");
+    assert!(nl.fdb_entries("weft-vxlan").unwrap().iter().all(|e| e.mac != other), "bridge entries are not the device's");
+    nl.bridge_fdb_delete("weft-vxlan", other).unwrap();
+    assert!(nl.bridge_fdb_entries("weft-vxlan").unwrap().iter().all(|e| e.mac != other));
+
+    // A frame sent into h0's VXLAN device for `mac` arrives on h1, where a local bridge entry
+    // hands it up to the bridge and a raw socket on the bridge reads it.
+    bed.netlink(h1).bridge_fdb_add("weft-vxlan", mac, BridgeFdbKind::Local).unwrap();
+    let bridge_index = bed.netlink(h1).index(POD_BRIDGE).unwrap();
+    let vx_index = bed.netlink(h0).index("weft-vxlan").unwrap();
+    let rx = bed.ns(h1).run(|| PacketSocket::open(bridge_index, 0x88b5)).unwrap().unwrap();
+    let tx = bed.ns(h0).run(|| PacketSocket::open(vx_index, 0)).unwrap().unwrap();
+    let mut frame = vec![0u8; 60];
+    frame[..6].copy_from_slice(&mac);
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x77, 3]);
+    frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    frame[14..18].copy_from_slice(b"test");
+    let mut buf = [0u8; 256];
+    let mut got = None;
+    for _ in 0..50 {
+        tx.send(&frame).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if let Ok(n) = rx.recv(&mut buf) {
+            got = Some(n);
+            break;
+        }
+    }
+    let n = got.expect("the frame crossed the VXLAN path");
+    assert_eq!(&buf[14..18], b"test");
+    assert!(n >= 18);
     bed.teardown().unwrap();
 }
 

@@ -17,7 +17,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once per run: the router's many flags cost nothing
 enum Command {
     /// Run the router daemon on this host (needs root or NET_ADMIN).
-    Router(weft_router::daemon::config::RouterArgs),
+    Router(Box<weft_router::daemon::config::RouterArgs>),
     /// Show what the mesh is doing: a summary, or peers, connections, ipam, targets.
     Status(cli::StatusArgs),
     /// Add an address to the peers this router dials.
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Router(args) => {
             weft_router::daemon::logging::init();
-            let config = match weft_router::daemon::config::Config::from_args(args, |k| std::env::var(k).ok()) {
+            let config = match weft_router::daemon::config::Config::from_args(*args, |k| std::env::var(k).ok()) {
                 Ok(c) => c,
                 Err(e) => return report(&e),
             };

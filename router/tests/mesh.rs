@@ -55,7 +55,9 @@ fn every_pod_pings_every_pod(password: Option<&str>) {
     assert_eq!(status.encryption, password.is_some());
     let conns: Vec<Connection> = m.routers[1].client().get("/connections").unwrap();
     for c in conns.iter().filter(|c| c.state == ConnectionState::Established) {
-        assert_eq!((c.overlay.as_str(), c.encrypted), ("sleeve", password.is_some()), "{c:?}");
+        // Without a password, B's direct peers on its segments (A, C) may be on the fast path.
+        let fast = password.is_none() && c.overlay == "fastpath" && c.nickname.as_deref() != Some("d");
+        assert!(fast || (c.overlay.as_str(), c.encrypted) == ("sleeve", password.is_some()), "{c:?}");
     }
     let text = Command::new(weft()).args(["status", "peers", "--api-socket"]).arg(&m.routers[0].api_socket).output().unwrap();
     println!("{}", String::from_utf8_lossy(&text.stdout));

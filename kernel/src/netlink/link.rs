@@ -1,5 +1,5 @@
 //! Links: veth pairs, bridges, VXLAN devices; state, MTU, bridge master, namespace moves, and the
-//! bridge-port flags weft needs (hairpin, isolation, learning).
+//! bridge-port flags weft needs (hairpin, isolation, learning, flooding).
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -36,6 +36,26 @@ pub struct Link {
     pub hairpin: Option<bool>,
     /// For a bridge port: isolated from other isolated ports.
     pub isolated: Option<bool>,
+    /// For a bridge port: its learning and flooding flags.
+    pub port: Option<PortFlags>,
+}
+
+/// The learning and flooding flags of a bridge port (`bridge link set dev X learning off ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortFlags {
+    /// The bridge learns source MACs of frames entering by this port.
+    pub learning: bool,
+    /// Unknown unicast is flooded out of this port.
+    pub flood: bool,
+    /// Multicast is flooded out of this port.
+    pub mcast_flood: bool,
+    /// Broadcast is flooded out of this port.
+    pub bcast_flood: bool,
+}
+
+impl PortFlags {
+    /// All off: a port that learns nothing and gets only frames the FDB sends it.
+    pub const QUIET: PortFlags = PortFlags { learning: false, flood: false, mcast_flood: false, bcast_flood: false };
 }
 
 /// The kinds of link this layer creates.
@@ -263,6 +283,19 @@ impl Handle {
         self.set_bridge_port(name, &[InfoBridgePort::HairpinMode(on)])
     }
 
+    /// Sets a bridge port's learning and flooding flags.
+    pub fn set_port_flags(&mut self, name: &str, f: PortFlags) -> Result<()> {
+        self.set_bridge_port(
+            name,
+            &[
+                InfoBridgePort::Learning(f.learning),
+                InfoBridgePort::UnicastFlood(f.flood),
+                InfoBridgePort::MulticastFlood(f.mcast_flood),
+                InfoBridgePort::BroadcastFlood(f.bcast_flood),
+            ],
+        )
+    }
+
     /// Port isolation: isolated ports of a bridge cannot send frames to each other.
     pub fn set_isolated(&mut self, name: &str, on: bool) -> Result<()> {
         self.set_bridge_port(name, &[InfoBridgePort::Isolated(on)])
@@ -280,6 +313,7 @@ fn link_from(l: LinkMessage) -> Link {
         mac: None,
         hairpin: None,
         isolated: None,
+        port: None,
     };
     for a in l.attributes {
         match a {
@@ -296,6 +330,17 @@ fn link_from(l: LinkMessage) -> Link {
                     match i {
                         LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
                         LinkInfo::PortData(InfoPortData::BridgePort(ps)) => {
+                            let mut f = PortFlags { learning: true, flood: true, mcast_flood: true, bcast_flood: true };
+                            for p in &ps {
+                                match *p {
+                                    InfoBridgePort::Learning(v) => f.learning = v,
+                                    InfoBridgePort::UnicastFlood(v) => f.flood = v,
+                                    InfoBridgePort::MulticastFlood(v) => f.mcast_flood = v,
+                                    InfoBridgePort::BroadcastFlood(v) => f.bcast_flood = v,
+                                    _ => {}
+                                }
+                            }
+                            link.port = Some(f);
                             for p in ps {
                                 match p {
                                     InfoBridgePort::HairpinMode(h) => link.hairpin = Some(h),

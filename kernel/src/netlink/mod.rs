@@ -9,8 +9,8 @@ mod fdb;
 mod link;
 mod route;
 
-pub use fdb::FdbEntry;
-pub use link::{Link, LinkKind, VxlanConfig};
+pub use fdb::{BridgeFdbEntry, BridgeFdbKind, FdbEntry};
+pub use link::{Link, LinkKind, PortFlags, VxlanConfig};
 pub use route::Route;
 
 use netlink_packet_core::{

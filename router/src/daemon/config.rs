@@ -130,6 +130,14 @@ pub struct RouterArgs {
     /// to the nodes themselves); removes the nftables table `ip weft` if an earlier run made it.
     #[arg(long, env = "WEFT_NO_MASQUERADE")]
     pub no_masquerade: bool,
+    /// Never use the kernel VXLAN fast path (UDP 6785): every frame crosses the sleeve.
+    #[arg(long, env = "WEFT_NO_FASTPATH")]
+    pub no_fastpath: bool,
+    /// With a cluster password, the underlay subnets (CIDR,...) where frames may cross the fast
+    /// path unencrypted; peers elsewhere stay on the encrypted sleeve. Without a password the
+    /// fast path is used towards every directly reachable peer.
+    #[arg(long, env = "WEFT_TRUSTED_SUBNETS", value_name = "CIDR,...", value_delimiter = ',')]
+    pub trusted_subnets: Vec<String>,
 }
 
 /// Kubernetes peer discovery and reclaim (`--kube-peers`).
@@ -197,6 +205,10 @@ pub struct Config {
     pub cni_conf: Option<PathBuf>,
     /// Masquerade pod traffic leaving the pod range (not `--no-masquerade`).
     pub masquerade: bool,
+    /// Whether the kernel VXLAN fast path may be used.
+    pub fastpath: bool,
+    /// Underlay subnets trusted to carry frames unencrypted (`--trusted-subnets`).
+    pub trusted_subnets: Vec<Cidr>,
 }
 
 impl std::fmt::Debug for Config {
@@ -277,6 +289,9 @@ pub enum ConfigError {
     /// A bad `--cni-conf-name`.
     #[error("bad --cni-conf-name {0:?}: a file name such as 10-weft.conflist (no slash, not hidden)")]
     CniConfName(String),
+    /// A bad `--trusted-subnets` entry.
+    #[error("bad --trusted-subnets entry {0:?}: expected an IPv4 CIDR such as 192.0.2.0/24")]
+    TrustedSubnet(String, #[source] weft_mesh::ipam::ring::CidrError),
 }
 
 impl Config {
@@ -331,6 +346,10 @@ impl Config {
             return Err(ConfigError::CniConfName(args.cni_conf_name));
         }
         let cni_conf = args.write_cni_conf.then(|| args.cni_conf_dir.join(&args.cni_conf_name));
+        let mut trusted_subnets = Vec::new();
+        for t in args.trusted_subnets.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            trusted_subnets.push(t.parse::<Cidr>().map_err(|e| ConfigError::TrustedSubnet(t.to_owned(), e))?);
+        }
         let nickname = args.nickname.unwrap_or_else(hostname);
         Ok(Config {
             peers,
@@ -351,6 +370,8 @@ impl Config {
             kube,
             cni_conf,
             masquerade: !args.no_masquerade,
+            fastpath: !args.no_fastpath,
+            trusted_subnets,
         })
     }
 }

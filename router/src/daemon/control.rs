@@ -52,6 +52,12 @@ impl Control {
         Control { topology, routes, conns: BTreeMap::new(), encrypted }
     }
 
+    /// Advertises (or stops advertising) the kernel VXLAN fast path in our topology entry.
+    pub fn set_fastpath(&mut self, now: Instant, on: bool) {
+        let caps = Capabilities { fastpath: on, ..self.topology.entry(self.topology.me()).map(|e| e.capabilities).unwrap_or_default() };
+        self.topology.set_capabilities(now, caps);
+    }
+
     /// The routes, for the data plane (lock-free reads).
     pub fn routes(&self) -> RoutesHandle {
         self.routes.routes()

@@ -51,6 +51,16 @@ pub fn render(d: &Daemon) -> String {
     for (state, n, overlay) in [(established, counts.established, "sleeve"), (pending, counts.pending, "none"), ("failed", counts.failed, "none")] {
         let _ = writeln!(out, "weft_connections{{state=\"{state}\",overlay=\"{overlay}\",encryption=\"{enc}\"}} {n}");
     }
+    if let Some(f) = d.fastpath() {
+        header(&mut out, "weft_fastpath_changes_total", "counter", "Fast-path state changes, by the state entered.");
+        let _ = writeln!(out, "weft_fastpath_changes_total{{to=\"established\"}} {}", f.to_established.load(std::sync::atomic::Ordering::Relaxed));
+        let _ = writeln!(out, "weft_fastpath_changes_total{{to=\"on_hold\"}} {}", f.to_on_hold.load(std::sync::atomic::Ordering::Relaxed));
+        header(&mut out, "weft_fastpath_peers", "gauge", "Directly connected peers by fast-path state.");
+        let counts = f.counts();
+        for state in ["established", "probing", "on hold", "not candidate"] {
+            let _ = writeln!(out, "weft_fastpath_peers{{state=\"{}\"}} {}", state.replace(' ', "_"), counts.get(state).copied().unwrap_or(0));
+        }
+    }
     header(&mut out, "weft_peers", "gauge", "Peers in the topology, this one included.");
     let _ = writeln!(out, "weft_peers {}", d.control().topology().len());
 

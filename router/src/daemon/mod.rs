@@ -6,6 +6,10 @@
 //! - [`plumbing`]: the bridge `weft` and the isolated `weft-tap` on it, repaired every few seconds;
 //! - [`hostnet`]: IPv4 forwarding, masquerade of pod traffic leaving the pod range (nftables
 //!   table `ip weft`) and the bridge setting kube-proxy needs, checked as often;
+//! - [`plumbing`]: the bridge `weft`, the isolated `weft-tap` and `weft-vxlan` on it, repaired
+//!   every few seconds;
+//! - [`fastpath`]: the kernel VXLAN fast path: candidates, heartbeats, the MAC entries it
+//!   programs (its own thread);
 //! - [`peering`]: the mesh (QUIC on the mesh port: authenticated connections, dial targets) and
 //!   what its events change: [`control`] (topology gossip, routes, connection records for
 //!   `status`), IPAM messages, the sleeve links of the data plane ([`crate::dataplane`]);
@@ -21,12 +25,14 @@
 //! live peer, which acknowledges having saved it (waited for at most
 //! [`peering::HANDOVER_TIMEOUT`]); peers are told (`Bye`, and each acknowledges by closing its
 //! connection, waited for a bounded time), the data plane threads stop, the API socket is
-//! removed; IPAM state is already on disk.
+//! removed; IPAM state is already on disk. The fast path's kernel entries stay, so pods keep
+//! talking over it while the router is down.
 
 pub mod api;
 pub mod cniconf;
 pub mod config;
 pub mod control;
+pub mod fastpath;
 pub mod guard;
 pub mod health;
 pub mod hostnet;
@@ -131,6 +137,7 @@ pub struct Daemon {
     /// The last reclaims of deleted Nodes' peers, for `weft status`.
     pub(crate) reclaims: Mutex<Vec<String>>,
     hostnet: hostnet::HostNet,
+    fast: Option<Arc<fastpath::FastShared>>,
 }
 
 impl Daemon {
@@ -151,6 +158,30 @@ impl Daemon {
     /// The data plane's shared state.
     pub(crate) fn dataplane(&self) -> &Shared {
         &self.dp
+    }
+
+    /// The fast path's shared state, when it is on.
+    pub(crate) fn fastpath(&self) -> Option<&fastpath::FastShared> {
+        self.fast.as_deref()
+    }
+
+    /// Our connections for `status`, with the overlay each uses (the fast path once its
+    /// heartbeats cross, the sleeve otherwise) and why the fast path is not in use.
+    fn connections(&self, now: Instant) -> Vec<weft_api::types::Connection> {
+        let mut conns = self.control().connections(now);
+        let Some(fast) = &self.fast else { return conns };
+        for c in conns.iter_mut().filter(|c| c.state == weft_api::types::ConnectionState::Established) {
+            let Some(st) = c.peer.as_deref().and_then(|p| p.parse::<PeerName>().ok()).and_then(|p| fast.status(p)) else { continue };
+            if st.state == Some(weft_fastpath::path::State::Established) {
+                c.overlay = "fastpath".into();
+                c.encrypted = false;
+            } else if c.reason.is_none()
+                && let Some(r) = st.reason
+            {
+                c.reason = Some(format!("fastpath: {r}"));
+            }
+        }
+        conns
     }
 
     fn status(&self) -> Status {
@@ -234,7 +265,7 @@ impl api::Handler for Daemon {
             Ok(match (req.method.as_str(), req.path.as_str()) {
                 ("GET", "/status") => Response::ok(&self.status()),
                 ("GET", "/peers") => Response::ok(&self.control().peers()),
-                ("GET", "/connections") => Response::ok(&self.control().connections(now)),
+                ("GET", "/connections") => Response::ok(&self.connections(now)),
                 ("GET", "/targets") => Response::ok(&self.status().targets),
                 ("GET", "/ipam") => Response::ok(&self.ipam_shares()),
                 ("GET", "/ipam/allocations") => Response::ok(&self.ipam.list()),
@@ -284,7 +315,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 async fn main(config: Config) -> Result<(), DaemonError> {
     let now = Instant::now();
     let budgets = file_budgets();
-    let devices = Devices { mtu: config.mtu.unwrap_or(DEFAULT_MTU), ..Devices::default() };
+    let mut devices = Devices { mtu: config.mtu.unwrap_or(DEFAULT_MTU), ..Devices::default() };
     let mut nl = Handle::open()?;
     plumbing::check_range(&mut nl, config.ipalloc_range, &devices.bridge)?;
     let identity = Identity::load_or_create(&config.state_dir, &config.nickname)?;
@@ -294,6 +325,13 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         tracing::warn!("no cluster password: the mesh is open to any peer and the sleeve is not encrypted");
     } else {
         tracing::info!("cluster password set: peers must prove it, and the sleeve is encrypted");
+    }
+    devices.fastpath = config.fastpath.then(|| weft_fastpath::wire::heartbeat_mac(identity.name.0));
+    match (config.fastpath, config.password.is_some()) {
+        (false, _) => tracing::info!("fast path off (--no-fastpath): every frame crosses the sleeve"),
+        (true, false) => tracing::info!("fast path on: kernel VXLAN (UDP {}) towards directly reachable peers whose heartbeats cross it", fastpath::PORT),
+        (true, true) if config.trusted_subnets.is_empty() => tracing::info!("fast path unused: a cluster password is set and no --trusted-subnets"),
+        (true, true) => tracing::info!(trusted = ?config.trusted_subnets.iter().map(ToString::to_string).collect::<Vec<_>>(), "fast path (unencrypted) only towards peers in the trusted subnets"),
     }
     let tap = Tap::open(&devices.tap)?;
     let mut repairs = plumbing::ensure(&mut nl, &devices)?;
@@ -325,7 +363,8 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         Some(expected) => Bootstrap::Consensus { expected },
     };
     let ipam = IpamService::open(identity.name, config.ipalloc_range, bootstrap, &config.state_dir, &devices.bridge, devices.mtu, now)?;
-    let control = Control::new(now, identity.name, identity.nickname.clone(), identity.incarnation, config.password.is_some());
+    let mut control = Control::new(now, identity.name, identity.nickname.clone(), identity.incarnation, config.password.is_some());
+    control.set_fastpath(now, config.fastpath);
 
     let mut mesh_config = MeshConfig::new(
         identity.name,
@@ -342,6 +381,8 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     tracing::info!(mesh = %endpoint.local_addr().map_err(io("read the mesh socket's address"))?, sleeve = %sleeve_addr, gso_segments = sock.max_gso_segments(), gro_segments = sock.gro_segments(), "listening");
     let dp = Arc::new(Shared::new(identity.name, control.routes(), sock, TapIo::new(tap).map_err(io("set up the TAP"))?));
     let dataplane = Dataplane::start(dp.clone()).map_err(io("start the data plane threads"))?;
+    let fast = if config.fastpath { Some(fastpath::FastPath::start(identity.name, devices.bridge.clone(), dp.clone()).map_err(io("start the fast-path thread"))?) } else { None };
+    let mut selector = fastpath::Selector::new(config.password.is_some(), config.trusted_subnets.clone());
 
     let initial: Vec<String> = config.peers.iter().map(|p| format!("{}:{}", p.host, p.port)).collect();
     let mut peering = Peering::new(now, identity.name, endpoint, dp.clone(), config.password.is_some(), config.conn_limit, config.mesh_port, &initial, commands.clone());
@@ -361,6 +402,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         health: health::Health::new(now, &devices.bridge, config_prefix),
         reclaims: Mutex::new(Vec::new()),
         hostnet,
+        fast: fast.as_ref().map(|f| f.shared().clone()),
     });
     let readiness = tokio::spawn(health::become_ready(daemon.clone()));
     let kube_task = kube.map(|k| tokio::spawn(kube::run(k, &daemon)));
@@ -394,6 +436,10 @@ async fn main(config: Config) -> Result<(), DaemonError> {
                 for (p, rtt) in rtts {
                     c.set_rtt(p, rtt);
                 }
+                if let Some(f) = &fast {
+                    let topo = c.topology();
+                    f.shared().set_candidates(selector.candidates(Instant::now(), &daemon.dp, |p| topo.entry(p).is_none_or(|e| e.capabilities.fastpath)));
+                }
             }
             _ = repair.tick() => {
                 let d = daemon.clone();
@@ -414,6 +460,9 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     metrics.abort();
     api::unbind(&api_socket);
     dataplane.stop();
+    if let Some(f) = fast {
+        f.stop();
+    }
     tracing::info!("stopped");
     Ok(())
 }

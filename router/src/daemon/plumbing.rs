@@ -1,8 +1,12 @@
-//! Host plumbing: the bridge `weft` and the TAP `weft-tap` on it, created idempotently and
-//! repaired when someone changes or deletes them.
+//! Host plumbing: the bridge `weft`, the TAP `weft-tap` on it and, with the fast path, the VXLAN
+//! device `weft-vxlan` on it, created idempotently and repaired when someone changes or deletes
+//! them.
 //!
-//! The TAP port is isolated on the bridge (and so is the VXLAN port, when the fast path adds
-//! it): frames never pass between the two overlays, so they cannot loop between hosts.
+//! The TAP port and the VXLAN port are isolated on the bridge: frames never pass between the two
+//! overlays, so they cannot loop between hosts. The VXLAN port learns nothing and floods nothing
+//! (broadcast, multicast and unknown unicast go to `weft-tap` only): the bridge sends it only
+//! the MACs the router programs, and a local entry of this peer's heartbeat MAC on it hands
+//! heartbeats up to the bridge device. With the fast path off, `weft-vxlan` is removed.
 //!
 //! At start, [`check_range`] refuses a pod range that overlaps an address or a route of the
 //! host other than the bridge's own (the default route aside), and [`prune_bridge_addresses`]
@@ -11,11 +15,12 @@
 
 use std::net::IpAddr;
 
-use weft_kernel::netlink::LinkKind;
+use weft_kernel::netlink::{BridgeFdbKind, LinkKind, PortFlags, VxlanConfig};
 use weft_kernel::{Error, Handle};
 use weft_mesh::ipam::Cidr;
 
 use super::config::overlaps;
+use super::fastpath::{PORT, VNI, VXLAN};
 
 /// Names and sizes of the host's devices.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,13 +30,16 @@ pub struct Devices {
     /// The router's TAP (`weft-tap`).
     pub tap: String,
     /// The MTU pods get (`--mtu`, by default [`DEFAULT_MTU`](crate::daemon::DEFAULT_MTU)), set
-    /// on the bridge and the TAP.
+    /// on the bridge, the TAP and the VXLAN device.
     pub mtu: u32,
+    /// With the fast path: this peer's heartbeat MAC (the VXLAN device exists); without: `None`
+    /// (it does not).
+    pub fastpath: Option<[u8; 6]>,
 }
 
 impl Default for Devices {
     fn default() -> Self {
-        Devices { bridge: "weft".into(), tap: "weft-tap".into(), mtu: crate::daemon::DEFAULT_MTU }
+        Devices { bridge: "weft".into(), tap: "weft-tap".into(), mtu: crate::daemon::DEFAULT_MTU, fastpath: None }
     }
 }
 
@@ -75,7 +83,62 @@ pub fn ensure(nl: &mut Handle, dev: &Devices) -> Result<Repairs, Error> {
         nl.set_up(&dev.tap)?;
         done.push(format!("set {} up", dev.tap));
     }
+    match dev.fastpath {
+        Some(mac) => ensure_vxlan(nl, dev, bridge.index, mac, &mut done)?,
+        None => {
+            if nl.delete_link_if_exists(VXLAN)? {
+                done.push(format!("removed {VXLAN}: the fast path is off"));
+            }
+        }
+    }
     Ok(Repairs(done))
+}
+
+/// The VXLAN device, as the module doc says.
+fn ensure_vxlan(nl: &mut Handle, dev: &Devices, bridge: u32, heartbeat_mac: [u8; 6], done: &mut Vec<String>) -> Result<(), Error> {
+    let vx = match nl.find_link(VXLAN)? {
+        Some(l) if l.kind.as_deref() == Some("vxlan") => l,
+        other => {
+            if other.is_some() {
+                nl.delete_link(VXLAN)?;
+                done.push(format!("removed a {VXLAN} that is not a VXLAN device"));
+            }
+            let cfg = VxlanConfig { vni: VNI, port: PORT, local: None, underlay: None, learning: false };
+            nl.add_link(VXLAN, &LinkKind::Vxlan(cfg))?;
+            done.push(format!("created {VXLAN} (VNI {VNI:#x}, UDP {PORT})"));
+            nl.link(VXLAN)?
+        }
+    };
+    if vx.mtu != dev.mtu {
+        nl.set_mtu(VXLAN, dev.mtu)?;
+        done.push(format!("set MTU of {VXLAN} to {}", dev.mtu));
+    }
+    if vx.master != Some(bridge) {
+        nl.set_master(VXLAN, &dev.bridge)?;
+        done.push(format!("attached {VXLAN} to {}", dev.bridge));
+    }
+    let vx = nl.link(VXLAN)?;
+    if vx.isolated != Some(true) {
+        nl.set_isolated(VXLAN, true)?;
+        done.push(format!("isolated {VXLAN} on {}", dev.bridge));
+    }
+    if vx.port != Some(PortFlags::QUIET) {
+        nl.set_port_flags(VXLAN, PortFlags::QUIET)?;
+        done.push(format!("turned learning and flooding off on {VXLAN}"));
+    }
+    if !nl.bridge_fdb_entries(VXLAN)?.iter().any(|e| e.mac == heartbeat_mac && e.local) {
+        nl.bridge_fdb_add(VXLAN, heartbeat_mac, BridgeFdbKind::Local)?;
+        done.push(format!("heartbeat address {} local on {}", mac_text(heartbeat_mac), dev.bridge));
+    }
+    if !vx.up {
+        nl.set_up(VXLAN)?;
+        done.push(format!("set {VXLAN} up"));
+    }
+    Ok(())
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Why the pod range cannot be used on this host.

@@ -144,6 +144,11 @@ impl Switch {
             .map(|e| e.origin)
     }
 
+    /// Every address known and not expired, with where it lives.
+    pub fn entries(&self, now: Instant) -> impl Iterator<Item = (Mac, Origin)> + '_ {
+        self.table.iter().filter(move |(_, e)| now.saturating_duration_since(e.seen) < self.max_age).map(|(m, e)| (*m, e.origin))
+    }
+
     /// Records that `mac` was seen at `origin`.
     pub fn learn(&mut self, now: Instant, mac: Mac, origin: Origin) -> Result<Learned, DropReason> {
         if is_bad_source(mac) {
