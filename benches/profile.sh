@@ -21,12 +21,15 @@ report() { # file thread title
     echo
     echo "== $3: thread $2, self time, % of the thread's samples =="
     perf report -i "$1" --comms "$2" --no-children --percentage relative --sort dso,sym -g none \
-        --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n "$top"
+        --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' > "$dir/report.txt"
+    head -n "$top" "$dir/report.txt"
+    printf -- "-- by object:"
+    awk '{ sub("%", "", $1); t[$2] += $1 } END { for (d in t) printf "  %s %.1f%%", d, t[d]; print "" }' "$dir/report.txt"
 }
 for f in sender receiver; do
     echo
     echo "== $f router: samples per thread =="
-    perf report -i "$dir/$f.data" --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 8
+    perf report -i "$dir/$f.data" --sort comm -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 8
 done
 report "$dir/sender.data" weft-tap "out (sending router)"
 report "$dir/receiver.data" weft-sleeve "in (receiving router)"
