@@ -1,7 +1,9 @@
 #!/bin/sh
-# End-to-end throughput: raw veth, kernel VXLAN and weft's sleeve in one run (root needed).
+# End-to-end comparison: raw veth, kernel VXLAN and weft's sleeve (TCP 1 and 4 streams, UDP packet
+# rate, ping RTT, CPU) in one run, as ratios to kernel VXLAN (root needed).
 # Usage: benches/e2e.sh [SECONDS]. WEFT_PROFILE=profiling builds the routers with debug info, for
-# `perf record -p PID` on them during the run (default: release, the binaries that ship).
+# `perf record -p PID` on them during the run (default: release, the binaries that ship);
+# benches/profile.sh does that.
 set -eu
 cd "$(dirname "$0")/.."
 profile="${WEFT_PROFILE:-release}"

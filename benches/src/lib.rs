@@ -3,7 +3,8 @@
 //! overlays against baselines taken in the same run on the same test-bed links.
 //!
 //! This library holds what the end-to-end runs share: `iperf3` between namespaces (from the test
-//! bed, which `weft demo` uses too) and the CPU time of the processes measured.
+//! bed, which `weft demo` uses too), the CPU time of the processes measured and the machine's
+//! CPU use.
 
 use std::time::Duration;
 
@@ -21,6 +22,44 @@ pub fn cpu_time(pid: u32) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
+/// The machine's CPU counters at one moment, from the first line of `/proc/stat` (all CPUs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MachineCpu {
+    /// Ticks spent working: user, nice, system, irq, softirq, steal.
+    pub busy: u64,
+    /// Ticks spent idle or waiting for I/O.
+    pub idle: u64,
+}
+
+impl MachineCpu {
+    /// The counters now.
+    pub fn now() -> Result<MachineCpu, String> {
+        let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("read /proc/stat: {e}"))?;
+        MachineCpu::parse(&stat)
+    }
+
+    /// Parses the aggregate `cpu` line of `/proc/stat`.
+    pub fn parse(stat: &str) -> Result<MachineCpu, String> {
+        let line = stat.lines().find(|l| l.starts_with("cpu ")).ok_or("/proc/stat has no cpu line")?;
+        let f: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse::<u64>()).collect::<Result<_, _>>().map_err(|_| "malformed /proc/stat cpu line")?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = f[..] else {
+            return Err("short /proc/stat cpu line".into());
+        };
+        Ok(MachineCpu { busy: user + nice + system + irq + softirq + steal, idle: idle + iowait })
+    }
+
+    /// Cores kept busy on average between `earlier` and `self`.
+    pub fn busy_cores_since(&self, earlier: &MachineCpu) -> f64 {
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        let total = busy + self.idle.saturating_sub(earlier.idle) as f64;
+        if total == 0.0 {
+            return 0.0;
+        }
+        // Ticks count per CPU: busy / total is the busy share of all CPUs.
+        busy / total * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+    }
+}
+
 fn clock_ticks_per_second() -> u64 {
     // USER_HZ is 100 on every Linux architecture weft targets.
     100
@@ -29,6 +68,18 @@ fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_cpu_is_parsed_from_the_aggregate_line_and_counts_busy_cores() {
+        let before = MachineCpu::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n").unwrap();
+        assert_eq!(before, MachineCpu { busy: 150, idle: 850 });
+        // 2 CPUs: 300 busy ticks of 400 in all is 1.5 cores.
+        let after = MachineCpu { busy: 450, idle: 950 };
+        let cores = after.busy_cores_since(&before) / std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!((cores - 0.75).abs() < 1e-9, "{cores}");
+        assert!(MachineCpu::parse("cpu 1 2 3\n").is_err());
+        assert!(MachineCpu::parse("intr 1\n").is_err());
+    }
 
     #[test]
     fn cpu_time_of_this_process_grows_when_it_works() {

@@ -13,7 +13,7 @@
 //! link in them. [`TestBed::teardown`] does the same and reports every failure.
 
 mod probe;
-pub use probe::{PING_DEADLINE, PROBE_WAIT, Throughput, iperf3};
+pub use probe::{PING_DEADLINE, PROBE_WAIT, Rtt, Throughput, UdpRate, iperf3, iperf3_tcp, iperf3_udp};
 pub mod routers;
 pub mod topology;
 

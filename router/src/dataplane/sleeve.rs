@@ -78,6 +78,18 @@ pub enum SendError {
     Io(#[from] io::Error),
 }
 
+/// What [`Sender::seal`] left in the sender's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// Bytes of sealed datagrams, from the start of the buffer.
+    pub len: usize,
+    /// The datagram size of a train of fragments (the UDP GSO segment size), or `None` for one
+    /// datagram.
+    pub segment: Option<usize>,
+    /// How many datagrams.
+    pub datagrams: usize,
+}
+
 /// Per-thread buffers for sending (allocated once).
 pub struct Sender {
     out: Vec<u8>,
@@ -93,6 +105,19 @@ impl Sender {
     /// Seals `frame` (offload metadata, envelope, Ethernet frame) for `link` and sends it: one
     /// datagram, or a GSO train of fragments. Holds the link's session lock while sealing.
     pub fn send(&mut self, now: Instant, sock: &SleeveSocket, link: &SleeveLink, frame: &FrameRepr<'_>) -> Result<(), SendError> {
+        let sealed = self.seal(now, link, frame)?;
+        sock.send(link.addr(), &self.out[..sealed.len], sealed.segment)?;
+        link.stats.datagrams_out.fetch_add(sealed.datagrams as u64, Ordering::Relaxed);
+        link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        link.stats.bytes_out.fetch_add(frame.frame.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The first step of [`send`](Self::send), without the socket: writes `frame` for `link` into
+    /// this sender's buffer (one Frame record, or Fragment records in consecutive slots of the
+    /// link's datagram size) and seals each datagram in place under the link's session lock.
+    /// The datagrams are [`sealed`](Self::sealed) until the next call; nothing is counted.
+    pub fn seal(&mut self, now: Instant, link: &SleeveLink, frame: &FrameRepr<'_>) -> Result<Sealed, SendError> {
         let plen = frame.buffer_len();
         if plen > wire::MAX_FRAME_PAYLOAD {
             return Err(SendError::TooBig(frame.frame.len()));
@@ -103,7 +128,6 @@ impl Sender {
         }
         let mut session = link.session();
         let body = session.body_range(dsize);
-        let addr = link.addr();
         if wire::RECORD_HEADER_LEN + plen <= body.len() {
             let body_len = {
                 let mut w = BodyWriter::new(&mut self.out[body]);
@@ -111,9 +135,7 @@ impl Sender {
                 w.len()
             };
             let n = session.seal_in_place(now, &mut self.out, body_len)?;
-            drop(session);
-            sock.send(addr, &self.out[..n], None)?;
-            link.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            Ok(Sealed { len: n, segment: None, datagrams: 1 })
         } else {
             // Each piece is copied straight from the head (vnet header and envelope) and the frame.
             let mut head = [0u8; wire::FRAME_HEAD_MAX];
@@ -133,13 +155,14 @@ impl Sender {
                 let n = session.seal_in_place(now, slot, body_len)?;
                 total = k * dsize + n;
             }
-            drop(session);
-            sock.send(addr, &self.out[..total], Some(dsize))?;
-            link.stats.datagrams_out.fetch_add(cut.count() as u64, Ordering::Relaxed);
+            Ok(Sealed { len: total, segment: Some(dsize), datagrams: cut.count() })
         }
-        link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        link.stats.bytes_out.fetch_add(frame.frame.len() as u64, Ordering::Relaxed);
-        Ok(())
+    }
+
+    /// The datagrams of the last [`seal`](Self::seal): `sealed.len` bytes, one datagram per
+    /// `sealed.segment` bytes when it is set (all full but the last).
+    pub fn sealed(&self, sealed: &Sealed) -> &[u8] {
+        &self.out[..sealed.len]
     }
 
     /// Seals one control record (heartbeat, probe) for `link`, padded to `pad_to` bytes of

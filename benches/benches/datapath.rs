@@ -1,0 +1,270 @@
+//! The whole in-process data path between two routers, A and B, without sockets or TAPs: a
+//! batch of frames as the TAP hands them to A (virtio-net header and Ethernet frame) goes through
+//! A's switch verdict, forwarding plan, frame record or fragments and sealing in place
+//! (`dataplane::sleeve::Sender::seal`, the step of `Sender::send` before the socket), and each
+//! sealed message is then received by B as `dataplane::receive_message` does: header view and
+//! link by session index, every datagram opened under one session lock, records walked
+//! (`dataplane::sleeve::for_each_record`, with reassembly), forwarding plan, peer learning,
+//! virtio-net header, frame out; B's switch learns once per batch.
+//!
+//! Two copies stand in for the kernel's: the sealed datagrams are copied into B's receive buffer
+//! (the socket's copy) and each delivered frame with its virtio-net header into an output buffer
+//! (the TAP write). Link counters and the ICMP "too big" check (which never fires for these
+//! frames) are left out. Links use 1472-byte datagrams, what the path MTU search finds on a
+//! 1500-byte underlay.
+//!
+//! Each iteration is a batch of [`BATCH`] frames (the TAP thread's batch). Group `bytes` reports
+//! frame bytes per second (`Throughput::Bytes`, Ethernet frame bytes only, not the virtio-net
+//! header), group `frames` frames per second (`Throughput::Elements`), for 64-byte and 1400-byte
+//! frames and 64 KB TCP super-frames (cut into fragments), sealed with either cipher
+//! ([`Cipher::preferred`] is what a router picks on this CPU) and plain. Before timing, one batch
+//! is checked to come out as it went in.
+
+use std::hint::black_box;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use weft_mesh::peer::PeerName;
+use weft_mesh::routes::{Graph, Routes};
+use weft_router::dataplane::ethernet::Mac;
+use weft_router::dataplane::links::{Links, SleeveLink};
+use weft_router::dataplane::sleeve::{self, DataplaneStats, LazyReasm, Received, Sender};
+use weft_router::dataplane::switch::{Origin, PeerLearning, Switch, Verdict};
+use weft_router::dataplane::{forward, vnet};
+use weft_sleeve::wire::{FrameRepr, Packet};
+use weft_sleeve::{Cipher, Config, Role, Session, SessionIds};
+
+/// Frames per iteration: one TAP batch.
+const BATCH: usize = 32;
+/// Datagram size of the links (after path MTU discovery on a 1500-byte underlay).
+const DATAGRAM: usize = 1472;
+/// Largest Ethernet frame the TAP hands over: a 64 KB IP packet.
+const SUPER: usize = 14 + 65_535;
+const SIZES: [usize; 3] = [64, 1400, SUPER];
+
+const PEER_A: PeerName = PeerName([0xa, 0, 0, 0, 0, 1]);
+const PEER_B: PeerName = PeerName([0xb, 0, 0, 0, 0, 2]);
+const POD_A: [u8; 6] = [0x02, 0, 0, 0, 0xa, 1];
+const POD_B: [u8; 6] = [0x02, 0, 0, 0, 0xb, 1];
+const SECRET: [u8; 32] = [0x5a; 32];
+
+/// One router's data plane state, as `dataplane::Shared` and the two threads' buffers hold it.
+struct Router {
+    me: PeerName,
+    routes: Routes,
+    links: Links,
+    switch: Mutex<Switch>,
+    stats: DataplaneStats,
+    sender: Sender,
+    learning: PeerLearning,
+    opened: Vec<Range<usize>>,
+}
+
+impl Router {
+    fn new(me: PeerName, session: Session, now: Instant) -> Router {
+        let peer = if me == PEER_A { PEER_B } else { PEER_A };
+        let routes = Routes::compute(me, &Graph::from_links(vec![PEER_A, PEER_B], &[(PEER_A, PEER_B)]));
+        assert_eq!(routes.next_hop(peer), Some(peer), "the two routers are neighbours");
+        let links = Links::default();
+        let link = SleeveLink::new(peer, 1, session, "192.0.2.1:6784".parse().expect("address"), DATAGRAM, now);
+        link.set_datagram(DATAGRAM);
+        links.insert(Arc::new(link));
+        Router {
+            me,
+            routes,
+            links,
+            switch: Mutex::new(Switch::new(weft_router::dataplane::switch::DEFAULT_MAX_AGE)),
+            stats: DataplaneStats::default(),
+            sender: Sender::default(),
+            learning: PeerLearning::default(),
+            opened: Vec::new(),
+        }
+    }
+}
+
+/// A and B connected by one sleeve link sealed with `config`; A knows B's pod is behind B.
+fn pair(config: Config, now: Instant) -> (Router, Router) {
+    let a = Session::new(&SECRET, Role::Initiator, SessionIds { local: 1, remote: 2 }, config, now);
+    let b = Session::new(&SECRET, Role::Responder, SessionIds { local: 2, remote: 1 }, config, now);
+    let a = Router::new(PEER_A, a, now);
+    let b = Router::new(PEER_B, b, now);
+    a.switch.lock().expect("switch").learn(now, Mac(POD_B), Origin::Peer(PEER_B)).expect("learn");
+    (a, b)
+}
+
+/// A TAP read: virtio-net header, then an IPv4 frame of `size` bytes from pod A to pod B (a TCP
+/// super-frame with its segmentation metadata when it exceeds one MTU).
+fn tap_frame(size: usize, seed: u8) -> Vec<u8> {
+    let mut b = vec![0u8; vnet::LEN + size];
+    if size > 1514 {
+        let h = vnet::Header { flags: vnet::F_NEEDS_CSUM, gso_type: vnet::GSO_TCPV4, hdr_len: 66, gso_size: 1398, csum_start: 34, csum_offset: 16 };
+        vnet::emit(&h, &mut b);
+    }
+    let f = &mut b[vnet::LEN..];
+    f[..6].copy_from_slice(&POD_B);
+    f[6..12].copy_from_slice(&POD_A);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    for (i, x) in f[14..].iter_mut().enumerate() {
+        *x = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    }
+    b
+}
+
+/// Where B's frames go instead of the TAP: each as one write of header and frame.
+#[derive(Default)]
+struct TapOut {
+    buf: Vec<u8>,
+    frames: usize,
+    bytes: usize,
+}
+
+impl TapOut {
+    fn write_frame(&mut self, hdr: &[u8], frame: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(hdr);
+        self.buf.extend_from_slice(frame);
+        self.frames += 1;
+        self.bytes += frame.len();
+    }
+}
+
+/// Carries one batch of TAP reads from A to B's output; returns (frames, frame bytes) delivered.
+/// `check` receives every delivered TAP write (virtio-net header and frame).
+fn batch(a: &mut Router, b: &mut Router, bufs: &[Vec<u8>], rx: &mut Vec<u8>, out: &mut TapOut, check: &mut dyn FnMut(&[u8])) -> (usize, usize) {
+    out.frames = 0;
+    out.bytes = 0;
+    let now = Instant::now();
+    // A, the TAP thread: verdicts under one switch lock, then plan, seal, "send".
+    let mut verdicts = [Verdict::Local; BATCH];
+    {
+        let mut sw = a.switch.lock().expect("switch");
+        for (buf, v) in bufs.iter().zip(verdicts.iter_mut()) {
+            *v = sw.from_local(now, &buf[vnet::LEN..]);
+        }
+    }
+    for (buf, v) in bufs.iter().zip(verdicts) {
+        let h = vnet::parse(buf).expect("virtio-net header");
+        let vh = (h != vnet::Header::default()).then_some(h);
+        let frame = &buf[vnet::LEN..];
+        assert!(!matches!(v, Verdict::Drop(_)), "A's switch dropped a frame: {v:?}");
+        let plan = forward::from_bridge(a.me, v, &a.routes);
+        for (hop, envelope) in plan.onward.sends() {
+            let link = a.links.get(hop).expect("a link to the next hop");
+            let sealed = a.sender.seal(now, &link, &FrameRepr { vnet: vh, envelope, frame }).expect("seal");
+            // The kernel: UDP (GSO) send, then B's receive (GRO) into its buffer.
+            rx.clear();
+            rx.extend_from_slice(a.sender.sealed(&sealed));
+            receive_message(b, now, rx, sealed.segment.unwrap_or(sealed.len), out, check);
+        }
+    }
+    if !b.learning.is_empty() {
+        b.switch.lock().expect("switch").learn_from_peers(now, &mut b.learning);
+    }
+    (out.frames, out.bytes)
+}
+
+/// B, the sleeve thread, on one received message of datagrams `stride` bytes apart (as
+/// `dataplane::receive_message`, delivering as `dataplane::deliver`).
+fn receive_message(r: &mut Router, now: Instant, data: &mut [u8], stride: usize, out: &mut TapOut, check: &mut dyn FnMut(&[u8])) {
+    let src = "192.0.2.1:6784".parse().expect("address");
+    let mut at = 0;
+    while at < data.len() {
+        let index = Packet::new_checked(&data[at..(at + stride).min(data.len())]).expect("datagram").receiver_index();
+        let link = r.links.by_index(index).expect("link by index");
+        r.opened.clear();
+        {
+            let mut session = link.session();
+            while at < data.len() {
+                let end = (at + stride).min(data.len());
+                let dgram = &mut data[at..end];
+                if Packet::new_checked(&*dgram).map(|p| p.receiver_index()) != Ok(index) {
+                    break;
+                }
+                let body = session.open(now, dgram).expect("open");
+                r.opened.push(at + body.start..at + body.end);
+                at = end;
+            }
+        }
+        link.seen(now, src);
+        let Router { me, routes, stats, learning, opened, .. } = r;
+        let mut reasm = LazyReasm::new(&link);
+        for body in opened.iter() {
+            sleeve::for_each_record(now, &data[body.clone()], &mut reasm, stats, |item| match item {
+                Received::Frame(f) => {
+                    let plan = forward::from_peer(*me, f.envelope, &*routes);
+                    assert!(plan.local && plan.dropped.is_none(), "B does not keep the frame: {plan:?}");
+                    assert_eq!(learning.from_peer(PeerName(f.envelope.src), f.frame), Verdict::Local);
+                    let mut hdr = [0u8; vnet::LEN];
+                    vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
+                    out.write_frame(&hdr, f.frame);
+                    check(&out.buf);
+                }
+                Received::Control(_) => panic!("no control records are sent"),
+            });
+        }
+    }
+}
+
+fn modes() -> Vec<(String, Config)> {
+    let preferred = Cipher::preferred();
+    let mut v: Vec<(String, Config)> = Cipher::ALL
+        .into_iter()
+        .map(|c| {
+            let name = match c {
+                Cipher::Aes256Gcm => "aes256gcm",
+                Cipher::ChaCha20Poly1305 => "chacha20poly1305",
+            };
+            let tag = if c == preferred { " (preferred here)" } else { "" };
+            eprintln!("datapath: {name}{tag}");
+            (name.to_owned(), Config::sealed(c))
+        })
+        .collect();
+    v.push(("plain".to_owned(), Config::plain()));
+    v
+}
+
+fn size_name(size: usize) -> String {
+    if size == SUPER { "64KB-super".to_owned() } else { size.to_string() }
+}
+
+fn datapath(c: &mut Criterion) {
+    let modes = modes();
+    for (unit, per) in [("bytes", true), ("frames", false)] {
+        for (mode, config) in &modes {
+            let mut g = c.benchmark_group(format!("datapath/{unit}/{mode}"));
+            for size in SIZES {
+                let now = Instant::now();
+                let (mut a, mut b) = pair(*config, now);
+                let bufs: Vec<Vec<u8>> = (0..BATCH).map(|i| tap_frame(size, i as u8)).collect();
+                let mut rx = Vec::with_capacity(256 * 1024);
+                let mut out = TapOut::default();
+                // One batch, checked: every frame comes out as it went in, in order.
+                let mut k = 0;
+                let got = batch(&mut a, &mut b, &bufs, &mut rx, &mut out, &mut |w: &[u8]| {
+                    assert_eq!(w, &bufs[k][..], "frame {k} of {size} bytes changed on the way");
+                    k += 1;
+                });
+                assert_eq!(got, (BATCH, BATCH * size));
+                g.throughput(if per { Throughput::Bytes((BATCH * size) as u64) } else { Throughput::Elements(BATCH as u64) });
+                g.bench_function(size_name(size), |bench| {
+                    bench.iter(|| {
+                        let got = batch(&mut a, &mut b, &bufs, &mut rx, &mut out, &mut |w: &[u8]| {
+                            black_box(w);
+                        });
+                        assert_eq!(got.0, BATCH);
+                    })
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1));
+    targets = datapath
+}
+criterion_main!(benches);

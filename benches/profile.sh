@@ -1,0 +1,37 @@
+#!/bin/sh
+# Where the data plane's time goes under load: one encrypted single-stream TCP run between two
+# `weft router` processes (benches/e2e.sh's weft row), sampled with perf, reported per direction:
+# the sending router's `weft-tap` thread (TAP -> seal -> UDP, data out) and the receiving
+# router's `weft-sleeve` thread (UDP -> open -> TAP, data in). Root needed.
+# Usage: benches/profile.sh [SECONDS] [TOP]  (default 10 s, top 25 functions per direction).
+# The samples stay in target/profile/{sender,receiver}.data for `perf report -i`.
+set -eu
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+top="${2:-25}"
+command -v perf >/dev/null || apt-get install -y linux-perf
+cargo build --profile profiling -p weft-router -p weft-benches --bin weft --bin e2e
+dir="$PWD/target/profile"
+mkdir -p "$dir"
+rm -f "$dir/sender.data" "$dir/receiver.data"
+echo "load before: $(cat /proc/loadavg)"
+WEFT_E2E_ONLY_WEFT=1 WEFT_E2E_PERF_DIR="$dir" target/profiling/e2e "$secs"
+echo "load after: $(cat /proc/loadavg)"
+report() { # file thread title
+    echo
+    echo "== $3: thread $2, self time, % of the thread's samples =="
+    perf report -i "$1" --comms "$2" --no-children --percentage relative --sort dso,sym -g none \
+        --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' > "$dir/report.txt"
+    head -n "$top" "$dir/report.txt"
+    printf -- "-- by object:"
+    awk '{ sub("%", "", $1); t[$2] += $1 } END { for (d in t) printf "  %s %.1f%%", d, t[d]; print "" }' "$dir/report.txt"
+}
+for f in sender receiver; do
+    echo
+    echo "== $f router: samples per thread =="
+    perf report -i "$dir/$f.data" --sort comm -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 8
+done
+report "$dir/sender.data" weft-tap "out (sending router)"
+report "$dir/receiver.data" weft-sleeve "in (receiving router)"
+report "$dir/sender.data" weft-sleeve "ACKs in (sending router)"
+report "$dir/receiver.data" weft-tap "ACKs out (receiving router)"
