@@ -79,6 +79,12 @@ pub struct RouterArgs {
     /// big") carrying the size that fits.
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
+    /// Milliseconds of silence after which a peer (its mesh connection, and its sleeve link) is
+    /// dead: its routes are withdrawn and traffic takes another path. Keep-alives and sleeve
+    /// heartbeats are sent every fifth of it (default 2500: every 500 ms, so a dead peer or
+    /// path is known within 3 s; at least 500).
+    #[arg(long, env = "WEFT_PEER_TIMEOUT", value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    pub peer_timeout: u64,
     /// At most this many peer connections.
     #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 100)]
     pub conn_limit: usize,
@@ -125,6 +131,8 @@ pub struct Config {
     pub rekey_interval: std::time::Duration,
     /// Pod MTU if fixed.
     pub mtu: Option<u32>,
+    /// Silence after which a peer is dead; keep-alives and heartbeats every fifth of it.
+    pub peer_timeout: std::time::Duration,
     /// Connection limit.
     pub conn_limit: usize,
     /// Mesh port.
@@ -261,6 +269,7 @@ impl Config {
             handover_on_exit: args.handover_on_exit,
             rekey_interval: std::time::Duration::from_secs(args.rekey_interval),
             mtu: args.mtu,
+            peer_timeout: std::time::Duration::from_millis(args.peer_timeout),
             conn_limit: args.conn_limit,
             mesh_port: args.mesh_port,
             sleeve_port: args.sleeve_port,

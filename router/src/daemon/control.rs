@@ -155,10 +155,19 @@ impl Control {
                 if alive {
                     tracing::info!(%peer, "sleeve: heartbeats answered again");
                 } else {
-                    tracing::warn!(%peer, "sleeve: no heartbeat answered for 5 s; is the sleeve port (UDP) blocked between the hosts?");
+                    tracing::warn!(%peer, "sleeve: no heartbeat answered within the peer timeout; is the sleeve port (UDP) blocked between the hosts?");
                 }
             }
             c.sleeve_dead = !alive;
+        }
+    }
+
+    /// Records the largest pod packet the connection to `peer` carries whole (one datagram of
+    /// the path MTU found, less the sleeve's headers; at most the pod MTU): what `status
+    /// connections` shows as its MTU.
+    pub fn set_carried_mtu(&mut self, peer: PeerName, mtu: u32) {
+        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer) && c.state == ConnectionState::Established) {
+            c.mtu = Some(mtu);
         }
     }
 
@@ -238,7 +247,7 @@ impl Control {
                 mtu: c.mtu,
                 rtt_ms: c.rtt.map(|r| r.as_secs_f64() * 1000.0),
                 reason: if c.sleeve_dead && c.state == ConnectionState::Established {
-                    Some("sleeve: no heartbeat answered for 5 s (is the sleeve's UDP port blocked?)".into())
+                    Some("sleeve: no heartbeat answered within the peer timeout (is the sleeve's UDP port blocked?)".into())
                 } else {
                     c.reason.clone()
                 },
