@@ -205,7 +205,7 @@ fn tap_thread(sh: &Shared) {
 
 /// The largest IP packet one datagram of `link` carries whole: what its body carries in one
 /// frame record (with room for a virtio-net header) less the Ethernet header.
-fn ip_mtu(link: &SleeveLink) -> u16 {
+pub(crate) fn ip_mtu(link: &SleeveLink) -> u16 {
     let frame = wire::max_frame_in_body(link.max_body());
     frame.saturating_sub(ethernet::HEADER_LEN).min(u16::MAX as usize) as u16
 }
@@ -299,14 +299,15 @@ fn sleeve_thread(sh: &Shared) {
     }
 }
 
-/// Heartbeats and path MTU probes due on `link`.
+/// Heartbeats and path MTU probes due on `link` (a round of probes goes out at once; the
+/// vector allocates only while a search runs).
 fn link_timers(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink) {
-    let (hb, probe) = {
+    let (hb, probes) = {
         let mut h = link.health();
-        (h.liveness.poll_transmit(now), h.pmtu.poll_probe(now))
+        (h.liveness.poll_transmit(now), std::iter::from_fn(|| h.pmtu.poll_probe(now)).collect::<Vec<_>>())
     };
-    for msg in [hb, probe].into_iter().flatten() {
-        let _ = send_control(sh, sender, now, link, &msg);
+    for msg in hb.iter().chain(&probes) {
+        let _ = send_control(sh, sender, now, link, msg);
     }
 }
 
