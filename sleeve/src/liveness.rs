@@ -138,8 +138,8 @@ pub enum PeerState {
     Dead,
 }
 
-/// Heartbeat timing (default: every 500 ms, dead after 2.5 s of silence, so a dead peer or
-/// path is known within 3 s; the router derives both from its `--peer-timeout`).
+/// Heartbeat timing (default: every 400 ms, dead after 2 s of silence, so a dead peer or path
+/// is known within 2.4 s; the router derives both from its `--peer-timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct LivenessConfig {
     /// Time between heartbeats.
@@ -150,7 +150,7 @@ pub struct LivenessConfig {
 
 impl Default for LivenessConfig {
     fn default() -> Self {
-        LivenessConfig { interval: Duration::from_millis(500), dead_after: Duration::from_millis(2500) }
+        LivenessConfig { interval: Duration::from_millis(400), dead_after: Duration::from_secs(2) }
     }
 }
 
@@ -468,14 +468,14 @@ mod tests {
                 sent += 1;
             }
         }
-        assert_eq!(sent, 20, "one heartbeat every 500 ms");
+        assert_eq!(sent, 25, "one heartbeat every 400 ms");
         assert_eq!(l.state(t0), PeerState::Unknown);
-        assert_eq!(l.state(t0 + Duration::from_millis(2400)), PeerState::Unknown);
+        assert_eq!(l.state(t0 + Duration::from_millis(1900)), PeerState::Unknown);
         assert_eq!(l.state(t0 + Duration::from_secs(6)), PeerState::Dead, "never heard from");
         l.on_receive(t0 + Duration::from_secs(6));
         assert_eq!(l.state(t0 + Duration::from_secs(7)), PeerState::Alive);
-        assert_eq!(l.state(t0 + Duration::from_millis(8400)), PeerState::Alive);
-        assert_eq!(l.state(t0 + Duration::from_millis(8500)), PeerState::Dead, "2.5 s of silence");
+        assert_eq!(l.state(t0 + Duration::from_millis(7900)), PeerState::Alive);
+        assert_eq!(l.state(t0 + Duration::from_secs(8)), PeerState::Dead, "2 s of silence");
         l.on_receive(t0 + Duration::from_secs(12));
         assert_eq!(l.state(t0 + Duration::from_secs(12)), PeerState::Alive);
         // A receive time reported late does not move the last one back.

@@ -54,10 +54,12 @@ pub struct MeshConfig {
     pub listen: SocketAddr,
     /// How often the dialling end starts a new sleeve epoch.
     pub rekey_interval: Duration,
-    /// Keep-alive on idle connections (default 500 ms: a fifth of `idle_timeout`, so a few
+    /// Keep-alive on idle connections (default 400 ms: a fifth of `idle_timeout`, so a few
     /// lost packets do not kill a live connection).
     pub keep_alive: Duration,
-    /// A connection silent this long is dead (default 2.5 s: a dead peer is known within 3 s).
+    /// A connection silent this long is dead (default 2 s). QUIC counts the silence from the
+    /// last packet received or the first keep-alive sent after it, so a dead peer is known
+    /// within `idle_timeout + keep_alive` (2.4 s).
     pub idle_timeout: Duration,
     /// How long the QUIC handshake, and then the mesh handshake, may take each.
     pub handshake_timeout: Duration,
@@ -78,8 +80,8 @@ impl MeshConfig {
             sleeve_port,
             listen,
             rekey_interval: Duration::from_secs(600),
-            keep_alive: Duration::from_millis(500),
-            idle_timeout: Duration::from_millis(2500),
+            keep_alive: Duration::from_millis(400),
+            idle_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
             bye_timeout: Duration::from_secs(2),
             admission: Limits::default(),
