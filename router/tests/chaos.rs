@@ -124,13 +124,20 @@ fn a_random_schedule_of_kills_restarts_cuts_and_heals_recovers_every_pod_pair() 
             }
         }
         let repaired = unix_now();
+        let desc: Vec<String> = faults
+            .iter()
+            .map(|f| match f {
+                Fault::Kill(i) => format!("kill -9 {}", NAMES[*i]),
+                Fault::Cut => "cut A-B".to_owned(),
+            })
+            .collect();
         std::thread::sleep(RECOVERY_BOUND + Duration::from_secs(1));
         let mut step_worst = (Duration::ZERO, String::new());
         let mut failed = Vec::new();
         for (_, _, p) in pingers {
             let what = p.what.clone();
             let log = p.finish();
-            assert_eq!(log.dups, 0, "step {step}: {what}: {} duplicate replies (seed {seed})", log.dups);
+            assert_eq!(log.dups, 0, "step {step} ({}): {what}: {} duplicate replies (seed {seed})\n{}", desc.join(" + "), log.dups, m.logs());
             match log.first_reply_after(repaired) {
                 Some(d) if d <= RECOVERY_BOUND => {
                     if d >= step_worst.0 {
@@ -140,13 +147,6 @@ fn a_random_schedule_of_kills_restarts_cuts_and_heals_recovers_every_pod_pair() 
                 other => failed.push(format!("{what}: {other:?}")),
             }
         }
-        let desc: Vec<String> = faults
-            .iter()
-            .map(|f| match f {
-                Fault::Kill(i) => format!("kill -9 {}", NAMES[*i]),
-                Fault::Cut => "cut A-B".to_owned(),
-            })
-            .collect();
         println!("step {step}: {} for {hold:.1?}, then repaired: every pair back within {:.2?} (slowest {})", desc.join(" + "), step_worst.0, step_worst.1);
         assert!(failed.is_empty(), "step {step} (seed {seed}): pairs not back within {RECOVERY_BOUND:?} of the repair: {failed:?}\n{}", m.logs());
         if step_worst.0 >= worst.0 {

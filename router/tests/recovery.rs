@@ -100,7 +100,7 @@ fn every_router_knows_a_killed_peer_is_unreachable_within_3_s() {
         let pid = m.routers[victim].pid;
         m.bed.kill(pid).unwrap();
         let t0 = Instant::now();
-        let mut known = vec![None; 4];
+        let mut known = [None; 4];
         while t0.elapsed() < Duration::from_secs(20) && others.iter().any(|i| known[*i].is_none()) {
             for &i in &others {
                 if known[i].is_none() {
