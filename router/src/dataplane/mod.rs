@@ -304,7 +304,12 @@ fn sleeve_thread(sh: &Shared) {
 fn link_timers(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink) {
     let (hb, probes) = {
         let mut h = link.health();
-        (h.liveness.poll_transmit(now), std::iter::from_fn(|| h.pmtu.poll_probe(now)).collect::<Vec<_>>())
+        let searching = h.pmtu.is_searching();
+        let probes = std::iter::from_fn(|| h.pmtu.poll_probe(now)).collect::<Vec<_>>();
+        if searching && !h.pmtu.is_searching() {
+            tracing::info!(peer = %link.peer, datagram = h.pmtu.current(), "sleeve: path MTU found");
+        }
+        (h.liveness.poll_transmit(now), probes)
     };
     for msg in hb.iter().chain(&probes) {
         let _ = send_control(sh, sender, now, link, msg);
@@ -333,7 +338,7 @@ fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink,
             h.pmtu.on_ack(now, size);
             let d = usize::from(h.pmtu.current());
             if d != link.datagram() {
-                tracing::info!(peer = %link.peer, datagram = d, "sleeve: path MTU probe answered");
+                tracing::debug!(peer = %link.peer, datagram = d, "sleeve: path MTU probe answered");
                 link.set_datagram(d);
             }
         }
