@@ -140,7 +140,10 @@ pub struct Connection {
     pub overlay: String,
     /// Whether the data path is encrypted.
     pub encrypted: bool,
-    /// The pod MTU this connection allows.
+    /// The largest pod packet (IP, bytes) this connection carries without fragmenting: one
+    /// datagram of the path MTU found (`path_mtu`), less the sleeve's headers, capped by the pod
+    /// MTU. A larger packet that may not be fragmented is answered with "fragmentation needed"
+    /// carrying this size.
     pub mtu: Option<u32>,
     /// Round-trip time in milliseconds.
     pub rtt_ms: Option<f64>,

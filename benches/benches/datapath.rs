@@ -68,7 +68,7 @@ impl Router {
         let routes = Routes::compute(me, &Graph::from_links(vec![PEER_A, PEER_B], &[(PEER_A, PEER_B)]));
         assert_eq!(routes.next_hop(peer), Some(peer), "the two routers are neighbours");
         let links = Links::default();
-        let link = SleeveLink::new(peer, 1, session, "192.0.2.1:6784".parse().expect("address"), DATAGRAM, now);
+        let link = SleeveLink::new(peer, 1, session, "192.0.2.1:6784".parse().expect("address"), DATAGRAM, weft_sleeve::liveness::LivenessConfig::default(), now);
         link.set_datagram(DATAGRAM);
         links.insert(Arc::new(link));
         Router {

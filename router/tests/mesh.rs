@@ -268,14 +268,15 @@ fn a_smaller_path_mtu_is_found_and_oversized_df_packets_get_fragmentation_needed
     println!("underlay at 1400 bytes: fragmentation needed (mtu 1294) told after {crossed:?}, packets of 1294 bytes cross; 64 MiB checked in {secs:.1} s");
     let log = m.routers[1].log_text() + &m.routers[2].log_text();
     assert!(log.contains("datagram=1372"), "no path MTU of 1372 found:\n{log}");
-    // And `weft status connections` on B shows it for the links that carried the traffic (a
-    // link that sent nothing large since keeps what it found until its next search).
+    // And `weft status connections` shows it for the links that carried the large frames, A -> B
+    // and B -> C (a link that sent nothing large since, such as B -> A, which carried only
+    // acknowledgements, keeps what it found until its next search).
     std::thread::sleep(Duration::from_millis(500));
-    let conns: Vec<Connection> = m.routers[1].client().get("/connections").unwrap();
-    for nick in ["a", "c"] {
+    for (from, nick) in [(0, "b"), (1, "c")] {
+        let conns: Vec<Connection> = m.routers[from].client().get("/connections").unwrap();
         let c = conns.iter().find(|c| c.state == ConnectionState::Established && c.nickname.as_deref() == Some(nick)).unwrap();
         assert!(c.path_mtu.is_some_and(|p| (1228..=1400).contains(&p)), "{c:?}");
-        println!("B -> {nick}: pmtu {:?}", c.path_mtu);
+        println!("{} -> {nick}: pmtu {:?} mtu {:?}", NAMES[from], c.path_mtu, c.mtu);
     }
     m.down();
 }

@@ -15,10 +15,12 @@
 //! a later packet alive again). Acks give a smoothed round-trip time (gain 1/8, as TCP).
 //!
 //! [`Pmtu`] finds the largest datagram the path carries, between [`PmtuConfig::min`] and
-//! [`PmtuConfig::max`]: it probes `max` first (the common case: the path is as large as the
-//! interface), then searches by halving; a size unanswered after [`PmtuConfig::tries`] probes
-//! is too big. Searches repeat every [`PmtuConfig::recheck`], and at once when the caller
-//! reports that a datagram of the current size was refused ([`Pmtu::too_big`]).
+//! [`PmtuConfig::max`], in rounds of probes sent together: first `max` and the sizes of the
+//! common IP MTUs ([`COMMON_IP_MTUS`]), then evenly spaced sizes between the largest answered
+//! and the smallest unanswered until they meet; a size unanswered after [`PmtuConfig::tries`]
+//! tries of its round is too big. A search settles within about 3 s. Searches repeat every
+//! [`PmtuConfig::recheck`], and at once when the caller reports that a datagram of the current
+//! size was refused ([`Pmtu::too_big`]).
 
 use std::time::{Duration, Instant};
 
@@ -136,7 +138,8 @@ pub enum PeerState {
     Dead,
 }
 
-/// Heartbeat timing.
+/// Heartbeat timing (default: every 400 ms, dead after 2 s of silence, so a dead peer or path
+/// is known within 2.4 s; the router derives both from its `--peer-timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct LivenessConfig {
     /// Time between heartbeats.
@@ -147,7 +150,7 @@ pub struct LivenessConfig {
 
 impl Default for LivenessConfig {
     fn default() -> Self {
-        LivenessConfig { interval: Duration::from_secs(1), dead_after: Duration::from_secs(5) }
+        LivenessConfig { interval: Duration::from_millis(400), dead_after: Duration::from_secs(2) }
     }
 }
 
@@ -235,6 +238,14 @@ impl Liveness {
     }
 }
 
+/// IP MTUs common on real paths (jumbo frames, Ethernet, PPPoE, tunnels and VPNs, IPv6's
+/// minimum): the first round of a search probes the datagram size each allows at once.
+pub const COMMON_IP_MTUS: [u16; 15] = [9001, 9000, 8950, 1500, 1492, 1480, 1460, 1450, 1440, 1420, 1400, 1380, 1350, 1300, 1280];
+/// IPv4 and UDP headers: a datagram of `n` bytes is an IP packet of `n + 28`.
+pub const IP_UDP_HEADERS: u16 = 28;
+/// Most probes in one refining round.
+pub const REFINE_PROBES: usize = 16;
+
 /// Path MTU search limits (datagram sizes: UDP payload bytes).
 #[derive(Debug, Clone, Copy)]
 pub struct PmtuConfig {
@@ -244,9 +255,9 @@ pub struct PmtuConfig {
     pub max: u16,
     /// How often the search repeats.
     pub recheck: Duration,
-    /// How long a probe waits for its ack.
+    /// How long a round of probes waits for its acks.
     pub probe_timeout: Duration,
-    /// Unanswered probes after which a size is too big.
+    /// Times a round's unanswered probes are sent before their sizes count as too big.
     pub tries: u8,
 }
 
@@ -256,13 +267,35 @@ impl Default for PmtuConfig {
     }
 }
 
+/// One round of probes sent together.
+#[derive(Debug)]
+struct Round {
+    /// Sizes still unanswered, ascending (those at or below the proven size are dropped).
+    sizes: Vec<u16>,
+    /// How many of `sizes` have been sent in this try.
+    sent: usize,
+    /// Tries so far.
+    tries: u8,
+    /// When the try's last probe was sent.
+    at: Instant,
+}
+
 /// The path MTU search for one peer.
+///
+/// A search runs in rounds of probes sent at once, each round waiting at most
+/// [`PmtuConfig::probe_timeout`] per try: the first round probes `max` and the datagram sizes
+/// of [`COMMON_IP_MTUS`] (a path is usually one of them: found after one round); the next
+/// rounds probe up to [`REFINE_PROBES`] evenly spaced sizes between the largest answered and
+/// the smallest unanswered, until they are adjacent. With the defaults a search settles within
+/// 3 s (one second per round that has a size too big), usually within 2.
 #[derive(Debug)]
 pub struct Pmtu {
     config: PmtuConfig,
     good: u16,
     bad: u16,
-    probing: Option<(u16, u8, Instant)>,
+    round: Option<Round>,
+    /// The next round is the first of a search (the common sizes).
+    first_round: bool,
     next_search: Option<Instant>,
     seq: u32,
     probes: u64,
@@ -272,7 +305,16 @@ impl Pmtu {
     /// A search that starts at once.
     pub fn new(now: Instant, config: PmtuConfig) -> Pmtu {
         let max = config.max.max(config.min);
-        Pmtu { config: PmtuConfig { max, ..config }, good: config.min, bad: max + 1, probing: None, next_search: Some(now), seq: 0, probes: 0 }
+        Pmtu {
+            config: PmtuConfig { max, ..config },
+            good: config.min,
+            bad: max + 1,
+            round: None,
+            first_round: true,
+            next_search: Some(now),
+            seq: 0,
+            probes: 0,
+        }
     }
 
     /// The largest datagram size proven to cross.
@@ -290,18 +332,24 @@ impl Pmtu {
         self.probes
     }
 
-    fn next_size(&self) -> Option<u16> {
-        if self.good + 1 >= self.bad {
-            return None;
-        }
-        // The first probe of a search tries the largest size the search allows.
-        if self.bad == self.config.max + 1 && self.good == self.config.min {
-            return Some(self.config.max);
-        }
-        Some(self.good + (self.bad - self.good) / 2)
+    /// The sizes of the next round, ascending: in (good, bad).
+    fn next_round(&mut self) -> Vec<u16> {
+        let (lo, hi) = (self.good, self.bad);
+        let mut sizes: Vec<u16> = if self.first_round {
+            self.first_round = false;
+            COMMON_IP_MTUS.iter().filter_map(|m| m.checked_sub(IP_UDP_HEADERS)).chain([hi - 1]).filter(|s| *s > lo && *s < hi).collect()
+        } else {
+            let gap = usize::from(hi - lo - 1);
+            let n = gap.min(REFINE_PROBES);
+            (1..=n).map(|i| lo + (i * (gap + 1) / (n + 1)).max(1) as u16).filter(|s| *s > lo && *s < hi).collect()
+        };
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
     }
 
-    /// The next probe to send (pad it to its size), when one is due.
+    /// The next probe to send (pad it to its size), when one is due: call until it returns
+    /// `None`, as a round sends several at once.
     pub fn poll_probe(&mut self, now: Instant) -> Option<ControlMsg> {
         if let Some(at) = self.next_search {
             if now < at {
@@ -310,30 +358,41 @@ impl Pmtu {
             self.next_search = None;
             self.good = self.config.min;
             self.bad = self.config.max + 1;
-            self.probing = None;
+            self.round = None;
+            self.first_round = true;
         }
-        let (size, sent) = match self.probing {
-            Some((size, n, at)) if now >= at + self.config.probe_timeout => {
-                if n >= self.config.tries {
-                    self.bad = size;
-                    self.probing = None;
-                    return self.poll_probe(now);
+        for _ in 0..4 {
+            match &mut self.round {
+                Some(r) if r.sizes.is_empty() => self.round = None,
+                Some(r) if r.sent < r.sizes.len() => {
+                    let size = r.sizes[r.sent];
+                    r.sent += 1;
+                    r.at = now;
+                    self.seq = self.seq.wrapping_add(1);
+                    self.probes += 1;
+                    return Some(ControlMsg::Probe { seq: self.seq, echo: 0, size });
                 }
-                (size, n + 1)
-            }
-            Some(_) => return None,
-            None => match self.next_size() {
-                Some(size) => (size, 1),
-                None => {
+                Some(r) if now < r.at + self.config.probe_timeout => return None,
+                Some(r) if r.tries < self.config.tries => {
+                    r.tries += 1;
+                    r.sent = 0;
+                }
+                Some(r) => {
+                    // Unanswered after every try: the smallest of them is too big.
+                    self.bad = self.bad.min(r.sizes[0]);
+                    self.round = None;
+                }
+                None if self.good + 1 >= self.bad => {
                     self.next_search = Some(now + self.config.recheck);
                     return None;
                 }
-            },
-        };
-        self.probing = Some((size, sent, now));
-        self.seq = self.seq.wrapping_add(1);
-        self.probes += 1;
-        Some(ControlMsg::Probe { seq: self.seq, echo: 0, size })
+                None => {
+                    let sizes = self.next_round();
+                    self.round = Some(Round { sizes, sent: 0, tries: 1, at: now });
+                }
+            }
+        }
+        None
     }
 
     /// A probe of `size` came back.
@@ -341,27 +400,31 @@ impl Pmtu {
         if size > self.good && size < self.bad {
             self.good = size;
         }
-        if self.probing.is_some_and(|(s, _, _)| s <= size) {
-            self.probing = None;
+        let good = self.good;
+        if let Some(r) = &mut self.round {
+            let before = r.sizes.len();
+            r.sizes.retain(|s| *s > good);
+            r.sent = r.sent.saturating_sub(before - r.sizes.len());
         }
     }
 
     /// A datagram of `size` bytes was refused (EMSGSIZE, or an ICMP "fragmentation needed"):
     /// search again below it.
-    pub fn too_big(&mut self, now: Instant, size: u16) {
+    pub fn too_big(&mut self, _now: Instant, size: u16) {
         if size <= self.good && size > self.config.min {
             self.good = self.config.min;
             self.bad = size;
-            self.probing = None;
+            self.round = None;
+            self.first_round = true;
             self.next_search = None;
-            let _ = now;
         }
     }
 
     /// When [`poll_probe`](Self::poll_probe) next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.probing, self.next_search) {
-            (Some((_, _, at)), _) => Some(at + self.config.probe_timeout),
+        match (&self.round, self.next_search) {
+            (Some(r), _) if r.sent < r.sizes.len() => Some(r.at),
+            (Some(r), _) => Some(r.at + self.config.probe_timeout),
             (None, Some(at)) => Some(at),
             (None, None) => None,
         }
@@ -405,12 +468,14 @@ mod tests {
                 sent += 1;
             }
         }
-        assert_eq!(sent, 10, "one heartbeat a second");
+        assert_eq!(sent, 25, "one heartbeat every 400 ms");
         assert_eq!(l.state(t0), PeerState::Unknown);
+        assert_eq!(l.state(t0 + Duration::from_millis(1900)), PeerState::Unknown);
         assert_eq!(l.state(t0 + Duration::from_secs(6)), PeerState::Dead, "never heard from");
         l.on_receive(t0 + Duration::from_secs(6));
         assert_eq!(l.state(t0 + Duration::from_secs(7)), PeerState::Alive);
-        assert_eq!(l.state(t0 + Duration::from_secs(11)), PeerState::Dead);
+        assert_eq!(l.state(t0 + Duration::from_millis(7900)), PeerState::Alive);
+        assert_eq!(l.state(t0 + Duration::from_secs(8)), PeerState::Dead, "2 s of silence");
         l.on_receive(t0 + Duration::from_secs(12));
         assert_eq!(l.state(t0 + Duration::from_secs(12)), PeerState::Alive);
         // A receive time reported late does not move the last one back.
@@ -436,32 +501,45 @@ mod tests {
         assert_eq!(b.on_control(t0, &probe), Some(ControlMsg::ProbeAck { seq: 1, echo: 2, size: 1300 }));
     }
 
-    /// Runs the search against a path carrying datagrams up to `path`; returns (found, probes).
-    fn search(p: &mut Pmtu, t: &mut Instant, path: u16) -> (u16, u64) {
-        let start = p.probes();
-        for _ in 0..200 {
-            match p.poll_probe(*t) {
-                Some(ControlMsg::Probe { size, .. }) if size <= path => p.on_ack(*t, size),
-                _ => {}
+    /// Runs the search against a path carrying datagrams up to `path`, with timers polled every
+    /// 50 ms (as the router does) and acks coming back at once; returns (found, probes, time).
+    fn search(p: &mut Pmtu, t: &mut Instant, path: u16) -> (u16, u64, Duration) {
+        let (start, t0) = (p.probes(), *t);
+        for _ in 0..400 {
+            while let Some(m) = p.poll_probe(*t) {
+                match m {
+                    ControlMsg::Probe { size, .. } if size <= path => p.on_ack(*t, size),
+                    _ => {}
+                }
             }
-            *t += Duration::from_millis(100);
-            if !p.is_searching() && p.poll_probe(*t).is_none() && p.probing.is_none() {
+            if !p.is_searching() {
                 break;
             }
+            *t += Duration::from_millis(50);
         }
-        (p.current(), p.probes() - start)
+        (p.current(), p.probes() - start, *t - t0)
     }
 
     #[test]
-    fn the_search_finds_the_path_mtu_and_follows_it_when_it_shrinks() {
-        for path in [1472, 1450, 1400, 1373, 1300, 1201, 1200] {
+    fn the_search_finds_the_path_mtu_within_3_s_and_follows_it_when_it_shrinks() {
+        // Datagram sizes: 1472 is a 1500-byte path, 1252 a 1280-byte one.
+        for path in [1472, 1464, 1452, 1450, 1400, 1373, 1372, 1300, 1252, 1251, 1201, 1200] {
             let mut t = Instant::now();
             let mut p = Pmtu::new(t, PmtuConfig::default());
-            let (found, probes) = search(&mut p, &mut t, path);
-            println!("path {path}: found {found} with {probes} probes");
+            let (found, probes, took) = search(&mut p, &mut t, path);
+            println!("path {path}: found {found} with {probes} probes in {took:?}");
             assert_eq!(found, path.max(1200));
-            assert!(probes <= 30, "{probes} probes");
+            assert!(took <= Duration::from_secs(3), "{took:?}");
+            assert!(probes <= 60, "{probes} probes");
+            if COMMON_IP_MTUS.contains(&(path + IP_UDP_HEADERS)) {
+                assert!(took <= Duration::from_millis(2100), "a common size takes two rounds at most: {took:?}");
+            }
         }
+        // A 1280-byte path is found in one round when it is the largest size allowed.
+        let mut t = Instant::now();
+        let mut p = Pmtu::new(t, PmtuConfig { max: 1252, ..PmtuConfig::default() });
+        let (found, _, took) = search(&mut p, &mut t, 1252);
+        assert_eq!((found, took), (1252, Duration::ZERO));
         // The path shrinks: a refused datagram restarts the search below it.
         let mut t = Instant::now();
         let mut p = Pmtu::new(t, PmtuConfig::default());
@@ -472,6 +550,21 @@ mod tests {
         // And the periodic recheck finds it grown again.
         t += Duration::from_secs(601);
         assert_eq!(search(&mut p, &mut t, 1472).0, 1472);
+    }
+
+    #[test]
+    fn a_lost_probe_is_sent_again_before_its_size_counts_as_too_big() {
+        let mut t = Instant::now();
+        let mut p = Pmtu::new(t, PmtuConfig::default());
+        // The first round's probes are all lost once; the path carries 1472.
+        let first: Vec<u16> = std::iter::from_fn(|| p.poll_probe(t)).map(|m| m.pad_to() as u16).collect();
+        assert!(first.contains(&1472) && first.contains(&1252), "{first:?}");
+        t += Duration::from_millis(500);
+        let again: Vec<u16> = std::iter::from_fn(|| p.poll_probe(t)).map(|m| m.pad_to() as u16).collect();
+        assert_eq!(again, first, "the second try");
+        p.on_ack(t, 1472);
+        assert_eq!(p.current(), 1472);
+        assert!(!p.is_searching());
     }
 
     proptest! {

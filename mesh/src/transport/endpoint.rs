@@ -54,9 +54,12 @@ pub struct MeshConfig {
     pub listen: SocketAddr,
     /// How often the dialling end starts a new sleeve epoch.
     pub rekey_interval: Duration,
-    /// Keep-alive on idle connections.
+    /// Keep-alive on idle connections (default 400 ms: a fifth of `idle_timeout`, so a few
+    /// lost packets do not kill a live connection).
     pub keep_alive: Duration,
-    /// A connection silent this long is dead.
+    /// A connection silent this long is dead (default 2 s). QUIC counts the silence from the
+    /// last packet received or the first keep-alive sent after it, so a dead peer is known
+    /// within `idle_timeout + keep_alive` (2.4 s).
     pub idle_timeout: Duration,
     /// How long the QUIC handshake, and then the mesh handshake, may take each.
     pub handshake_timeout: Duration,
@@ -77,8 +80,8 @@ impl MeshConfig {
             sleeve_port,
             listen,
             rekey_interval: Duration::from_secs(600),
-            keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_millis(400),
+            idle_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
             bye_timeout: Duration::from_secs(2),
             admission: Limits::default(),
@@ -302,10 +305,17 @@ impl MeshEndpoint {
 
     /// Dials `addr`; the outcome arrives as [`Event::Up`] or [`Event::Down`].
     pub fn connect(&self, addr: SocketAddr) {
+        self.connect_within(addr, self.shared.config.handshake_timeout)
+    }
+
+    /// Dials `addr`, giving up when the QUIC handshake has not completed within `timeout` (a
+    /// redial soon after is likelier to reach a peer that has just restarted than the late
+    /// retransmissions of a long handshake); otherwise as [`connect`](Self::connect).
+    pub fn connect_within(&self, addr: SocketAddr, timeout: Duration) {
         let me = self.clone();
         tokio::spawn(async move {
             let result = match me.endpoint.connect(addr, tls::SERVER_NAME) {
-                Ok(connecting) => match tokio::time::timeout(me.shared.config.handshake_timeout, connecting).await {
+                Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),
                     Ok(Err(quinn::ConnectionError::ConnectionClosed(c))) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => Err(
                         "peer refused the connection before the handshake (too many failed password attempts from this address, or too many unauthenticated connections; see its log)".to_owned(),

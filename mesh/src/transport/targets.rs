@@ -8,6 +8,13 @@
 //! already being dialled or connected, and the connection limit allows. Failures back off
 //! exponentially from [`Config::base`] to [`Config::max`], each delay scaled by a random factor
 //! in [0.5, 1.5) so that peers restarting together do not dial in lockstep.
+//!
+//! Recovery is faster than first contact: for [`Config::recent`] after an established
+//! connection to a target is lost ([`Targets::lost`]), it is retried every
+//! [`Config::recent_retry`] (jittered the same way) without backoff and without counting
+//! towards a gossip target's give-up, so a peer that restarts is reached within about that
+//! long of listening again. [`Targets::dial_now`] makes a waiting target due at once, its
+//! backoff reset: for when the mesh learns that the peer is back (gossip reports it connected).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -54,11 +61,21 @@ pub struct Config {
     pub max: Duration,
     /// Gossip-learned targets are dropped after this many failures in a row.
     pub gossip_give_up: u32,
+    /// How long after losing an established connection a target is retried quickly.
+    pub recent: Duration,
+    /// The retry delay during [`recent`](Self::recent) (jittered).
+    pub recent_retry: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { base: Duration::from_secs(1), max: Duration::from_secs(60), gossip_give_up: 8 }
+        Config {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            gossip_give_up: 8,
+            recent: Duration::from_secs(20),
+            recent_retry: Duration::from_millis(500),
+        }
     }
 }
 
@@ -68,6 +85,8 @@ struct Target {
     state: State,
     failures: u32,
     last_error: Option<String>,
+    /// Retried quickly until then (an established connection was lost).
+    recent_until: Option<Instant>,
 }
 
 /// The dial targets.
@@ -86,7 +105,7 @@ impl Targets {
 
     /// Adds a target (due at once). Its source only rises: a configured target stays configured.
     pub fn add(&mut self, now: Instant, addr: &str, source: Source) {
-        let t = self.targets.entry(addr.to_owned()).or_insert(Target { source, state: State::Idle(now), failures: 0, last_error: None });
+        let t = self.targets.entry(addr.to_owned()).or_insert(Target { source, state: State::Idle(now), failures: 0, last_error: None, recent_until: None });
         if source.rank() > t.source.rank() {
             t.source = source;
         }
@@ -152,21 +171,58 @@ impl Targets {
     pub fn failed(&mut self, now: Instant, addr: &str, reason: &str) -> Option<Instant> {
         let give_up = self.config.gossip_give_up;
         let t = self.targets.get_mut(addr)?;
-        t.failures = t.failures.saturating_add(1);
         t.last_error = Some(reason.to_owned());
-        if t.source == Source::Gossip && t.failures >= give_up {
-            self.targets.remove(addr);
-            return None;
+        let delay = if t.recent_until.is_some_and(|u| now < u) {
+            self.config.recent_retry
+        } else {
+            t.failures = t.failures.saturating_add(1);
+            if t.source == Source::Gossip && t.failures >= give_up {
+                self.targets.remove(addr);
+                return None;
+            }
+            self.config.base.saturating_mul(1u32 << (t.failures - 1).min(16)).min(self.config.max)
+        };
+        let at = now + delay.mul_f64(0.5 + self.jitter());
+        if let Some(t) = self.targets.get_mut(addr) {
+            t.state = State::Idle(at);
         }
-        let exp = self.config.base.saturating_mul(1u32 << (t.failures - 1).min(16)).min(self.config.max);
-        // xorshift64*: a jitter factor in [0.5, 1.5).
+        Some(at)
+    }
+
+    /// The established connection to `addr` was lost: it is retried every
+    /// [`Config::recent_retry`] for [`Config::recent`]. Returns when it will be retried.
+    pub fn lost(&mut self, now: Instant, addr: &str, reason: &str) -> Option<Instant> {
+        let recent = self.config.recent;
+        let t = self.targets.get_mut(addr)?;
+        t.failures = 0;
+        t.recent_until = Some(now + recent);
+        self.failed(now, addr, reason)
+    }
+
+    /// Whether `addr` lost an established connection within [`Config::recent`].
+    pub fn is_recent(&self, now: Instant, addr: &str) -> bool {
+        self.targets.get(addr).is_some_and(|t| t.recent_until.is_some_and(|u| now < u))
+    }
+
+    /// Makes a target waiting for its retry due now, its backoff reset (the peer is known to be
+    /// back). True if it was waiting.
+    pub fn dial_now(&mut self, now: Instant, addr: &str) -> bool {
+        match self.targets.get_mut(addr) {
+            Some(t) if matches!(t.state, State::Idle(at) if at > now) => {
+                t.state = State::Idle(now);
+                t.failures = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// xorshift64*: a jitter factor in [0, 1).
+    fn jitter(&mut self) -> f64 {
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
-        let unit = (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
-        let at = now + exp.mul_f64(0.5 + unit);
-        t.state = State::Idle(at);
-        Some(at)
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -230,6 +286,49 @@ mod tests {
         t.add(now, "n:1", Source::Gossip);
         assert_eq!(t.source("n:1"), Some(Source::Configured));
         assert_eq!(t.configured(), vec!["n:1".to_owned()]);
+    }
+
+    #[test]
+    fn a_lost_connection_is_retried_quickly_for_a_while_then_backs_off() {
+        let now = Instant::now();
+        let mut t = Targets::new(Config::default(), 3);
+        t.add(now, "g:1", Source::Gossip);
+        t.due(now, 10);
+        t.connected("g:1");
+        let first = t.lost(now, "g:1", "timed out").unwrap();
+        assert!(first - now >= Duration::from_millis(250) && first - now < Duration::from_millis(750), "{:?}", first - now);
+        assert!(t.is_recent(now, "g:1"));
+        // Many quick failures in the window neither back off nor drop a gossip target.
+        let mut at = first;
+        for _ in 0..30 {
+            assert_eq!(t.due(at, 10).len(), 1);
+            let next = t.failed(at, "g:1", "no answer").unwrap();
+            assert!(next - at < Duration::from_millis(750), "{:?}", next - at);
+            at = next;
+        }
+        // After the window, exponential backoff again from the base.
+        let late = now + Config::default().recent + Duration::from_secs(1);
+        assert!(!t.is_recent(late, "g:1"));
+        t.due(late + Duration::from_secs(100), 10);
+        let next = t.failed(late, "g:1", "no answer").unwrap();
+        assert!(next - late >= Duration::from_millis(500), "{:?}", next - late);
+    }
+
+    #[test]
+    fn dial_now_resets_a_waiting_targets_backoff() {
+        let now = Instant::now();
+        let mut t = Targets::new(Config::default(), 5);
+        t.add(now, "b:1", Source::Configured);
+        for _ in 0..6 {
+            t.due(now + Duration::from_secs(3600), 10);
+            t.failed(now, "b:1", "refused");
+        }
+        assert!(t.due(now, 10).is_empty(), "backed off");
+        assert!(t.dial_now(now, "b:1"));
+        assert_eq!(t.due(now, 10), vec!["b:1".to_owned()]);
+        assert!(!t.dial_now(now, "b:1"), "not while dialling");
+        let again = t.failed(now, "b:1", "refused").unwrap();
+        assert!(again - now < Duration::from_millis(1500), "backoff restarted from the base");
     }
 
     #[test]

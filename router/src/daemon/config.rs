@@ -82,6 +82,13 @@ pub struct RouterArgs {
     /// big") carrying the size that fits.
     #[arg(long, env = "WEFT_MTU")]
     pub mtu: Option<u32>,
+    /// Milliseconds of silence after which a peer (its mesh connection, and its sleeve link) is
+    /// dead: its routes are withdrawn and traffic takes another path. Keep-alives and sleeve
+    /// heartbeats are sent every fifth of it, and the silence may start up to one of those
+    /// after the last packet: a dead peer is known within 1.2 times it (default 2000: every
+    /// 400 ms, known within 2.4 s; at least 500).
+    #[arg(long, env = "WEFT_PEER_TIMEOUT", value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    pub peer_timeout: u64,
     /// At most this many peer connections.
     #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 100)]
     pub conn_limit: usize,
@@ -189,6 +196,8 @@ pub struct Config {
     pub rekey_interval: std::time::Duration,
     /// Pod MTU if fixed.
     pub mtu: Option<u32>,
+    /// Silence after which a peer is dead; keep-alives and heartbeats every fifth of it.
+    pub peer_timeout: std::time::Duration,
     /// Connection limit.
     pub conn_limit: usize,
     /// Mesh port.
@@ -362,6 +371,7 @@ impl Config {
             handover_on_exit: args.handover_on_exit,
             rekey_interval: std::time::Duration::from_secs(args.rekey_interval),
             mtu: args.mtu,
+            peer_timeout: std::time::Duration::from_millis(args.peer_timeout),
             conn_limit: args.conn_limit,
             mesh_port: args.mesh_port,
             sleeve_port: args.sleeve_port,
@@ -499,6 +509,7 @@ mod tests {
         assert_eq!((c.mesh_port, c.sleeve_port, c.conn_limit), (6783, 6784, 100));
         assert!(c.password.is_none() && c.peers.is_empty());
         assert!(c.masquerade, "pod traffic leaving the range is masqueraded unless turned off");
+        assert_eq!(c.peer_timeout, std::time::Duration::from_secs(2));
     }
 
     #[test]
@@ -506,6 +517,15 @@ mod tests {
         // WEFT_NO_MASQUERADE is exercised by the namespace test `masquerade_opt_out` (setting
         // the variable here would reach every test of this process).
         assert!(!Config::from_args(args(&["--no-masquerade"]), no_env).unwrap().masquerade);
+    }
+
+    #[test]
+    fn the_peer_timeout_is_set_in_milliseconds_within_bounds() {
+        let c = Config::from_args(args(&["--peer-timeout", "1500"]), no_env).unwrap();
+        assert_eq!(c.peer_timeout, std::time::Duration::from_millis(1500));
+        for bad in ["499", "600001", "2s"] {
+            assert!(T::try_parse_from(["weft", "--peer-timeout", bad]).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

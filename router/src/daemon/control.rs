@@ -75,6 +75,12 @@ impl Control {
 
     /// A connection to `peer` at `remote` is authenticated and up.
     pub fn connected(&mut self, now: Instant, peer: PeerName, nickname: &str, remote: SocketAddr, direction: Direction, mtu: u32) {
+        // A connection replacing one to the same peer (it restarted before the old one timed
+        // out) is a new neighbour all the same: it must get our full state now, not at the next
+        // periodic round, which it would not if the topology saw no change.
+        if self.conns.values().any(|c| c.peer == Some(peer) && c.state == ConnectionState::Established) {
+            self.topology.set_connection(now, peer, remote, direction, false);
+        }
         self.conns.retain(|a, c| *a == remote || c.peer != Some(peer));
         self.conns.insert(
             remote,
@@ -161,10 +167,19 @@ impl Control {
                 if alive {
                     tracing::info!(%peer, "sleeve: heartbeats answered again");
                 } else {
-                    tracing::warn!(%peer, "sleeve: no heartbeat answered for 5 s; is the sleeve port (UDP) blocked between the hosts?");
+                    tracing::warn!(%peer, "sleeve: no heartbeat answered within the peer timeout; is the sleeve port (UDP) blocked between the hosts?");
                 }
             }
             c.sleeve_dead = !alive;
+        }
+    }
+
+    /// Records the largest pod packet the connection to `peer` carries whole (one datagram of
+    /// the path MTU found, less the sleeve's headers; at most the pod MTU): what `status
+    /// connections` shows as its MTU.
+    pub fn set_carried_mtu(&mut self, peer: PeerName, mtu: u32) {
+        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer) && c.state == ConnectionState::Established) {
+            c.mtu = Some(mtu);
         }
     }
 
@@ -244,7 +259,7 @@ impl Control {
                 mtu: c.mtu,
                 rtt_ms: c.rtt.map(|r| r.as_secs_f64() * 1000.0),
                 reason: if c.sleeve_dead && c.state == ConnectionState::Established {
-                    Some("sleeve: no heartbeat answered for 5 s (is the sleeve's UDP port blocked?)".into())
+                    Some("sleeve: no heartbeat answered within the peer timeout (is the sleeve's UDP port blocked?)".into())
                 } else {
                     c.reason.clone()
                 },
@@ -308,6 +323,31 @@ mod tests {
         assert_eq!(c[1].counts(), ConnectionCounts { established: 2, pending: 0, failed: 0 });
         let conns = c[0].connections(later);
         assert_eq!((conns[0].state, conns[0].overlay.as_str(), conns[0].encrypted), (ConnectionState::Established, "sleeve", true));
+    }
+
+    #[test]
+    fn a_peer_that_reconnects_before_its_old_connection_timed_out_gets_our_full_state() {
+        let now = Instant::now();
+        let mut c = Control::new(now, name(1), "h1".into(), 1, true);
+        c.connected(now, name(2), "h2", addr(2), Direction::Inbound, 1376);
+        c.connected(now, name(3), "h3", addr(3), Direction::Inbound, 1376);
+        while c.poll_transmit(now).is_some() {}
+        // Peer 2 restarted and connected again from the same address: our entry is unchanged,
+        // yet the new peer 2 knows nothing and must be sent everything (here: our entry, with
+        // our connection to peer 3).
+        c.connected(now, name(2), "h2", addr(2), Direction::Inbound, 1376);
+        let mut fresh = Control::new(now, name(2), "h2".into(), 2, true);
+        let mut sent = 0;
+        while let Some(t) = c.poll_transmit(now) {
+            if t.to == name(2) {
+                fresh.gossip(now, name(1), &t.payload).unwrap();
+                sent += 1;
+            }
+        }
+        assert!(sent > 0, "nothing sent to the reconnected peer");
+        let ours = fresh.topology().entry(name(1)).map(|e| e.connections.iter().map(|x| x.remote).collect::<Vec<_>>());
+        assert!(ours.is_some_and(|r| r.contains(&name(3))), "the reconnected peer did not learn our connections");
+        assert_eq!(c.counts(), ConnectionCounts { established: 2, pending: 0, failed: 0 });
     }
 
     #[test]

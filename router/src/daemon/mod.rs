@@ -79,6 +79,8 @@ pub const DEFAULT_MTU: u32 = 1376;
 const REPAIR_INTERVAL: Duration = Duration::from_secs(3);
 /// How often the mesh dials due targets and runs its timers.
 const MESH_TICK: Duration = Duration::from_millis(200);
+/// The shortest wait for the control plane's timers (a timer already due does not spin).
+const CONTROL_MIN_WAIT: Duration = Duration::from_millis(5);
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +150,12 @@ impl Daemon {
     /// The MTU pods get.
     pub(crate) fn pod_mtu(&self) -> u32 {
         self.mtu
+    }
+
+    /// Sleeve heartbeat timing: dead after `--peer-timeout`, a heartbeat every fifth of it.
+    pub(crate) fn liveness(&self) -> weft_sleeve::liveness::LivenessConfig {
+        let t = self.config.peer_timeout;
+        weft_sleeve::liveness::LivenessConfig { interval: t / 5, dead_after: t }
     }
 
     /// Whether a cluster password is set (mesh authenticated, sleeve encrypted).
@@ -375,6 +383,8 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     );
     mesh_config.password = config.password.as_deref().map(PasswordKey::new);
     mesh_config.rekey_interval = config.rekey_interval;
+    mesh_config.idle_timeout = config.peer_timeout;
+    mesh_config.keep_alive = config.peer_timeout / 5;
     let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
     let sleeve_addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.sleeve_port));
     let sock = SleeveSocket::bind(sleeve_addr).map_err(io("bind the sleeve socket"))?;
@@ -423,8 +433,18 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     let mut repair = tokio::time::interval(REPAIR_INTERVAL);
     let mut tick = tokio::time::interval(MESH_TICK);
     loop {
+        // The control plane's own timers (a route recomputation deferred by its coalescing
+        // interval, gossip) run when due, not at the next tick: routes follow a connection that
+        // comes up within tens of milliseconds.
+        let control_due = daemon.control().poll_timeout().map(tokio::time::Instant::from_std);
+        let control_due = control_due.unwrap_or_else(|| tokio::time::Instant::now() + MESH_TICK).max(tokio::time::Instant::now() + CONTROL_MIN_WAIT);
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = tokio::time::sleep_until(control_due) => {
+                let now = Instant::now();
+                daemon.control().handle_timeout(now);
+                peering.flush(now, &daemon);
+            }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             Some(ev) = events.recv() => peering.event(Instant::now(), &daemon, ev),
             Some(cmd) = command_rx.recv() => peering.command(Instant::now(), &daemon, cmd),

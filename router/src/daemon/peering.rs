@@ -21,7 +21,7 @@
 //! reason, here and on the refused router. A peer calling itself by the zero or the broadcast
 //! name is refused.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +56,11 @@ pub const CONFLICT_WINDOW: Duration = Duration::from_secs(600);
 pub const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How long a leaving router waits for the receiver of its range to acknowledge it.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a dial of a target whose connection was lost recently may take before it is given
+/// up and tried again (the peer may be restarting: a fresh dial reaches it sooner than the late
+/// retransmissions of a long one).
+const RECENT_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for every peer to acknowledge the `Bye` (the mesh gives up on one
 /// connection after its own `bye_timeout`; this bounds them all).
@@ -179,6 +184,10 @@ pub struct Peering {
     duplicates: Duplicates,
     /// The targets the Nodes gave, as last set.
     kube_targets: BTreeSet<String>,
+    /// The peer each target last connected to.
+    target_peer: HashMap<String, PeerName>,
+    /// The established connections gossip reported last time (reporter, remote).
+    gossiped: HashSet<(PeerName, PeerName)>,
 }
 
 impl Peering {
@@ -214,6 +223,8 @@ impl Peering {
             commands,
             duplicates: Duplicates::default(),
             kube_targets: BTreeSet::new(),
+            target_peer: HashMap::new(),
+            gossiped: HashSet::new(),
         }
     }
 
@@ -286,17 +297,18 @@ impl Peering {
                 let _ = tx.send(Command::Resolved(t, r));
             });
         }
-        let health: Vec<(PeerName, bool, usize)> = self
+        let health: Vec<(PeerName, bool, usize, u16)> = self
             .dp
             .links
             .all()
             .iter()
-            .map(|l| (l.peer, l.health().liveness.state(now) != PeerState::Dead, l.datagram()))
+            .map(|l| (l.peer, l.health().liveness.state(now) != PeerState::Dead, l.datagram(), crate::dataplane::ip_mtu(l)))
             .collect();
         {
             let mut c = d.control();
-            for (p, alive, datagram) in health {
+            for (p, alive, datagram, carried) in health {
                 c.set_sleeve(p, alive, datagram);
+                c.set_carried_mtu(p, u32::from(carried).min(d.pod_mtu()));
             }
             c.handle_timeout(now);
         }
@@ -314,8 +326,12 @@ impl Peering {
             return;
         }
         d.control().dialling(addr);
+        if self.targets.is_recent(Instant::now(), &t) {
+            self.endpoint.connect_within(addr, RECENT_DIAL_TIMEOUT);
+        } else {
+            self.endpoint.connect(addr);
+        }
         self.dialling.insert(addr, t);
-        self.endpoint.connect(addr);
     }
 
     fn dial_failed(&mut self, now: Instant, d: &Daemon, target: &str, addr: Option<SocketAddr>, reason: String) {
@@ -335,10 +351,12 @@ impl Peering {
         }
         self.topology_generation = topo.generation();
         let mut learned = Vec::new();
+        let mut gossiped = HashSet::new();
         for e in topo.entries() {
             for conn in &e.connections {
                 if conn.remote != self.me && !self.conns.contains_key(&conn.remote) && conn.established {
                     learned.push(SocketAddr::new(conn.addr.ip(), self.mesh_port).to_string());
+                    gossiped.insert((e.name, conn.remote));
                 }
             }
         }
@@ -346,6 +364,20 @@ impl Peering {
         for a in learned {
             if self.targets.state(&a).is_none() {
                 self.targets.add(now, &a, Source::Gossip);
+            }
+        }
+        self.dial_the_returned(now, gossiped);
+    }
+
+    /// A peer we are not connected to that gossip newly reports connected is back (it
+    /// restarted, or its path returned): dial the targets that last reached it at once, their
+    /// backoff reset, rather than when their retry falls due.
+    fn dial_the_returned(&mut self, now: Instant, gossiped: HashSet<(PeerName, PeerName)>) {
+        let back: HashSet<PeerName> = gossiped.difference(&self.gossiped).map(|(_, p)| *p).collect();
+        self.gossiped = gossiped;
+        for (t, p) in &self.target_peer {
+            if back.contains(p) && !self.conns.contains_key(p) && self.targets.dial_now(now, t) {
+                tracing::debug!(peer = %p, target = %t, "gossip reports the peer connected again: dialling it now");
             }
         }
     }
@@ -412,7 +444,7 @@ impl Peering {
         let config = if self.encrypted { SleeveConfig { secret_switch_delay: SECRET_SWITCH_DELAY, ..SleeveConfig::default() } } else { SleeveConfig::plain() };
         let role = if sp.initiator { Role::Initiator } else { Role::Responder };
         let session = Session::new(&sp.secret, role, SessionIds { local: sp.local_index, remote: sp.remote_index }, config, now);
-        let link = SleeveLink::new(info.peer, info.id, session, sp.remote, DEFAULT_DATAGRAM, now);
+        let link = SleeveLink::new(info.peer, info.id, session, sp.remote, DEFAULT_DATAGRAM, d.liveness(), now);
         self.dp.links.insert(Arc::new(link));
         d.control().connected(now, info.peer, &info.nickname, info.remote, info.direction, d.pod_mtu());
         self.mark_target(&info);
@@ -438,6 +470,7 @@ impl Peering {
             && let Some(t) = self.dialling.remove(&info.remote)
         {
             self.targets.connected(&t);
+            self.target_peer.insert(t, info.peer);
         }
     }
 
@@ -456,7 +489,9 @@ impl Peering {
         let target = if direction == Direction::Outbound { self.dialling.remove(&remote) } else { None }
             .or_else(|| self.resolved.iter().find(|(_, a)| a.ip() == remote.ip()).map(|(t, _)| t.clone()));
         if let Some(t) = target {
-            let retry = self.targets.failed(now, &t, &reason);
+            // An established connection lost is retried quickly for a while; a dial that
+            // failed backs off.
+            let retry = if current { self.targets.lost(now, &t, &reason) } else { self.targets.failed(now, &t, &reason) };
             let a = self.resolved.get(&t).copied().unwrap_or(remote);
             d.control().lost(now, a, None, reason, retry);
         } else if !current {

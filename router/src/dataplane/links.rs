@@ -78,8 +78,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SleeveLink {
     /// A link over `session` to `peer` at `addr`, sending datagrams of at most `max_datagram`
-    /// bytes once path MTU discovery has proven them (until then, of the search's floor).
-    pub fn new(peer: PeerName, conn_id: u64, session: Session, addr: SocketAddr, max_datagram: usize, now: Instant) -> SleeveLink {
+    /// bytes once path MTU discovery has proven them (until then, of the search's floor), with
+    /// heartbeats timed by `liveness`.
+    pub fn new(peer: PeerName, conn_id: u64, session: Session, addr: SocketAddr, max_datagram: usize, liveness: LivenessConfig, now: Instant) -> SleeveLink {
         let pmtu = Pmtu::new(now, PmtuConfig { max: max_datagram.min(u16::MAX as usize) as u16, ..PmtuConfig::default() });
         let datagram = usize::from(pmtu.current());
         SleeveLink {
@@ -92,7 +93,7 @@ impl SleeveLink {
             datagram: AtomicUsize::new(datagram),
             next_frag: AtomicU32::new(1),
             reasm: Mutex::new(Reassembler::new(ReasmConfig::default())),
-            live: Mutex::new(LinkHealth { liveness: Liveness::new(now, LivenessConfig::default()), pmtu }),
+            live: Mutex::new(LinkHealth { liveness: Liveness::new(now, liveness), pmtu }),
             epoch: now,
             last_rx_ms: AtomicU64::new(0),
             stats: LinkStats::default(),

@@ -210,7 +210,7 @@ fn tap_thread(sh: &Shared) {
 
 /// The largest IP packet one datagram of `link` carries whole: what its body carries in one
 /// frame record (with room for a virtio-net header) less the Ethernet header.
-fn ip_mtu(link: &SleeveLink) -> u16 {
+pub(crate) fn ip_mtu(link: &SleeveLink) -> u16 {
     let frame = wire::max_frame_in_body(link.max_body());
     frame.saturating_sub(ethernet::HEADER_LEN).min(u16::MAX as usize) as u16
 }
@@ -304,14 +304,20 @@ fn sleeve_thread(sh: &Shared) {
     }
 }
 
-/// Heartbeats and path MTU probes due on `link`.
+/// Heartbeats and path MTU probes due on `link` (a round of probes goes out at once; the
+/// vector allocates only while a search runs).
 fn link_timers(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink) {
-    let (hb, probe) = {
+    let (hb, probes) = {
         let mut h = link.health();
-        (h.liveness.poll_transmit(now), h.pmtu.poll_probe(now))
+        let searching = h.pmtu.is_searching();
+        let probes = std::iter::from_fn(|| h.pmtu.poll_probe(now)).collect::<Vec<_>>();
+        if searching && !h.pmtu.is_searching() {
+            tracing::info!(peer = %link.peer, datagram = h.pmtu.current(), "sleeve: path MTU found");
+        }
+        (h.liveness.poll_transmit(now), probes)
     };
-    for msg in [hb, probe].into_iter().flatten() {
-        let _ = send_control(sh, sender, now, link, &msg);
+    for msg in hb.iter().chain(&probes) {
+        let _ = send_control(sh, sender, now, link, msg);
     }
 }
 
@@ -337,7 +343,7 @@ fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink,
             h.pmtu.on_ack(now, size);
             let d = usize::from(h.pmtu.current());
             if d != link.datagram() {
-                tracing::info!(peer = %link.peer, datagram = d, "sleeve: path MTU probe answered");
+                tracing::debug!(peer = %link.peer, datagram = d, "sleeve: path MTU probe answered");
                 link.set_datagram(d);
             }
         }

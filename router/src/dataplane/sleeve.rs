@@ -247,7 +247,7 @@ mod tests {
     fn link(now: Instant) -> SleeveLink {
         let ids = SessionIds { local: 1, remote: 2 };
         let session = Session::new(&[1; 32], Role::Initiator, ids, Config::plain(), now);
-        SleeveLink::new(PeerName([2; 6]), 7, session, "192.0.2.2:6784".parse().unwrap(), 1400, now)
+        SleeveLink::new(PeerName([2; 6]), 7, session, "192.0.2.2:6784".parse().unwrap(), 1400, weft_sleeve::liveness::LivenessConfig::default(), now)
     }
 
     /// What `for_each_record` handed over, owned.
