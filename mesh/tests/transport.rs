@@ -316,8 +316,11 @@ fn a_bye_nobody_acknowledges_ends_after_the_timeout_and_says_so() {
     let ips: Vec<_> = lan.links.iter().map(|l| l.addr).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut a = node(&bed, lan.hosts[0], ips[0], 21, None, Duration::from_secs(600));
-        let mut b = node(&bed, lan.hosts[1], ips[1], 22, None, Duration::from_secs(600));
+        // The connections outlive the wait for the bye's acknowledgement (else the idle timeout,
+        // as long as the bye timeout by default, races it and ends the connection first).
+        let patient = |cfg: &mut MeshConfig| cfg.idle_timeout = Duration::from_secs(10);
+        let mut a = node_with(&bed, lan.hosts[0], ips[0], 21, None, patient);
+        let mut b = node_with(&bed, lan.hosts[1], ips[1], 22, None, patient);
         a.ep.connect(b.addr);
         let (_, ha) = up(&mut a).await;
         let _ = up(&mut b).await;
