@@ -33,6 +33,13 @@ struct Conn {
     path_mtu: Option<u32>,
 }
 
+impl Conn {
+    /// A record with nothing measured or said about it yet.
+    fn new(direction: Direction, remote: SocketAddr, peer: Option<PeerName>, state: ConnectionState) -> Conn {
+        Conn { direction, remote, peer, nickname: None, state, reason: None, retry_at: None, mtu: None, rtt: None, sleeve_dead: false, path_mtu: None }
+    }
+}
+
 /// Topology, routes and our connections.
 #[derive(Debug)]
 pub struct Control {
@@ -84,7 +91,7 @@ impl Control {
         self.conns.retain(|a, c| *a == remote || c.peer != Some(peer));
         self.conns.insert(
             remote,
-            Conn { direction, remote, peer: Some(peer), nickname: Some(nickname.to_owned()), state: ConnectionState::Established, reason: None, retry_at: None, mtu: Some(mtu), rtt: None, sleeve_dead: false, path_mtu: None },
+            Conn { nickname: Some(nickname.to_owned()), mtu: Some(mtu), ..Conn::new(direction, remote, Some(peer), ConnectionState::Established) },
         );
         self.topology.set_connection(now, peer, remote, direction, true);
         self.routes.handle_timeout(now, &self.topology);
@@ -92,19 +99,7 @@ impl Control {
 
     /// We are dialling `remote`.
     pub fn dialling(&mut self, remote: SocketAddr) {
-        let c = self.conns.entry(remote).or_insert(Conn {
-            direction: Direction::Outbound,
-            remote,
-            peer: None,
-            nickname: None,
-            state: ConnectionState::Pending,
-            reason: None,
-            retry_at: None,
-            mtu: None,
-            rtt: None,
-            sleeve_dead: false,
-            path_mtu: None,
-        });
+        let c = self.conns.entry(remote).or_insert(Conn::new(Direction::Outbound, remote, None, ConnectionState::Pending));
         if c.state != ConnectionState::Established {
             c.state = ConnectionState::Pending;
         }
@@ -115,7 +110,7 @@ impl Control {
     pub fn refused(&mut self, remote: SocketAddr, peer: Option<PeerName>, direction: Direction, reason: String) {
         self.conns.insert(
             remote,
-            Conn { direction, remote, peer, nickname: None, state: ConnectionState::Failed, reason: Some(reason), retry_at: None, mtu: None, rtt: None, sleeve_dead: false, path_mtu: None },
+            Conn { reason: Some(reason), ..Conn::new(direction, remote, peer, ConnectionState::Failed) },
         );
     }
 
@@ -127,19 +122,7 @@ impl Control {
         }
         match retry_at {
             Some(at) => {
-                let c = self.conns.entry(remote).or_insert(Conn {
-                    direction: Direction::Outbound,
-                    remote,
-                    peer,
-                    nickname: None,
-                    state: ConnectionState::Retrying,
-                    reason: None,
-                    retry_at: None,
-                    mtu: None,
-                    rtt: None,
-                    sleeve_dead: false,
-                    path_mtu: None,
-                });
+                let c = self.conns.entry(remote).or_insert(Conn::new(Direction::Outbound, remote, peer, ConnectionState::Retrying));
                 c.state = ConnectionState::Retrying;
                 c.reason = Some(reason);
                 c.retry_at = Some(at);

@@ -270,13 +270,15 @@ pub fn max_frame_in_body(max_body: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const VNET_BYTES: [u8; VNET_HDR_LEN] =
+    /// A TCPv6 super-frame's virtio-net header on the wire, shared by the wire tests.
+    pub(crate) const VNET_BYTES: [u8; VNET_HDR_LEN] =
         [0x01, 0x04, 0x00, 0x42, 0x05, 0xa8, 0x00, 0x22, 0x00, 0x10];
 
-    fn vnet() -> VnetHdr {
+    /// [`VNET_BYTES`] parsed.
+    pub(crate) fn vnet() -> VnetHdr {
         VnetHdr {
             flags: 1,
             gso_type: 4,

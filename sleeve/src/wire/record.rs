@@ -316,23 +316,11 @@ impl<'a> BodyWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::frame::tests::{VNET_BYTES, vnet};
     use crate::wire::{ENVELOPE_LEN, EnvelopeRepr, FRAME_HEAD_MAX, VNET_HDR_LEN, VnetHdr};
 
-    const VNET_BYTES: [u8; VNET_HDR_LEN] =
-        [0x01, 0x04, 0x00, 0x42, 0x05, 0xa8, 0x00, 0x22, 0x00, 0x10];
     // dst, src, hops 3, flags 0
     const ENVELOPE_BYTES: [u8; ENVELOPE_LEN] = [1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 0];
-
-    fn vnet() -> VnetHdr {
-        VnetHdr {
-            flags: 1,
-            gso_type: 4,
-            hdr_len: 0x42,
-            gso_size: 1448,
-            csum_start: 0x22,
-            csum_offset: 0x10,
-        }
-    }
 
     const ENVELOPE: EnvelopeRepr = EnvelopeRepr {
         dst: [1; 6],
