@@ -193,7 +193,7 @@ fn receive_message(r: &mut Router, now: Instant, data: &mut [u8], stride: usize,
         for body in opened.iter() {
             sleeve::for_each_record(now, &data[body.clone()], &mut reasm, stats, |item| match item {
                 Received::Frame(f) => {
-                    let plan = forward::from_peer(*me, f.envelope, &*routes);
+                    let plan = forward::from_peer(*me, link.peer, f.envelope, &*routes);
                     assert!(plan.local && plan.dropped.is_none(), "B does not keep the frame: {plan:?}");
                     assert_eq!(learning.from_peer(PeerName(f.envelope.src), f.frame), Verdict::Local);
                     let mut hdr = [0u8; vnet::LEN];

@@ -8,7 +8,10 @@
 //! Broadcast: the tree of source S is defined independently of who computes it, so every peer
 //! with the same topology computes the same tree and each peer receives each broadcast exactly
 //! once: the parent of a peer V ≠ S is, among V's neighbours one step closer to S, the one with
-//! the lowest name. A peer forwards S's broadcasts to its children in S's tree. Computing our
+//! the lowest name. A peer forwards S's broadcasts to its children in S's tree, and accepts them
+//! only from its parent there ([`Routes::broadcast_parent`]): while peers' views of the
+//! topology differ (a peer restarted, a link was cut), two of them may each take us for their
+//! child, and without that check we would deliver the frame twice. Computing our
 //! children needs distances from S to us, our neighbours and theirs only; by symmetry those are
 //! distances *from* the peers within two hops of us, so we run one BFS per such peer instead of
 //! one per source.
@@ -162,10 +165,12 @@ pub struct Routes {
     /// Reachable destinations, sorted, with `next` in parallel.
     dests: Vec<PeerName>,
     next: Vec<PeerName>,
-    /// Broadcast sources, sorted, with `ranges` into `hops` in parallel.
+    /// Broadcast sources, sorted, with `ranges` into `hops` and `parents` in parallel.
     sources: Vec<PeerName>,
     ranges: Vec<(u32, u32)>,
     hops: Vec<PeerName>,
+    /// Our parent in each source's tree (ourselves for our own broadcasts).
+    parents: Vec<PeerName>,
 }
 
 impl Routes {
@@ -178,6 +183,7 @@ impl Routes {
             sources: Vec::new(),
             ranges: Vec::new(),
             hops: Vec::new(),
+            parents: Vec::new(),
         }
     }
 
@@ -251,8 +257,14 @@ impl Routes {
                     routes.hops.push(graph.names[v]);
                 }
             }
+            // Our own parent, by the same rule.
+            let parent = match d_me {
+                0 => m,
+                _ => graph.neighbours(m).iter().map(|&u| u as usize).find(|&u| d(u, s) + 1 == d_me).unwrap_or(m),
+            };
             routes.sources.push(graph.names[s]);
             routes.ranges.push((start, routes.hops.len() as u32));
+            routes.parents.push(graph.names[parent]);
         }
         routes
     }
@@ -278,6 +290,12 @@ impl Routes {
             }
             Err(_) => &[],
         }
+    }
+
+    /// The neighbour `source`'s broadcasts reach us from (our parent in its tree; us for our
+    /// own); `None` for unknown sources.
+    pub fn broadcast_parent(&self, source: PeerName) -> Option<PeerName> {
+        self.sources.binary_search(&source).ok().map(|i| self.parents[i])
     }
 
     /// Reachable peers (not us), sorted.
@@ -468,8 +486,16 @@ mod tests {
             }
             got[(s - 1) as usize] += 1;
             assert_eq!(got, [1; 5], "source {s}");
+            // Every child names as its parent the peer that forwards to it.
+            for p in 1..=5 {
+                for &c in at(name(p)).broadcast_next_hops(name(s)) {
+                    assert_eq!(at(c).broadcast_parent(name(s)), Some(name(p)), "source {s}, child {c}");
+                }
+            }
+            assert_eq!(at(name(s)).broadcast_parent(name(s)), Some(name(s)));
         }
         assert!(at(name(1)).broadcast_next_hops(name(77)).is_empty());
+        assert_eq!(at(name(1)).broadcast_parent(name(77)), None);
     }
 
     #[test]

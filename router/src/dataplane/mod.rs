@@ -406,7 +406,7 @@ fn receive_message(sh: &Shared, rx: &mut Receiver, routes: &Routes, tap: &TapIo,
                 Received::Frame(f) => {
                     link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                     link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
-                    deliver(sh, sender, learning, routes, tap, now, &f)
+                    deliver(sh, sender, learning, routes, tap, now, link.peer, &f)
                 }
                 Received::Control(payload) => on_control(sh, sender, now, &link, payload),
             });
@@ -414,10 +414,11 @@ fn receive_message(sh: &Shared, rx: &mut Receiver, routes: &Routes, tap: &TapIo,
     }
 }
 
-/// A frame from a peer: relay it on, and deliver it to the bridge when it is for this host.
+/// A frame from neighbour `from`: relay it on, and deliver it to the bridge when it is for this
+/// host.
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, f: &FrameRepr<'_>) {
-    let plan = forward::from_peer(sh.me, f.envelope, routes);
+fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) {
+    let plan = forward::from_peer(sh.me, from, f.envelope, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
         return;
