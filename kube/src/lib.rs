@@ -12,6 +12,8 @@
 //! - [`registry`]: the peer registry, a ConfigMap mapping peer names to node names and holding
 //!   reclaim claims, written only by compare-and-swap on its resourceVersion.
 //! - [`reclaim`]: which deleted node's peer to reclaim (sans-IO), and the claim protocol.
+//! - [`policy`]: Pods, Namespaces and NetworkPolicies converted to [`weft_policy::model`], and
+//!   the loop that keeps a node's policy table in step with their three informers.
 //! - [`controller`]: discovery and reclaim run together against a [`controller::Mesh`] (the
 //!   router's side).
 //!
@@ -23,6 +25,7 @@ pub mod controller;
 pub mod informer;
 pub mod memory;
 pub mod nodes;
+pub mod policy;
 pub mod reclaim;
 pub mod reflector;
 pub mod registry;
