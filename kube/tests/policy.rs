@@ -20,10 +20,14 @@ use weft_policy::controller::{Controller, Update};
 use weft_policy::model::Objects;
 use weft_policy::render;
 
+/// What the loop last reported as enforced.
+type Enforced = Option<(Arc<Objects>, Vec<Rejected>)>;
+
 #[derive(Clone, Default)]
 struct Recorder {
+    /// (full?, script) of every update, in order.
     scripts: Arc<Mutex<Vec<(bool, String)>>>,
-    enforced: Arc<Mutex<Option<(Arc<Objects>, Vec<Rejected>)>>>,
+    enforced: Arc<Mutex<Enforced>>,
 }
 
 impl Enforce for Recorder {

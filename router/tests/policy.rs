@@ -111,7 +111,9 @@ enum Proto {
 }
 
 /// A pod of the test: (name, host index, namespace, labels).
-const PODS: [(&str, usize, &str, &[(&str, &str)]); 6] = [
+type PodSpec = (&'static str, usize, &'static str, &'static [(&'static str, &'static str)]);
+
+const PODS: [PodSpec; 6] = [
     ("web1", 0, "a", &[("app", "web")]),
     ("client1", 0, "a", &[("app", "client")]),
     ("other1", 0, "b", &[("app", "other")]),
