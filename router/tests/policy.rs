@@ -442,6 +442,16 @@ fn conformance(password: Option<&str>, overlay: &str) {
         ("other1", "web2", T9090, true),
         ("other2", "client1", UDP, true),
     ]);
+
+    // `weft reset` on h1 (its router stopped) removes the policy table with the rest.
+    let pid = c.routers[0].pid;
+    c.bed.kill(pid).unwrap();
+    let h1 = c.hosts[0];
+    let out = c.bed.run(h1, Command::new(weft()).arg("reset").arg("--api-socket").arg(&c.routers[0].api_socket)).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("removed the nftables table inet weft-policy"), "{said}");
+    let listed = c.bed.run(h1, Command::new("nft").args(["list", "table", "inet", "weft-policy"])).unwrap();
+    assert!(!listed.status.success(), "the table is gone");
     c.down();
 }
 
