@@ -122,3 +122,41 @@ async fn the_policy_loop_applies_a_policy_then_a_pod_change_over_the_api() {
         t.abort();
     }
 }
+
+/// The same loop fed from memory sources, without an API server: what tests of other crates use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_loop_runs_on_memory_sources_too() {
+    use weft_kube::memory::MemorySource;
+    let pods: MemorySource<Pod> = MemorySource::new("pods");
+    let namespaces: MemorySource<Namespace> = MemorySource::new("namespaces");
+    let policies: MemorySource<NetworkPolicy> = MemorySource::new("networkpolicies");
+    namespaces.apply(from_json(standin::namespace("a", &[])));
+    pods.apply(from_json(standin::pod("a", "web", &[("app", "web")], "n1", "10.32.0.2", &[])));
+    policies.apply(from_json(standin::network_policy("a", "deny", json!({"podSelector": {}}))));
+    let backoff = Backoff { min: Duration::from_millis(10), max: Duration::from_millis(50) };
+    let (pi, ps) = Informer::new(pods.clone(), backoff);
+    let (ni, ns) = Informer::new(namespaces, backoff);
+    let (qi, qs) = Informer::new(policies.clone(), backoff);
+    let tasks = [tokio::spawn(pi.run()), tokio::spawn(ni.run()), tokio::spawn(qi.run())];
+    let rec = Recorder::default();
+    let node = weft_policy::Node { name: "n1".into(), bridge: "weft".into() };
+    let lp = tokio::spawn(run(PolicyStores { pods: ps, namespaces: ns, policies: qs }, Controller::new(node), rec.clone(), Settings::default()));
+    eventually("the first table", || rec.scripts().len() == 1).await;
+    let (full, t) = rec.scripts()[0].clone();
+    assert!(full && t.contains("counter ingress/a/deny") && t.contains("elements = { 10.32.0.2 }"), "{t}");
+    pods.apply(from_json(standin::pod("a", "web-2", &[("app", "web")], "n1", "10.32.0.3", &[])));
+    eventually("the pod's delta", || rec.scripts().len() == 2).await;
+    assert_eq!(rec.scripts()[1], (false, "add element inet weft-policy isolated_ingress { 10.32.0.3 }\nadd element inet weft-policy p0 { 10.32.0.3 }\n".to_owned()));
+    policies.delete_in("a", "deny");
+    eventually("the policy's removal", || rec.scripts().len() == 3).await;
+    let (full, t) = rec.scripts()[2].clone();
+    assert!(full && !t.contains("counter "), "{t}");
+    lp.abort();
+    for t in tasks {
+        t.abort();
+    }
+}
+
+fn from_json<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+    serde_json::from_value(v).unwrap()
+}
