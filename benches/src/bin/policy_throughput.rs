@@ -2,27 +2,31 @@
 //! same run (root needed; the goal is at least 0.9).
 //!
 //! Usage: `cargo run --release -p weft-benches --bin policy_throughput -- [SECONDS] [ROUNDS]`
-//! (defaults 5 and 3). One host of a test bed with the pod bridge `weft` (bridge netfilter on,
-//! as on a Kubernetes node, in both cases) and two pods on it, a server and a client. Policy:
+//! (defaults 5 and 3). Two paths, each its own test bed, bridge netfilter on (as on a Kubernetes
+//! node) with and without policy: *same host*, a server and a client pod on one host's pod
+//! bridge `weft`; *cross-host*, the server on one host and the client on another, their bridges
+//! joined by kernel VXLAN over a segment (the datapath of weft's fast path), each host enforcing
+//! its own node's table. Policy:
 //! the synthetic cluster of `weft_policy::synthetic` (1000 pods, this host being `node0` with
 //! 250 of them, and 99 policies) plus one policy letting the client reach the server's port —
 //! 100 policies, compiled and applied as the router does (one `nft -f`). Both pods are selected
 //! (the client by egress policies, the server by ingress ones) so every new connection is looked
 //! up in the sets; established packets pass on the conntrack rule. Same-host traffic crosses only
-//! the bridge, so the table's cost is the largest share of the path here; across hosts the
-//! overlay adds its own cost and the ratio can only be closer to 1. Rounds alternate (none,
+//! the bridge, so the table's cost is the largest share of the path there. Rounds alternate (none,
 //! policy), each an `iperf3` single-stream run of SECONDS; before each run with policy a
-//! connection to a port no policy allows must time out (the table is in force), and without it be
-//! refused. Prints every run, the medians and their ratio.
+//! connection to a port no policy allows must time out (the tables are in force), and without it
+//! be refused. Prints every run, and per path the medians, their ratio and the median of
+//! the rounds' ratios.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use weft_policy::controller::{Controller, Event, Update};
 use weft_policy::model::{LabelSelector, NetworkPolicy, Peer, Pod, PolicyPort, PortSpec, Protocol, Rule};
-use weft_policy::model::{ContainerPort, Direction};
+use weft_kernel::netlink::{FdbEntry, LinkKind, VxlanConfig};
+use weft_policy::model::{ContainerPort, Direction, Objects};
 use weft_policy::{Node, TABLE, nft, render, synthetic};
-use weft_testbed::topology::{POD_BRIDGE, add_pod_bridge};
+use weft_testbed::topology::{self, POD_BRIDGE, add_pod_bridge};
 use weft_testbed::{NodeId, TestBed, iperf3_tcp};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 32, 100, 1);
@@ -53,7 +57,7 @@ fn bench_pod(name: &str, ip: Ipv4Addr) -> Pod {
 /// The objects: the synthetic cluster with 99 policies, the two pods, and the policy that lets
 /// the client out to the server's named port (the synthetic ones select `app=a0` in `ns0` for
 /// egress too, allowing only addresses outside the pod range).
-fn objects() -> weft_policy::model::Objects {
+fn objects() -> Objects {
     let mut o = synthetic::cluster(1000, 99);
     o.pods.push(bench_pod("server", SERVER));
     o.pods.push(bench_pod("client", CLIENT));
@@ -89,58 +93,126 @@ fn closed_port(bed: &TestBed, client: NodeId) -> &'static str {
     }
 }
 
-fn run(d: Duration, rounds: usize) -> Result<(), String> {
-    let e = |e: weft_kernel::Error| weft_kernel::chain(&e);
-    let mut bed = TestBed::new().map_err(|e| format!("a test bed needs root: {}", weft_kernel::chain(&e)))?;
-    let host = bed.add_node("h").map_err(e)?;
-    add_pod_bridge(&mut bed, host, GATEWAY, 16).map_err(e)?;
-    let server = bed.add_pod(host, "server", POD_BRIDGE, "vserver", SERVER, 16, Some(GATEWAY)).map_err(e)?;
-    let client = bed.add_pod(host, "client", POD_BRIDGE, "vclient", CLIENT, 16, Some(GATEWAY)).map_err(e)?;
-    let ns = bed.ns(host);
-    ns.run(nft::enable_bridge_netfilter).map_err(|e| weft_kernel::chain(&e))?.map_err(|e| weft_kernel::chain(&e))?;
+/// A measured path: the bed, the server and client pods, and each host with the script of its
+/// node's table.
+struct Path {
+    label: &'static str,
+    bed: TestBed,
+    server: NodeId,
+    client: NodeId,
+    hosts: Vec<(NodeId, String)>,
+}
 
-    let objects = objects();
-    let mut c = Controller::new(Node { name: "node0".into(), bridge: POD_BRIDGE.into() });
+/// The script of `node`'s table.
+fn script(objects: &Objects, node: &str, print: bool) -> Result<String, String> {
+    let mut c = Controller::new(Node { name: node.into(), bridge: POD_BRIDGE.into() });
     c.handle(Event::Restarted(objects.clone()));
     let Some(Update::Full(ruleset)) = c.poll_update() else { return Err("no full update for the first ruleset".into()) };
-    let elements: usize = ruleset.sets.values().map(|s| s.elements.len()).sum();
-    let rules: usize = ruleset.chains.iter().map(|c| c.rules.len()).sum();
-    let script = render::full(&ruleset, &render::CounterValues::new());
-    println!(
-        "policy: {} pods, {} policies ({} on this node's pods); table inet {TABLE}: {} sets, {elements} elements, {rules} rules",
-        objects.pods.len(),
-        objects.policies.len(),
-        objects.policies.iter().filter(|p| objects.pods.iter().any(|pod| pod.node == "node0" && p.selects(pod))).count(),
-        ruleset.sets.len()
-    );
-    println!("{} s per iperf3 run, {rounds} rounds, same host (pod bridge, bridge netfilter on)", d.as_secs());
+    if print {
+        let elements: usize = ruleset.sets.values().map(|s| s.elements.len()).sum();
+        let rules: usize = ruleset.chains.iter().map(|c| c.rules.len()).sum();
+        println!(
+            "policy: {} pods, {} policies ({} on {node}'s pods); its table inet {TABLE}: {} sets, {elements} elements, {rules} rules",
+            objects.pods.len(),
+            objects.policies.len(),
+            objects.policies.iter().filter(|p| objects.pods.iter().any(|pod| pod.node == node && p.selects(pod))).count(),
+            ruleset.sets.len()
+        );
+    }
+    Ok(render::full(&ruleset, &render::CounterValues::new()))
+}
 
+fn chain(e: &weft_kernel::Error) -> String {
+    weft_kernel::chain(e)
+}
+
+/// One host (node0) with both pods on its bridge.
+fn same_host(objects: &Objects) -> Result<Path, String> {
+    let mut bed = TestBed::new().map_err(|e| format!("a test bed needs root: {}", chain(&e)))?;
+    let host = bed.add_node("h").map_err(|e| chain(&e))?;
+    add_pod_bridge(&mut bed, host, GATEWAY, 16).map_err(|e| chain(&e))?;
+    let server = bed.add_pod(host, "server", POD_BRIDGE, "vserver", SERVER, 16, Some(GATEWAY)).map_err(|e| chain(&e))?;
+    let client = bed.add_pod(host, "client", POD_BRIDGE, "vclient", CLIENT, 16, Some(GATEWAY)).map_err(|e| chain(&e))?;
+    Ok(Path { label: "same host", bed, server, client, hosts: vec![(host, script(objects, "node0", true)?)] })
+}
+
+/// Two hosts (node0 with the server, node1 with the client) whose bridges are joined by kernel
+/// VXLAN over their segment, as weft's fast path joins them; each enforces its own node's table.
+fn cross_host(objects: &Objects) -> Result<Path, String> {
+    let mut bed = TestBed::new().map_err(|e| format!("a test bed needs root: {}", chain(&e)))?;
+    let lan = topology::shared_segment(&mut bed, 2).map_err(|e| chain(&e))?;
+    let mut pods = Vec::new();
+    for (i, (&h, link)) in lan.hosts.iter().zip(&lan.links).enumerate() {
+        let other = lan.links[1 - i].addr;
+        let nl = bed.netlink(h);
+        let r: Result<(), weft_kernel::Error> = (|| {
+            nl.add_link(POD_BRIDGE, &LinkKind::Bridge)?;
+            nl.set_up(POD_BRIDGE)?;
+            let cfg = VxlanConfig { vni: 7, port: 6785, local: Some(link.addr.into()), underlay: Some(link.iface.clone()), learning: false };
+            nl.add_link("vx-bench", &LinkKind::Vxlan(cfg))?;
+            nl.set_mtu("vx-bench", 1450)?;
+            nl.set_master("vx-bench", POD_BRIDGE)?;
+            nl.set_up("vx-bench")?;
+            nl.fdb_append("vx-bench", &FdbEntry { mac: [0; 6], dst: Some(IpAddr::V4(other)) })?;
+            Ok(())
+        })();
+        r.map_err(|e| chain(&e))?;
+        let (name, addr) = if i == 0 { ("server", SERVER) } else { ("client", CLIENT) };
+        let pod = bed.add_pod(h, name, POD_BRIDGE, "vp0", addr, 16, None).map_err(|e| chain(&e))?;
+        bed.netlink(pod).set_mtu("eth0", 1450).map_err(|e| chain(&e))?;
+        pods.push(pod);
+    }
+    let hosts = vec![(lan.hosts[0], script(objects, "node0", false)?), (lan.hosts[1], script(objects, "node1", true)?)];
+    Ok(Path { label: "cross-host", bed, server: pods[0], client: pods[1], hosts })
+}
+
+/// Alternating rounds without and with policy on `path`: the medians (none, policy) in Gbit/s,
+/// and the median of each round's ratio (policy over the run just before it, on a machine whose
+/// load changes over minutes the fairer pairing).
+fn measure(path: &mut Path, d: Duration, rounds: usize) -> Result<(f64, f64, f64), String> {
+    for (h, _) in &path.hosts {
+        path.bed.ns(*h).run(nft::enable_bridge_netfilter).map_err(|e| chain(&e))?.map_err(|e| weft_kernel::chain(&e))?;
+    }
     let (mut none, mut with) = (Vec::new(), Vec::new());
-    let result = (|| -> Result<(), String> {
-        for round in 0..rounds {
-            for policy in [false, true] {
-                let ns = bed.ns(host);
-                let applied = ns
-                    .run(|| if policy { nft::apply(&script) } else { nft::remove(TABLE) })
-                    .map_err(|e| weft_kernel::chain(&e))?;
+    for round in 0..rounds {
+        for policy in [false, true] {
+            for (h, script) in &path.hosts {
+                let applied = path.bed.ns(*h).run(|| if policy { nft::apply(script) } else { nft::remove(TABLE) }).map_err(|e| chain(&e))?;
                 applied.map_err(|e| weft_kernel::chain(&e))?;
-                let probe = closed_port(&bed, client);
-                let expected = if policy { "timed out" } else { "refused" };
-                if probe != expected {
-                    return Err(format!("a connection to a port no policy allows {probe}, expected {expected} (policy {policy})"));
-                }
-                let t = iperf3_tcp(&mut bed, server, client, SERVER, d, 1)?;
-                let gbps = t.bits_per_second / 1e9;
-                println!("round {} {:<12} {gbps:7.2} Gbit/s  retransmits {}", round + 1, if policy { "100 policies" } else { "no policy" }, t.retransmits);
-                if policy { with.push(gbps) } else { none.push(gbps) }
             }
+            let probe = closed_port(&path.bed, path.client);
+            let expected = if policy { "timed out" } else { "refused" };
+            if probe != expected {
+                return Err(format!("{}: a connection to a port no policy allows {probe}, expected {expected} (policy {policy})", path.label));
+            }
+            let t = iperf3_tcp(&mut path.bed, path.server, path.client, SERVER, d, 1)?;
+            let gbps = t.bits_per_second / 1e9;
+            println!("{:<10} round {} {:<12} {gbps:7.2} Gbit/s  retransmits {}", path.label, round + 1, if policy { "100 policies" } else { "no policy" }, t.retransmits);
+            if policy { with.push(gbps) } else { none.push(gbps) }
         }
-        Ok(())
-    })();
-    let _ = bed.ns(host).run(|| nft::remove(TABLE));
-    bed.teardown().map_err(e)?;
-    result?;
-    let (m0, m1) = (median(none), median(with));
-    println!("median: no policy {m0:.2} Gbit/s, 100 policies {m1:.2} Gbit/s; ratio {:.3} (goal ≥ 0.9)", m1 / m0);
+    }
+    let paired = none.iter().zip(&with).map(|(a, b)| b / a).collect();
+    Ok((median(none), median(with), median(paired)))
+}
+
+fn run(d: Duration, rounds: usize) -> Result<(), String> {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
+    let objects = objects();
+    println!("{} s per iperf3 run, {rounds} rounds per path, bridge netfilter on", d.as_secs());
+    let mut results = Vec::new();
+    for make in [same_host as fn(&Objects) -> Result<Path, String>, cross_host] {
+        let mut path = make(&objects)?;
+        let r = measure(&mut path, d, rounds);
+        for (h, _) in &path.hosts {
+            let _ = path.bed.ns(*h).run(|| nft::remove(TABLE));
+        }
+        let label = path.label;
+        path.bed.teardown().map_err(|e| chain(&e))?;
+        results.push((label, r?));
+    }
+    for (label, (m0, m1, paired)) in results {
+        println!("{label:<10} median: no policy {m0:.2} Gbit/s, 100 policies {m1:.2} Gbit/s; ratio of medians {:.3}, median of round ratios {paired:.3} (goal ≥ 0.9)", m1 / m0);
+    }
+    println!("load average before/after: {load} / {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     Ok(())
 }
