@@ -251,6 +251,45 @@ pub struct RmpeerResponse {
     pub reclaimed: u64,
 }
 
+/// `GET /policy`: the NetworkPolicy this host enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// `off` (not enabled), `waiting` (Pods, Namespaces and NetworkPolicies not all listed yet),
+    /// `enforcing`, or `failing` (the last update was refused; the table in place stays).
+    pub state: String,
+    /// Why it is failing or waiting; empty otherwise.
+    pub detail: String,
+    /// Updates applied: the whole table (`full`) and set elements only (`delta`).
+    pub full_updates: u64,
+    /// Set-element updates applied.
+    pub delta_updates: u64,
+    /// NetworkPolicies in the cluster.
+    pub cluster_policies: usize,
+    /// Pods on this host with an address.
+    pub local_pods: usize,
+    /// The policies selecting at least one pod of this host.
+    pub policies: Vec<PolicyEntry>,
+    /// Policies not understood (`namespace/name: why`), enforced with nothing allowed.
+    pub rejected: Vec<String>,
+}
+
+/// One policy enforced on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntry {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The directions it isolates (`ingress`, `egress`).
+    pub types: Vec<String>,
+    /// The pods of this host it selects (`namespace/name`).
+    pub pods: Vec<String>,
+    /// Packets dropped for it, to its pods (counted on the first policy selecting the pod).
+    pub dropped_ingress: u64,
+    /// Packets dropped for it, from its pods.
+    pub dropped_egress: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

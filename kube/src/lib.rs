@@ -6,12 +6,14 @@
 //! - [`reflector`] (sans-IO) and [`informer`] (its driver): the informer pattern. List, watch
 //!   from the list's version, list again when the version is too old (410 Gone), keep a local
 //!   store and tell consumers it changed, so they reconcile from the store rather than from
-//!   single events. Generic over the object type: Nodes today, NetworkPolicies, Pods and
-//!   Namespaces for a policy controller later.
+//!   single events. Generic over the object type: Nodes, and Pods, Namespaces and
+//!   NetworkPolicies for [`policy`].
 //! - [`nodes`] (pure): Nodes to dial targets.
 //! - [`registry`]: the peer registry, a ConfigMap mapping peer names to node names and holding
 //!   reclaim claims, written only by compare-and-swap on its resourceVersion.
 //! - [`reclaim`]: which deleted node's peer to reclaim (sans-IO), and the claim protocol.
+//! - [`policy`]: Pods, Namespaces and NetworkPolicies converted to [`weft_policy::model`], and
+//!   the loop that keeps a node's policy table in step with their three informers.
 //! - [`controller`]: discovery and reclaim run together against a [`controller::Mesh`] (the
 //!   router's side).
 //!
@@ -23,6 +25,7 @@ pub mod controller;
 pub mod informer;
 pub mod memory;
 pub mod nodes;
+pub mod policy;
 pub mod reclaim;
 pub mod reflector;
 pub mod registry;

@@ -72,7 +72,13 @@ impl<K: Object> MemorySource<K> {
 
     /// Deletes the object named `name` (cluster-scoped) if it is there; returns the new version.
     pub fn delete(&self, name: &str) -> Option<u64> {
-        let key = Key { namespace: String::new(), name: name.to_owned() };
+        self.delete_in("", name)
+    }
+
+    /// Deletes the object `name` of `namespace` (empty: cluster-scoped) if it is there; returns
+    /// the new version.
+    pub fn delete_in(&self, namespace: &str, name: &str) -> Option<u64> {
+        let key = Key { namespace: namespace.to_owned(), name: name.to_owned() };
         let mut obj = self.lock().objects.get(&key)?.clone();
         Some(self.record(|s, v| {
             s.objects.remove(&key);

@@ -46,8 +46,13 @@ pub enum Update {
 impl Update {
     /// The `nft -f` script of the update, carrying `counters` into a full one.
     pub fn script(&self, counters: &CounterValues) -> String {
+        self.script_with(counters, &render::Options::default())
+    }
+
+    /// [`script`](Self::script), a full table rendered with `options`.
+    pub fn script_with(&self, counters: &CounterValues, options: &render::Options) -> String {
         match self {
-            Update::Full(r) => render::full(r, counters),
+            Update::Full(r) => render::full_with(r, counters, options),
             Update::Delta(s) => s.clone(),
         }
     }

@@ -8,6 +8,7 @@
 //! - [`reference`](mod@reference): the semantics written plainly, which the compiler is tested against.
 //! - [`controller`]: the sans-IO controller core (store, recompile, full or delta updates).
 //! - [`nft`]: the backend that runs `nft` and reads the per-policy drop counters.
+//! - [`synthetic`]: a generated cluster for the benchmarks.
 
 pub mod compile;
 pub mod controller;
@@ -16,5 +17,6 @@ pub mod model;
 pub mod nft;
 pub mod reference;
 pub mod render;
+pub mod synthetic;
 
 pub use compile::{Node, TABLE, compile};

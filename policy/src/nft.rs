@@ -55,6 +55,15 @@ pub fn apply(script: &str) -> Result<(), Error> {
     nft(&["-f", "-"], script).map(drop)
 }
 
+/// Whether `table` (family `inet`) exists.
+pub fn exists(table: &str) -> Result<bool, Error> {
+    match nft(&["list", "table", "inet", table], "") {
+        Ok(_) => Ok(true),
+        Err(Error::Rejected { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes `table` (family `inet`) if it is there.
 pub fn remove(table: &str) -> Result<(), Error> {
     apply(&format!("table inet {table} {{}}\ndelete table inet {table}\n"))

@@ -16,9 +16,27 @@ use crate::ir::{Delta, Element, Match, Ruleset, SetType, Side, Verdict};
 /// Packets and bytes of a named counter.
 pub type CounterValues = BTreeMap<String, (u64, u64)>;
 
+/// How a full table is rendered beyond the ruleset itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Log drops to the kernel log (nft `log`, prefix `weft-policy drop DIRECTION/NAMESPACE/NAME`),
+    /// at most this many per second for each policy and direction (nft `limit rate`; beyond it
+    /// the packets are still dropped and counted, not logged). None: no logging.
+    pub log_drops_per_second: Option<u32>,
+}
+
+/// The longest log prefix nftables takes (the kernel's 128 bytes with its terminating zero).
+const LOG_PREFIX_MAX: usize = 127;
+
 /// The script that replaces the table with `ruleset`, counters starting from `counters` (absent
 /// ones from zero).
 pub fn full(ruleset: &Ruleset, counters: &CounterValues) -> String {
+    full_with(ruleset, counters, &Options::default())
+}
+
+/// [`full`], with `options`. Logging adds, before each drop rule, a rule of the same matches that
+/// only logs (within its rate), so the verdicts are those of the ruleset.
+pub fn full_with(ruleset: &Ruleset, counters: &CounterValues, options: &Options) -> String {
     let t = &ruleset.table;
     let mut s = String::with_capacity(4096);
     // Writing to a String cannot fail: the results of writeln! are ignored below.
@@ -46,6 +64,23 @@ pub fn full(ruleset: &Ruleset, counters: &CounterValues) -> String {
             let _ = writeln!(s, "    type filter hook {} priority filter; policy accept;", hook.keyword());
         }
         for rule in &chain.rules {
+            if let (Some(rate), Some(counter), Verdict::Drop) = (options.log_drops_per_second, &rule.counter, &rule.verdict) {
+                s.push_str("    ");
+                for m in &rule.matches {
+                    render_match(&mut s, m);
+                    s.push(' ');
+                }
+                let mut prefix = format!("weft-policy drop {counter} ");
+                if prefix.len() > LOG_PREFIX_MAX {
+                    let mut cut = LOG_PREFIX_MAX - 1;
+                    while !prefix.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    prefix.truncate(cut);
+                    prefix.push(' ');
+                }
+                let _ = writeln!(s, "limit rate {rate}/second burst {rate} packets log prefix \"{prefix}\"");
+            }
             s.push_str("    ");
             for m in &rule.matches {
                 render_match(&mut s, m);
@@ -118,4 +153,47 @@ fn render_match(s: &mut String, m: &Match) {
         Match::DstPorts(a, b) => write!(s, "th dport {a}-{b}"),
         Match::DstAddrProtoPortInSet(set) => write!(s, "ip daddr . meta l4proto . th dport @{set}"),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{Node, compile};
+    use crate::model::{LabelSelector, NetworkPolicy, Objects, Pod, Rule};
+
+    #[test]
+    fn logging_adds_a_rate_limited_log_rule_before_each_drop_only() {
+        let pod = Pod {
+            namespace: "a".into(),
+            name: "x".into(),
+            labels: Default::default(),
+            ip: Some("10.32.0.2".parse().unwrap()),
+            node: "n".into(),
+            ports: vec![],
+        };
+        let policy = |name: &str| NetworkPolicy {
+            namespace: "a".into(),
+            name: name.into(),
+            pod_selector: LabelSelector::everything(),
+            policy_types: None,
+            ingress: vec![Rule::default()],
+            egress: vec![],
+        };
+        let long = "x".repeat(200);
+        let objects = Objects { pods: vec![pod], namespaces: vec![], policies: vec![policy("deny"), policy(&long)] };
+        let r = compile(&objects, &Node { name: "n".into(), bridge: "weft".into() });
+        let plain = full(&r, &CounterValues::new());
+        assert!(!plain.contains("log"), "{plain}");
+        let logged = full_with(&r, &CounterValues::new(), &Options { log_drops_per_second: Some(5) });
+        let lines: Vec<&str> = logged.lines().collect();
+        let drop_at = lines.iter().position(|l| l.contains("counter name \"ingress/a/deny\" drop")).unwrap();
+        assert_eq!(
+            lines[drop_at - 1].trim(),
+            "ip daddr @p0 limit rate 5/second burst 5 packets log prefix \"weft-policy drop ingress/a/deny \""
+        );
+        assert_eq!(logged.lines().count(), plain.lines().count() + 2, "one log rule per drop rule, nothing else");
+        let long_prefix = lines.iter().find(|l| l.contains("log prefix") && l.contains("xxx")).unwrap();
+        let prefix = long_prefix.split("log prefix \"").nth(1).unwrap().trim_end_matches('"');
+        assert!(prefix.len() <= LOG_PREFIX_MAX && prefix.ends_with(' '), "{prefix:?}");
+    }
 }

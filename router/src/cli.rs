@@ -1,4 +1,4 @@
-//! The command line's client side: `weft status [peers|connections|ipam|targets] [--json]`,
+//! The command line's client side: `weft status [peers|connections|ipam|targets|policy] [--json]`,
 //! `weft connect`, `weft forget`, `weft rmpeer`, talking to the local daemon's API.
 //!
 //! The text forms follow what Weave Net users know; `--json` prints the API's documented JSON
@@ -8,12 +8,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use weft_api::Client;
-use weft_api::types::{Connection, ConnectionState, IpamShare, Peer, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
+use weft_api::types::{Connection, ConnectionState, IpamShare, Peer, PolicyStatus, RmpeerRequest, RmpeerResponse, Status, TargetRequest};
 
 /// `weft status` arguments.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// What to show: the summary (default), peers, connections, ipam or targets.
+    /// What to show: the summary (default), peers, connections, ipam, targets or policy.
     #[arg(value_enum)]
     pub what: Option<StatusView>,
     /// Print the API's JSON instead of text.
@@ -35,6 +35,8 @@ pub enum StatusView {
     Ipam,
     /// The addresses this peer dials.
     Targets,
+    /// The NetworkPolicies enforced on this host, the pods they select and their drops.
+    Policy,
 }
 
 /// Arguments of `weft connect` / `weft forget` / `weft rmpeer`.
@@ -64,6 +66,8 @@ pub fn status(args: &StatusArgs) -> Result<String, weft_api::ClientError> {
         (Some(StatusView::Ipam), true) => json(&c.get::<Vec<IpamShare>>("/ipam")?),
         (Some(StatusView::Targets), false) => c.get::<Vec<String>>("/targets")?.iter().map(|t| format!("{t}\n")).collect(),
         (Some(StatusView::Targets), true) => json(&c.get::<Vec<String>>("/targets")?),
+        (Some(StatusView::Policy), false) => render_policy(&c.get::<PolicyStatus>("/policy")?),
+        (Some(StatusView::Policy), true) => json(&c.get::<PolicyStatus>("/policy")?),
     })
 }
 
@@ -104,6 +108,31 @@ pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
     for (k, v) in rows {
         let _ = writeln!(out, "{k:>15}: {v}");
+    }
+    out
+}
+
+/// NetworkPolicy on this host: the state, then each policy selecting pods here with its
+/// directions, drops and pods, then the policies not understood.
+pub fn render_policy(p: &PolicyStatus) -> String {
+    let mut out = String::new();
+    let detail = if p.detail.is_empty() { String::new() } else { format!(" — {}", p.detail) };
+    let _ = writeln!(out, "{:>15}: {}{detail}", "NetworkPolicy", p.state);
+    if p.state == "off" {
+        return out;
+    }
+    let _ = writeln!(out, "{:>15}: {} in the cluster, {} selecting pods here", "Policies", p.cluster_policies, p.policies.len());
+    let _ = writeln!(out, "{:>15}: {} on this host", "Pods", p.local_pods);
+    let _ = writeln!(out, "{:>15}: {} full, {} set elements only", "Updates", p.full_updates, p.delta_updates);
+    if !p.policies.is_empty() {
+        let _ = writeln!(out, "\n{:<40} {:<15} {:>8} {:>8}  PODS", "POLICY", "TYPES", "DROP-IN", "DROP-OUT");
+    }
+    for e in &p.policies {
+        let name = format!("{}/{}", e.namespace, e.name);
+        let _ = writeln!(out, "{name:<40} {:<15} {:>8} {:>8}  {}", e.types.join(","), e.dropped_ingress, e.dropped_egress, e.pods.join(" "));
+    }
+    for r in &p.rejected {
+        let _ = writeln!(out, "not understood, nothing allowed: {r}");
     }
     out
 }
@@ -251,5 +280,45 @@ mod tests {
         );
         let s = IpamShare { peer: "0e:00:00:00:00:0c".into(), nickname: "host-c".into(), reachable: false, size: 262144, percent: 25.0, allocated: None };
         assert_eq!(render_ipam(&[s]), "0e:00:00:00:00:0c(host-c)        262144 IPs ( 25.0% of total) - unreachable!\n");
+    }
+
+    #[test]
+    fn policy_shows_what_is_enforced_here() {
+        use weft_api::types::PolicyEntry;
+        let p = PolicyStatus {
+            state: "enforcing".into(),
+            detail: String::new(),
+            full_updates: 3,
+            delta_updates: 12,
+            cluster_policies: 5,
+            local_pods: 4,
+            policies: vec![
+                PolicyEntry {
+                    namespace: "shop".into(),
+                    name: "web-from-front".into(),
+                    types: vec!["ingress".into()],
+                    pods: vec!["shop/web-1".into(), "shop/web-2".into()],
+                    dropped_ingress: 17,
+                    dropped_egress: 0,
+                },
+                PolicyEntry { namespace: "shop".into(), name: "deny-out".into(), types: vec!["ingress".into(), "egress".into()], pods: vec!["shop/db".into()], dropped_ingress: 0, dropped_egress: 2 },
+            ],
+            rejected: vec!["shop/odd: protocol \"ICMP\" is not TCP, UDP or SCTP".into()],
+        };
+        assert_eq!(
+            render_policy(&p),
+            "  NetworkPolicy: enforcing
+       Policies: 5 in the cluster, 2 selecting pods here
+           Pods: 4 on this host
+        Updates: 3 full, 12 set elements only
+
+POLICY                                   TYPES            DROP-IN DROP-OUT  PODS
+shop/web-from-front                      ingress               17        0  shop/web-1 shop/web-2
+shop/deny-out                            ingress,egress         0        2  shop/db
+not understood, nothing allowed: shop/odd: protocol \"ICMP\" is not TCP, UDP or SCTP
+"
+        );
+        let off = PolicyStatus { state: "off".into(), detail: "--network-policy is off".into(), ..PolicyStatus::default() };
+        assert_eq!(render_policy(&off), "  NetworkPolicy: off — --network-policy is off\n");
     }
 }

@@ -1,5 +1,5 @@
 //! `weft reset`: removes from this network namespace what `weft router` leaves behind, for
-//! uninstalling: the nftables table `ip weft` (masquerade), the bridge `weft` (pods still on it
+//! uninstalling: the nftables tables `ip weft` (masquerade) and `inet weft-policy` (NetworkPolicy), the bridge `weft` (pods still on it
 //! lose their network) and the TAP `weft-tap` if some process still holds it; with `--state`,
 //! the files the router keeps in its state directory (the peer's identity and key, IPAM state)
 //! and the directory if that leaves it empty (and it is not a mount point); with `--cni`, `weft-cni` and `10-weft.conflist`.
@@ -63,6 +63,9 @@ pub enum ResetError {
     /// The nftables table could not be removed.
     #[error("remove the nftables table {}", hostnet::TABLE)]
     Table(#[source] HostNetError),
+    /// The NetworkPolicy table could not be removed.
+    #[error("remove the nftables table inet {}", weft_policy::TABLE)]
+    PolicyTable(#[source] weft_policy::nft::Error),
     /// Netlink could not be opened or a device not deleted.
     #[error("delete {0}")]
     Link(String, #[source] weft_kernel::Error),
@@ -95,6 +98,11 @@ pub fn reset(args: &ResetArgs) -> Result<Report, ResetError> {
         // Without nft this node has no table weft could have made.
         Err(HostNetError::NftMissing { .. }) => {}
         Err(e) => r.failed.push(ResetError::Table(e)),
+    }
+    match weft_policy::nft::exists(weft_policy::TABLE).and_then(|there| if there { weft_policy::nft::remove(weft_policy::TABLE).map(|()| true) } else { Ok(false) }) {
+        Ok(true) => r.done.push(format!("removed the nftables table inet {} (NetworkPolicy)", weft_policy::TABLE)),
+        Ok(false) | Err(weft_policy::nft::Error::Spawn(_)) => {}
+        Err(e) => r.failed.push(ResetError::PolicyTable(e)),
     }
     let dev = Devices::default();
     match Handle::open() {

@@ -2,6 +2,9 @@
 //! (or on a listener the test binds elsewhere), one thread per connection, keep-alive.
 //!
 //! It serves what weft uses and behaves as the API server does there:
+//! - the same list and watch for Pods (`/api/v1/pods`), Namespaces (`/api/v1/namespaces`) and
+//!   NetworkPolicies (`/apis/networking.k8s.io/v1/networkpolicies`), all namespaces, set with
+//!   [`StandIn::put`] and [`StandIn::remove`];
 //! - `GET /api/v1/nodes`: a NodeList with the current resourceVersion (one counter for every
 //!   object, as etcd's revision);
 //! - `GET /api/v1/nodes?watch=true&resourceVersion=V`: a chunked stream of JSON lines
@@ -29,9 +32,10 @@ use serde_json::{Value, json};
 #[derive(Default)]
 struct Api {
     version: u64,
-    nodes: BTreeMap<String, Value>,
-    /// (version, type, object), oldest first.
-    events: Vec<(u64, &'static str, Value)>,
+    /// Objects by collection path, then by namespace/name.
+    objects: BTreeMap<&'static str, BTreeMap<String, Value>>,
+    /// (version, collection path, type, object), oldest first.
+    events: Vec<(u64, &'static str, &'static str, Value)>,
     /// Watches from versions below this get 410.
     compacted: u64,
     configmaps: BTreeMap<(String, String), Value>,
@@ -107,27 +111,43 @@ impl StandIn {
     pub fn add_node(&self, name: &str, internal_ip: &str) -> u64 {
         let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
             "status": {"addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}]}});
-        self.change(|a| {
-            a.version += 1;
-            let mut n = node;
-            n["metadata"]["resourceVersion"] = json!(a.version.to_string());
-            let kind = if a.nodes.contains_key(name) { "MODIFIED" } else { "ADDED" };
-            a.nodes.insert(name.to_owned(), n.clone());
-            let v = a.version;
-            a.events.push((v, kind, n));
-            v
-        })
+        self.put(node)
     }
 
     /// Deletes Node `name`; returns the new version.
     pub fn delete_node(&self, name: &str) -> u64 {
+        self.remove("Node", "", name).expect("no such node")
+    }
+
+    /// Adds or replaces an object (Node, Pod, Namespace or NetworkPolicy: its `kind` says which,
+    /// its `metadata` its namespace and name); returns the new version.
+    pub fn put(&self, obj: Value) -> u64 {
+        let path = collection(obj["kind"].as_str().unwrap_or_default());
+        let key = format!("{}/{}", obj["metadata"]["namespace"].as_str().unwrap_or_default(), obj["metadata"]["name"].as_str().unwrap_or_default());
         self.change(|a| {
-            let mut n = a.nodes.remove(name).expect("no such node");
             a.version += 1;
-            n["metadata"]["resourceVersion"] = json!(a.version.to_string());
+            let mut o = obj;
+            o["metadata"]["resourceVersion"] = json!(a.version.to_string());
+            let objects = a.objects.entry(path).or_default();
+            let kind = if objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+            objects.insert(key, o.clone());
             let v = a.version;
-            a.events.push((v, "DELETED", n));
+            a.events.push((v, path, kind, o));
             v
+        })
+    }
+
+    /// Deletes the object of `kind` named `name` in `namespace` (empty: cluster-scoped); the new
+    /// version, or None if there was none.
+    pub fn remove(&self, kind: &str, namespace: &str, name: &str) -> Option<u64> {
+        let path = collection(kind);
+        self.change(|a| {
+            let mut o = a.objects.get_mut(path)?.remove(&format!("{namespace}/{name}"))?;
+            a.version += 1;
+            o["metadata"]["resourceVersion"] = json!(a.version.to_string());
+            let v = a.version;
+            a.events.push((v, path, "DELETED", o));
+            Some(v)
         })
     }
 
@@ -244,6 +264,19 @@ fn respond(w: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
     w.flush()
 }
 
+/// The collection path of `kind`, and its list kind.
+fn collection(kind: &str) -> &'static str {
+    COLLECTIONS.iter().find(|(_, k, _)| *k == kind).map(|(p, _, _)| *p).unwrap_or_else(|| panic!("the stand-in does not serve {kind}"))
+}
+
+/// (collection path, kind, list kind) of what the stand-in lists and watches.
+const COLLECTIONS: [(&str, &str, &str); 4] = [
+    ("/api/v1/nodes", "Node", "NodeList"),
+    ("/api/v1/pods", "Pod", "PodList"),
+    ("/api/v1/namespaces", "Namespace", "NamespaceList"),
+    ("/apis/networking.k8s.io/v1/networkpolicies", "NetworkPolicy", "NetworkPolicyList"),
+];
+
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
 }
@@ -257,16 +290,19 @@ fn serve_connection(s: &Shared, conn: TcpStream) {
         }
         let q = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
         s.api.lock().unwrap().log.push(format!("{} {}?{q}", req.method, req.path));
-        let ok = if req.path == "/api/v1/nodes" && req.query.get("watch").is_some_and(|v| v == "true" || v == "1") {
-            let from = req.query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let timeout = req.query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290);
-            watch(s, &mut w, from, Duration::from_secs(timeout))
-        } else if req.path == "/api/v1/nodes" && req.method == "GET" {
-            let a = s.api.lock().unwrap();
-            let list = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": a.version.to_string()},
-                "items": a.nodes.values().cloned().collect::<Vec<_>>()});
-            drop(a);
-            respond(&mut w, 200, &list)
+        let served = COLLECTIONS.iter().find(|(p, _, _)| *p == req.path && req.method == "GET");
+        let ok = if let Some((path, _, list_kind)) = served {
+            if req.query.get("watch").is_some_and(|v| v == "true" || v == "1") {
+                let from = req.query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let timeout = req.query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290);
+                watch(s, &mut w, path, from, Duration::from_secs(timeout))
+            } else {
+                let a = s.api.lock().unwrap();
+                let items: Vec<Value> = a.objects.get(path).map(|o| o.values().cloned().collect()).unwrap_or_default();
+                let list = json!({"apiVersion": "v1", "kind": list_kind, "metadata": {"resourceVersion": a.version.to_string()}, "items": items});
+                drop(a);
+                respond(&mut w, 200, &list)
+            }
         } else if let Some(rest) = req.path.strip_prefix("/api/v1/namespaces/") {
             configmap(s, &mut w, &req, rest)
         } else {
@@ -284,7 +320,7 @@ fn chunk(w: &mut TcpStream, line: &Value) -> std::io::Result<()> {
     w.flush()
 }
 
-fn watch(s: &Shared, w: &mut TcpStream, from: u64, timeout: Duration) -> std::io::Result<()> {
+fn watch(s: &Shared, w: &mut TcpStream, path: &str, from: u64, timeout: Duration) -> std::io::Result<()> {
     let (compacted, epoch) = {
         let mut a = s.api.lock().unwrap();
         if from < a.compacted {
@@ -315,8 +351,11 @@ fn watch(s: &Shared, w: &mut TcpStream, from: u64, timeout: Duration) -> std::io
             chunk(w, &e)?;
             break;
         }
-        let next: Vec<(u64, Value)> = a.events.iter().filter(|(v, _, _)| *v > cursor).map(|(v, t, o)| (*v, json!({"type": t, "object": o}))).collect();
+        let next: Vec<(u64, Value)> =
+            a.events.iter().filter(|(v, p, _, _)| *v > cursor && *p == path).map(|(v, _, t, o)| (*v, json!({"type": t, "object": o}))).collect();
         if next.is_empty() {
+            // Changes of other kinds move the cursor too (as they move the version).
+            cursor = cursor.max(a.events.iter().map(|(v, _, _, _)| *v).max().unwrap_or(cursor));
             a = s.changed.wait_timeout(a, Duration::from_millis(100)).unwrap().0;
             continue;
         }
@@ -412,4 +451,26 @@ fn configmap(s: &Shared, w: &mut TcpStream, req: &Request, rest: &str) -> std::i
             respond(w, 405, &status(405, "MethodNotAllowed", "not served"))
         }
     }
+}
+
+/// A running Pod `namespace/name` on `node` with `labels`, address `ip` and container ports
+/// (name, number, protocol), as the API shows it.
+pub fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], node: &str, ip: &str, ports: &[(&str, u16, &str)]) -> Value {
+    let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+    let ports: Vec<Value> = ports.iter().map(|(n, p, proto)| json!({"name": n, "containerPort": p, "protocol": proto})).collect();
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": namespace, "name": name, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none", "ports": ports}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// A Namespace with `labels` (and `kubernetes.io/metadata.name`, as the API server adds it).
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Value {
+    let mut l: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+    l.insert("kubernetes.io/metadata.name".into(), json!(name));
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": l}})
+}
+
+/// A NetworkPolicy `namespace/name` with `spec`.
+pub fn network_policy(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"namespace": namespace, "name": name}, "spec": spec})
 }

@@ -124,6 +124,15 @@ pub struct RouterArgs {
     /// Seconds a deleted Node's peer must be unreachable before its space is reclaimed.
     #[arg(long, env = "WEFT_KUBE_RECLAIM_GRACE", default_value_t = 30)]
     pub kube_reclaim_grace: u64,
+    /// Enforce Kubernetes NetworkPolicy on this host's pods (nftables table `inet weft-policy`;
+    /// needs the Kubernetes API, and bridge netfilter, which the router turns on). Default: on
+    /// when Kubernetes discovery is (--kube-peers, or in a pod).
+    #[arg(long, env = "WEFT_NETWORK_POLICY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub network_policy: Option<bool>,
+    /// Log packets NetworkPolicy drops to the kernel log (prefix `weft-policy drop`), at most
+    /// this many a second for each policy and direction (0: off).
+    #[arg(long, env = "WEFT_POLICY_LOG_DROPS", value_name = "PER_SECOND", default_value_t = 0)]
+    pub policy_log_drops: u32,
     /// Write the CNI configuration once the router is ready to serve ADDs.
     #[arg(long, env = "WEFT_WRITE_CNI_CONF")]
     pub write_cni_conf: bool,
@@ -218,6 +227,10 @@ pub struct Config {
     pub fastpath: bool,
     /// Underlay subnets trusted to carry frames unencrypted (`--trusted-subnets`).
     pub trusted_subnets: Vec<Cidr>,
+    /// Whether NetworkPolicy is enforced (needs [`Config::kube`]).
+    pub network_policy: bool,
+    /// Drops logged per second per policy and direction, if any.
+    pub policy_log_drops: Option<u32>,
 }
 
 impl std::fmt::Debug for Config {
@@ -298,6 +311,9 @@ pub enum ConfigError {
     /// A bad `--cni-conf-name`.
     #[error("bad --cni-conf-name {0:?}: a file name such as 10-weft.conflist (no slash, not hidden)")]
     CniConfName(String),
+    /// `--network-policy` without the Kubernetes API.
+    #[error("--network-policy needs the Kubernetes API: add --kube-peers (on by default in a pod), or turn policy off with --network-policy=false")]
+    PolicyWithoutKube,
     /// A bad `--trusted-subnets` entry.
     #[error("bad --trusted-subnets entry {0:?}: expected an IPv4 CIDR such as 192.0.2.0/24")]
     TrustedSubnet(String, #[source] weft_mesh::ipam::ring::CidrError),
@@ -359,6 +375,10 @@ impl Config {
         for t in args.trusted_subnets.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
             trusted_subnets.push(t.parse::<Cidr>().map_err(|e| ConfigError::TrustedSubnet(t.to_owned(), e))?);
         }
+        let network_policy = args.network_policy.unwrap_or(kube.is_some());
+        if network_policy && kube.is_none() {
+            return Err(ConfigError::PolicyWithoutKube);
+        }
         let nickname = args.nickname.unwrap_or_else(hostname);
         Ok(Config {
             peers,
@@ -382,6 +402,8 @@ impl Config {
             masquerade: !args.no_masquerade,
             fastpath: !args.no_fastpath,
             trusted_subnets,
+            network_policy,
+            policy_log_drops: (args.policy_log_drops > 0).then_some(args.policy_log_drops),
         })
     }
 }
@@ -577,6 +599,18 @@ mod tests {
         let c = Config::from_args(args(&["--kube-peers"]), no_env).unwrap();
         assert!(!c.ipalloc_init_given, "the first Node list decides the consensus");
         assert!(Config::from_args(args(&["--kube-peers", "--ipalloc-init", "consensus=3"]), no_env).unwrap().ipalloc_init_given);
+    }
+
+    #[test]
+    fn network_policy_is_on_with_kubernetes_unless_turned_off() {
+        let c = Config::from_args(args(&[]), no_env).unwrap();
+        assert!(!c.network_policy && c.policy_log_drops.is_none());
+        let in_pod = |k: &str| (k == "KUBERNETES_SERVICE_HOST").then(|| "10.96.0.1".to_owned());
+        assert!(Config::from_args(args(&[]), in_pod).unwrap().network_policy, "on in a pod");
+        assert!(Config::from_args(args(&["--kube-peers"]), no_env).unwrap().network_policy);
+        assert!(!Config::from_args(args(&["--network-policy=false"]), in_pod).unwrap().network_policy);
+        assert!(matches!(Config::from_args(args(&["--network-policy"]), no_env), Err(ConfigError::PolicyWithoutKube)));
+        assert_eq!(Config::from_args(args(&["--kube-peers", "--policy-log-drops", "5"]), no_env).unwrap().policy_log_drops, Some(5));
     }
 
     #[test]

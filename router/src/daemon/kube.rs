@@ -82,6 +82,8 @@ pub struct Started {
     daemon: Arc<OnceLock<Weak<Daemon>>>,
     /// How many Nodes the first list found (this one's included).
     pub nodes: usize,
+    /// The API client (network policy uses it too).
+    pub client: weft_kube::kube::Client,
 }
 
 /// Connects to the API server, lists the Nodes (the targets go to `commands` at once) and
@@ -111,7 +113,7 @@ pub async fn start(k: &KubeConfig, me: PeerName, mesh_port: u16, commands: Unbou
     };
     let mut controller = Controller::new(
         ApiSource::all(client.clone(), "nodes"),
-        ConfigMapRegistry::new(client, &namespace, &k.configmap),
+        ConfigMapRegistry::new(client.clone(), &namespace, &k.configmap),
         RouterMesh { commands, daemon: daemon.clone() },
         settings,
     );
@@ -136,7 +138,7 @@ pub async fn start(k: &KubeConfig, me: PeerName, mesh_port: u16, commands: Unbou
     if let Err(e) = controller.register().await {
         tracing::warn!("Kubernetes: {} (RBAC: get, create and update configmaps); trying again", chain(&e));
     }
-    Ok(Started { controller, daemon, nodes })
+    Ok(Started { controller, daemon, nodes, client })
 }
 
 /// Follows the Nodes and reclaims, for ever (until the task is dropped).

@@ -18,6 +18,7 @@
 //! | `weft_route_recomputations_total` | counter | |
 //! | `weft_local_connections`, `weft_local_connection_limit` | gauge | `server` (api, metrics) |
 //! | `weft_local_connections_refused_total`, `weft_local_accept_errors_total` | counter | `server` |
+//! | `weft_policy_dropped_packets_total`, `weft_policy_dropped_bytes_total` | counter | `direction` (ingress, egress), `namespace`, `policy` (with NetworkPolicy on) |
 //! | `process_open_fds`, `process_max_fds` | gauge | |
 //!
 //! `GET /healthz` and `GET /readyz` answer 200 `ok`, or 503 with the reasons one a line (see
@@ -190,7 +191,22 @@ async fn answer(mut s: tokio::net::TcpStream, d: Arc<Daemon>) {
     }
     let req = String::from_utf8_lossy(&buf[..n]);
     let reply = match req.split_whitespace().take(2).collect::<Vec<_>>()[..] {
-        ["GET", "/metrics"] => response("200 OK", "text/plain; version=0.0.4", &render(&d)),
+        ["GET", "/metrics"] => {
+            let mut body = render(&d);
+            if d.policy.is_some() {
+                // Reads the policy table's counters with nft, off the async workers.
+                if let Ok(text) = tokio::task::spawn_blocking(|| {
+                    let mut t = String::new();
+                    crate::daemon::policy::metrics(&mut t);
+                    t
+                })
+                .await
+                {
+                    body.push_str(&text);
+                }
+            }
+            response("200 OK", "text/plain; version=0.0.4", &body)
+        }
         ["GET", "/healthz"] => verdict(d.health.healthz(std::time::Instant::now())),
         ["GET", "/readyz"] => verdict(crate::daemon::health::readyz(&d)),
         ["GET", _] => response("404 Not Found", "text/plain", "only /metrics, /healthz and /readyz are here\n"),

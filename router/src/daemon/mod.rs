@@ -17,6 +17,8 @@
 //!   bridge before any ADD returns it, `/healthz` and `/readyz`, and [`cniconf`]: the CNI
 //!   configuration written once ready;
 //! - [`kube`]: Kubernetes Nodes as dial targets and the first consensus, reclaim of deleted ones;
+//! - [`policy`]: NetworkPolicy enforced with nftables, fed by Pod, Namespace and NetworkPolicy
+//!   informers;
 //! - [`api`]: the local API's server on its unix socket; [`metrics`]: Prometheus metrics;
 //!   [`guard`]: their connection budgets, deadlines and accept backoff, and the file limit;
 //! - [`logging`]: the log subscriber.
@@ -42,6 +44,7 @@ pub mod logging;
 pub mod metrics;
 pub mod peering;
 pub mod plumbing;
+pub mod policy;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -140,6 +143,8 @@ pub struct Daemon {
     pub(crate) reclaims: Mutex<Vec<String>>,
     hostnet: hostnet::HostNet,
     fast: Option<Arc<fastpath::FastShared>>,
+    /// NetworkPolicy's state, when it is on.
+    pub(crate) policy: Option<Arc<policy::PolicyShared>>,
 }
 
 impl Daemon {
@@ -269,6 +274,13 @@ impl api::Handler for Daemon {
             return r;
         }
         let now = Instant::now();
+        if (req.method.as_str(), req.path.as_str()) == ("GET", "/policy") {
+            let Some(p) = self.policy.clone() else { return Response::ok(&policy::off()) };
+            return match tokio::task::spawn_blocking(move || p.status()).await {
+                Ok(s) => Response::ok(&s),
+                Err(e) => Response::error(500, format!("policy status: {e}")),
+            };
+        }
         let result: Result<Response, Response> = (|| {
             Ok(match (req.method.as_str(), req.path.as_str()) {
                 ("GET", "/status") => Response::ok(&self.status()),
@@ -395,6 +407,15 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     let mut selector = fastpath::Selector::new(config.password.is_some(), config.trusted_subnets.clone());
 
     let initial: Vec<String> = config.peers.iter().map(|p| format!("{}:{}", p.host, p.port)).collect();
+    // NetworkPolicy: its informers and loop run from here on; the table a previous router left
+    // stays in force until the first full update replaces it.
+    let (policy_tasks, policy) = match (&kube, daemon_policy_config(&config)) {
+        (Some(k), Some((node, log))) => {
+            let (tasks, shared) = policy::start(k.client.clone(), &node, &devices.bridge, log);
+            (tasks, Some(shared))
+        }
+        _ => (Vec::new(), None),
+    };
     let mut peering = Peering::new(now, identity.name, endpoint, dp.clone(), config.password.is_some(), config.conn_limit, config.mesh_port, &initial, commands.clone());
     let listener = api::bind(&config.api_socket).map_err(io("bind the API socket"))?;
     let api_socket = config.api_socket.clone();
@@ -413,6 +434,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         reclaims: Mutex::new(Vec::new()),
         hostnet,
         fast: fast.as_ref().map(|f| f.shared().clone()),
+        policy,
     });
     let readiness = tokio::spawn(health::become_ready(daemon.clone()));
     let kube_task = kube.map(|k| tokio::spawn(kube::run(k, &daemon)));
@@ -476,6 +498,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     if let Some(t) = kube_task {
         t.abort();
     }
+    policy_tasks.iter().for_each(|t| t.abort());
     server.abort();
     metrics.abort();
     api::unbind(&api_socket);
@@ -485,6 +508,12 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With NetworkPolicy on: this host's Node name and the drop logging rate.
+fn daemon_policy_config(config: &Config) -> Option<(String, Option<u32>)> {
+    let k = config.kube.as_ref().filter(|_| config.network_policy)?;
+    Some((k.node_name.clone(), config.policy_log_drops))
 }
 
 /// Raises the file limit to the hard limit and sizes the local servers' budgets by it.
