@@ -12,7 +12,7 @@
 //! exponentially from [`Config::base`] to [`Config::max`], each delay scaled by a random factor
 //! in [0.5, 1.5) so that peers restarting together do not dial in lockstep. Failures are
 //! forgiven (the backoff starts again from the base) only after a connection that stayed up
-//! for [`Config::stable`]: a peer that accepts and drops at once is backed off like one that
+//! for [`Config::stable`]: a peer that keeps accepting and dropping is backed off like one that
 //! never answers.
 //!
 //! Recovery is faster than first contact: for [`Config::recent`] after an established
@@ -100,6 +100,8 @@ struct Target {
     recent_until: Option<Instant>,
     /// When the current connection came up.
     connected_at: Option<Instant>,
+    /// Connections lost before [`Config::stable`] since the last one that lasted.
+    short_losses: u32,
 }
 
 /// The dial targets.
@@ -133,6 +135,7 @@ impl Targets {
             last_error: None,
             recent_until: None,
             connected_at: None,
+            short_losses: 0,
         });
         if source.rank() > t.source.rank() {
             t.source = source;
@@ -262,15 +265,22 @@ impl Targets {
         }
     }
 
-    /// The established connection to `addr` was lost. If it had lasted [`Config::stable`], the
-    /// backoff is reset and it is retried every [`Config::recent_retry`] for
-    /// [`Config::recent`]; otherwise this counts as a failure. Returns when it will be retried
-    /// (None if dropped or unknown).
+    /// The established connection to `addr` was lost: it is retried every
+    /// [`Config::recent_retry`] for [`Config::recent`] (the peer may be restarting), without
+    /// counting failures. The backoff is reset only if the connection had lasted
+    /// [`Config::stable`]; after a run of shorter ones no new quick window is opened either (a
+    /// peer that accepts and drops is backed off). Returns when it will be retried (None if
+    /// dropped or unknown).
     pub fn lost(&mut self, now: Instant, addr: &str, reason: &str) -> Option<Instant> {
         let (recent, stable) = (self.config.recent, self.config.stable);
         let t = self.targets.get_mut(addr)?;
         if t.connected_at.take().is_some_and(|at| now.saturating_duration_since(at) >= stable) {
             t.failures = 0;
+            t.short_losses = 0;
+        } else {
+            t.short_losses = t.short_losses.saturating_add(1);
+        }
+        if t.short_losses <= 1 {
             t.recent_until = Some(now + recent);
         }
         self.failed(now, addr, reason)
@@ -444,26 +454,34 @@ mod tests {
     #[test]
     fn the_backoff_is_reset_only_after_a_stable_connection() {
         let now = Instant::now();
-        let mut t = Targets::new(Config::default(), 13);
+        let cfg = Config::default();
+        let mut t = Targets::new(cfg.clone(), 13);
         t.add(now, "c:1", Source::Configured);
+        // A peer that accepts and drops at once: quick retries for one window, then the delays
+        // keep growing.
         let mut at = now;
-        // A peer that accepts and drops at once: the delays keep growing.
         let mut delays = Vec::new();
-        for _ in 0..5 {
+        while at < now + cfg.recent + Duration::from_secs(120) {
             t.due(at, 10);
             t.connected(at, "c:1");
             let next = t.lost(at + Duration::from_millis(100), "c:1", "closed").unwrap();
             delays.push(next - at);
             at = next;
         }
-        assert!(delays[4] >= Duration::from_secs(8), "{delays:?}");
-        // A connection that lasted: retried quickly, from the base again.
+        assert!(delays[0] < Duration::from_millis(900), "{delays:?}");
+        assert!(delays.len() < 60, "{} tries in {:?}", delays.len(), at - now);
+        assert!(*delays.last().unwrap() >= Duration::from_secs(8), "{delays:?}");
+        // A connection that lasted: retried quickly again, from the base.
         t.due(at, 10);
         t.connected(at, "c:1");
-        let up = at + Config::default().stable;
+        let up = at + cfg.stable;
         let next = t.lost(up, "c:1", "closed").unwrap();
         assert!(next - up < Duration::from_millis(750), "{:?}", next - up);
         assert!(t.is_recent(up, "c:1"));
+        let late = up + cfg.recent + Duration::from_secs(1);
+        t.due(late, 10);
+        let next = t.failed(late, "c:1", "no answer").unwrap();
+        assert!(next - late < Duration::from_millis(1500), "backoff from the base: {:?}", next - late);
     }
 
     #[test]
