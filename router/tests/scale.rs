@@ -9,7 +9,7 @@
 //! and `WEFT_SCALE_ROUTERS=N` runs N instead (the ignored test). All hosts share one segment, so
 //! each is given permanent neighbour entries for all others: the kernel's neighbour table is
 //! shared by every namespace and capped (gc_thresh3, 1024 here), and permanent entries are not
-//! counted against it. Root needed.
+//! counted against it. `WEFT_SCALE_LOGS=DIR` keeps the routers' logs there. Root needed.
 
 mod common;
 
@@ -274,6 +274,12 @@ fn scale(n: usize) {
     let logs: String = c.routers.iter().map(|r| r.log_text()).collect();
     let timeouts = logs.matches("handshake timed out").count();
     println!("{n} routers: {timeouts} handshake timeouts, {} duplicate connections closed in the logs", logs.matches("duplicate connection: ").count());
+    if let Ok(dir) = std::env::var("WEFT_SCALE_LOGS") {
+        let _ = std::fs::create_dir_all(&dir);
+        for (i, r) in c.routers.iter().enumerate() {
+            let _ = std::fs::copy(&r.log, std::path::Path::new(&dir).join(format!("{n}-{}.log", Cluster::name(i))));
+        }
+    }
     let Cluster { bed, run, .. } = c;
     bed.teardown().unwrap();
     drop(run);

@@ -102,6 +102,8 @@ struct Target {
     connected_at: Option<Instant>,
     /// Connections lost before [`Config::stable`] since the last one that lasted.
     short_losses: u32,
+    /// Quick retries that failed since the connection was lost.
+    quick_failures: u32,
 }
 
 /// The dial targets.
@@ -136,6 +138,7 @@ impl Targets {
             recent_until: None,
             connected_at: None,
             short_losses: 0,
+            quick_failures: 0,
         });
         if source.rank() > t.source.rank() {
             t.source = source;
@@ -230,6 +233,7 @@ impl Targets {
             }
             t.state = State::Connected;
             t.last_error = None;
+            t.quick_failures = 0;
         }
     }
 
@@ -240,6 +244,7 @@ impl Targets {
         let t = self.targets.get_mut(addr)?;
         t.last_error = Some(reason.to_owned());
         let delay = if t.recent_until.is_some_and(|u| now < u) {
+            t.quick_failures = t.quick_failures.saturating_add(1);
             self.config.recent_retry
         } else {
             t.failures = t.failures.saturating_add(1);
@@ -289,6 +294,13 @@ impl Targets {
     /// Whether `addr` lost an established connection within [`Config::recent`].
     pub fn is_recent(&self, now: Instant, addr: &str) -> bool {
         self.targets.get(addr).is_some_and(|t| t.recent_until.is_some_and(|u| now < u))
+    }
+
+    /// How many quick retries of `addr` failed since its connection was lost: a dial timeout
+    /// kept short for a restarting peer is lengthened with it, so that a loaded peer whose
+    /// handshakes take longer is still reached.
+    pub fn quick_failures(&self, addr: &str) -> u32 {
+        self.targets.get(addr).map_or(0, |t| t.quick_failures)
     }
 
     /// Makes a target waiting for its retry, or dropped, due now, its backoff reset (the peer is
@@ -387,6 +399,7 @@ mod tests {
         let first = t.lost(now, "g:1", "timed out").unwrap();
         assert!(first - now >= Duration::from_millis(250) && first - now < Duration::from_millis(750), "{:?}", first - now);
         assert!(t.is_recent(now, "g:1"));
+        assert_eq!(t.quick_failures("g:1"), 1);
         // Many quick failures in the window neither back off nor drop a gossip target.
         let mut at = first;
         for _ in 0..30 {

@@ -71,7 +71,7 @@ pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a dial of a target whose connection was lost recently may take before it is given
 /// up and tried again (the peer may be restarting: a fresh dial reaches it sooner than the late
-/// retransmissions of a long one).
+/// retransmissions of a long one); doubled after each such dial that failed, up to 8 times.
 const RECENT_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a new gossiped address of a peer with a smaller name waits before we dial it (the
@@ -81,9 +81,9 @@ pub const LARGER_NAME_DELAY: Duration = Duration::from_secs(3);
 /// jittered: many addresses learned at once are not dialled in one burst.
 const GOSSIP_DIAL_DELAY: Duration = Duration::from_millis(300);
 /// How many dials may be in progress at once.
-pub const MAX_DIALS_IN_FLIGHT: usize = 6;
+pub const MAX_DIALS_IN_FLIGHT: usize = 3;
 /// How many dials may start per tick of the peering loop.
-pub const MAX_NEW_DIALS_PER_TICK: usize = 3;
+pub const MAX_NEW_DIALS_PER_TICK: usize = 2;
 /// How long a target is put back when a connection from its address is being handshaken.
 const HANDSHAKING_DELAY: Duration = Duration::from_secs(2);
 
@@ -406,7 +406,8 @@ impl Peering {
         }
         d.control().dialling(addr, peer);
         if self.targets.is_recent(now, &t) {
-            self.endpoint.connect_within(addr, RECENT_DIAL_TIMEOUT);
+            // 1 s, then 2, 4 and 8 s after quick retries that timed out (a loaded peer).
+            self.endpoint.connect_within(addr, RECENT_DIAL_TIMEOUT * (1 << self.targets.quick_failures(&t).min(3)));
         } else {
             self.endpoint.connect(addr);
         }
