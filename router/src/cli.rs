@@ -85,9 +85,14 @@ pub fn rmpeer(args: &AdminArgs) -> Result<String, weft_api::ClientError> {
     Ok(format!("{} IPs taken over from {}\n", r.reclaimed, args.target))
 }
 
-/// `, N dropped` when gossiped addresses were given up (the summary's connection counts).
+/// `; N addresses dropped` when gossiped addresses were given up (not connections: not in the
+/// summary's total).
 fn dropped(n: usize) -> String {
-    if n == 0 { String::new() } else { format!(", {n} dropped") }
+    match n {
+        0 => String::new(),
+        1 => "; 1 address dropped".to_owned(),
+        n => format!("; {n} addresses dropped"),
+    }
 }
 
 /// The summary, aligned as `weave status` is.
