@@ -162,6 +162,16 @@ fn settle(routers: &[RouterProc], limit: Duration) -> (Duration, usize) {
     (t0.elapsed(), first_stale)
 }
 
+/// Copies the routers' logs to `WEFT_SCALE_LOGS`, if set.
+fn keep_logs(routers: &[RouterProc]) {
+    if let Ok(dir) = std::env::var("WEFT_SCALE_LOGS") {
+        let _ = std::fs::create_dir_all(&dir);
+        for (i, r) in routers.iter().enumerate() {
+            let _ = std::fs::copy(&r.log, std::path::Path::new(&dir).join(format!("{}-{}.log", routers.len(), Cluster::name(i))));
+        }
+    }
+}
+
 fn wait_converged(c: &Cluster, limit: Duration, what: &str) -> Duration {
     let t0 = Instant::now();
     while !converged(&c.routers) {
@@ -171,11 +181,21 @@ fn wait_converged(c: &Cluster, limit: Duration, what: &str) -> Duration {
                 .iter()
                 .enumerate()
                 .map(|(i, r)| match view(r) {
-                    Ok((s, _)) => format!("{}: peers {} established {} pending {} failed {} ipam {}", Cluster::name(i), s.peers, s.connections.established, s.connections.pending, s.connections.failed, s.ipam.state),
+                    Ok((s, l)) => format!(
+                        "{}: peers {} established {} pending {} failed {} ipam {}; attempts: {}",
+                        Cluster::name(i),
+                        s.peers,
+                        s.connections.established,
+                        s.connections.pending,
+                        s.connections.failed,
+                        s.ipam.state,
+                        l.iter().filter(|c| c.state != ConnectionState::Established).map(|c| format!("{} {} {:?}", c.remote, c.state, c.reason)).collect::<Vec<_>>().join(", ")
+                    ),
                     Err(e) => format!("{}: {e}", Cluster::name(i)),
                 })
                 .collect();
-            panic!("{what}: not converged within {limit:?}:\n{}\nlog of h1:\n{}", report.join("\n"), c.routers[0].log_text());
+            keep_logs(&c.routers);
+            panic!("{what}: not converged within {limit:?}:\n{}", report.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -274,12 +294,7 @@ fn scale(n: usize) {
     let logs: String = c.routers.iter().map(|r| r.log_text()).collect();
     let timeouts = logs.matches("handshake timed out").count();
     println!("{n} routers: {timeouts} handshake timeouts, {} duplicate connections closed in the logs", logs.matches("duplicate connection: ").count());
-    if let Ok(dir) = std::env::var("WEFT_SCALE_LOGS") {
-        let _ = std::fs::create_dir_all(&dir);
-        for (i, r) in c.routers.iter().enumerate() {
-            let _ = std::fs::copy(&r.log, std::path::Path::new(&dir).join(format!("{n}-{}.log", Cluster::name(i))));
-        }
-    }
+    keep_logs(&c.routers);
     let Cluster { bed, run, .. } = c;
     bed.teardown().unwrap();
     drop(run);
