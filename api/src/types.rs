@@ -42,6 +42,9 @@ pub struct ConnectionCounts {
     pub pending: usize,
     /// Failed (and retrying).
     pub failed: usize,
+    /// Gossiped addresses given up (not dialled any more).
+    #[serde(default)]
+    pub dropped: usize,
 }
 
 /// IPAM's state for the status summary.
@@ -103,6 +106,9 @@ pub enum ConnectionState {
     Retrying,
     /// Refused for good (e.g. a second live router with the same name); `reason` says why.
     Failed,
+    /// A gossiped address given up (it failed too often, or this host has no route to it); not
+    /// dialled any more unless the mesh reports its peer back. `reason` says why.
+    Dropped,
 }
 
 impl ConnectionState {
@@ -113,6 +119,7 @@ impl ConnectionState {
             ConnectionState::Pending => "pending",
             ConnectionState::Retrying => "retrying",
             ConnectionState::Failed => "failed",
+            ConnectionState::Dropped => "dropped",
         }
     }
 }
@@ -147,7 +154,7 @@ pub struct Connection {
     pub mtu: Option<u32>,
     /// Round-trip time in milliseconds.
     pub rtt_ms: Option<f64>,
-    /// For a retrying one: why it failed.
+    /// For a retrying, failed or dropped one: why.
     pub reason: Option<String>,
     /// For a retrying one: seconds until the next attempt.
     pub retry_in_secs: Option<f64>,

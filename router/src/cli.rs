@@ -89,6 +89,16 @@ pub fn rmpeer(args: &AdminArgs) -> Result<String, weft_api::ClientError> {
     Ok(format!("{} IPs taken over from {}\n", r.reclaimed, args.target))
 }
 
+/// `; N addresses dropped` when gossiped addresses were given up (not connections: not in the
+/// summary's total).
+fn dropped(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => "; 1 address dropped".to_owned(),
+        n => format!("; {n} addresses dropped"),
+    }
+}
+
 /// The summary, aligned as `weave status` is.
 pub fn render_status(s: &Status) -> String {
     let onoff = |b: bool| if b { "enabled" } else { "disabled" };
@@ -100,7 +110,7 @@ pub fn render_status(s: &Status) -> String {
         ("Encryption", onoff(s.encryption).to_owned() + if s.encryption { "" } else { " (no password: the mesh is open)" }),
         ("PeerDiscovery", onoff(s.peer_discovery).to_owned()),
         ("Targets", s.targets.len().to_string()),
-        ("Connections", format!("{total} ({} established, {} pending, {} failed)", c.established, c.pending, c.failed)),
+        ("Connections", format!("{total} ({} established, {} pending, {} failed{})", c.established, c.pending, c.failed, dropped(c.dropped))),
         ("Peers", s.peers.to_string()),
         ("IPAM", format!("{} — {}", s.ipam.state, s.ipam.detail)),
         ("Range", format!("{} ({} owned here, {} allocated)", s.ipam.range, s.ipam.owned, s.ipam.allocated)),
@@ -210,7 +220,7 @@ mod tests {
             encryption: true,
             peer_discovery: true,
             targets: vec!["192.0.2.12:6783".into()],
-            connections: ConnectionCounts { established: 1, pending: 0, failed: 1 },
+            connections: ConnectionCounts { established: 1, pending: 0, failed: 1, dropped: 0 },
             peers: 3,
             ipam: IpamSummary { state: "ready".into(), detail: "allocating from 1 range".into(), range: "10.32.0.0/12".into(), owned: 524288, allocated: 2 },
         };

@@ -143,6 +143,11 @@ impl Admission {
         self.pending
     }
 
+    /// Unauthenticated connections from `ip`'s source now.
+    pub fn pending_from(&self, ip: IpAddr) -> usize {
+        self.sources.get(&Source::of(ip)).map_or(0, |e| e.pending)
+    }
+
     /// Sources remembered now.
     pub fn sources(&self) -> usize {
         self.sources.len()

@@ -162,6 +162,12 @@ impl ConnHandle {
     pub fn rtt(&self) -> Duration {
         self.conn.rtt()
     }
+
+    /// UDP datagrams received on this connection so far (keep-alives included): whether the
+    /// peer is still heard, whatever the sleeve says.
+    pub fn datagrams_received(&self) -> u64 {
+        self.conn.stats().udp_rx.datagrams
+    }
 }
 
 /// What the endpoint reports.
@@ -301,6 +307,12 @@ impl MeshEndpoint {
     /// The bound address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// Whether an inbound connection from `ip` is being handshaken now (admitted, not yet
+    /// authenticated): dialling that address would only race it.
+    pub fn handshaking_with(&self, ip: std::net::IpAddr) -> bool {
+        self.shared.admission().pending_from(ip) > 0
     }
 
     /// Dials `addr`; the outcome arrives as [`Event::Up`] or [`Event::Down`].

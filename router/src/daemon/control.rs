@@ -17,6 +17,19 @@ use weft_mesh::topology::{self, Capabilities, Direction, HandleError, Topology, 
 /// How often routes may be recomputed.
 const ROUTE_INTERVAL: Duration = Duration::from_millis(50);
 
+/// What the sleeve of an established connection says about the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sleeve {
+    /// Heartbeats are answered (or none has been missed yet).
+    Alive,
+    /// No heartbeat answered while the mesh connection still hears the peer: the sleeve's
+    /// port is blocked somewhere between.
+    Blocked,
+    /// Neither heartbeats nor the mesh connection hear the peer: it is gone, or its path is
+    /// (the mesh connection will time out).
+    Unreachable,
+}
+
 /// One of our connections, or an attempt at one.
 #[derive(Clone, Debug)]
 struct Conn {
@@ -29,23 +42,30 @@ struct Conn {
     retry_at: Option<Instant>,
     mtu: Option<u32>,
     rtt: Option<Duration>,
-    sleeve_dead: bool,
+    sleeve: Sleeve,
     path_mtu: Option<u32>,
 }
 
 impl Conn {
     /// A record with nothing measured or said about it yet.
     fn new(direction: Direction, remote: SocketAddr, peer: Option<PeerName>, state: ConnectionState) -> Conn {
-        Conn { direction, remote, peer, nickname: None, state, reason: None, retry_at: None, mtu: None, rtt: None, sleeve_dead: false, path_mtu: None }
+        Conn { direction, remote, peer, nickname: None, state, reason: None, retry_at: None, mtu: None, rtt: None, sleeve: Sleeve::Alive, path_mtu: None }
     }
 }
 
 /// Topology, routes and our connections.
+///
+/// Connections are recorded once per peer: established ones by peer name, attempts (dialling,
+/// retrying, refused, dropped) by address. An attempt at an address or a peer that is already
+/// connected (a duplicate dial in either direction, a redial that lost the race) is never
+/// recorded beside the live connection nor over it; the live one is all `status` shows. Each
+/// change of state starts from a fresh record, so no reason outlives the state it explained.
 #[derive(Debug)]
 pub struct Control {
     topology: Topology,
     routes: RouteEngine,
-    conns: BTreeMap<SocketAddr, Conn>,
+    established: BTreeMap<PeerName, Conn>,
+    attempts: BTreeMap<SocketAddr, Conn>,
     encrypted: bool,
 }
 
@@ -56,7 +76,7 @@ impl Control {
         let topology = Topology::new(now, topology::Config::default(), me, nickname, incarnation, caps);
         let mut routes = RouteEngine::new(me, ROUTE_INTERVAL);
         routes.recompute(now, &topology);
-        Control { topology, routes, conns: BTreeMap::new(), encrypted }
+        Control { topology, routes, established: BTreeMap::new(), attempts: BTreeMap::new(), encrypted }
     }
 
     /// Advertises (or stops advertising) the kernel VXLAN fast path in our topology entry.
@@ -80,88 +100,122 @@ impl Control {
         self.routes.recomputations()
     }
 
+    /// Whether an attempt at `remote` (for `peer`, if known) would duplicate a live connection.
+    fn covered(&self, remote: SocketAddr, peer: Option<PeerName>) -> bool {
+        peer.is_some_and(|p| self.established.contains_key(&p)) || self.established.values().any(|c| c.remote.ip() == remote.ip())
+    }
+
     /// A connection to `peer` at `remote` is authenticated and up.
     pub fn connected(&mut self, now: Instant, peer: PeerName, nickname: &str, remote: SocketAddr, direction: Direction, mtu: u32) {
         // A connection replacing one to the same peer (it restarted before the old one timed
         // out) is a new neighbour all the same: it must get our full state now, not at the next
         // periodic round, which it would not if the topology saw no change.
-        if self.conns.values().any(|c| c.peer == Some(peer) && c.state == ConnectionState::Established) {
+        if self.established.contains_key(&peer) {
             self.topology.set_connection(now, peer, remote, direction, false);
         }
-        self.conns.retain(|a, c| *a == remote || c.peer != Some(peer));
-        self.conns.insert(
-            remote,
+        // Attempts at its address, or at other addresses of the peer, are settled; a refusal
+        // (another router with its name) stays shown.
+        self.attempts.retain(|a, c| a.ip() != remote.ip() && (c.peer != Some(peer) || c.state == ConnectionState::Failed));
+        self.established.insert(
+            peer,
             Conn { nickname: Some(nickname.to_owned()), mtu: Some(mtu), ..Conn::new(direction, remote, Some(peer), ConnectionState::Established) },
         );
         self.topology.set_connection(now, peer, remote, direction, true);
         self.routes.handle_timeout(now, &self.topology);
     }
 
-    /// We are dialling `remote`.
-    pub fn dialling(&mut self, remote: SocketAddr) {
-        let c = self.conns.entry(remote).or_insert(Conn::new(Direction::Outbound, remote, None, ConnectionState::Pending));
-        if c.state != ConnectionState::Established {
-            c.state = ConnectionState::Pending;
+    /// We are dialling `remote` (an address of `peer`, if gossip said whose). Not recorded when
+    /// it duplicates a live connection.
+    pub fn dialling(&mut self, remote: SocketAddr, peer: Option<PeerName>) {
+        if self.covered(remote, peer) {
+            self.attempts.remove(&remote);
+            return;
         }
+        let peer = peer.or_else(|| self.attempts.get(&remote).and_then(|c| c.peer));
+        self.attempts.insert(remote, Conn::new(Direction::Outbound, remote, peer, ConnectionState::Pending));
     }
 
     /// An authenticated connection from `remote` was refused (`reason` says why); shown as failed
     /// until that peer connects from there. The topology is unchanged.
     pub fn refused(&mut self, remote: SocketAddr, peer: Option<PeerName>, direction: Direction, reason: String) {
-        self.conns.insert(
-            remote,
-            Conn { reason: Some(reason), ..Conn::new(direction, remote, peer, ConnectionState::Failed) },
-        );
+        self.attempts.insert(remote, Conn { reason: Some(reason), ..Conn::new(direction, remote, peer, ConnectionState::Failed) });
+    }
+
+    /// A gossiped address was given up (`reason` says why); shown as dropped unless its peer
+    /// is connected.
+    pub fn dropped(&mut self, remote: SocketAddr, peer: Option<PeerName>, reason: String) {
+        if self.covered(remote, peer) {
+            self.attempts.remove(&remote);
+            return;
+        }
+        let peer = peer.or_else(|| self.attempts.get(&remote).and_then(|c| c.peer));
+        self.attempts.insert(remote, Conn { reason: Some(reason), ..Conn::new(Direction::Outbound, remote, peer, ConnectionState::Dropped) });
     }
 
     /// A connection (or attempt) with `remote` ended or failed; `retry_at` if we will try again.
+    /// `peer` is given when it was the established connection to that peer: only then is the
+    /// established record (and the topology's connection) removed.
     pub fn lost(&mut self, now: Instant, remote: SocketAddr, peer: Option<PeerName>, reason: String, retry_at: Option<Instant>) {
-        if let Some(p) = peer {
+        if let Some(p) = peer
+            && self.established.get(&p).is_some_and(|c| c.remote == remote)
+        {
+            self.established.remove(&p);
             self.topology.remove_connection(now, p);
             self.routes.handle_timeout(now, &self.topology);
         }
+        let known = self.attempts.get(&remote).and_then(|c| c.peer);
         match retry_at {
+            // A failed duplicate or redial of a live connection: nothing to show.
+            Some(_) if self.covered(remote, known) => {
+                self.attempts.remove(&remote);
+            }
             Some(at) => {
-                let c = self.conns.entry(remote).or_insert(Conn::new(Direction::Outbound, remote, peer, ConnectionState::Retrying));
-                c.state = ConnectionState::Retrying;
-                c.reason = Some(reason);
-                c.retry_at = Some(at);
+                let c = Conn { reason: Some(reason), retry_at: Some(at), ..Conn::new(Direction::Outbound, remote, known.or(peer), ConnectionState::Retrying) };
+                self.attempts.insert(remote, c);
             }
             None => {
-                self.conns.remove(&remote);
+                self.attempts.remove(&remote);
             }
         }
     }
 
     /// Records the round-trip time measured on the connection to `peer`.
     pub fn set_rtt(&mut self, peer: PeerName, rtt: Duration) {
-        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer)) {
+        if let Some(c) = self.established.get_mut(&peer) {
             c.rtt = Some(rtt);
         }
     }
 
-    /// Whether the sleeve to `peer` answers heartbeats (the mesh connection may be up while
-    /// the sleeve's UDP port is blocked).
-    /// Also records the path MTU the sleeve found (`datagram` + 28).
-    pub fn set_sleeve(&mut self, peer: PeerName, alive: bool, datagram: usize) {
-        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer) && c.state == ConnectionState::Established) {
-            c.path_mtu = Some(datagram as u32 + 28);
-            if c.sleeve_dead == alive {
-                if alive {
-                    tracing::info!(%peer, "sleeve: heartbeats answered again");
-                } else {
-                    tracing::warn!(%peer, "sleeve: no heartbeat answered within the peer timeout; is the sleeve port (UDP) blocked between the hosts?");
-                }
+    /// Whether the sleeve to `peer` answers heartbeats, and whether the mesh connection still
+    /// hears the peer (`mesh_heard`): the mesh connection may be up while the sleeve's UDP port
+    /// is blocked, and a dead peer is silent on both. Also records the path MTU the sleeve found
+    /// (`datagram` + 28).
+    pub fn set_sleeve(&mut self, peer: PeerName, alive: bool, mesh_heard: bool, datagram: usize) {
+        let Some(c) = self.established.get_mut(&peer) else { return };
+        c.path_mtu = Some(datagram as u32 + 28);
+        let now = match (alive, mesh_heard) {
+            (true, _) => Sleeve::Alive,
+            (false, true) => Sleeve::Blocked,
+            (false, false) => Sleeve::Unreachable,
+        };
+        if now != c.sleeve {
+            match now {
+                Sleeve::Alive => tracing::info!(%peer, "sleeve: heartbeats answered again"),
+                Sleeve::Blocked => tracing::warn!(
+                    %peer,
+                    "sleeve: no heartbeat answered within the peer timeout while the mesh connection still hears the peer; is the sleeve port (UDP) blocked between the hosts?"
+                ),
+                Sleeve::Unreachable => tracing::warn!(%peer, "peer unreachable: neither the sleeve's heartbeats nor the mesh connection hear it (the peer is down, or the path to it is)"),
             }
-            c.sleeve_dead = !alive;
         }
+        c.sleeve = now;
     }
 
     /// Records the largest pod packet the connection to `peer` carries whole (one datagram of
     /// the path MTU found, less the sleeve's headers; at most the pod MTU): what `status
     /// connections` shows as its MTU.
     pub fn set_carried_mtu(&mut self, peer: PeerName, mtu: u32) {
-        for c in self.conns.values_mut().filter(|c| c.peer == Some(peer) && c.state == ConnectionState::Established) {
+        if let Some(c) = self.established.get_mut(&peer) {
             c.mtu = Some(mtu);
         }
     }
@@ -192,10 +246,26 @@ impl Control {
         self.routes.handle_timeout(now, &self.topology);
     }
 
-    /// Connection counts by state; the failed ones are those retrying.
+    /// The records `status` shows: established connections, then attempts that duplicate no
+    /// live connection (refusals always: they explain why a second connection was closed).
+    fn records(&self) -> impl Iterator<Item = &Conn> {
+        let attempts = self.attempts.values().filter(|c| c.state == ConnectionState::Failed || !self.covered(c.remote, c.peer));
+        self.established.values().chain(attempts)
+    }
+
+    /// Connection counts by state (the failed ones are those retrying or refused), of the
+    /// records [`connections`](Self::connections) lists.
     pub fn counts(&self) -> ConnectionCounts {
-        let n = |s: ConnectionState| self.conns.values().filter(|c| c.state == s).count();
-        ConnectionCounts { established: n(ConnectionState::Established), pending: n(ConnectionState::Pending), failed: n(ConnectionState::Retrying) + n(ConnectionState::Failed) }
+        let mut n = ConnectionCounts::default();
+        for c in self.records() {
+            match c.state {
+                ConnectionState::Established => n.established += 1,
+                ConnectionState::Pending => n.pending += 1,
+                ConnectionState::Retrying | ConnectionState::Failed => n.failed += 1,
+                ConnectionState::Dropped => n.dropped += 1,
+            }
+        }
+        n
     }
 
     /// Every peer of the topology with its gossiped connections, for `weft status peers`.
@@ -229,8 +299,7 @@ impl Control {
 
     /// Our connections and attempts, for `weft status connections`.
     pub fn connections(&self, now: Instant) -> Vec<ApiConnection> {
-        self.conns
-            .values()
+        self.records()
             .map(|c| ApiConnection {
                 direction: if c.direction == Direction::Outbound { "outbound" } else { "inbound" }.into(),
                 remote: c.remote.to_string(),
@@ -241,10 +310,10 @@ impl Control {
                 encrypted: self.encrypted && c.state == ConnectionState::Established,
                 mtu: c.mtu,
                 rtt_ms: c.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                reason: if c.sleeve_dead && c.state == ConnectionState::Established {
-                    Some("sleeve: no heartbeat answered within the peer timeout (is the sleeve's UDP port blocked?)".into())
-                } else {
-                    c.reason.clone()
+                reason: match c.sleeve {
+                    Sleeve::Blocked => Some("sleeve: no heartbeat answered within the peer timeout while the mesh connection hears the peer (is the sleeve's UDP port blocked?)".into()),
+                    Sleeve::Unreachable => Some("peer unreachable: no heartbeat answered and the mesh connection hears nothing (the peer is down, or its path)".into()),
+                    Sleeve::Alive => c.reason.clone(),
                 },
                 retry_in_secs: c.retry_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
                 path_mtu: c.path_mtu.filter(|_| c.state == ConnectionState::Established),
@@ -303,7 +372,7 @@ mod tests {
         assert_eq!(c[2].routes().load_full().next_hop(name(1)), Some(name(2)));
         assert_eq!(c[0].peers().len(), 3);
         assert!(c[0].peers().iter().all(|p| p.reachable));
-        assert_eq!(c[1].counts(), ConnectionCounts { established: 2, pending: 0, failed: 0 });
+        assert_eq!(c[1].counts(), ConnectionCounts { established: 2, pending: 0, failed: 0, dropped: 0 });
         let conns = c[0].connections(later);
         assert_eq!((conns[0].state, conns[0].overlay.as_str(), conns[0].encrypted), (ConnectionState::Established, "sleeve", true));
     }
@@ -330,17 +399,17 @@ mod tests {
         assert!(sent > 0, "nothing sent to the reconnected peer");
         let ours = fresh.topology().entry(name(1)).map(|e| e.connections.iter().map(|x| x.remote).collect::<Vec<_>>());
         assert!(ours.is_some_and(|r| r.contains(&name(3))), "the reconnected peer did not learn our connections");
-        assert_eq!(c.counts(), ConnectionCounts { established: 2, pending: 0, failed: 0 });
+        assert_eq!(c.counts(), ConnectionCounts { established: 2, pending: 0, failed: 0, dropped: 0 });
     }
 
     #[test]
     fn failures_show_their_reason_and_retry() {
         let now = Instant::now();
         let mut c = Control::new(now, name(1), "h1".into(), 1, false);
-        c.dialling(addr(9));
-        assert_eq!(c.counts(), ConnectionCounts { established: 0, pending: 1, failed: 0 });
+        c.dialling(addr(9), None);
+        assert_eq!(c.counts(), ConnectionCounts { established: 0, pending: 1, failed: 0, dropped: 0 });
         c.lost(now, addr(9), None, "connection refused".into(), Some(now + Duration::from_secs(4)));
-        assert_eq!(c.counts(), ConnectionCounts { established: 0, pending: 0, failed: 1 });
+        assert_eq!(c.counts(), ConnectionCounts { established: 0, pending: 0, failed: 1, dropped: 0 });
         let conns = c.connections(now + Duration::from_secs(1));
         assert_eq!(conns[0].reason.as_deref(), Some("connection refused"));
         assert_eq!(conns[0].retry_in_secs, Some(3.0));
@@ -352,13 +421,74 @@ mod tests {
         let mut c = Control::new(now, name(1), "h1".into(), 1, false);
         c.connected(now, name(2), "h2", addr(2), Direction::Inbound, 1376);
         c.refused(addr(3), Some(name(2)), Direction::Inbound, "two live routers".into());
-        assert_eq!(c.counts(), ConnectionCounts { established: 1, pending: 0, failed: 1 });
+        assert_eq!(c.counts(), ConnectionCounts { established: 1, pending: 0, failed: 1, dropped: 0 });
         let conns = c.connections(now);
         let failed = conns.iter().find(|x| x.state == ConnectionState::Failed).unwrap();
         assert_eq!((failed.remote.as_str(), failed.reason.as_deref()), ("192.0.2.3:6783", Some("two live routers")));
         let ours = |c: &Control| c.topology().entry(name(1)).map(|e| e.connections.iter().filter(|x| x.remote == name(2)).count());
         assert_eq!(ours(&c), Some(1), "the topology keeps the connection that stays");
         c.connected(now, name(2), "h2", addr(3), Direction::Inbound, 1376);
-        assert_eq!(c.counts(), ConnectionCounts { established: 1, pending: 0, failed: 0 });
+        assert_eq!(c.counts(), ConnectionCounts { established: 1, pending: 0, failed: 0, dropped: 0 });
+    }
+
+    #[test]
+    fn a_duplicate_dial_or_failed_redial_never_shows_beside_or_over_the_live_connection() {
+        let now = Instant::now();
+        let mut c = Control::new(now, name(1), "h1".into(), 1, true);
+        // Peer 2 dialled us from 192.0.2.2:6783; our own dial of that address loses the race.
+        c.dialling(addr(2), None);
+        c.connected(now, name(2), "h2", addr(2), Direction::Inbound, 1376);
+        c.dialling(addr(2), None);
+        c.lost(now, addr(2), None, "no answer (QUIC handshake timed out)".into(), Some(now + Duration::from_secs(2)));
+        // A gossiped address of the same peer (its NAT's outside address) fails too.
+        let outside = SocketAddr::from(([203, 0, 113, 7], 6783));
+        c.dialling(outside, Some(name(2)));
+        c.lost(now, outside, None, "no answer".into(), Some(now + Duration::from_secs(2)));
+        c.dropped(outside, Some(name(2)), "gave up".into());
+        assert_eq!(c.counts(), ConnectionCounts { established: 1, pending: 0, failed: 0, dropped: 0 });
+        let conns = c.connections(now);
+        assert_eq!(conns.len(), 1, "{conns:?}");
+        assert_eq!((conns[0].state, conns[0].direction.as_str(), conns[0].reason.as_deref()), (ConnectionState::Established, "inbound", None));
+        // The established connection ends: now the retry is what there is to show.
+        c.lost(now, addr(2), Some(name(2)), "timed out".into(), None);
+        c.lost(now, addr(2), Some(name(2)), "timed out".into(), Some(now + Duration::from_secs(1)));
+        assert_eq!(c.counts(), ConnectionCounts { established: 0, pending: 0, failed: 1, dropped: 0 });
+        // A stale end of a connection already replaced leaves the new one alone.
+        c.connected(now, name(2), "h2", addr(3), Direction::Outbound, 1376);
+        c.lost(now, addr(2), Some(name(2)), "old one closed".into(), None);
+        assert_eq!(c.counts(), ConnectionCounts { established: 1, pending: 0, failed: 0, dropped: 0 });
+    }
+
+    #[test]
+    fn reasons_go_with_the_state_they_explain() {
+        let now = Instant::now();
+        let mut c = Control::new(now, name(1), "h1".into(), 1, false);
+        c.dialling(addr(9), None);
+        c.lost(now, addr(9), None, "connection refused".into(), Some(now + Duration::from_secs(1)));
+        c.dialling(addr(9), None);
+        let conns = c.connections(now);
+        assert_eq!((conns[0].state, conns[0].reason.as_deref(), conns[0].retry_in_secs), (ConnectionState::Pending, None, None));
+        c.dropped(addr(9), None, "no answer after 5 attempts".into());
+        assert_eq!(c.counts(), ConnectionCounts { established: 0, pending: 0, failed: 0, dropped: 1 });
+        assert_eq!(c.connections(now)[0].state, ConnectionState::Dropped);
+        c.connected(now, name(9), "h9", addr(9), Direction::Inbound, 1376);
+        let conns = c.connections(now);
+        assert_eq!(conns.len(), 1);
+        assert_eq!((conns[0].state, conns[0].reason.as_deref()), (ConnectionState::Established, None));
+    }
+
+    #[test]
+    fn a_silent_sleeve_is_a_blocked_port_only_while_the_mesh_still_hears_the_peer() {
+        let now = Instant::now();
+        let mut c = Control::new(now, name(1), "h1".into(), 1, false);
+        c.connected(now, name(2), "h2", addr(2), Direction::Outbound, 1376);
+        let reason = |c: &Control| c.connections(now)[0].reason.clone().unwrap_or_default();
+        c.set_sleeve(name(2), false, true, 1472);
+        assert!(reason(&c).contains("blocked"), "{}", reason(&c));
+        c.set_sleeve(name(2), false, false, 1472);
+        assert!(reason(&c).contains("peer unreachable") && !reason(&c).contains("blocked"), "{}", reason(&c));
+        c.set_sleeve(name(2), true, true, 1472);
+        assert_eq!(reason(&c), "");
+        assert_eq!(c.connections(now)[0].path_mtu, Some(1500));
     }
 }

@@ -8,6 +8,18 @@
 //! Duplicate connections between one pair of peers (both dialled at once) are resolved the same
 //! way on both sides: the connection dialled by the peer with the smaller name is kept, unless
 //! the new one comes from a newer incarnation of the peer (it restarted; the old one is dead).
+//! Most duplicates are never made: an address gossip reports for a peer with a smaller name is
+//! dialled only after [`LARGER_NAME_DELAY`] (that peer is expected to dial us), no address is
+//! dialled while a connection from it is being handshaken or its peer is connected (through
+//! whichever address: a NAT's outside address gossip reports for a connected peer is not
+//! dialled), and new dials are paced ([`MAX_DIALS_IN_FLIGHT`], [`MAX_NEW_DIALS_PER_TICK`]) so
+//! that many routers starting at once do not time each other's handshakes out.
+//!
+//! Dialling gives up on what cannot work: an address this host has no route to (the kernel's
+//! route lookup, through a UDP `connect`) is not dialled, and a gossiped one is dropped at once;
+//! a gossiped address that keeps failing is dropped after a few tries (see
+//! [`weft_mesh::transport::targets`]). Dropped addresses are shown as such in `weft status
+//! connections`, with why.
 //!
 //! Two live routers with one name (a copied identity) are told apart from a restart by where
 //! their connections come from. A second connection for a name from another address replaces
@@ -22,7 +34,7 @@
 //! name is refused.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,8 +71,21 @@ pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a dial of a target whose connection was lost recently may take before it is given
 /// up and tried again (the peer may be restarting: a fresh dial reaches it sooner than the late
-/// retransmissions of a long one).
+/// retransmissions of a long one); doubled after each such dial that failed, up to 8 times.
 const RECENT_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a new gossiped address of a peer with a smaller name waits before we dial it (the
+/// peer is expected to dial us: the connection it dials is the one both ends keep), jittered.
+pub const LARGER_NAME_DELAY: Duration = Duration::from_secs(3);
+/// How long a new gossiped address of a peer with a larger name waits before we dial it,
+/// jittered: many addresses learned at once are not dialled in one burst.
+const GOSSIP_DIAL_DELAY: Duration = Duration::from_millis(300);
+/// How many dials may be in progress at once.
+pub const MAX_DIALS_IN_FLIGHT: usize = 3;
+/// How many dials may start per tick of the peering loop.
+pub const MAX_NEW_DIALS_PER_TICK: usize = 2;
+/// How long a target is put back when a connection from its address is being handshaken.
+const HANDSHAKING_DELAY: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for every peer to acknowledge the `Bye` (the mesh gives up on one
 /// connection after its own `bye_timeout`; this bounds them all).
@@ -188,6 +213,10 @@ pub struct Peering {
     target_peer: HashMap<String, PeerName>,
     /// The established connections gossip reported last time (reporter, remote).
     gossiped: HashSet<(PeerName, PeerName)>,
+    /// The peers gossip reports at each mesh address (as a target: `IP:mesh port`).
+    gossip_peers: HashMap<String, BTreeSet<PeerName>>,
+    /// Per connected peer: datagrams its mesh connection had received, and when that last grew.
+    heard: HashMap<PeerName, (u64, Instant)>,
 }
 
 impl Peering {
@@ -225,6 +254,8 @@ impl Peering {
             kube_targets: BTreeSet::new(),
             target_peer: HashMap::new(),
             gossiped: HashSet::new(),
+            gossip_peers: HashMap::new(),
+            heard: HashMap::new(),
         }
     }
 
@@ -281,8 +312,16 @@ impl Peering {
     /// Dials due targets, learns targets from gossip, runs timers and flushes messages.
     pub fn tick(&mut self, now: Instant, d: &Daemon) {
         self.learn_targets(now, d);
-        let room = self.conn_limit.saturating_sub(self.conns.len() + self.dialling.len());
-        for t in self.targets.due(now, room) {
+        let room = self
+            .conn_limit
+            .saturating_sub(self.conns.len() + self.dialling.len())
+            .min(MAX_DIALS_IN_FLIGHT.saturating_sub(self.dialling.len()))
+            .min(MAX_NEW_DIALS_PER_TICK);
+        let due = {
+            let (live, resolved, gossip_peers) = (self.live(), &self.resolved, &self.gossip_peers);
+            self.targets.due_except(now, room, |t| covered(&live, resolved, gossip_peers, t))
+        };
+        for t in due {
             if let Ok(addr) = t.parse::<SocketAddr>() {
                 self.dial(d, t, addr);
                 continue;
@@ -297,17 +336,28 @@ impl Peering {
                 let _ = tx.send(Command::Resolved(t, r));
             });
         }
-        let health: Vec<(PeerName, bool, usize, u16)> = self
+        // Whether each mesh connection still hears its peer (keep-alives arrive every fifth of
+        // the peer timeout): tells a blocked sleeve port from a peer that is gone.
+        let heard_within = d.config.peer_timeout / 2;
+        for (p, u) in &self.conns {
+            let n = u.handle.datagrams_received();
+            let e = self.heard.entry(*p).or_insert((n, now));
+            if n != e.0 {
+                *e = (n, now);
+            }
+        }
+        let heard = |p: &PeerName| self.heard.get(p).is_some_and(|(_, at)| now.saturating_duration_since(*at) < heard_within);
+        let health: Vec<(PeerName, bool, bool, usize, u16)> = self
             .dp
             .links
             .all()
             .iter()
-            .map(|l| (l.peer, l.health().liveness.state(now) != PeerState::Dead, l.datagram(), crate::dataplane::ip_mtu(l)))
+            .map(|l| (l.peer, l.health().liveness.state(now) != PeerState::Dead, heard(&l.peer), l.datagram(), crate::dataplane::ip_mtu(l)))
             .collect();
         {
             let mut c = d.control();
-            for (p, alive, datagram, carried) in health {
-                c.set_sleeve(p, alive, datagram);
+            for (p, alive, mesh_heard, datagram, carried) in health {
+                c.set_sleeve(p, alive, mesh_heard, datagram);
                 c.set_carried_mtu(p, u32::from(carried).min(d.pod_mtu()));
             }
             c.handle_timeout(now);
@@ -319,15 +369,45 @@ impl Peering {
         self.flush(now, d);
     }
 
+    /// The connected peers and their connections' addresses.
+    fn live(&self) -> Vec<(PeerName, IpAddr)> {
+        self.conns.values().map(|u| (u.info.peer, u.info.remote.ip())).collect()
+    }
+
+    /// The peer gossip reports at target `t`'s address, when there is exactly one.
+    fn gossip_peer(&self, t: &str) -> Option<PeerName> {
+        self.gossip_peers.get(t).filter(|s| s.len() == 1).and_then(|s| s.first().copied())
+    }
+
     fn dial(&mut self, d: &Daemon, t: String, addr: SocketAddr) {
+        let now = Instant::now();
         self.resolved.insert(t.clone(), addr);
-        if self.conns.values().any(|u| u.info.remote.ip() == addr.ip()) {
-            self.targets.connected(&t);
+        let peer = self.target_peer.get(&t).copied().or_else(|| self.gossip_peer(&t));
+        if covered(&self.live(), &self.resolved, &self.gossip_peers, &t) {
+            self.targets.connected(now, &t);
+            d.control().dialling(addr, peer);
             return;
         }
-        d.control().dialling(addr);
-        if self.targets.is_recent(Instant::now(), &t) {
-            self.endpoint.connect_within(addr, RECENT_DIAL_TIMEOUT);
+        if self.endpoint.handshaking_with(addr.ip()) {
+            tracing::debug!(target = %t, "a connection from {addr} is being handshaken: not dialling it now");
+            self.targets.postpone(now, &t, HANDSHAKING_DELAY);
+            return;
+        }
+        if let Err(e) = route_to(addr) {
+            let reason = format!("no route to {addr} from this host ({e})");
+            if self.targets.drop_target(&t, &reason) {
+                tracing::info!(target = %t, "not dialling a gossiped address: {reason}; dropped");
+                d.control().dropped(addr, peer, reason);
+            } else {
+                tracing::info!(target = %t, "not dialling: {reason}");
+                self.dial_failed(now, d, &t, Some(addr), reason);
+            }
+            return;
+        }
+        d.control().dialling(addr, peer);
+        if self.targets.is_recent(now, &t) {
+            // 1 s, then 2, 4 and 8 s after quick retries that timed out (a loaded peer).
+            self.endpoint.connect_within(addr, RECENT_DIAL_TIMEOUT * (1 << self.targets.quick_failures(&t).min(3)));
         } else {
             self.endpoint.connect(addr);
         }
@@ -338,7 +418,20 @@ impl Peering {
         let retry = self.targets.failed(now, target, &reason);
         let addr = addr.or_else(|| self.resolved.get(target).copied());
         if let Some(a) = addr {
-            d.control().lost(now, a, None, reason, retry);
+            self.record_failure(now, d, target, a, None, reason, retry);
+        }
+    }
+
+    /// Shows a failed target in the control plane's records: retrying, or dropped (said once in
+    /// the log), or nothing more.
+    #[allow(clippy::too_many_arguments)]
+    fn record_failure(&self, now: Instant, d: &Daemon, target: &str, addr: SocketAddr, peer: Option<PeerName>, reason: String, retry: Option<Instant>) {
+        let peer = peer.or_else(|| self.target_peer.get(target).copied()).or_else(|| self.gossip_peer(target));
+        if retry.is_none() && self.targets.state(target) == Some(targets::State::Dropped) {
+            tracing::info!(%target, "giving up on a gossiped address after repeated failures (last: {reason})");
+            d.control().dropped(addr, peer, format!("given up after repeated failures; last: {reason}"));
+        } else {
+            d.control().lost(now, addr, peer, reason, retry);
         }
     }
 
@@ -352,18 +445,27 @@ impl Peering {
         self.topology_generation = topo.generation();
         let mut learned = Vec::new();
         let mut gossiped = HashSet::new();
+        let mut gossip_peers: HashMap<String, BTreeSet<PeerName>> = HashMap::new();
         for e in topo.entries() {
             for conn in &e.connections {
-                if conn.remote != self.me && !self.conns.contains_key(&conn.remote) && conn.established {
-                    learned.push(SocketAddr::new(conn.addr.ip(), self.mesh_port).to_string());
+                if conn.remote == self.me || !conn.established {
+                    continue;
+                }
+                let a = SocketAddr::new(conn.addr.ip(), self.mesh_port).to_string();
+                gossip_peers.entry(a.clone()).or_default().insert(conn.remote);
+                if !self.conns.contains_key(&conn.remote) {
+                    learned.push((a, conn.remote));
                     gossiped.insert((e.name, conn.remote));
                 }
             }
         }
         drop(c);
-        for a in learned {
+        self.gossip_peers = gossip_peers;
+        for (a, p) in learned {
             if self.targets.state(&a).is_none() {
-                self.targets.add(now, &a, Source::Gossip);
+                // The peer with the smaller name dials: the connection both ends keep.
+                let delay = if p < self.me { LARGER_NAME_DELAY } else { GOSSIP_DIAL_DELAY };
+                self.targets.add_after(now, &a, Source::Gossip, delay);
             }
         }
         self.dial_the_returned(now, gossiped);
@@ -413,7 +515,7 @@ impl Peering {
                 Verdict::KeepOld => {
                     tracing::info!(peer = %info.peer, kept = %old.info.remote, closed = %info.remote, "duplicate connection: keeping the older one");
                     handle.close("duplicate connection");
-                    self.mark_target(&info);
+                    self.mark_target(now, &info);
                     return;
                 }
                 Verdict::Conflict => {
@@ -447,7 +549,8 @@ impl Peering {
         let link = SleeveLink::new(info.peer, info.id, session, sp.remote, DEFAULT_DATAGRAM, d.liveness(), now);
         self.dp.links.insert(Arc::new(link));
         d.control().connected(now, info.peer, &info.nickname, info.remote, info.direction, d.pod_mtu());
-        self.mark_target(&info);
+        self.mark_target(now, &info);
+        self.heard.insert(info.peer, (handle.datagrams_received(), now));
         self.conns.insert(info.peer, Up { info, handle });
     }
 
@@ -459,17 +562,17 @@ impl Peering {
         match target {
             Some(t) => {
                 let retry = self.targets.failed(now, &t, &reason);
-                d.control().lost(now, info.remote, None, reason, retry);
+                self.record_failure(now, d, &t, info.remote, Some(info.peer), reason, retry);
             }
             None => d.control().refused(info.remote, Some(info.peer), info.direction, reason),
         }
     }
 
-    fn mark_target(&mut self, info: &ConnInfo) {
+    fn mark_target(&mut self, now: Instant, info: &ConnInfo) {
         if info.direction == Direction::Outbound
             && let Some(t) = self.dialling.remove(&info.remote)
         {
-            self.targets.connected(&t);
+            self.targets.connected(now, &t);
             self.target_peer.insert(t, info.peer);
         }
     }
@@ -477,26 +580,52 @@ impl Peering {
     #[allow(clippy::too_many_arguments)]
     fn down(&mut self, now: Instant, d: &Daemon, id: Option<u64>, peer: Option<PeerName>, remote: SocketAddr, direction: Direction, reason: String) {
         let current = peer.and_then(|p| self.conns.get(&p)).is_some_and(|u| Some(u.info.id) == id);
-        if current && let Some(p) = peer {
+        if let Some(p) = peer.filter(|_| current) {
             self.conns.remove(&p);
+            self.heard.remove(&p);
             self.dp.links.remove(p, id.unwrap_or(0));
             self.dp.forget_peer(p);
             d.control().lost(now, remote, Some(p), reason.clone(), None);
-        } else if id.is_some() {
+            // Every target it covered (the address dialled, the address it dialled us from, the
+            // addresses gossip reports for it) is dialled again: quickly if it had lasted.
+            let released: Vec<String> = self
+                .targets_of(p, remote)
+                .into_iter()
+                .filter(|t| self.targets.state(t) == Some(targets::State::Connected))
+                .collect();
+            for t in released {
+                let retry = self.targets.lost(now, &t, &reason);
+                if let Some(a) = self.resolved.get(&t).copied() {
+                    self.record_failure(now, d, &t, a, Some(p), reason.clone(), retry);
+                }
+            }
+            return;
+        }
+        if id.is_some() {
             return; // a duplicate we closed
         }
-        // Dial failures, and lost connections to targets: retry with backoff.
-        let target = if direction == Direction::Outbound { self.dialling.remove(&remote) } else { None }
-            .or_else(|| self.resolved.iter().find(|(_, a)| a.ip() == remote.ip()).map(|(t, _)| t.clone()));
-        if let Some(t) = target {
-            // An established connection lost is retried quickly for a while; a dial that
-            // failed backs off.
-            let retry = if current { self.targets.lost(now, &t, &reason) } else { self.targets.failed(now, &t, &reason) };
-            let a = self.resolved.get(&t).copied().unwrap_or(remote);
-            d.control().lost(now, a, None, reason, retry);
-        } else if !current {
-            d.control().lost(now, remote, None, reason, None);
+        // A dial that failed: retry with backoff, unless its peer got connected meanwhile (the
+        // other end's dial won).
+        let Some(t) = (if direction == Direction::Outbound { self.dialling.remove(&remote) } else { None }) else {
+            tracing::debug!(%remote, ?direction, "mesh connection attempt failed: {reason}");
+            return;
+        };
+        if covered(&self.live(), &self.resolved, &self.gossip_peers, &t) {
+            self.targets.connected(now, &t);
+            d.control().dialling(remote, peer);
+            return;
         }
+        let retry = self.targets.failed(now, &t, &reason);
+        let a = self.resolved.get(&t).copied().unwrap_or(remote);
+        self.record_failure(now, d, &t, a, peer, reason, retry);
+    }
+
+    /// The targets that stand for peer `p`, connected at `remote`.
+    fn targets_of(&self, p: PeerName, remote: SocketAddr) -> Vec<String> {
+        let mut out: BTreeSet<String> = self.target_peer.iter().filter(|(_, q)| **q == p).map(|(t, _)| t.clone()).collect();
+        out.extend(self.resolved.iter().filter(|(_, a)| a.ip() == remote.ip()).map(|(t, _)| t.clone()));
+        out.extend(self.gossip_peers.iter().filter(|(_, s)| s.contains(&p)).map(|(t, _)| t.clone()));
+        out.into_iter().collect()
     }
 
     fn message(&mut self, now: Instant, d: &Daemon, from: PeerName, msg: Message) {
@@ -642,6 +771,32 @@ impl Peering {
     }
 }
 
+/// Whether target `t` needs no dial now: a connection from its address is up, or every peer
+/// gossip reports at its address is connected (through whichever address: e.g. the outside
+/// address of a NAT the peer is behind).
+/// `live` lists the connected peers and their connections' addresses.
+fn covered(live: &[(PeerName, IpAddr)], resolved: &HashMap<String, SocketAddr>, gossip_peers: &HashMap<String, BTreeSet<PeerName>>, t: &str) -> bool {
+    let ip = resolved.get(t).map(|a| a.ip()).or_else(|| t.parse::<SocketAddr>().ok().map(|a| a.ip()));
+    ip.is_some_and(|ip| live.iter().any(|(_, a)| *a == ip))
+        || gossip_peers.get(t).is_some_and(|s| !s.is_empty() && s.iter().all(|p| live.iter().any(|(q, _)| q == p)))
+}
+
+/// Whether this host has a route to `addr`: the kernel's route lookup, through `connect` on a
+/// UDP socket (nothing is sent). Only "no route" is an error: should the check itself fail
+/// (no socket to be had), the dial decides.
+fn route_to(addr: SocketAddr) -> Result<(), std::io::Error> {
+    use std::io::ErrorKind::{HostUnreachable, NetworkUnreachable};
+    let any: SocketAddr = if addr.is_ipv4() { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    match std::net::UdpSocket::bind(any).and_then(|s| s.connect(addr)) {
+        Err(e) if matches!(e.kind(), NetworkUnreachable | HostUnreachable) => Err(e),
+        Err(e) => {
+            tracing::debug!("route check for {addr}: {e}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -718,6 +873,32 @@ mod tests {
         assert_eq!(logged.iter().filter(|l| **l).count(), 3, "at 0, 60 and 120 s");
         assert!(logged[0] && logged[60] && logged[120]);
         assert!(d.report(now + Duration::from_secs(1), PEER, at(2)), "another address is another conflict");
+    }
+
+    #[test]
+    fn the_route_check_tells_no_route_from_a_route() {
+        // Loopback always has a route; 203.0.113.0/24 has none in a namespace with only loopback
+        // (the unit tests may run anywhere, so only the first is asserted everywhere).
+        assert!(route_to(SocketAddr::from(([127, 0, 0, 1], 6783))).is_ok());
+    }
+
+    #[test]
+    fn a_target_is_covered_by_a_connection_from_its_address_or_of_every_peer_gossip_reports_there() {
+        const OTHER: PeerName = PeerName([0x0e, 0, 0, 0, 0, 6]);
+        let nat: IpAddr = [203, 0, 113, 7].into();
+        let mut resolved: HashMap<String, SocketAddr> = HashMap::new();
+        resolved.insert("b:6783".into(), SocketAddr::from(([192, 0, 2, 2], 6783)));
+        let mut gossip: HashMap<String, BTreeSet<PeerName>> = HashMap::new();
+        gossip.insert("203.0.113.7:6783".into(), [PEER, OTHER].into_iter().collect());
+        assert!(!covered(&[], &resolved, &gossip, "203.0.113.7:6783"), "nothing is connected");
+        // PEER connected from its inside address: the NAT's address also stands for OTHER.
+        let inside: IpAddr = [10, 9, 0, 5].into();
+        assert!(!covered(&[(PEER, inside)], &resolved, &gossip, "203.0.113.7:6783"));
+        assert!(covered(&[(PEER, inside), (OTHER, inside)], &resolved, &gossip, "203.0.113.7:6783"));
+        // A connection from the address itself (the peer dialled us), by address or host name.
+        assert!(covered(&[(OTHER, nat)], &resolved, &gossip, "203.0.113.7:6783"));
+        assert!(covered(&[(OTHER, [192, 0, 2, 2].into())], &resolved, &gossip, "b:6783"));
+        assert!(!covered(&[(OTHER, [192, 0, 2, 3].into())], &resolved, &gossip, "b:6783"));
     }
 
     #[test]
