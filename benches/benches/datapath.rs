@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use weft_mesh::peer::PeerName;
 use weft_mesh::routes::{Graph, Routes};
 use weft_router::dataplane::ethernet::Mac;
@@ -262,9 +262,50 @@ fn datapath(c: &mut Criterion) {
     }
 }
 
+/// A fixed number of batches, for instruction counts (`benches/callgrind.sh`): with
+/// `DATAPATH_BATCHES=N`, `DATAPATH_MODE` (aes256gcm, chacha20poly1305 or plain) and
+/// `DATAPATH_SIZE` (64, 1400 or 65549), carries N checked batches of that size and prints what
+/// came out, instead of running criterion.
+fn fixed(batches: usize) {
+    let mode = std::env::var("DATAPATH_MODE").unwrap_or_else(|_| "aes256gcm".to_owned());
+    let size: usize = std::env::var("DATAPATH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let config = match mode.as_str() {
+        "aes256gcm" => Config::sealed(Cipher::Aes256Gcm),
+        "chacha20poly1305" => Config::sealed(Cipher::ChaCha20Poly1305),
+        "plain" => Config::plain(),
+        other => panic!("DATAPATH_MODE: unknown mode {other:?}"),
+    };
+    assert!(SIZES.contains(&size), "DATAPATH_SIZE: one of {SIZES:?}");
+    let now = Instant::now();
+    let (mut a, mut b) = pair(config, now);
+    let bufs: Vec<Vec<u8>> = (0..BATCH).map(|i| tap_frame(size, i as u8)).collect();
+    let mut rx = Vec::with_capacity(256 * 1024);
+    let mut out = TapOut::default();
+    let (mut frames, mut bytes) = (0, 0);
+    for _ in 0..batches {
+        let mut k = 0;
+        let got = batch(&mut a, &mut b, &bufs, &mut rx, &mut out, &mut |w: &[u8]| {
+            assert_eq!(w, &bufs[k][..], "frame {k} of {size} bytes changed on the way");
+            k += 1;
+        });
+        assert_eq!(got, (BATCH, BATCH * size));
+        frames += got.0;
+        bytes += got.1;
+    }
+    println!("datapath {mode} {size}: {batches} batches, {frames} frames, {bytes} frame bytes delivered");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
     targets = datapath
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var("DATAPATH_BATCHES").ok().and_then(|s| s.parse().ok()) {
+        fixed(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
