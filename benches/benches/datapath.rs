@@ -1,36 +1,38 @@
 //! The whole in-process data path between two routers, A and B, without sockets or TAPs: a
 //! batch of frames as the TAP hands them to A (virtio-net header and Ethernet frame) goes through
-//! A's switch verdict, forwarding plan, frame record or fragments and sealing in place
-//! (`dataplane::sleeve::Sender::seal`, the step of `Sender::send` before the socket), and each
-//! sealed message is then received by B as `dataplane::receive_message` does: header view and
+//! A's switch verdict, forwarding plan, packing into datagrams (several frame records per
+//! datagram, or fragments) and sealing in place at the end of the batch
+//! (`dataplane::sleeve::Sender::push` and `flush`, with this benchmark's [`Wire`] instead of the
+//! socket), and each GSO train of sealed datagrams is then received by B as `dataplane::receive_message` does: header view and
 //! link by session index, every datagram opened under one session lock, records walked
 //! (`dataplane::sleeve::for_each_record`, with reassembly), forwarding plan, peer learning,
 //! virtio-net header, frame out; B's switch learns once per batch.
 //!
 //! Two copies stand in for the kernel's: the sealed datagrams are copied into B's receive buffer
-//! (the socket's copy) and each delivered frame with its virtio-net header into an output buffer
+//! (the socket's copy, at most 64 KB per message as UDP GSO and GRO carry them) and each delivered frame with its virtio-net header into an output buffer
 //! (the TAP write). Link counters and the ICMP "too big" check (which never fires for these
 //! frames) are left out. Links use 1472-byte datagrams, what the path MTU search finds on a
 //! 1500-byte underlay.
 //!
-//! Each iteration is a batch of [`BATCH`] frames (the TAP thread's batch). Group `bytes` reports
-//! frame bytes per second (`Throughput::Bytes`, Ethernet frame bytes only, not the virtio-net
-//! header), group `frames` frames per second (`Throughput::Elements`), for 64-byte and 1400-byte
+//! Each iteration is a batch of [`BATCH`] frames (the TAP thread's batch), every one of which
+//! is checked to come out. Group `bytes` reports frame bytes per second (`Throughput::Bytes`,
+//! the Ethernet frame bytes delivered, not the virtio-net header), group `frames` frames per second (`Throughput::Elements`), for 64-byte and 1400-byte
 //! frames and 64 KB TCP super-frames (cut into fragments), sealed with either cipher
 //! ([`Cipher::preferred`] is what a router picks on this CPU) and plain. Before timing, one batch
 //! is checked to come out as it went in.
 
 use std::hint::black_box;
+use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use weft_mesh::peer::PeerName;
 use weft_mesh::routes::{Graph, Routes};
 use weft_router::dataplane::ethernet::Mac;
 use weft_router::dataplane::links::{Links, SleeveLink};
-use weft_router::dataplane::sleeve::{self, DataplaneStats, LazyReasm, Received, Sender};
+use weft_router::dataplane::sleeve::{self, DataplaneStats, LazyReasm, Received, SendError, Sender, Wire};
 use weft_router::dataplane::switch::{Origin, PeerLearning, Switch, Verdict};
 use weft_router::dataplane::{forward, vnet};
 use weft_sleeve::wire::{FrameRepr, Packet};
@@ -130,6 +132,38 @@ impl TapOut {
     }
 }
 
+/// The kernel between A and B: what A's sender hands the socket is received by B at once.
+struct ToB<'a> {
+    b: &'a mut Router,
+    now: Instant,
+    rx: &'a mut Vec<u8>,
+    out: &'a mut TapOut,
+    check: &'a mut dyn FnMut(&[u8]),
+}
+
+/// Most bytes of one UDP GSO send (and so of one GRO message at B).
+const MAX_GSO_BYTES: usize = 65_507;
+
+impl Wire for ToB<'_> {
+    fn send(&mut self, _: &SleeveLink, datagrams: &[u8], segment: Option<usize>) -> io::Result<()> {
+        let stride = segment.unwrap_or(datagrams.len());
+        for message in datagrams.chunks(stride * (MAX_GSO_BYTES / stride).max(1)) {
+            // Datagram by datagram, as the kernel copies a train's segments (and as before
+            // frames were packed: one large copy would count differently under callgrind).
+            self.rx.clear();
+            for d in message.chunks(stride) {
+                self.rx.extend_from_slice(d);
+            }
+            receive_message(self.b, self.now, self.rx, stride, self.out, self.check);
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, link: &SleeveLink, frames: u64, error: SendError) {
+        panic!("{frames} frames to {} lost: {error}", link.peer);
+    }
+}
+
 /// Carries one batch of TAP reads from A to B's output; returns (frames, frame bytes) delivered.
 /// `check` receives every delivered TAP write (virtio-net header and frame).
 fn batch(a: &mut Router, b: &mut Router, bufs: &[Vec<u8>], rx: &mut Vec<u8>, out: &mut TapOut, check: &mut dyn FnMut(&[u8])) -> (usize, usize) {
@@ -144,6 +178,7 @@ fn batch(a: &mut Router, b: &mut Router, bufs: &[Vec<u8>], rx: &mut Vec<u8>, out
             *v = sw.from_local(now, &buf[vnet::LEN..]);
         }
     }
+    let mut wire = ToB { b, now, rx, out, check };
     for (buf, v) in bufs.iter().zip(verdicts) {
         let h = vnet::parse(buf).expect("virtio-net header");
         let vh = (h != vnet::Header::default()).then_some(h);
@@ -152,13 +187,11 @@ fn batch(a: &mut Router, b: &mut Router, bufs: &[Vec<u8>], rx: &mut Vec<u8>, out
         let plan = forward::from_bridge(a.me, v, &a.routes);
         for (hop, envelope) in plan.onward.sends() {
             let link = a.links.get(hop).expect("a link to the next hop");
-            let sealed = a.sender.seal(now, &link, &FrameRepr { vnet: vh, envelope, frame }).expect("seal");
-            // The kernel: UDP (GSO) send, then B's receive (GRO) into its buffer.
-            rx.clear();
-            rx.extend_from_slice(a.sender.sealed(&sealed));
-            receive_message(b, now, rx, sealed.segment.unwrap_or(sealed.len), out, check);
+            a.sender.push(now, &mut wire, &link, &FrameRepr { vnet: vh, envelope, frame }).expect("push");
         }
     }
+    a.sender.flush(now, &mut wire);
+    let ToB { b, out, .. } = wire;
     if !b.learning.is_empty() {
         b.switch.lock().expect("switch").learn_from_peers(now, &mut b.learning);
     }
@@ -262,9 +295,50 @@ fn datapath(c: &mut Criterion) {
     }
 }
 
+/// A fixed number of batches, for instruction counts (`benches/callgrind.sh`): with
+/// `DATAPATH_BATCHES=N`, `DATAPATH_MODE` (aes256gcm, chacha20poly1305 or plain) and
+/// `DATAPATH_SIZE` (64, 1400 or 65549), carries N checked batches of that size and prints what
+/// came out, instead of running criterion.
+fn fixed(batches: usize) {
+    let mode = std::env::var("DATAPATH_MODE").unwrap_or_else(|_| "aes256gcm".to_owned());
+    let size: usize = std::env::var("DATAPATH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let config = match mode.as_str() {
+        "aes256gcm" => Config::sealed(Cipher::Aes256Gcm),
+        "chacha20poly1305" => Config::sealed(Cipher::ChaCha20Poly1305),
+        "plain" => Config::plain(),
+        other => panic!("DATAPATH_MODE: unknown mode {other:?}"),
+    };
+    assert!(SIZES.contains(&size), "DATAPATH_SIZE: one of {SIZES:?}");
+    let now = Instant::now();
+    let (mut a, mut b) = pair(config, now);
+    let bufs: Vec<Vec<u8>> = (0..BATCH).map(|i| tap_frame(size, i as u8)).collect();
+    let mut rx = Vec::with_capacity(256 * 1024);
+    let mut out = TapOut::default();
+    let (mut frames, mut bytes) = (0, 0);
+    for _ in 0..batches {
+        let mut k = 0;
+        let got = batch(&mut a, &mut b, &bufs, &mut rx, &mut out, &mut |w: &[u8]| {
+            assert_eq!(w, &bufs[k][..], "frame {k} of {size} bytes changed on the way");
+            k += 1;
+        });
+        assert_eq!(got, (BATCH, BATCH * size));
+        frames += got.0;
+        bytes += got.1;
+    }
+    println!("datapath {mode} {size}: {batches} batches, {frames} frames, {bytes} frame bytes delivered");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
     targets = datapath
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var("DATAPATH_BATCHES").ok().and_then(|s| s.parse().ok()) {
+        fixed(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

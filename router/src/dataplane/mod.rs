@@ -11,11 +11,13 @@
 //!
 //! Two threads, one reader per queue. The *TAP thread* reads a batch from `weft-tap`, asks the
 //! [`Switch`] where each frame goes under one lock for the whole batch, finds the next hops in
-//! the lock-free routes and sends each frame over its next hop's link (that link's session lock,
-//! once per frame). The *sleeve thread* receives a batch of messages (recvmmsg, each a GRO train
+//! the lock-free routes and queues each frame for its next hop's link; at the end of the batch
+//! each link's frames leave packed into datagrams (several small frames per datagram), sealed
+//! under the link's session lock once per batch, in UDP GSO trains ([`sleeve::Sender`]). The *sleeve thread* receives a batch of messages (recvmmsg, each a GRO train
 //! of datagrams from one sender), finds each datagram's link by the receiver index in the
 //! sleeve's header view, opens a message's datagrams under one session lock, then walks their
-//! records: relays frames for other peers to their next hop, writes frames for this host to the
+//! records: relays frames for other peers to their next hop (packed and sent at the end of
+//! the batch, as the TAP thread's), writes frames for this host to the
 //! TAP, answers control records; fragments are reassembled under the link's reassembler lock,
 //! taken at most once per message. Frames for this host are switched without the switch's lock
 //! ([`switch::PeerLearning`]); what they teach is learned under one lock per received batch
@@ -47,7 +49,7 @@ use weft_sleeve::udp::{RecvBatch, SleeveSocket};
 use weft_sleeve::wire::{self, FrameRepr, Packet};
 
 use links::{Links, SleeveLink};
-use sleeve::{DataplaneStats, LazyReasm, Received, Sender};
+use sleeve::{DataplaneStats, LazyReasm, Received, SendError, Sender, Wire};
 use switch::{PeerLearning, Switch, Verdict};
 use tapio::{FrameBuf, TapIo};
 
@@ -205,6 +207,7 @@ fn tap_thread(sh: &Shared) {
                 send(sh, &mut sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
             }
         }
+        sender.flush(now, &mut Net { sh, now });
     }
 }
 
@@ -215,28 +218,54 @@ pub(crate) fn ip_mtu(link: &SleeveLink) -> u16 {
     frame.saturating_sub(ethernet::HEADER_LEN).min(u16::MAX as usize) as u16
 }
 
+/// Queues `frame` for `hop`'s link; it leaves at the batch's [`Sender::flush`].
 fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, frame: &FrameRepr<'_>) {
     let Some(link) = sh.links.get(hop) else {
         inc(&sh.stats.drop_no_route);
         return;
     };
-    match sender.send(now, &sh.sock, &link, frame) {
-        Ok(()) => {}
-        Err(sleeve::SendError::TooBig(_)) => inc(&sh.stats.drop_too_big),
+    if let Err(e) = sender.push(now, &mut Net { sh, now }, &link, frame) {
+        lost(sh, now, &link, 1, e);
+    }
+}
+
+/// The data plane's [`Wire`]: the sleeve socket, and the counters and path MTU search a lost
+/// send touches.
+struct Net<'a> {
+    sh: &'a Shared,
+    now: Instant,
+}
+
+impl Wire for Net<'_> {
+    fn send(&mut self, link: &SleeveLink, datagrams: &[u8], segment: Option<usize>) -> std::io::Result<()> {
+        self.sh.sock.send(link.addr(), datagrams, segment)
+    }
+
+    fn failed(&mut self, link: &SleeveLink, frames: u64, error: SendError) {
+        lost(self.sh, self.now, link, frames, error);
+    }
+}
+
+/// `frames` frames for `link` were not sent, for `error`.
+fn lost(sh: &Shared, now: Instant, link: &SleeveLink, frames: u64, error: SendError) {
+    match error {
+        SendError::TooBig(_) => {
+            sh.stats.drop_too_big.fetch_add(frames, Ordering::Relaxed);
+        }
         // The path (or our own interface) no longer carries datagrams of this size: search again.
-        Err(sleeve::SendError::Io(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-            inc(&sh.stats.drop_too_big);
+        SendError::Io(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+            sh.stats.drop_too_big.fetch_add(frames, Ordering::Relaxed);
             let mut h = link.health();
             h.pmtu.too_big(now, link.datagram().min(u16::MAX as usize) as u16);
             let d = usize::from(h.pmtu.current());
             if d != link.datagram() {
-                tracing::info!(peer = %hop, datagram = d, "sleeve: datagram refused as too big; searching the path MTU again");
+                tracing::info!(peer = %link.peer, datagram = d, "sleeve: datagram refused as too big; searching the path MTU again");
                 link.set_datagram(d);
             }
         }
-        Err(e) => {
-            tracing::debug!(peer = %hop, error = %Chain(&e), "sleeve: cannot send a frame");
-            inc(&sh.stats.drop_io);
+        e => {
+            tracing::debug!(peer = %link.peer, error = %Chain(&e), "sleeve: cannot send a frame");
+            sh.stats.drop_io.fetch_add(frames, Ordering::Relaxed);
         }
     }
 }
@@ -287,6 +316,8 @@ fn sleeve_thread(sh: &Shared) {
                 let (src, data, stride) = batch.get_mut(i);
                 receive_message(sh, &mut rx, &routes, &tap, now, src, data, stride);
             }
+            // Relayed frames leave packed, as the TAP thread's do.
+            rx.sender.flush(now, &mut Net { sh, now });
             if !rx.learning.is_empty() {
                 sh.switch().learn_from_peers(now, &mut rx.learning);
             }

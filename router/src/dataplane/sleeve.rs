@@ -1,17 +1,20 @@
-//! Frames onto and off the sleeve: sealing and sending a frame (whole or in fragments), and
-//! walking an opened body (frames, reassembly, control records).
+//! Frames onto and off the sleeve: packing frames into datagrams (whole or in fragments),
+//! sealing and sending them, and walking an opened body (frames, reassembly, control records).
 //!
 //! The layout is the sleeve's ([`weft_sleeve::wire`]): a frame travels as a frame payload
 //! ([`FrameRepr`]: a virtio-net header when the frame is a super-frame or needs its checksum
-//! finished, the relay envelope, the Ethernet frame) in one Frame record. When that does not fit
-//! one datagram of the link's size, the payload is cut into Fragment records ([`frag::Cut`]), one
-//! per datagram, all of one size but the last, sealed one by one into consecutive slots of one
-//! buffer under one session lock and handed to the kernel in one UDP GSO send. The receiver opens
-//! each datagram, reassembles, and hands the frame to the TAP with its virtio-net header, so a
-//! 64 KB TCP super-frame crosses whole and is segmented (if at all) by the receiving kernel.
+//! finished, the relay envelope, the Ethernet frame) in a Frame record. The frames of one batch
+//! for one link are packed ([`Sender`]): as many Frame records per datagram as fit the link's
+//! datagram size, so small frames share one seal and one datagram. A frame that does not fit
+//! one datagram is cut into Fragment records ([`frag::Cut`]), one per datagram, all of one size
+//! but the last. A link's datagrams lie end to end in one buffer, are sealed in place under one
+//! session lock at the end of the batch and handed to the kernel as UDP GSO trains (one send per
+//! run of equal-sized datagrams). The receiver opens each datagram, walks all its records,
+//! reassembles, and hands each frame to the TAP with its virtio-net header, so a 64 KB TCP
+//! super-frame crosses whole and is segmented (if at all) by the receiving kernel.
 
 use std::io;
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -23,7 +26,6 @@ use super::links::SleeveLink;
 
 /// Smallest datagram the sleeve sends (and so the smallest path it works over).
 pub const MIN_DATAGRAM: usize = 576;
-const OUT_CAPACITY: usize = 256 * 1024;
 
 /// Data-plane counters (all links).
 #[derive(Debug, Default)]
@@ -78,46 +80,126 @@ pub enum SendError {
     Io(#[from] io::Error),
 }
 
-/// What [`Sender::seal`] left in the sender's buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sealed {
-    /// Bytes of sealed datagrams, from the start of the buffer.
-    pub len: usize,
-    /// The datagram size of a train of fragments (the UDP GSO segment size), or `None` for one
-    /// datagram.
-    pub segment: Option<usize>,
-    /// How many datagrams.
-    pub datagrams: usize,
+/// Bytes of one link's train buffer: room for a 64 KB super-frame cut into fragments at any
+/// datagram size (the largest case, two datagrams of 64 KB, needs 128 KB) and for a TAP batch
+/// of packed frames.
+const TRAIN_CAPACITY: usize = 256 * 1024;
+/// Links with datagrams queued at once; a frame for one more link flushes them all first.
+pub const MAX_TRAINS: usize = 8;
+/// Bytes of the buffer for control records (padded up to one datagram).
+const CONTROL_CAPACITY: usize = wire::SEALED_OVERHEAD + wire::RECORD_HEADER_LEN + wire::MAX_RECORD_PAYLOAD;
+
+/// Where a [`Sender`] hands its sealed datagrams: the sleeve socket, or a test's or
+/// benchmark's stand-in.
+pub trait Wire {
+    /// Sends `datagrams` to `link`'s peer: one datagram, or with `segment` a train of datagrams
+    /// of that size, the last possibly shorter (one UDP GSO send).
+    fn send(&mut self, link: &SleeveLink, datagrams: &[u8], segment: Option<usize>) -> io::Result<()>;
+
+    /// `frames` frames queued for `link` were lost on the way out, for `error`.
+    fn failed(&mut self, link: &SleeveLink, frames: u64, error: SendError);
 }
 
-/// Per-thread buffers for sending (allocated once).
+/// The datagrams queued for one link, end to end in `buf` as they go on the wire: each a header,
+/// a body of records and room for the tag; the last takes more whole frames while `open`.
+struct Train {
+    link: Option<Arc<SleeveLink>>,
+    buf: Box<[u8]>,
+    /// The datagram size the train was started with.
+    dsize: usize,
+    /// Each datagram's start in `buf` and body length.
+    dgrams: Vec<(usize, usize)>,
+    /// Whether the last datagram takes more whole frames (not after fragments).
+    open: bool,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Train {
+    fn new() -> Train {
+        Train { link: None, buf: vec![0u8; TRAIN_CAPACITY].into_boxed_slice(), dsize: 0, dgrams: Vec::with_capacity(64), open: false, frames: 0, bytes: 0 }
+    }
+
+    /// Where the next datagram starts.
+    fn end(&self, overhead: usize) -> usize {
+        self.dgrams.last().map_or(0, |&(start, body)| start + overhead + body)
+    }
+
+    /// Seals every queued datagram under one session lock and hands them to `wire`, one call
+    /// per run of equal-sized datagrams (the last of a run may be shorter, as UDP GSO allows).
+    /// Empties the train.
+    fn flush(&mut self, now: Instant, wire: &mut dyn Wire) {
+        let Some(link) = self.link.take() else { return };
+        let (frames, bytes, n) = (self.frames, self.bytes, self.dgrams.len());
+        self.frames = 0;
+        self.bytes = 0;
+        self.open = false;
+        let overhead = link.overhead;
+        let sealed = {
+            let mut session = link.session();
+            self.dgrams.iter().try_for_each(|&(start, body)| session.seal_in_place(now, &mut self.buf[start..start + overhead + body], body).map(|_| ()))
+        };
+        if let Err(e) = sealed {
+            self.dgrams.clear();
+            wire.failed(&link, frames, e.into());
+            return;
+        }
+        let mut k = 0;
+        while k < n {
+            let (start, body) = self.dgrams[k];
+            let len = overhead + body;
+            let mut j = k + 1;
+            while j < n && overhead + self.dgrams[j].1 == len {
+                j += 1;
+            }
+            if j < n && overhead + self.dgrams[j].1 < len {
+                j += 1;
+            }
+            let (last, last_body) = self.dgrams[j - 1];
+            let r = wire.send(&link, &self.buf[start..last + overhead + last_body], (j - k > 1).then_some(len));
+            if let Err(e) = r {
+                self.dgrams.clear();
+                wire.failed(&link, frames, e.into());
+                return;
+            }
+            k = j;
+        }
+        self.dgrams.clear();
+        link.stats.datagrams_out.fetch_add(n as u64, Ordering::Relaxed);
+        link.stats.frames_out.fetch_add(frames, Ordering::Relaxed);
+        link.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Per-thread buffers for sending, allocated once (a link's train when a batch first sends to
+/// it, then kept).
+///
+/// Frames [`push`](Self::push)ed for one link within a batch are packed: each whole frame is a
+/// Frame record appended to the link's last datagram while it fits the link's datagram size,
+/// else it starts the next; a frame too large for one datagram is cut into Fragment records,
+/// one per datagram, after the frames queued before it. [`flush`](Self::flush) (at the end of
+/// each batch) seals a link's datagrams under one session lock and sends each run of
+/// equal-sized datagrams as one UDP GSO train. A link's frames leave in the order they were
+/// pushed, so every flow keeps its order.
 pub struct Sender {
-    out: Vec<u8>,
+    control: Vec<u8>,
+    trains: Vec<Train>,
+    /// `trains[..used]` hold datagrams.
+    used: usize,
 }
 
 impl Default for Sender {
     fn default() -> Self {
-        Sender { out: vec![0u8; OUT_CAPACITY] }
+        Sender { control: vec![0u8; CONTROL_CAPACITY], trains: Vec::new(), used: 0 }
     }
 }
 
 impl Sender {
-    /// Seals `frame` (offload metadata, envelope, Ethernet frame) for `link` and sends it: one
-    /// datagram, or a GSO train of fragments. Holds the link's session lock while sealing.
-    pub fn send(&mut self, now: Instant, sock: &SleeveSocket, link: &SleeveLink, frame: &FrameRepr<'_>) -> Result<(), SendError> {
-        let sealed = self.seal(now, link, frame)?;
-        sock.send(link.addr(), &self.out[..sealed.len], sealed.segment)?;
-        link.stats.datagrams_out.fetch_add(sealed.datagrams as u64, Ordering::Relaxed);
-        link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        link.stats.bytes_out.fetch_add(frame.frame.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// The first step of [`send`](Self::send), without the socket: writes `frame` for `link` into
-    /// this sender's buffer (one Frame record, or Fragment records in consecutive slots of the
-    /// link's datagram size) and seals each datagram in place under the link's session lock.
-    /// The datagrams are [`sealed`](Self::sealed) until the next call; nothing is counted.
-    pub fn seal(&mut self, now: Instant, link: &SleeveLink, frame: &FrameRepr<'_>) -> Result<Sealed, SendError> {
+    /// Queues `frame` (offload metadata, envelope, Ethernet frame) for `link`. A train that
+    /// has no room left, and every train when [`MAX_TRAINS`] links have datagrams queued, is
+    /// flushed to `wire` first. Errors concern this frame only (nothing was queued); a flush's
+    /// failures go to [`Wire::failed`].
+    pub fn push(&mut self, now: Instant, wire: &mut dyn Wire, link: &Arc<SleeveLink>, frame: &FrameRepr<'_>) -> Result<(), SendError> {
         let plen = frame.buffer_len();
         if plen > wire::MAX_FRAME_PAYLOAD {
             return Err(SendError::TooBig(frame.frame.len()));
@@ -126,43 +208,101 @@ impl Sender {
         if dsize < MIN_DATAGRAM {
             return Err(SendError::DatagramTooSmall(dsize));
         }
-        let mut session = link.session();
-        let body = session.body_range(dsize);
-        if wire::RECORD_HEADER_LEN + plen <= body.len() {
-            let body_len = {
-                let mut w = BodyWriter::new(&mut self.out[body]);
-                w.push_frame(frame)?;
-                w.len()
-            };
-            let n = session.seal_in_place(now, &mut self.out, body_len)?;
-            Ok(Sealed { len: n, segment: None, datagrams: 1 })
+        let overhead = link.overhead;
+        let max_body = dsize.saturating_sub(overhead);
+        let t = self.train(now, wire, link, dsize);
+        let train = &mut self.trains[t];
+        if wire::RECORD_HEADER_LEN + plen <= max_body {
+            let rec = wire::RECORD_HEADER_LEN + plen;
+            let fits = train.open && train.dgrams.last().is_some_and(|&(_, body)| body + rec <= max_body);
+            if !fits {
+                if train.end(overhead) + dsize > train.buf.len() {
+                    train.flush(now, wire);
+                    train.link = Some(link.clone());
+                }
+                let at = train.end(overhead);
+                train.dgrams.push((at, 0));
+                train.open = true;
+            }
+            let Some(last) = train.dgrams.last_mut() else { unreachable!("a datagram was just queued") };
+            let at = last.0 + wire::HEADER_LEN + last.1;
+            let written = BodyWriter::new(&mut train.buf[at..at + rec]).push_frame(frame);
+            if let Err(e) = written {
+                if last.1 == 0 {
+                    train.dgrams.pop();
+                }
+                return Err(e.into());
+            }
+            last.1 += rec;
         } else {
             // Each piece is copied straight from the head (vnet header and envelope) and the frame.
             let mut head = [0u8; wire::FRAME_HEAD_MAX];
             let hlen = frame.emit_head(&mut head)?;
-            let cut = frag::Cut::new(link.next_frag_id(), plen, body.len()).map_err(|e| SendError::Fragment(plen, e))?;
-            if cut.count() * dsize > self.out.len() {
+            let cut = frag::Cut::new(link.next_frag_id(), plen, max_body).map_err(|e| SendError::Fragment(plen, e))?;
+            if cut.count() * dsize > train.buf.len() {
                 return Err(SendError::TooBig(frame.frame.len()));
             }
-            let mut total = 0;
-            for k in 0..cut.count() {
-                let slot = &mut self.out[k * dsize..(k + 1) * dsize];
-                let body_len = {
-                    let mut w = BodyWriter::new(&mut slot[body.clone()]);
-                    cut.write_piece(&mut w, frame.flags(), k, &head[..hlen], frame.frame)?;
-                    w.len()
-                };
-                let n = session.seal_in_place(now, slot, body_len)?;
-                total = k * dsize + n;
+            if train.end(overhead) + cut.count() * dsize > train.buf.len() {
+                train.flush(now, wire);
+                train.link = Some(link.clone());
             }
-            Ok(Sealed { len: total, segment: Some(dsize), datagrams: cut.count() })
+            let mark = train.dgrams.len();
+            let mut at = train.end(overhead);
+            for k in 0..cut.count() {
+                let body = at + wire::HEADER_LEN..at + dsize - (overhead - wire::HEADER_LEN);
+                let mut w = BodyWriter::new(&mut train.buf[body]);
+                if let Err(e) = cut.write_piece(&mut w, frame.flags(), k, &head[..hlen], frame.frame) {
+                    train.dgrams.truncate(mark);
+                    return Err(e.into());
+                }
+                train.dgrams.push((at, w.len()));
+                at += overhead + w.len();
+            }
+            train.open = false;
         }
+        train.frames += 1;
+        train.bytes += frame.frame.len() as u64;
+        Ok(())
     }
 
-    /// The datagrams of the last [`seal`](Self::seal): `sealed.len` bytes, one datagram per
-    /// `sealed.segment` bytes when it is set (all full but the last).
-    pub fn sealed(&self, sealed: &Sealed) -> &[u8] {
-        &self.out[..sealed.len]
+    /// The index of `link`'s train, started (at datagram size `dsize`) if it has none; a train
+    /// started at another datagram size is flushed and started again.
+    fn train(&mut self, now: Instant, wire: &mut dyn Wire, link: &Arc<SleeveLink>, dsize: usize) -> usize {
+        let found = self.trains[..self.used].iter().position(|t| t.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)));
+        if let Some(i) = found {
+            let t = &mut self.trains[i];
+            if t.dsize != dsize {
+                t.flush(now, wire);
+                t.link = Some(link.clone());
+                t.dsize = dsize;
+            }
+            return i;
+        }
+        if self.used == MAX_TRAINS {
+            self.flush(now, wire);
+        }
+        if self.trains.len() == self.used {
+            self.trains.push(Train::new());
+        }
+        let t = &mut self.trains[self.used];
+        t.link = Some(link.clone());
+        t.dsize = dsize;
+        self.used += 1;
+        self.used - 1
+    }
+
+    /// Seals and sends everything queued, link by link (in the order the links were first
+    /// pushed to).
+    pub fn flush(&mut self, now: Instant, wire: &mut dyn Wire) {
+        for t in &mut self.trains[..self.used] {
+            t.flush(now, wire);
+        }
+        self.used = 0;
+    }
+
+    /// Whether frames are queued.
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
     }
 
     /// Seals one control record (heartbeat, probe) for `link`, padded to `pad_to` bytes of
@@ -173,15 +313,15 @@ impl Sender {
         let len = payload.len().max(pad_to.saturating_sub(overhead + wire::RECORD_HEADER_LEN)).min(wire::MAX_RECORD_PAYLOAD);
         let body = session.body_range(overhead + wire::RECORD_HEADER_LEN + len);
         let body_len = {
-            let mut w = BodyWriter::new(&mut self.out[body]);
+            let mut w = BodyWriter::new(&mut self.control[body]);
             let p = w.reserve(RecordKind::Control, 0, len)?;
             p[..payload.len()].copy_from_slice(payload);
             p[payload.len()..].fill(0);
             w.len()
         };
-        let n = session.seal_in_place(now, &mut self.out, body_len)?;
+        let n = session.seal_in_place(now, &mut self.control, body_len)?;
         drop(session);
-        sock.send(link.addr(), &self.out[..n], None)?;
+        sock.send(link.addr(), &self.control[..n], None)?;
         Ok(())
     }
 }
@@ -312,5 +452,215 @@ mod tests {
         body[n..n + 4].copy_from_slice(&[9, 0, 0, 0]);
         assert_eq!(walk(now, &link, &body[..n + 4], &stats), vec![]);
         assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 2);
+    }
+
+    /// A link from B back to A: it opens what `link` seals.
+    fn peer_link(now: Instant, config: Config) -> SleeveLink {
+        let ids = SessionIds { local: 2, remote: 1 };
+        let session = Session::new(&[1; 32], Role::Responder, ids, config, now);
+        SleeveLink::new(PeerName([1; 6]), 7, session, "192.0.2.1:6784".parse().unwrap(), 1472, weft_sleeve::liveness::LivenessConfig::default(), now)
+    }
+
+    fn sealed_link(now: Instant, peer: u8, datagram: usize) -> Arc<SleeveLink> {
+        let ids = SessionIds { local: 1, remote: 2 };
+        let session = Session::new(&[1; 32], Role::Initiator, ids, Config::sealed(weft_sleeve::Cipher::ChaCha20Poly1305), now);
+        let l = SleeveLink::new(PeerName([peer; 6]), 7, session, "192.0.2.2:6784".parse().unwrap(), datagram, weft_sleeve::liveness::LivenessConfig::default(), now);
+        l.set_datagram(datagram);
+        Arc::new(l)
+    }
+
+    /// A wire that keeps every send (peer, bytes, segment) and every failure.
+    #[derive(Default)]
+    struct Recorder {
+        sends: Vec<(PeerName, Vec<u8>, Option<usize>)>,
+        failed: Vec<(PeerName, u64)>,
+        refuse: bool,
+    }
+
+    impl Wire for Recorder {
+        fn send(&mut self, link: &SleeveLink, datagrams: &[u8], segment: Option<usize>) -> io::Result<()> {
+            if self.refuse {
+                return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+            }
+            self.sends.push((link.peer, datagrams.to_vec(), segment));
+            Ok(())
+        }
+
+        fn failed(&mut self, link: &SleeveLink, frames: u64, _: SendError) {
+            self.failed.push((link.peer, frames));
+        }
+    }
+
+    /// Opens the datagrams of the sends to `peer` with `rx` and walks them: every frame and
+    /// control record, in order, and how many datagrams there were.
+    fn receive(now: Instant, rx: &SleeveLink, sends: &[(PeerName, Vec<u8>, Option<usize>)], peer: PeerName) -> (Vec<Item>, usize) {
+        let stats = DataplaneStats::default();
+        let mut items = Vec::new();
+        let mut datagrams = 0;
+        for (_, bytes, segment) in sends.iter().filter(|s| s.0 == peer) {
+            let mut bytes = bytes.clone();
+            let stride = segment.unwrap_or(bytes.len());
+            assert!(segment.is_none() || bytes.len() > stride, "a train has at least two datagrams");
+            for (i, d) in bytes.chunks_mut(stride).enumerate() {
+                if segment.is_some() && i > 0 {
+                    assert!(d.len() <= stride);
+                }
+                let body = rx.session().open(now, d).expect("the datagram opens");
+                items.extend(walk(now, rx, &d[body], &stats));
+                datagrams += 1;
+            }
+        }
+        assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 0);
+        (items, datagrams)
+    }
+
+    fn frames_of(items: Vec<Item>) -> Vec<Vec<u8>> {
+        items
+            .into_iter()
+            .map(|i| match i {
+                Item::Frame(_, _, f) => f,
+                Item::Control(_) => panic!("no control records were sent"),
+            })
+            .collect()
+    }
+
+    fn eth(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    const ENV: EnvelopeRepr = EnvelopeRepr { dst: [2; 6], src: [1; 6], hops: 16 };
+
+    #[test]
+    fn small_frames_of_a_batch_share_datagrams_and_one_send() {
+        let now = Instant::now();
+        let (tx, rx) = (sealed_link(now, 2, 1472), peer_link(now, Config::sealed(weft_sleeve::Cipher::ChaCha20Poly1305)));
+        let mut sender = Sender::default();
+        let mut wire = Recorder::default();
+        let frames: Vec<Vec<u8>> = (0..32).map(|i| eth(64, i)).collect();
+        for f in &frames {
+            sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: f }).unwrap();
+        }
+        assert!(wire.sends.is_empty(), "nothing leaves before the flush");
+        sender.flush(now, &mut wire);
+        assert!(sender.is_empty());
+        // 82-byte records in bodies of 1436 bytes: 17 in the first datagram, 15 in the second,
+        // one GSO send of a full-sized datagram and a shorter last one.
+        assert_eq!(wire.sends.len(), 1);
+        assert_eq!(wire.sends[0].2, Some(36 + 17 * 82));
+        assert_eq!(wire.sends[0].1.len(), 36 + 17 * 82 + 36 + 15 * 82);
+        let (items, datagrams) = receive(now, &rx, &wire.sends, tx.peer);
+        assert_eq!(datagrams, 2);
+        assert_eq!(frames_of(items), frames);
+        assert_eq!(tx.stats.datagrams_out.load(Ordering::Relaxed), 2);
+        assert_eq!(tx.stats.frames_out.load(Ordering::Relaxed), 32);
+        assert_eq!(tx.stats.bytes_out.load(Ordering::Relaxed), 32 * 64);
+    }
+
+    #[test]
+    fn equal_frames_one_per_datagram_go_as_one_train() {
+        let now = Instant::now();
+        let (tx, rx) = (sealed_link(now, 2, 1472), peer_link(now, Config::sealed(weft_sleeve::Cipher::ChaCha20Poly1305)));
+        let mut sender = Sender::default();
+        let mut wire = Recorder::default();
+        let frames: Vec<Vec<u8>> = (0..32).map(|i| eth(1400, i)).collect();
+        for f in &frames {
+            sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: f }).unwrap();
+        }
+        sender.flush(now, &mut wire);
+        assert_eq!(wire.sends.len(), 1);
+        assert_eq!(wire.sends[0].2, Some(36 + 4 + 14 + 1400));
+        let (items, datagrams) = receive(now, &rx, &wire.sends, tx.peer);
+        assert_eq!((frames_of(items), datagrams), (frames, 32));
+    }
+
+    #[test]
+    fn mixed_sizes_fragments_and_two_links_keep_each_links_order() {
+        let now = Instant::now();
+        let cfg = Config::sealed(weft_sleeve::Cipher::ChaCha20Poly1305);
+        let (tx1, rx1) = (sealed_link(now, 2, 1472), peer_link(now, cfg));
+        let (tx2, rx2) = (sealed_link(now, 3, 1000), peer_link(now, cfg));
+        let vnet = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        let bcast = EnvelopeRepr { dst: wire::BROADCAST_PEER, src: [1; 6], hops: 16 };
+        let mut sender = Sender::default();
+        let mut wire = Recorder::default();
+        let sizes = [64, 1400, 65_549, 60, 9000, 60, 1000, 65_549, 65_549, 65_549, 64, 14];
+        let mut sent: [Vec<Item>; 2] = Default::default();
+        for (i, &size) in sizes.iter().enumerate() {
+            let f = eth(size, i as u8);
+            let v = (size > 1514).then_some(vnet);
+            let env = if i % 3 == 0 { bcast } else { ENV };
+            for (k, tx) in [&tx1, &tx2].into_iter().enumerate() {
+                if k == 1 && i % 2 == 1 {
+                    continue;
+                }
+                sender.push(now, &mut wire, tx, &FrameRepr { vnet: v, envelope: env, frame: &f }).unwrap();
+                sent[k].push(Item::Frame(v, env, f.clone()));
+            }
+        }
+        // Four super-frames do not fit one train: a train was flushed on the way.
+        assert!(!wire.sends.is_empty());
+        sender.flush(now, &mut wire);
+        assert!(wire.failed.is_empty());
+        let [sent1, sent2] = sent;
+        assert_eq!(receive(now, &rx1, &wire.sends, tx1.peer).0, sent1);
+        assert_eq!(receive(now, &rx2, &wire.sends, tx2.peer).0, sent2);
+        for (_, bytes, segment) in &wire.sends {
+            assert!(segment.unwrap_or(bytes.len()) <= 1472);
+        }
+    }
+
+    #[test]
+    fn a_smaller_datagram_size_flushes_the_train_and_applies_to_later_frames() {
+        let now = Instant::now();
+        let (tx, rx) = (sealed_link(now, 2, 1472), peer_link(now, Config::sealed(weft_sleeve::Cipher::ChaCha20Poly1305)));
+        let mut sender = Sender::default();
+        let mut wire = Recorder::default();
+        let frames: Vec<Vec<u8>> = (0..3).map(|i| eth(1200, i)).collect();
+        sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &frames[0] }).unwrap();
+        tx.set_datagram(700);
+        sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &frames[1] }).unwrap();
+        assert_eq!(wire.sends.len(), 1, "the train of the old size left first");
+        sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &frames[2] }).unwrap();
+        sender.flush(now, &mut wire);
+        for (_, bytes, segment) in &wire.sends[1..] {
+            assert!(segment.unwrap_or(bytes.len()) <= 700);
+        }
+        assert_eq!(frames_of(receive(now, &rx, &wire.sends, tx.peer).0), frames);
+    }
+
+    #[test]
+    fn a_refused_send_reports_the_trains_frames_and_frames_too_big_are_refused() {
+        let now = Instant::now();
+        let tx = sealed_link(now, 2, 1472);
+        let mut sender = Sender::default();
+        let mut wire = Recorder { refuse: true, ..Recorder::default() };
+        for i in 0..5 {
+            sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &eth(100, i) }).unwrap();
+        }
+        let huge = eth(wire::MAX_FRAME_PAYLOAD, 0);
+        assert!(matches!(sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &huge }), Err(SendError::TooBig(_))));
+        sender.flush(now, &mut wire);
+        assert_eq!(wire.failed, vec![(tx.peer, 5)]);
+        assert_eq!(tx.stats.frames_out.load(Ordering::Relaxed), 0);
+        // The sender is usable again.
+        wire.refuse = false;
+        sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &eth(100, 9) }).unwrap();
+        sender.flush(now, &mut wire);
+        assert_eq!(wire.sends.len(), 1);
+    }
+
+    #[test]
+    fn more_links_than_trains_flush_the_queued_ones_first() {
+        let now = Instant::now();
+        let links: Vec<_> = (0..MAX_TRAINS as u8 + 2).map(|p| sealed_link(now, 10 + p, 1472)).collect();
+        let mut sender = Sender::default();
+        let mut wire = Recorder::default();
+        for l in &links {
+            sender.push(now, &mut wire, l, &FrameRepr { vnet: None, envelope: ENV, frame: &eth(64, 0) }).unwrap();
+        }
+        assert_eq!(wire.sends.len(), MAX_TRAINS);
+        sender.flush(now, &mut wire);
+        let peers: Vec<_> = wire.sends.iter().map(|s| s.0).collect();
+        assert_eq!(peers, links.iter().map(|l| l.peer).collect::<Vec<_>>());
     }
 }
