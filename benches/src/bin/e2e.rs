@@ -20,6 +20,10 @@
 //!
 //! Environment: `WEFT_E2E_ONLY=fastpath` (or any comma-separated list of `veth`, `encrypted`,
 //! `sleeve`, `fastpath`) measures only those paths and kernel VXLAN, the baseline;
+//! `WEFT_E2E_PAIRS=N` runs only N pairs of single-stream TCP runs over kernel VXLAN and weft's
+//! fast path, both beds up at once, alternating, and prints each pair's ratio and their median
+//! (on a busy machine the figures of one run each swing widely); `WEFT_E2E_ROUTER_ARGS` adds
+//! flags to every router (for experiments, e.g. `--no-masquerade`);
 //! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft;
 //! `WEFT_E2E_PERF_DIR=DIR` records `perf` samples of each router during the encrypted
 //! single-stream TCP run (`perf record -e cpu-clock --call-graph dwarf`: this VM has no hardware
@@ -212,6 +216,24 @@ fn run(d: Duration) -> Result<(), String> {
     for _ in 0..3 {
         let _ = bed.ping(pods[0].0, pods[1].1);
     }
+    if let Ok(v) = std::env::var("WEFT_E2E_PAIRS") {
+        let rounds: usize = v.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| format!("WEFT_E2E_PAIRS={v}: not a number of rounds from 1 to 100"))?;
+        let base = (pods[1].0, pods[0].0, pods[1].1);
+        let ratios = weft(Mode::FastPath, mtu, |wbed, server, client, addr, _| pairs(&mut bed, base, (wbed, server, client, addr), rounds, d))?;
+        bed.teardown().map_err(|e| chain(&e))?;
+        let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = if sorted.len() % 2 == 1 { sorted[sorted.len() / 2] } else { (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0 };
+        println!("load average before: {}; after: {}", load.trim(), load_after.trim());
+        println!(
+            "weft fast path / kernel VXLAN, single-stream TCP, {rounds} alternating pairs of {} s, pods' MTU {mtu}: median {median:.2}, min {:.2}, max {:.2}",
+            d.as_secs(),
+            sorted[0],
+            sorted[sorted.len() - 1]
+        );
+        return Ok(());
+    }
     let mut results = Vec::new();
     if only.wants("veth") {
         results.push(measure("raw veth", &mut bed, h2, h1, lan.links[1].addr, d, &[], None)?);
@@ -227,6 +249,28 @@ fn run(d: Duration) -> Result<(), String> {
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     print!("{}", table(&results, d, mtu, load.trim(), load_after.trim()));
     Ok(())
+}
+
+/// `rounds` pairs of single-stream TCP runs, kernel VXLAN (`base`: its bed, server, client,
+/// server address) and weft's fast path (the same on weft's bed), each pair run back to back in
+/// alternating order so that the machine's other work weighs on both alike; returns each pair's
+/// ratio, fast path to kernel VXLAN.
+fn pairs(bed: &mut TestBed, base: (NodeId, NodeId, Ipv4Addr), weft: (&mut TestBed, NodeId, NodeId, Ipv4Addr), rounds: usize, d: Duration) -> Result<Vec<f64>, String> {
+    let (wbed, ws, wc, wa) = weft;
+    let mut ratios = Vec::new();
+    for i in 0..rounds {
+        let (b, f) = if i % 2 == 0 {
+            let b = iperf3_tcp(bed, base.0, base.1, base.2, d, 1)?;
+            (b, iperf3_tcp(wbed, ws, wc, wa, d, 1)?)
+        } else {
+            let f = iperf3_tcp(wbed, ws, wc, wa, d, 1)?;
+            (iperf3_tcp(bed, base.0, base.1, base.2, d, 1)?, f)
+        };
+        let r = f.bits_per_second / b.bits_per_second;
+        println!("pair {}: kernel VXLAN {:.2} Gbit/s, weft fast path {:.2} Gbit/s: {r:.2}", i + 1, b.bits_per_second / 1e9, f.bits_per_second / 1e9);
+        ratios.push(r);
+    }
+    Ok(ratios)
 }
 
 /// The results as a table: one column per path, each figure with its ratio to kernel VXLAN.
@@ -335,6 +379,7 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
     if mode == Mode::PlainSleeve {
         extra_args.push("--no-fastpath".into());
     }
+    extra_args.extend(std::env::var("WEFT_E2E_ROUTER_ARGS").unwrap_or_default().split_whitespace().map(str::to_owned));
     let password = (mode == Mode::Encrypted).then(|| "weft-bench-password".to_owned());
     let opts = RouterOptions { binary, password, extra_args };
     let r1 = routers::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts)?;
