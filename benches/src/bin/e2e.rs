@@ -23,7 +23,9 @@
 //! `WEFT_E2E_PAIRS=N` runs only N pairs of single-stream TCP runs over kernel VXLAN and weft's
 //! fast path, both beds up at once, alternating, and prints each pair's ratio and their median
 //! (on a busy machine the figures of one run each swing widely); `WEFT_E2E_ROUTER_ARGS` adds
-//! flags to every router (for experiments, e.g. `--no-masquerade`);
+//! flags to every router (for experiments, e.g. `--no-masquerade`); `WEFT_E2E_BASE_NAT=1` gives
+//! the baseline's hosts a masquerade table like weft's, so that connection tracking weighs on
+//! kernel VXLAN as it does on weft's paths;
 //! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft;
 //! `WEFT_E2E_PERF_DIR=DIR` records `perf` samples of each router during the encrypted
 //! single-stream TCP run (`perf record -e cpu-clock --call-graph dwarf`: this VM has no hardware
@@ -188,6 +190,7 @@ fn run(d: Duration) -> Result<(), String> {
         Err(_) => POD_MTU,
     };
     let only = Selection::from_env()?;
+    let base_nat = std::env::var_os("WEFT_E2E_BASE_NAT").is_some();
     let mut bed = TestBed::new().map_err(|e| chain(&e))?;
     let lan = topology::shared_segment(&mut bed, 2).map_err(|e| chain(&e))?;
     let (h1, h2) = (lan.hosts[0], lan.hosts[1]);
@@ -208,6 +211,11 @@ fn run(d: Duration) -> Result<(), String> {
             Ok(())
         })();
         r.map_err(|e| chain(&e))?;
+        if base_nat {
+            // Connection tracking on, as on weft's hosts (its masquerade table) and on any
+            // Kubernetes node: bridged frames meet it too (bridge-nf-call-iptables).
+            bed.masquerade(h, &link.iface).map_err(|e| chain(&e))?;
+        }
         let addr = Ipv4Addr::new(10, 32, 0, 10 + i as u8);
         let pod = bed.add_pod(h, &format!("pod{i}"), POD_BRIDGE, "vp0", addr, 12, None).map_err(|e| chain(&e))?;
         bed.netlink(pod).set_mtu("eth0", mtu).map_err(|e| chain(&e))?;
