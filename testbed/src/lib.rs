@@ -13,7 +13,7 @@
 //! link in them. [`TestBed::teardown`] does the same and reports every failure.
 
 mod probe;
-pub use probe::{PING_DEADLINE, PROBE_WAIT, Rtt, Throughput, UdpRate, iperf3, iperf3_tcp, iperf3_udp};
+pub use probe::{PING_DEADLINE, PROBE_WAIT, Rtt, Throughput, Transfer, UdpRate, iperf3, iperf3_tcp, iperf3_udp};
 pub mod routers;
 pub mod topology;
 
@@ -315,6 +315,31 @@ impl TestBed {
         let _ = child.kill();
         child.wait().map_err(|e| Error::TestBed(format!("reap process {pid}: {e}")))?;
         Ok(())
+    }
+
+    /// Asks a process this bed started to stop (SIGTERM) and reaps it; if it has not exited
+    /// within `grace`, kills it (SIGKILL) and fails, saying so.
+    pub fn terminate(&mut self, pid: u32, grace: std::time::Duration) -> Result<()> {
+        let i = self
+            .children
+            .iter()
+            .position(|c| c.id() == pid)
+            .ok_or_else(|| Error::TestBed(format!("process {pid} was not started by this test bed")))?;
+        let mut child = self.children.remove(i);
+        // A child's PID is a positive i32 (pid_t) however std reports it.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::TestBed(format!("process {pid} did not exit within {grace:?} of SIGTERM: killed")));
+                }
+            }
+        }
     }
 
     /// Runs `cmd` inside `node`'s namespace to completion and returns its output.

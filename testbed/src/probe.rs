@@ -1,10 +1,13 @@
 //! Reachability probes between nodes of a bed: one UDP datagram, or one ICMP echo (`ping`),
-//! each bounded in time and sending at most one packet; and bounded measurements: TCP throughput
-//! over one or more streams and UDP packet rate (`iperf3`), round-trip times (`ping`).
+//! each bounded in time and sending at most one packet; bounded measurements: TCP throughput
+//! over one or more streams and UDP packet rate (`iperf3`), round-trip times (`ping`); and a
+//! checked transfer ([`TestBed::checked_transfer`]): a TCP stream whose every byte and whose
+//! length the receiver verifies.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{NodeId, TestBed};
 use weft_kernel::{Error, Result};
@@ -188,5 +191,154 @@ impl TestBed {
             avg: ms(times.iter().sum::<f64>() / times.len() as f64),
             p99: ms(times[rank - 1]),
         })
+    }
+}
+
+/// What a checked transfer moved: all of it, verified.
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer {
+    /// Bytes received and checked (the number asked for).
+    pub bytes: u64,
+    /// From the connection's start until the receiver had checked the last byte and the end.
+    pub elapsed: Duration,
+}
+
+impl Transfer {
+    /// The rate, in bits per second.
+    pub fn bits_per_second(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The size of the pieces a checked transfer writes and checks.
+const CHUNK: usize = 1 << 20;
+
+/// Fills `buf` with the checked stream of `seed` from `offset` on (both multiples of 8): each
+/// 8-byte word is the SplitMix64 output for its index, so every position has its own content and
+/// a lost, repeated or reordered piece shows.
+fn fill_stream(seed: u64, offset: u64, buf: &mut [u8]) {
+    for (i, w) in (offset / 8..).zip(buf.chunks_exact_mut(8)) {
+        let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        w.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match s.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The receiving end: accepts one connection by `deadline` and checks `bytes` of the stream of
+/// `seed`, then its end.
+fn receive_checked(listener: TcpListener, bytes: u64, seed: u64, deadline: Instant) -> Result<(), String> {
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    };
+    s.set_nonblocking(false).map_err(|e| format!("receiver: {e}"))?;
+    let mut got = vec![0u8; CHUNK];
+    let mut want = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    while at < bytes {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("timed out after {at} of {bytes} bytes"));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| format!("receiver: {e}"))?;
+        let len = CHUNK.min((bytes - at) as usize);
+        let n = read_full(&mut s, &mut got[..len]).map_err(|e| format!("receive after {at} of {bytes} bytes: {e}"))?;
+        fill_stream(seed, at, &mut want[..len]);
+        if got[..n] != want[..n] {
+            let i = (0..n).find(|&i| got[i] != want[i]).unwrap_or(0);
+            return Err(format!("byte {} differs: {:#04x}, expected {:#04x}", at + i as u64, got[i], want[i]));
+        }
+        at += n as u64;
+        if n < len {
+            return Err(format!("the stream ended after {at} of {bytes} bytes"));
+        }
+    }
+    match s.read(&mut got[..1]) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(format!("the stream goes on past {bytes} bytes")),
+        Err(e) => Err(format!("receive the end after {bytes} bytes: {e}")),
+    }
+}
+
+impl TestBed {
+    /// Sends `bytes` (a multiple of 8) of a deterministic pseudo-random stream chosen by `seed`
+    /// over one TCP connection from `from` to `to_addr` (a port chosen by a listener in `to`); the
+    /// receiver checks every byte against the same stream, that exactly `bytes` arrive and that
+    /// the sender's end follows. Fails with the first difference (its offset), a stream cut
+    /// short or too long, or when the whole has not arrived within `timeout`. Sender and
+    /// receiver are threads of this process whose sockets live in the two namespaces.
+    pub fn checked_transfer(&self, from: NodeId, to: NodeId, to_addr: Ipv4Addr, bytes: u64, seed: u64, timeout: Duration) -> Result<Transfer> {
+        let fail = |what: String| Error::TestBed(format!("checked transfer of {bytes} bytes to {to_addr} (seed {seed:#x}): {what}"));
+        if bytes % 8 != 0 {
+            return Err(fail("the size must be a multiple of 8".into()));
+        }
+        let listener = self.ns(to).run(|| TcpListener::bind((to_addr, 0)))?.map_err(|e| fail(format!("listen: {e}")))?;
+        let dest = listener.local_addr().map_err(|e| fail(format!("listener address: {e}")))?;
+        listener.set_nonblocking(true).map_err(|e| fail(format!("listener: {e}")))?;
+        let t0 = Instant::now();
+        let deadline = t0 + timeout;
+        let receiver = std::thread::spawn(move || receive_checked(listener, bytes, seed, deadline));
+        let sent = self.ns(from).run(|| TcpStream::connect_timeout(&dest, Duration::from_secs(5)))?.map_err(|e| format!("connect: {e}")).and_then(|mut s| {
+            s.set_write_timeout(Some(timeout)).map_err(|e| format!("sender: {e}"))?;
+            let mut buf = vec![0u8; CHUNK];
+            let mut at = 0u64;
+            while at < bytes {
+                let len = CHUNK.min((bytes - at) as usize);
+                fill_stream(seed, at, &mut buf[..len]);
+                s.write_all(&buf[..len]).map_err(|e| format!("send after {at} bytes: {e}"))?;
+                at += len as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write).map_err(|e| format!("send the end: {e}"))
+        });
+        // The receiver is bounded by the deadline (accept and every read), whatever the sender did.
+        let received = receiver.join().unwrap_or_else(|_| Err("the receiver panicked".into()));
+        let elapsed = t0.elapsed();
+        match (received, sent) {
+            (Ok(()), Ok(())) => Ok(Transfer { bytes, elapsed }),
+            (Err(r), _) => Err(fail(format!("receiver: {r}"))),
+            (Ok(()), Err(s)) => Err(fail(format!("sender: {s}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_depends_on_seed_and_position_and_any_piece_can_be_regenerated() {
+        let mut whole = vec![0u8; 4096];
+        fill_stream(7, 0, &mut whole);
+        let mut piece = vec![0u8; 1024];
+        fill_stream(7, 2048, &mut piece);
+        assert_eq!(piece, whole[2048..3072]);
+        let mut other = vec![0u8; 4096];
+        fill_stream(8, 0, &mut other);
+        assert_ne!(other, whole);
+        // No two words of the first 4 KiB alike: a repeated or shifted piece would show.
+        let words: std::collections::HashSet<&[u8]> = whole.chunks(8).collect();
+        assert_eq!(words.len(), 512);
+        // SplitMix64's first output for state 0, as its reference implementation gives it.
+        let mut first = [0u8; 8];
+        fill_stream(0, 0, &mut first);
+        assert_eq!(first, 0xe220_a839_7b1d_cdafu64.to_le_bytes());
     }
 }

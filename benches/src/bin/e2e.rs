@@ -1,7 +1,14 @@
 //! End-to-end comparison between two hosts of a test bed, over each path, as ratios to kernel
 //! VXLAN measured in the same run: raw veth (host to host across the segment), the kernel's
-//! VXLAN (pod to pod over the same segment), and weft's sleeve, encrypted and plain (pod to pod
-//! through two `weft router` processes).
+//! VXLAN (pod to pod over the same segment), and pod to pod through two `weft router` processes
+//! in three ways: "weft encrypted" (the sleeve, with a cluster password), "weft plain sleeve"
+//! (no password, `--no-fastpath`) and "weft fast path" (no password: weft's own kernel VXLAN
+//! device, measured only once both routers report the connection's overlay as `fastpath` and
+//! have programmed each other's pod MAC; the run fails if they do not within 20 s).
+//!
+//! Every pod, the baseline's included, has the same MTU: weft's default pod MTU, 1376 (the
+//! routers get `--mtu` explicitly, and the run fails if IPAM hands out another), so that each
+//! overlay carries the same packets; `WEFT_E2E_MTU` sets another.
 //!
 //! Usage, as root: `benches/e2e.sh [SECONDS]` (builds the release binaries and runs this one).
 //! Per path: TCP with one stream and with 4 parallel streams; UDP packet rate with 1348-byte and
@@ -11,7 +18,15 @@
 //! `/proc/stat` (all processes, so other work on the machine counts too) and, on weft's paths,
 //! each router's from `/proc/PID/stat`.
 //!
-//! Environment: `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft;
+//! Environment: `WEFT_E2E_ONLY=fastpath` (or any comma-separated list of `veth`, `encrypted`,
+//! `sleeve`, `fastpath`) measures only those paths and kernel VXLAN, the baseline;
+//! `WEFT_E2E_PAIRS=N` runs only N pairs of single-stream TCP runs over kernel VXLAN and weft's
+//! fast path, both beds up at once, alternating, and prints each pair's ratio and their median
+//! (on a busy machine the figures of one run each swing widely); `WEFT_E2E_ROUTER_ARGS` adds
+//! flags to every router (for experiments, e.g. `--no-masquerade`); `WEFT_E2E_BASE_NAT=1` gives
+//! the baseline's hosts a masquerade table like weft's, so that connection tracking weighs on
+//! kernel VXLAN as it does on weft's paths;
+//! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft;
 //! `WEFT_E2E_PERF_DIR=DIR` records `perf` samples of each router during the encrypted
 //! single-stream TCP run (`perf record -e cpu-clock --call-graph dwarf`: this VM has no hardware
 //! counters) into `DIR/sender.data` (the client's host: its `weft-tap` thread carries the data
@@ -23,18 +38,71 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_api::types::{AllocateRequest, Allocation, Attachment};
+use weft_api::types::{AllocateRequest, Allocation, Attachment, Connection, ConnectionState};
 use weft_benches::{MachineCpu, cpu_time};
 use weft_kernel::netlink::{FdbEntry, LinkKind, VxlanConfig};
 use weft_testbed::routers::{self, RouterOptions, RunDir};
 use weft_testbed::topology::{self, POD_BRIDGE};
 use weft_testbed::{NodeId, Rtt, TestBed, Throughput, UdpRate, iperf3_tcp, iperf3_udp};
 
-/// UDP payloads: the largest that crosses every path unfragmented (pods on kernel VXLAN have
-/// an MTU of 1450; 1348 + 28 bytes of IP and UDP header fits weft's too), and a small one.
+/// UDP payloads: the largest that crosses every path unfragmented at the default pod MTU
+/// (1348 + 28 bytes of IP and UDP header = 1376), and a small one.
 const UDP_PAYLOADS: [usize; 2] = [1348, 64];
 const PINGS: u32 = 200;
 const PING_INTERVAL: Duration = Duration::from_millis(10);
+/// The pods' MTU on every path unless `WEFT_E2E_MTU` says otherwise: weft's default.
+const POD_MTU: u32 = 1376;
+/// How long the fast path may take to become established and programmed.
+const FASTPATH_WAIT: Duration = Duration::from_secs(20);
+
+/// How the routers of one weft column run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// With a cluster password: everything on the encrypted sleeve.
+    Encrypted,
+    /// Without a password and with `--no-fastpath`: the plain sleeve.
+    PlainSleeve,
+    /// Without a password: the kernel VXLAN fast path, once established.
+    FastPath,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Encrypted => "weft encrypted",
+            Mode::PlainSleeve => "weft plain sleeve",
+            Mode::FastPath => "weft fast path",
+        }
+    }
+
+    /// The word `WEFT_E2E_ONLY` selects it by.
+    fn word(self) -> &'static str {
+        match self {
+            Mode::Encrypted => "encrypted",
+            Mode::PlainSleeve => "sleeve",
+            Mode::FastPath => "fastpath",
+        }
+    }
+}
+
+/// Which paths to measure (kernel VXLAN, the baseline, always).
+struct Selection(Option<Vec<String>>);
+
+impl Selection {
+    fn from_env() -> Result<Selection, String> {
+        let Ok(v) = std::env::var("WEFT_E2E_ONLY") else { return Ok(Selection(None)) };
+        let words: Vec<String> = v.split(',').map(|w| w.trim().to_owned()).filter(|w| !w.is_empty()).collect();
+        let known = ["veth", "vxlan", "encrypted", "sleeve", "fastpath"];
+        if let Some(w) = words.iter().find(|w| !known.contains(&w.as_str())) {
+            return Err(format!("WEFT_E2E_ONLY: unknown path {w:?} (known: {})", known.join(", ")));
+        }
+        Ok(Selection(Some(words)))
+    }
+
+    fn wants(&self, word: &str) -> bool {
+        self.0.as_ref().is_none_or(|ws| ws.iter().any(|w| w == word))
+    }
+}
 
 fn main() {
     let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -108,7 +176,7 @@ fn run(d: Duration) -> Result<(), String> {
     let perf = std::env::var_os("WEFT_E2E_PERF_DIR").map(|dir| Profile { dir: dir.into() });
     if std::env::var_os("WEFT_E2E_ONLY_WEFT").is_some() {
         let perf = perf.as_ref();
-        let (t, cpu) = weft(Some("weft-bench-password"), |bed, server, client, addr, pids| {
+        let (t, cpu) = weft(Mode::Encrypted, POD_MTU, |bed, server, client, addr, pids| {
             eprintln!("e2e: weft encrypted, single-stream TCP ...");
             with_cpu(pids, || tcp1_profiled(bed, server, client, addr, d, pids, perf))
         })?;
@@ -117,6 +185,12 @@ fn run(d: Duration) -> Result<(), String> {
         return Ok(());
     }
 
+    let mtu = match std::env::var("WEFT_E2E_MTU") {
+        Ok(v) => v.parse().ok().filter(|m| (576..=1450).contains(m)).ok_or_else(|| format!("WEFT_E2E_MTU={v}: not an MTU between 576 and 1450"))?,
+        Err(_) => POD_MTU,
+    };
+    let only = Selection::from_env()?;
+    let base_nat = std::env::var_os("WEFT_E2E_BASE_NAT").is_some();
     let mut bed = TestBed::new().map_err(|e| chain(&e))?;
     let lan = topology::shared_segment(&mut bed, 2).map_err(|e| chain(&e))?;
     let (h1, h2) = (lan.hosts[0], lan.hosts[1]);
@@ -130,43 +204,93 @@ fn run(d: Duration) -> Result<(), String> {
             nl.set_up(POD_BRIDGE)?;
             let cfg = VxlanConfig { vni: 7, port: 6785, local: Some(link.addr.into()), underlay: Some(link.iface.clone()), learning: false };
             nl.add_link("vx-base", &LinkKind::Vxlan(cfg))?;
-            nl.set_mtu("vx-base", 1450)?;
+            nl.set_mtu("vx-base", mtu)?;
             nl.set_master("vx-base", POD_BRIDGE)?;
             nl.set_up("vx-base")?;
             nl.fdb_append("vx-base", &FdbEntry { mac: [0; 6], dst: Some(IpAddr::V4(other)) })?;
             Ok(())
         })();
         r.map_err(|e| chain(&e))?;
+        if base_nat {
+            // Connection tracking on, as on weft's hosts (its masquerade table) and on any
+            // Kubernetes node: bridged frames meet it too (bridge-nf-call-iptables).
+            bed.masquerade(h, &link.iface).map_err(|e| chain(&e))?;
+        }
         let addr = Ipv4Addr::new(10, 32, 0, 10 + i as u8);
         let pod = bed.add_pod(h, &format!("pod{i}"), POD_BRIDGE, "vp0", addr, 12, None).map_err(|e| chain(&e))?;
-        bed.netlink(pod).set_mtu("eth0", 1450).map_err(|e| chain(&e))?;
+        bed.netlink(pod).set_mtu("eth0", mtu).map_err(|e| chain(&e))?;
         pods.push((pod, addr));
     }
     for _ in 0..3 {
         let _ = bed.ping(pods[0].0, pods[1].1);
     }
-    let mut results = vec![
-        measure("raw veth", &mut bed, h2, h1, lan.links[1].addr, d, &[], None)?,
-        measure("kernel VXLAN", &mut bed, pods[1].0, pods[0].0, pods[1].1, d, &[], None)?,
-    ];
+    if let Ok(v) = std::env::var("WEFT_E2E_PAIRS") {
+        let rounds: usize = v.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| format!("WEFT_E2E_PAIRS={v}: not a number of rounds from 1 to 100"))?;
+        let base = (pods[1].0, pods[0].0, pods[1].1);
+        let ratios = weft(Mode::FastPath, mtu, |wbed, server, client, addr, _| pairs(&mut bed, base, (wbed, server, client, addr), rounds, d))?;
+        bed.teardown().map_err(|e| chain(&e))?;
+        let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = if sorted.len() % 2 == 1 { sorted[sorted.len() / 2] } else { (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0 };
+        println!("load average before: {}; after: {}", load.trim(), load_after.trim());
+        println!(
+            "weft fast path / kernel VXLAN, single-stream TCP, {rounds} alternating pairs of {} s, pods' MTU {mtu}: median {median:.2}, min {:.2}, max {:.2}",
+            d.as_secs(),
+            sorted[0],
+            sorted[sorted.len() - 1]
+        );
+        return Ok(());
+    }
+    let mut results = Vec::new();
+    if only.wants("veth") {
+        results.push(measure("raw veth", &mut bed, h2, h1, lan.links[1].addr, d, &[], None)?);
+    }
+    results.push(measure("kernel VXLAN", &mut bed, pods[1].0, pods[0].0, pods[1].1, d, &[], None)?);
     bed.teardown().map_err(|e| chain(&e))?;
-    results.push(weft(Some("weft-bench-password"), |bed, server, client, addr, pids| measure("weft encrypted", bed, server, client, addr, d, pids, perf.as_ref()))?);
-    results.push(weft(None, |bed, server, client, addr, pids| measure("weft plain", bed, server, client, addr, d, pids, None))?);
+    for mode in [Mode::Encrypted, Mode::PlainSleeve, Mode::FastPath] {
+        if only.wants(mode.word()) {
+            let perf = perf.as_ref().filter(|_| mode == Mode::Encrypted);
+            results.push(weft(mode, mtu, |bed, server, client, addr, pids| measure(mode.label(), bed, server, client, addr, d, pids, perf))?);
+        }
+    }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    print!("{}", table(&results, d, load.trim(), load_after.trim()));
+    print!("{}", table(&results, d, mtu, load.trim(), load_after.trim()));
     Ok(())
 }
 
+/// `rounds` pairs of single-stream TCP runs, kernel VXLAN (`base`: its bed, server, client,
+/// server address) and weft's fast path (the same on weft's bed), each pair run back to back in
+/// alternating order so that the machine's other work weighs on both alike; returns each pair's
+/// ratio, fast path to kernel VXLAN.
+fn pairs(bed: &mut TestBed, base: (NodeId, NodeId, Ipv4Addr), weft: (&mut TestBed, NodeId, NodeId, Ipv4Addr), rounds: usize, d: Duration) -> Result<Vec<f64>, String> {
+    let (wbed, ws, wc, wa) = weft;
+    let mut ratios = Vec::new();
+    for i in 0..rounds {
+        let (b, f) = if i % 2 == 0 {
+            let b = iperf3_tcp(bed, base.0, base.1, base.2, d, 1)?;
+            (b, iperf3_tcp(wbed, ws, wc, wa, d, 1)?)
+        } else {
+            let f = iperf3_tcp(wbed, ws, wc, wa, d, 1)?;
+            (iperf3_tcp(bed, base.0, base.1, base.2, d, 1)?, f)
+        };
+        let r = f.bits_per_second / b.bits_per_second;
+        println!("pair {}: kernel VXLAN {:.2} Gbit/s, weft fast path {:.2} Gbit/s: {r:.2}", i + 1, b.bits_per_second / 1e9, f.bits_per_second / 1e9);
+        ratios.push(r);
+    }
+    Ok(ratios)
+}
+
 /// The results as a table: one column per path, each figure with its ratio to kernel VXLAN.
-fn table(rs: &[PathResult], d: Duration, load: &str, load_after: &str) -> String {
+fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str) -> String {
     let vx = rs.iter().position(|r| r.label == "kernel VXLAN").unwrap_or(0);
     let mut s = String::new();
-    let _ = writeln!(s, "weft e2e: {} s per iperf3 run, 2 hosts on one 2-core machine shared with other work", d.as_secs());
+    let _ = writeln!(s, "weft e2e: {} s per iperf3 run, 2 hosts on one 2-core machine shared with other work; every pod's MTU {mtu}", d.as_secs());
     let _ = writeln!(s, "load average before: {load}; after: {load_after}");
     let _ = writeln!(s, "(x) = ratio to kernel VXLAN in this run (for RTT and CPU, lower is better)");
     let _ = write!(s, "{:<34}", "");
     for r in rs {
-        let _ = write!(s, "{:>22}", r.label);
+        let _ = write!(s, "{:>20}", r.label);
     }
     s.push('\n');
     let mut row = |name: &str, ratio: bool, f: &dyn Fn(&PathResult) -> Option<f64>, fmt: &dyn Fn(f64) -> String| {
@@ -178,7 +302,7 @@ fn table(rs: &[PathResult], d: Duration, load: &str, load_after: &str) -> String
                 (Some(v), _) => fmt(v),
                 (None, _) => "-".into(),
             };
-            let _ = write!(s, "{cell:>22}");
+            let _ = write!(s, "{cell:>20}");
         }
         s.push('\n');
     };
@@ -247,10 +371,10 @@ impl Recording {
     }
 }
 
-/// Two routers on one segment (sealed with `password`, or plain), a pod on each; runs `f` with
-/// the server's pod, the client's pod, the server pod's address and the routers' PIDs (the
-/// client's router first: it sends the data).
-fn weft<T>(password: Option<&str>, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ipv4Addr, &[u32]) -> Result<T, String>) -> Result<T, String> {
+/// Two routers on one segment, run as `mode` says, with pods of MTU `mtu`, a pod on each; runs
+/// `f` with the server's pod, the client's pod, the server pod's address and the routers' PIDs
+/// (the client's router first: it sends the data).
+fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ipv4Addr, &[u32]) -> Result<T, String>) -> Result<T, String> {
     let binary = std::env::current_exe().map_err(|e| weft_kernel::chain(&e))?.with_file_name("weft");
     if !binary.exists() {
         return Err(format!("{} is missing: run `cargo build --release -p weft-router` first", binary.display()));
@@ -258,7 +382,14 @@ fn weft<T>(password: Option<&str>, f: impl FnOnce(&mut TestBed, NodeId, NodeId, 
     let mut bed = TestBed::new().map_err(|e| chain(&e))?;
     let run = RunDir::new(bed.id()).map_err(|e| chain(&e))?;
     let lan = topology::shared_segment(&mut bed, 2).map_err(|e| chain(&e))?;
-    let opts = RouterOptions { binary, password: password.map(str::to_owned), extra_args: vec!["--ipalloc-init".into(), "consensus=2".into()] };
+    let mut extra_args: Vec<String> = ["--ipalloc-init", "consensus=2", "--mtu"].map(str::to_owned).into();
+    extra_args.push(mtu.to_string());
+    if mode == Mode::PlainSleeve {
+        extra_args.push("--no-fastpath".into());
+    }
+    extra_args.extend(std::env::var("WEFT_E2E_ROUTER_ARGS").unwrap_or_default().split_whitespace().map(str::to_owned));
+    let password = (mode == Mode::Encrypted).then(|| "weft-bench-password".to_owned());
+    let opts = RouterOptions { binary, password, extra_args };
     let r1 = routers::start_router(&mut bed, &run, lan.hosts[0], "h1", &[lan.links[1].addr], &opts)?;
     let r2 = routers::start_router(&mut bed, &run, lan.hosts[1], "h2", &[], &opts)?;
     for r in [&r1, &r2] {
@@ -275,6 +406,9 @@ fn weft<T>(password: Option<&str>, f: impl FnOnce(&mut TestBed, NodeId, NodeId, 
                 other => return Err(format!("allocate: {other:?}")),
             }
         };
+        if a.mtu != mtu {
+            return Err(format!("the router handed out pod MTU {}, not the {mtu} it was given", a.mtu));
+        }
         let (addr, prefix) = a.address.split_once('/').ok_or("bad address")?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| "bad address")?;
         let gw: Ipv4Addr = a.gateway.as_deref().unwrap_or_default().parse().map_err(|_| "bad gateway")?;
@@ -286,8 +420,64 @@ fn weft<T>(password: Option<&str>, f: impl FnOnce(&mut TestBed, NodeId, NodeId, 
     for _ in 0..3 {
         let _ = bed.ping(pods[0].0, pods[1].1);
     }
+    if mode == Mode::FastPath {
+        wait_fastpath(&mut bed, [&r1, &r2], [lan.hosts[0], lan.hosts[1]], [pods[0].0, pods[1].0], pods[1].1)?;
+    }
     let result = f(&mut bed, pods[1].0, pods[0].0, pods[1].1, &[r1.pid, r2.pid])?;
+    if mode == Mode::FastPath {
+        // Still on the fast path after the measurements (a path on hold would have put the
+        // traffic back on the sleeve midway).
+        for (r, peer) in [(&r1, "h2"), (&r2, "h1")] {
+            let overlay = overlay_to(r, peer);
+            if overlay.as_deref() != Some("fastpath") {
+                return Err(format!("after the measurements {peer} is reached over {overlay:?}, not the fast path; log:\n{}", r.log_text()));
+            }
+        }
+    }
     bed.teardown().map_err(|e| chain(&e))?;
     drop(run);
     Ok(result)
+}
+
+/// The overlay of `r`'s established connection to the peer nicknamed `peer`, as
+/// `weft status connections --json` shows it.
+fn overlay_to(r: &routers::RouterProc, peer: &str) -> Option<String> {
+    let conns: Vec<Connection> = r.client().get("/connections").ok()?;
+    conns.into_iter().find(|c| c.state == ConnectionState::Established && c.nickname.as_deref() == Some(peer)).map(|c| c.overlay)
+}
+
+/// Waits until each router reports its connection to the other on the fast path and each
+/// host's `weft-vxlan` carries an entry for the other host's pod MAC (the pods' unicast then
+/// takes the kernel path from the first packet measured); fails after [`FASTPATH_WAIT`].
+fn wait_fastpath(bed: &mut TestBed, routers: [&routers::RouterProc; 2], hosts: [NodeId; 2], pods: [NodeId; 2], server_addr: Ipv4Addr) -> Result<(), String> {
+    let mut macs = [[0u8; 6]; 2];
+    for (i, &pod) in pods.iter().enumerate() {
+        macs[i] = bed.netlink(pod).link("eth0").map_err(|e| chain(&e))?.mac.ok_or("a pod's eth0 has no MAC")?;
+    }
+    let t0 = Instant::now();
+    let names = ["h1", "h2"];
+    loop {
+        // Unicast between the pods keeps both MACs fresh in the switches until programmed.
+        let _ = bed.ping(pods[0], server_addr);
+        let mut missing = Vec::new();
+        for i in 0..2 {
+            let overlay = overlay_to(routers[i], names[1 - i]);
+            if overlay.as_deref() != Some("fastpath") {
+                missing.push(format!("{} reaches {} over {overlay:?}", names[i], names[1 - i]));
+                continue;
+            }
+            let fdb = bed.netlink(hosts[i]).fdb_entries("weft-vxlan").map_err(|e| chain(&e))?;
+            if !fdb.iter().any(|e| e.mac == macs[1 - i]) {
+                missing.push(format!("{}'s weft-vxlan has no entry for the pod on {}", names[i], names[1 - i]));
+            }
+        }
+        if missing.is_empty() {
+            eprintln!("e2e: fast path established and programmed after {:.1} s", t0.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if t0.elapsed() >= FASTPATH_WAIT {
+            return Err(format!("the fast path is not in use after {FASTPATH_WAIT:?}: {}; logs:\n{}\n{}", missing.join("; "), routers[0].log_text(), routers[1].log_text()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -25,7 +25,9 @@
 //! the thread adopts the entries it finds: those of a peer whose path becomes established are
 //! taught to the switch and kept; those of a peer whose path goes on hold, and any left after
 //! [`GRACE`], are removed. The entries of a peer that disconnects are kept for [`GRACE`] too
-//! (it may be restarting), and its path with them.
+//! (it may be restarting), and its path with them, although the switch forgets the peer's MACs
+//! when its connection is lost: they are taught to the switch again once it is connected, so a
+//! router restart of any length within [`GRACE`] does not interrupt pod traffic on either side.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, UdpSocket};
@@ -538,6 +540,7 @@ impl Worker {
         self.open();
         let established: HashMap<PeerName, IpAddr> =
             self.peers.iter().filter(|(_, x)| x.path.state() == State::Established).map(|(p, x)| (*p, x.cand.ip)).collect();
+        let connected: HashSet<PeerName> = self.peers.iter().filter(|(_, x)| x.gone.is_none()).map(|(p, _)| *p).collect();
         let by_ip: HashMap<IpAddr, PeerName> = established.iter().map(|(p, ip)| (*ip, *p)).collect();
         // Entries of an earlier run: taught to the switch once their peer is established,
         // removed when its path is on hold, or after the grace period.
@@ -559,9 +562,21 @@ impl Worker {
                     desired.insert(m, (p, *ip));
                 }
             }
-            // The router no longer sees these MACs' frames: keep them while their path lives.
+            // The switch forgets a peer's MACs when its connection is lost; while the peer is
+            // in its grace period (its router restarting) and after it is back, its path kept,
+            // the entries stay: the kernels forward on without the routers. Only the switch
+            // learning a MAC elsewhere moves it.
+            for (m, (p, ip)) in &self.programmed {
+                if established.get(p) == Some(ip) && !desired.contains_key(m) && sw.lookup(now, *m).is_none() {
+                    desired.insert(*m, (*p, *ip));
+                }
+            }
+            // The router no longer sees these MACs' frames: keep them while their path lives
+            // (behind a connected peer: the switch sends nothing to one that is not).
             for (m, (p, _)) in &desired {
-                let _ = sw.learn(now, *m, Origin::Peer(*p));
+                if connected.contains(p) {
+                    let _ = sw.learn(now, *m, Origin::Peer(*p));
+                }
             }
         }
         let on_hold: HashSet<IpAddr> = self.peers.values().filter(|x| x.path.state() == State::OnHold).map(|x| x.cand.ip).collect();
