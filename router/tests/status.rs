@@ -195,7 +195,9 @@ fn a_blocked_sleeve_port_is_reported_on_the_connection_until_it_opens_again() {
     let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
     let run = RunDir::new(bed.id()).unwrap();
     let lan = topology::shared_segment(&mut bed, 2).unwrap();
-    let opts = RouterOptions { binary: weft(), password: None, extra_args: vec![] };
+    // The sleeve alone: without a password the fast path would be probed too, and its reason
+    // (`fastpath: probing …`) shown on the connection until it is established.
+    let opts = RouterOptions { binary: weft(), password: None, extra_args: vec!["--no-fastpath".into()] };
     let h1 = routers::start_router(&mut bed, &run, lan.hosts[0], "h1", &[], &opts).unwrap();
     let h2 = routers::start_router(&mut bed, &run, lan.hosts[1], "h2", &[lan.links[0].addr], &opts).unwrap();
     routers::wait_for(&h1, Duration::from_secs(30), |s| s.connections.established == 1).unwrap();

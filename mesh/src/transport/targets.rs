@@ -75,6 +75,10 @@ pub struct Config {
     pub recent_retry: Duration,
     /// How long a connection must have lasted for its loss to reset the backoff.
     pub stable: Duration,
+    /// Losses of connections shorter than [`stable`](Self::stable) in a row that still open a
+    /// quick window (a peer restarted twice within seconds is still reached at once); after
+    /// more, the target backs off (a peer that accepts and drops).
+    pub quick_short_losses: u32,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             recent: Duration::from_secs(20),
             recent_retry: Duration::from_millis(500),
             stable: Duration::from_secs(10),
+            quick_short_losses: 3,
         }
     }
 }
@@ -273,11 +278,11 @@ impl Targets {
     /// The established connection to `addr` was lost: it is retried every
     /// [`Config::recent_retry`] for [`Config::recent`] (the peer may be restarting), without
     /// counting failures. The backoff is reset only if the connection had lasted
-    /// [`Config::stable`]; after a run of shorter ones no new quick window is opened either (a
-    /// peer that accepts and drops is backed off). Returns when it will be retried (None if
+    /// [`Config::stable`]; after more than [`Config::quick_short_losses`] shorter ones in a row
+    /// no new quick window is opened either (a peer that accepts and drops is backed off). Returns when it will be retried (None if
     /// dropped or unknown).
     pub fn lost(&mut self, now: Instant, addr: &str, reason: &str) -> Option<Instant> {
-        let (recent, stable) = (self.config.recent, self.config.stable);
+        let (recent, stable, quick) = (self.config.recent, self.config.stable, self.config.quick_short_losses);
         let t = self.targets.get_mut(addr)?;
         if t.connected_at.take().is_some_and(|at| now.saturating_duration_since(at) >= stable) {
             t.failures = 0;
@@ -285,9 +290,7 @@ impl Targets {
         } else {
             t.short_losses = t.short_losses.saturating_add(1);
         }
-        if t.short_losses <= 1 {
-            t.recent_until = Some(now + recent);
-        }
+        t.recent_until = (t.short_losses <= quick).then_some(now + recent);
         self.failed(now, addr, reason)
     }
 
@@ -414,6 +417,27 @@ mod tests {
         t.due(late + Duration::from_secs(100), 10);
         let next = t.failed(late, "g:1", "no answer").unwrap();
         assert!(next - late >= Duration::from_millis(500), "{:?}", next - late);
+    }
+
+    #[test]
+    fn a_peer_restarted_again_within_seconds_is_retried_quickly_but_one_that_keeps_dropping_backs_off() {
+        let config = Config::default();
+        let mut now = Instant::now();
+        let mut t = Targets::new(config.clone(), 9);
+        t.add(now, "p:1", Source::Configured);
+        t.due(now, 10);
+        for loss in 1..=config.quick_short_losses + 1 {
+            t.connected(now, "p:1");
+            now += Duration::from_secs(4); // shorter than `stable`
+            let next = t.lost(now, "p:1", "timed out").unwrap();
+            let quick = loss <= config.quick_short_losses;
+            assert_eq!(t.is_recent(now, "p:1"), quick, "loss {loss}");
+            if quick {
+                assert!(next - now < Duration::from_millis(750), "loss {loss}: {:?}", next - now);
+            }
+            assert_eq!(t.due(next, 10).len(), 1);
+            now = next;
+        }
     }
 
     #[test]
