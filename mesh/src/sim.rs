@@ -314,6 +314,29 @@ impl Sim {
         self.flush();
     }
 
+    /// Hands every peer the current entries of all the others ([`Topology::install`]) and drops
+    /// the messages in flight, as if the mesh had converged long ago: for measuring a large
+    /// mesh's steady state and the spread of a change without simulating its cold start (at
+    /// 5000 peers the simultaneous start of all puts gigabytes of gossip in flight at once).
+    pub fn assume_converged(&mut self) {
+        self.flush();
+        let entries: Vec<Arc<crate::topology::PeerEntry>> = self
+            .peers
+            .iter()
+            .map(|p| Arc::new(p.topo.own().clone()))
+            .collect();
+        for p in &mut self.peers {
+            for e in &entries {
+                p.topo.install(e.clone());
+            }
+        }
+        self.events.retain(|Reverse(s)| !matches!(s.event, Event::Deliver { .. }));
+        for i in 0..self.peers.len() {
+            self.touch(i);
+        }
+        self.flush();
+    }
+
     /// Hop counts from peer `s` over links that are up (`u32::MAX`: unreachable).
     pub fn hops_from(&self, s: usize) -> Vec<u32> {
         let adj = self.adjacency();

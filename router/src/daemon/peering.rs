@@ -352,10 +352,16 @@ impl Peering {
         self.topology_generation = topo.generation();
         let mut learned = Vec::new();
         let mut gossiped = HashSet::new();
+        // Under a connection limit below the cluster size, gossip offers only the peers of the
+        // bounded-degree mesh (all of them otherwise).
+        let known: Vec<PeerName> = topo.entries().map(|e| e.name).collect();
+        let chosen = weft_mesh::degree::choose(self.me, &known, self.conn_limit);
         for e in topo.entries() {
             for conn in &e.connections {
                 if conn.remote != self.me && !self.conns.contains_key(&conn.remote) && conn.established {
-                    learned.push(SocketAddr::new(conn.addr.ip(), self.mesh_port).to_string());
+                    if chosen.binary_search(&conn.remote).is_ok() {
+                        learned.push(SocketAddr::new(conn.addr.ip(), self.mesh_port).to_string());
+                    }
                     gossiped.insert((e.name, conn.remote));
                 }
             }
