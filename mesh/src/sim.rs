@@ -330,7 +330,8 @@ impl Sim {
                 p.topo.install(e.clone());
             }
         }
-        self.events.retain(|Reverse(s)| !matches!(s.event, Event::Deliver { .. }));
+        self.events
+            .retain(|Reverse(s)| !matches!(s.event, Event::Deliver { .. }));
         for i in 0..self.peers.len() {
             self.touch(i);
         }
@@ -596,8 +597,7 @@ impl Sim {
                     }
                     let sender = self.name(from);
                     let p = &mut self.peers[to];
-                    if p
-                        .topo
+                    if p.topo
                         .handle_interned(now, sender, &payload, Some(&mut self.interner))
                         .is_err()
                     {

@@ -141,7 +141,10 @@ fn bounded(n: usize, cold_start: bool) -> Figures {
     // Quiet from here: let the last exchanges settle, then measure a minute.
     sim.run_for(Duration::from_secs(10));
     let steady = sim.steady_state(Duration::from_secs(60));
-    assert!(sim.converged(), "{n} peers: still converged after a quiet minute");
+    assert!(
+        sim.converged(),
+        "{n} peers: still converged after a quiet minute"
+    );
 
     // A new peer joins, connecting to the peers it chooses (the others keep their choices).
     let j = sim.add_peer();
@@ -152,7 +155,10 @@ fn bounded(n: usize, cold_start: bool) -> Figures {
     let c = sim
         .run_until_converged(Duration::from_secs(60))
         .unwrap_or_else(|| panic!("{n} peers: the join does not converge"));
-    assert!(sim.tables_identical(), "{n} peers: tables differ after the join");
+    assert!(
+        sim.tables_identical(),
+        "{n} peers: tables differ after the join"
+    );
     assert_eq!(sim.malformed(), 0);
 
     let me = sim.name(n / 2);
@@ -218,7 +224,11 @@ fn gossip_cost_is_flat_in_the_cluster_size_in_bounded_degree_mode() {
         );
         assert_eq!(f.isolated, 0);
         assert!(f.steady.bytes_per_peer_per_sec > 0.0, "digests go out");
-        assert!(f.join.0 <= 14, "{n} peers: the join took {} rounds", f.join.0);
+        assert!(
+            f.join.0 <= 14,
+            "{n} peers: the join took {} rounds",
+            f.join.0
+        );
         if let Some((rounds, _)) = f.cold {
             assert!(rounds <= 14, "{n} peers: cold start took {rounds} rounds");
         }

@@ -198,8 +198,11 @@ pub struct Stats {
 /// ([`Topology::handle`] decodes every entry itself); the simulator runs thousands.
 #[derive(Debug, Default)]
 pub struct Interner {
-    map: HashMap<(PeerName, u64, u64), (Box<[u8]>, Arc<PeerEntry>)>,
+    map: HashMap<InternKey, (Box<[u8]>, Arc<PeerEntry>)>,
 }
+
+/// Name, incarnation and version.
+type InternKey = (PeerName, u64, u64);
 
 impl Interner {
     /// An empty interner.
@@ -341,7 +344,8 @@ impl Topology {
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
-        let unit = (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        let unit =
+            (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
         self.config.digest_interval.mul_f64(0.5 + unit)
     }
 
@@ -425,7 +429,10 @@ impl Topology {
         size_of::<Self>()
             + slot(size_of::<(PeerName, Record)>(), self.records.capacity())
             + entries
-            + slot(size_of::<(PeerName, Instant)>(), self.unreachable.capacity())
+            + slot(
+                size_of::<(PeerName, Instant)>(),
+                self.unreachable.capacity(),
+            )
             + self.dirty.capacity() * size_of::<PeerName>()
             + pending
             + self.outbox.capacity() * size_of::<Transmit>()
@@ -883,12 +890,9 @@ impl Topology {
             out.push(Transmit { to, payload });
             group.clear();
         };
-        for i in 0..buckets.len() {
-            let l: usize = 2 + per_bucket[i]
-                .iter()
-                .map(|e| wire::entry_len(e))
-                .sum::<usize>();
-            let n = per_bucket[i].len();
+        for (i, entries) in per_bucket.iter().enumerate() {
+            let l: usize = 2 + entries.iter().map(|e| wire::entry_len(e)).sum::<usize>();
+            let n = entries.len();
             if !group.is_empty() && (len + l > max || count + n > u16::MAX as usize) {
                 flush(&mut group, &mut out);
                 len = wire::REPAIR_FIXED_LEN;
@@ -1086,7 +1090,10 @@ mod tests {
         let sent = drain(&mut a, now);
         assert_eq!(sent.len(), 1);
         let p = GossipPacket::new_checked(&sent[0].payload[..]).unwrap();
-        assert_eq!(GossipRepr::parse(&p), GossipRepr::Update(vec![a.own().clone()]));
+        assert_eq!(
+            GossipRepr::parse(&p),
+            GossipRepr::Update(vec![a.own().clone()])
+        );
     }
 
     #[test]
@@ -1232,7 +1239,10 @@ mod tests {
             link(now, &mut ts, i, (i + 1) % N);
         }
         exchange(now, &mut ts);
-        assert!(ts.iter().all(|t| t.len() == N && t.digest() == ts[0].digest()));
+        assert!(
+            ts.iter()
+                .all(|t| t.len() == N && t.digest() == ts[0].digest())
+        );
         let next_timer = |ts: &[Topology]| ts.iter().filter_map(|t| t.poll_timeout()).min();
 
         // Quiet: each peer sends a round of digests every 1 to 3 s, and nothing else goes.
@@ -1259,7 +1269,10 @@ mod tests {
         ts[5].set_nickname(at, "renamed");
         assert!(!drain(&mut ts[5], at).is_empty());
         let mut repaired = Vec::new();
-        while ts.iter().any(|t| t.entry(name(6)).unwrap().nickname != "renamed") {
+        while ts
+            .iter()
+            .any(|t| t.entry(name(6)).unwrap().nickname != "renamed")
+        {
             assert!(at < now + Duration::from_secs(60), "not repaired");
             at = next_timer(&ts).unwrap();
             for t in ts.iter_mut() {

@@ -245,7 +245,8 @@ impl<T: AsRef<[u8]>> GossipPacket<T> {
             MessageKind::Repair => &b[5..self.count_at],
             _ => &[],
         };
-        list.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]))
+        list.chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
     }
 }
 
@@ -551,7 +552,9 @@ impl GossipRepr {
             GossipRepr::Digest { .. } => DIGEST_LEN,
             GossipRepr::Buckets { sums, .. } => 2 + 4 + 1 + 8 * sums.len(),
             GossipRepr::Repair {
-                buckets, entries: es, ..
+                buckets,
+                entries: es,
+                ..
             } => REPAIR_FIXED_LEN + 2 * buckets.len() + entries(es),
         }
     }
@@ -687,30 +690,30 @@ mod tests {
 
     fn update_repr() -> GossipRepr {
         GossipRepr::Update(vec![PeerEntry {
-                name: PeerName([0x0e, 0, 0, 0, 0, 1]),
-                nickname: "a".into(),
-                incarnation: 2,
-                version: 3,
-                capabilities: Capabilities {
-                    sleeve: true,
-                    fastpath: false,
-                    encryption: true,
+            name: PeerName([0x0e, 0, 0, 0, 0, 1]),
+            nickname: "a".into(),
+            incarnation: 2,
+            version: 3,
+            capabilities: Capabilities {
+                sleeve: true,
+                fastpath: false,
+                encryption: true,
+            },
+            connections: vec![
+                Connection {
+                    remote: PeerName([0x0e, 0, 0, 0, 0, 2]),
+                    addr: "10.0.0.2:6783".parse().unwrap(),
+                    direction: Direction::Outbound,
+                    established: true,
                 },
-                connections: vec![
-                    Connection {
-                        remote: PeerName([0x0e, 0, 0, 0, 0, 2]),
-                        addr: "10.0.0.2:6783".parse().unwrap(),
-                        direction: Direction::Outbound,
-                        established: true,
-                    },
-                    Connection {
-                        remote: PeerName([0x0e, 0, 0, 0, 0, 3]),
-                        addr: "[fd00::3]:6783".parse().unwrap(),
-                        direction: Direction::Inbound,
-                        established: false,
-                    },
-                ],
-            }])
+                Connection {
+                    remote: PeerName([0x0e, 0, 0, 0, 0, 3]),
+                    addr: "[fd00::3]:6783".parse().unwrap(),
+                    direction: Direction::Inbound,
+                    established: false,
+                },
+            ],
+        }])
     }
 
     #[test]
