@@ -65,7 +65,7 @@ fn mesh(n: usize, degree: usize, seed: u64) -> Vec<PeerEntry> {
 
 fn routes(c: &mut Criterion) {
     let mut group = c.benchmark_group("routes");
-    for n in [100usize, 1000] {
+    for n in [100usize, 1000, 5000] {
         let entries = mesh(n, 8, n as u64);
         let me = entries[n / 2].name;
         group.bench_with_input(

@@ -5,12 +5,15 @@
 //! - [`peer`]: peer names (48-bit, shown MAC-style) and nicknames.
 //! - [`identity`]: this peer's persisted name and incarnation.
 //! - [`ipam`]: the address ring and allocation (sans-IO, persisted).
-//! - [`topology`]: topology gossip (entries merged by version, garbage collection, wire format).
+//! - [`topology`]: topology gossip (entries merged by version, flooded updates, digest-based
+//!   anti-entropy, garbage collection, wire format).
+//! - [`degree`]: which peers to keep connections to under a connection limit (bounded degree).
 //! - [`routes`]: unicast next hops and broadcast trees, published lock-free.
 //! - [`transport`]: QUIC connections (quinn), password proofs, control messages, sleeve keys,
 //!   dial targets with backoff.
 //! - [`sim`]: a deterministic many-peer simulator of topology gossip on a virtual clock.
 
+pub mod degree;
 pub mod ipam;
 pub mod identity;
 pub mod peer;

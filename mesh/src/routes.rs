@@ -46,22 +46,40 @@ impl Graph {
         by_name.sort_by_key(|e| e.name);
         by_name.dedup_by_key(|e| e.name);
         let names: Vec<PeerName> = by_name.iter().map(|e| e.name).collect();
-        let index = |n: PeerName| names.binary_search(&n).ok().map(|i| i as u32);
-        let mut directed: Vec<(u32, u32)> = Vec::new();
+        // Names as integers (the same order) make the lookups cheap comparisons.
+        let keys: Vec<u64> = names.iter().map(|n| n.to_u64()).collect();
+        let index = |n: PeerName| keys.binary_search(&n.to_u64()).ok().map(|i| i as u32);
+        // Each node's established remotes, sorted: a flat array with offsets.
+        let mut offsets = Vec::with_capacity(names.len() + 1);
+        let mut remotes: Vec<u32> = Vec::new();
+        offsets.push(0usize);
         for (i, e) in by_name.iter().enumerate() {
+            let start = remotes.len();
             for c in e.connections.iter().filter(|c| c.established) {
                 if let Some(j) = index(c.remote).filter(|&j| j != i as u32) {
-                    directed.push((i as u32, j));
+                    remotes.push(j);
+                }
+            }
+            remotes[start..].sort_unstable();
+            let mut end = start;
+            for k in start..remotes.len() {
+                if k == start || remotes[k] != remotes[end - 1] {
+                    remotes[end] = remotes[k];
+                    end += 1;
+                }
+            }
+            remotes.truncate(end);
+            offsets.push(remotes.len());
+        }
+        let of = |i: usize| &remotes[offsets[i]..offsets[i + 1]];
+        let mut symmetric: Vec<(u32, u32)> = Vec::with_capacity(remotes.len());
+        for a in 0..names.len() {
+            for &b in of(a) {
+                if of(b as usize).binary_search(&(a as u32)).is_ok() {
+                    symmetric.push((a as u32, b));
                 }
             }
         }
-        directed.sort_unstable();
-        directed.dedup();
-        let symmetric: Vec<(u32, u32)> = directed
-            .iter()
-            .copied()
-            .filter(|&(a, b)| directed.binary_search(&(b, a)).is_ok())
-            .collect();
         Graph::from_sorted_edges(names, &symmetric)
     }
 
@@ -125,6 +143,13 @@ impl Graph {
     /// Indices of the neighbours of node `i`, ascending. `i` must be below [`len`](Self::len).
     pub fn neighbours(&self, i: usize) -> &[u32] {
         &self.targets[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Bytes of memory the graph's arrays hold.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.names.capacity() * std::mem::size_of::<PeerName>()
+            + (self.offsets.capacity() + self.targets.capacity()) * 4
     }
 
     /// Hop counts from node `from` (`u32::MAX`: unreachable).
@@ -267,6 +292,18 @@ impl Routes {
             routes.parents.push(graph.names[parent]);
         }
         routes
+    }
+
+    /// Bytes of memory the snapshot's arrays hold.
+    pub fn heap_bytes(&self) -> usize {
+        let name = std::mem::size_of::<PeerName>();
+        std::mem::size_of::<Self>()
+            + (self.dests.capacity()
+                + self.next.capacity()
+                + self.sources.capacity()
+                + self.hops.capacity())
+                * name
+            + self.ranges.capacity() * 8
     }
 
     /// Whose routes these are.

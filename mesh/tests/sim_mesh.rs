@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use weft_mesh::routes::Routes;
 use weft_mesh::sim::{Sim, SimConfig, SimRng};
-use weft_mesh::topology::{Capabilities, Config, GossipRepr, MessageKind, Topology};
+use weft_mesh::topology::{Capabilities, Config, GossipRepr, Topology};
 
 /// Hop counts between all pairs over the links that are up (independent of `weft_mesh::routes`).
 fn all_pairs(sim: &Sim) -> (Vec<Vec<usize>>, Vec<Vec<u32>>) {
@@ -244,16 +244,31 @@ fn malformed_gossip_never_panics_and_is_counted() {
     sim.run_until_converged(Duration::from_secs(5)).unwrap();
     let now = Instant::now();
     let me = weft_mesh::peer::PeerName([0x0e, 0, 0, 0, 0, 0xee]);
-    // A full state (peer 0's whole table) and a small update (one entry).
+    // An update with peer 0's whole table, one with one entry, a repair of two buckets, a
+    // digest and bucket sums.
     let mut entries = sim.topology(0).entries().cloned().collect::<Vec<_>>();
     entries.sort_by_key(|e| e.name);
     let mut samples = Vec::new();
-    for (kind, entries) in [
-        (MessageKind::Full, entries.clone()),
-        (MessageKind::Update, entries[..1].to_vec()),
+    for repr in [
+        GossipRepr::Update(entries.clone()),
+        GossipRepr::Update(entries[..1].to_vec()),
+        GossipRepr::Repair {
+            order: 1,
+            buckets: vec![0, 1],
+            entries: entries[..3].to_vec(),
+        },
+        GossipRepr::Digest {
+            peers: 10,
+            digest: sim.topology(0).digest(),
+        },
+        GossipRepr::Buckets {
+            peers: 10,
+            order: 2,
+            sums: vec![1, 2, 3, 4],
+        },
     ] {
         let mut b = Vec::new();
-        GossipRepr { kind, entries }.emit(&mut b);
+        repr.emit(&mut b);
         samples.push(b);
     }
     let mut victim = Topology::new(

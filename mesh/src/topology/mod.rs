@@ -4,22 +4,32 @@
 //! changes it, bumping `version` each time; `incarnation` changes when the peer restarts. Copies
 //! merge by `(incarnation, version)`: the higher pair wins, ties keep what we have.
 //!
-//! [`Topology`] holds our view of all entries and decides what to gossip:
-//! - entries that changed (ours, or newer ones learned from a neighbour) are queued as small
-//!   *update* messages to every neighbour except the one they came from, sent on the next
-//!   [`poll_transmit`](Topology::poll_transmit);
-//! - a neighbour whose connection becomes established gets our *full state*, and every neighbour
-//!   gets it again every [`Config::full_interval`];
-//! - when a neighbour sends an entry older than ours, ours is queued back to it.
+//! [`Topology`] holds our view of all entries and decides what to gossip. The cost of a quiet
+//! mesh does not grow with its size:
+//! - *Updates*: an entry that changed (ours, or a newer copy learned from a neighbour) is sent
+//!   once to every neighbour but the one it came from, on the next
+//!   [`poll_transmit`](Topology::poll_transmit); a copy that is not newer is not forwarded, so a
+//!   change floods the mesh once. A neighbour that sends an entry older than ours gets ours back.
+//! - *Anti-entropy*: every [`Config::digest_interval`] (jittered) we send a *digest* of our table
+//!   (its size and the wrapping sum of [`entry_digest`] over its entries, 14 bytes) to
+//!   [`Config::digest_fanout`] neighbours in turn, and one to a neighbour as soon as its
+//!   connection is established. A neighbour whose digest differs answers with its *bucket sums*
+//!   (entries bucketed by a hash of the name, [`wire::bucket_of`], about 8 per bucket); we
+//!   answer with a *repair*: all our entries in the buckets that differ. The neighbour merges
+//!   them and sends back, as an update, its entries in those buckets that we lack or hold older.
+//!   So a quiet mesh exchanges digests only, and a divergence costs a few buckets.
 //!
 //! Neighbours are the peers our own entry lists as established. Peers not reachable from us over
 //! established, symmetric connections (each side lists the other as established) are removed
-//! after [`Config::gc_after`]. Reachability is rechecked at most once per
-//! [`Config::recheck_interval`].
+//! after [`Config::gc_after`]; they are not offered in repairs meanwhile. Reachability is
+//! rechecked at most once per [`Config::recheck_interval`].
 //!
 //! If someone gossips an entry under our own name that is not older than ours (a copy from our
 //! previous run), we move past it: a newer incarnation becomes `theirs + 1` at version 1, else our
 //! version becomes `theirs + 1`. [`Topology::incarnation`] tells the caller what we now use.
+//!
+//! Entries are held as `Arc<PeerEntry>`; [`Interner`] lets many cores in one process (the
+//! simulator) share the decoded copies of identical entries.
 //!
 //! Wire format: [`wire`].
 
@@ -27,6 +37,7 @@ pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::peer::PeerName;
@@ -100,7 +111,7 @@ pub fn entry_digest(name: PeerName, incarnation: u64, version: u64) -> u64 {
     mix(h ^ version.rotate_left(17))
 }
 
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -110,21 +121,25 @@ fn mix(mut z: u64) -> u64 {
 /// Timing and size knobs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// How often every neighbour gets our full state.
-    pub full_interval: Duration,
+    /// How often (on average; each wait is scaled by a random factor in [0.5, 1.5)) digests go
+    /// out.
+    pub digest_interval: Duration,
+    /// How many neighbours (in turn) get each round of digests.
+    pub digest_fanout: usize,
     /// Minimum time between two reachability checks.
     pub recheck_interval: Duration,
     /// How long a peer stays unreachable before its entry is dropped.
     pub gc_after: Duration,
-    /// Messages are split so each stays under this many bytes (an entry larger than this is
-    /// still sent, alone).
+    /// Messages are split so each stays under this many bytes (an entry or bucket larger than
+    /// this is still sent, alone).
     pub max_message_len: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            full_interval: Duration::from_secs(30),
+            digest_interval: Duration::from_secs(2),
+            digest_fanout: 2,
             recheck_interval: Duration::from_millis(100),
             gc_after: Duration::from_secs(10),
             max_message_len: 60 * 1024,
@@ -168,23 +183,81 @@ pub struct Stats {
     pub messages_sent: u64,
     /// Bytes produced by `poll_transmit`.
     pub bytes_sent: u64,
+    /// Digests received that differed from ours.
+    pub digest_mismatches: u64,
+    /// Repair messages received.
+    pub repairs_received: u64,
     /// Times we moved our own stamp past a copy of our entry gossiped by others.
     pub self_conflicts: u64,
     /// Entries garbage-collected as unreachable.
     pub collected: u64,
 }
 
-#[derive(Debug)]
-struct Record {
-    entry: PeerEntry,
-    /// The neighbour this version came from (None: ours, or learned before any neighbour).
-    from: Option<PeerName>,
-    unreachable_since: Option<Instant>,
+/// Shares decoded entries between the cores of one process: an entry seen again (same name,
+/// stamp and bytes) is handed out as the same `Arc`. A router has one core and needs none
+/// ([`Topology::handle`] decodes every entry itself); the simulator runs thousands.
+#[derive(Debug, Default)]
+pub struct Interner {
+    map: HashMap<InternKey, (Box<[u8]>, Arc<PeerEntry>)>,
 }
 
+/// Name, incarnation and version.
+type InternKey = (PeerName, u64, u64);
+
+impl Interner {
+    /// An empty interner.
+    pub fn new() -> Self {
+        Interner::default()
+    }
+
+    fn get(&mut self, view: &EntryView<'_>) -> Arc<PeerEntry> {
+        let (i, v) = view.stamp();
+        let key = (view.name(), i, v);
+        if let Some((bytes, e)) = self.map.get(&key) {
+            if **bytes == *view.bytes() {
+                return e.clone();
+            }
+        }
+        let e = Arc::new(view.to_entry());
+        self.map.insert(key, (view.bytes().into(), e.clone()));
+        e
+    }
+
+    /// Forgets entries no core holds any more.
+    pub fn prune(&mut self) {
+        self.map.retain(|_, (_, e)| Arc::strong_count(e) > 1);
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Record {
+    entry: Arc<PeerEntry>,
+    /// The neighbour this version came from (None: ours, or learned before any neighbour).
+    from: Option<PeerName>,
+    /// Listed in `Topology::dirty`.
+    dirty: bool,
+}
+
+/// What one neighbour is owed beyond the flooded updates.
 #[derive(Debug, Default)]
 struct Pending {
-    full: bool,
+    /// Our digest.
+    digest: bool,
+    /// Our bucket sums at this order.
+    buckets: Option<u8>,
+    /// Our entries of these buckets (order, buckets ascending).
+    repair: Option<(u8, Vec<u16>)>,
+    /// These entries, as an update.
     entries: BTreeSet<PeerName>,
 }
 
@@ -194,15 +267,27 @@ pub struct Topology {
     config: Config,
     me: PeerName,
     records: HashMap<PeerName, Record>,
+    /// Entries changed since the last `poll_transmit`, for every neighbour but their source.
+    dirty: Vec<PeerName>,
+    /// Peers unreachable from us, since when.
+    unreachable: HashMap<PeerName, Instant>,
     pending: BTreeMap<PeerName, Pending>,
     outbox: VecDeque<Transmit>,
-    next_full: Instant,
+    next_digest: Instant,
+    digest_turn: usize,
+    rng: u64,
     recheck_due: Option<Instant>,
     last_recheck: Option<Instant>,
     gc_due: Option<Instant>,
     generation: u64,
     digest: u64,
     stats: Stats,
+}
+
+/// The bucket order for a table of `peers` entries: about 8 entries per bucket.
+fn order_for(peers: usize) -> u8 {
+    let buckets = peers.div_ceil(8).max(1).next_power_of_two();
+    (buckets.trailing_zeros() as u8).min(wire::MAX_BUCKET_ORDER)
 }
 
 impl Topology {
@@ -224,12 +309,16 @@ impl Topology {
             connections: Vec::new(),
         };
         let mut t = Topology {
-            next_full: now + config.full_interval,
+            next_digest: now,
             config,
             me,
             records: HashMap::new(),
+            dirty: Vec::new(),
+            unreachable: HashMap::new(),
             pending: BTreeMap::new(),
             outbox: VecDeque::new(),
+            digest_turn: 0,
+            rng: mix(me.to_u64() ^ incarnation) | 1,
             recheck_due: None,
             last_recheck: None,
             gc_due: None,
@@ -237,16 +326,27 @@ impl Topology {
             digest: 0,
             stats: Stats::default(),
         };
+        t.next_digest = now + t.digest_wait();
         t.digest = entry_digest(me, incarnation, 1);
         t.records.insert(
             me,
             Record {
-                entry,
+                entry: Arc::new(entry),
                 from: None,
-                unreachable_since: None,
+                dirty: false,
             },
         );
         t
+    }
+
+    /// The next wait between digest rounds: the interval scaled by a factor in [0.5, 1.5).
+    fn digest_wait(&mut self) -> Duration {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let unit =
+            (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        self.config.digest_interval.mul_f64(0.5 + unit)
     }
 
     /// Our name.
@@ -267,12 +367,12 @@ impl Topology {
 
     /// The entry for `name`, if known.
     pub fn entry(&self, name: PeerName) -> Option<&PeerEntry> {
-        self.records.get(&name).map(|r| &r.entry)
+        self.records.get(&name).map(|r| &*r.entry)
     }
 
     /// All entries, in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = &PeerEntry> + '_ {
-        self.records.values().map(|r| &r.entry)
+        self.records.values().map(|r| &*r.entry)
     }
 
     /// Number of known peers, us included.
@@ -300,6 +400,45 @@ impl Topology {
         self.stats
     }
 
+    /// Bytes of memory this core holds (its tables, the entries, what is queued), by the sizes
+    /// of its structures and the capacities of their allocations; entries shared through an
+    /// [`Interner`] are counted in full by every core holding them.
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let slot = |kv: usize, cap: usize| cap * (kv + 1);
+        let entries: usize = self
+            .records
+            .values()
+            .map(|r| {
+                // The Arc's counts, the entry, its nickname and its connections.
+                16 + size_of::<PeerEntry>()
+                    + r.entry.nickname.capacity()
+                    + r.entry.connections.capacity() * size_of::<Connection>()
+            })
+            .sum();
+        let pending: usize = self
+            .pending
+            .values()
+            .map(|p| {
+                size_of::<(PeerName, Pending)>()
+                    + p.entries.len() * size_of::<PeerName>() * 2
+                    + p.repair.as_ref().map_or(0, |r| r.1.capacity() * 2)
+            })
+            .sum();
+        let outbox: usize = self.outbox.iter().map(|t| t.payload.capacity()).sum();
+        size_of::<Self>()
+            + slot(size_of::<(PeerName, Record)>(), self.records.capacity())
+            + entries
+            + slot(
+                size_of::<(PeerName, Instant)>(),
+                self.unreachable.capacity(),
+            )
+            + self.dirty.capacity() * size_of::<PeerName>()
+            + pending
+            + self.outbox.capacity() * size_of::<Transmit>()
+            + outbox
+    }
+
     /// The peers our own entry lists as established: where gossip goes.
     pub fn neighbours(&self) -> impl Iterator<Item = PeerName> + '_ {
         self.own()
@@ -309,13 +448,20 @@ impl Topology {
             .map(|c| c.remote)
     }
 
+    fn is_neighbour(&self, name: PeerName) -> bool {
+        self.own()
+            .connections
+            .iter()
+            .any(|c| c.established && c.remote == name)
+    }
+
     /// The symmetric, established connection graph of all known entries.
     pub fn graph(&self) -> Graph {
         Graph::from_entries(self.entries())
     }
 
     /// Adds or updates our connection to `remote`. A connection that becomes established gets
-    /// our full state pushed on it.
+    /// our digest at once (and, through the exchange it starts, whatever it lacks).
     pub fn set_connection(
         &mut self,
         now: Instant,
@@ -333,8 +479,7 @@ impl Topology {
             direction,
             established,
         };
-        let own = &self.records[&self.me].entry;
-        let was_established = match own.connections.iter().find(|c| c.remote == remote) {
+        let was_established = match self.own().connections.iter().find(|c| c.remote == remote) {
             Some(c) if *c == conn => return,
             Some(c) => c.established,
             None => false,
@@ -346,7 +491,7 @@ impl Topology {
             }
         });
         if established && !was_established {
-            self.pending.entry(remote).or_default().full = true;
+            self.pending.entry(remote).or_default().digest = true;
         } else if !established {
             self.pending.remove(&remote);
         }
@@ -392,19 +537,22 @@ impl Topology {
             .wrapping_add(entry_digest(name, inc, next));
         // Invariant: our own record always exists.
         if let Some(r) = self.records.get_mut(&self.me) {
-            f(&mut r.entry);
-            r.entry.version = next;
+            let e = Arc::make_mut(&mut r.entry);
+            f(e);
+            e.version = next;
         }
-        self.changed(now, self.me, None);
+        self.changed(now, self.me);
     }
 
-    /// Records that `name`'s entry changed: queue it for every neighbour but `except`, and
-    /// schedule a reachability check.
-    fn changed(&mut self, now: Instant, name: PeerName, except: Option<PeerName>) {
+    /// Records that `name`'s entry changed: flood it on the next `poll_transmit`, and schedule a
+    /// reachability check.
+    fn changed(&mut self, now: Instant, name: PeerName) {
         self.generation += 1;
-        let neighbours: Vec<PeerName> = self.neighbours().filter(|n| Some(*n) != except).collect();
-        for n in neighbours {
-            self.pending.entry(n).or_default().entries.insert(name);
+        if let Some(r) = self.records.get_mut(&name) {
+            if !r.dirty {
+                r.dirty = true;
+                self.dirty.push(name);
+            }
         }
         if self.recheck_due.is_none() {
             let earliest = self
@@ -414,13 +562,52 @@ impl Topology {
         }
     }
 
+    /// Takes `entry` as known without gossiping it, as if learned long ago: for the simulator,
+    /// which starts large meshes converged instead of simulating their cold start. An entry not
+    /// newer than ours, and one under our own name, is ignored.
+    pub fn install(&mut self, entry: Arc<PeerEntry>) {
+        let name = entry.name;
+        if name == self.me {
+            return;
+        }
+        let stamp = entry.stamp();
+        if let Some(r) = self.records.get(&name) {
+            if r.entry.stamp() >= stamp {
+                return;
+            }
+            let (i, v) = r.entry.stamp();
+            self.digest = self.digest.wrapping_sub(entry_digest(name, i, v));
+        }
+        self.digest = self
+            .digest
+            .wrapping_add(entry_digest(name, stamp.0, stamp.1));
+        let r = self.records.entry(name).or_insert(Record {
+            entry: entry.clone(),
+            from: None,
+            dirty: false,
+        });
+        r.entry = entry;
+        self.generation += 1;
+    }
+
     /// Merges a gossip message from neighbour `from`. Returns how many entries were new or
-    /// newer than ours; those are queued for our other neighbours.
+    /// newer than ours; those are flooded to our other neighbours.
     pub fn handle(
         &mut self,
         now: Instant,
         from: PeerName,
         bytes: &[u8],
+    ) -> Result<usize, HandleError> {
+        self.handle_interned(now, from, bytes, None)
+    }
+
+    /// [`handle`](Self::handle), taking decoded entries from `interner` when given.
+    pub fn handle_interned(
+        &mut self,
+        now: Instant,
+        from: PeerName,
+        bytes: &[u8],
+        mut interner: Option<&mut Interner>,
     ) -> Result<usize, HandleError> {
         let packet = match GossipPacket::new_checked(bytes) {
             Ok(p) => p,
@@ -453,20 +640,82 @@ impl Topology {
             self.digest = self
                 .digest
                 .wrapping_add(entry_digest(name, stamp.0, stamp.1));
-            let unreachable_since = self.records.get(&name).and_then(|r| r.unreachable_since);
-            self.records.insert(
-                name,
-                Record {
-                    entry: view.to_entry(),
-                    from: Some(from),
-                    unreachable_since,
-                },
-            );
-            self.changed(now, name, Some(from));
+            let entry = match interner.as_deref_mut() {
+                Some(i) => i.get(&view),
+                None => Arc::new(view.to_entry()),
+            };
+            let r = self.records.entry(name).or_insert(Record {
+                entry: entry.clone(),
+                from: None,
+                dirty: false,
+            });
+            r.entry = entry;
+            r.from = Some(from);
+            self.changed(now, name);
             learned += 1;
         }
         self.stats.entries_learned += learned as u64;
+        match packet.kind() {
+            MessageKind::Update => {}
+            MessageKind::Digest => {
+                let (peers, digest) = packet.summary().unwrap_or((0, 0));
+                if peers as usize != self.len() || digest != self.digest {
+                    self.stats.digest_mismatches += 1;
+                    let order = order_for(self.len().max(peers as usize));
+                    self.pending.entry(from).or_default().buckets = Some(order);
+                }
+            }
+            MessageKind::Buckets => {
+                let order = packet.order().unwrap_or(0);
+                let ours = self.bucket_sums(order);
+                let differ: Vec<u16> = packet
+                    .bucket_sums()
+                    .zip(ours)
+                    .enumerate()
+                    .filter(|(_, (theirs, ours))| theirs != ours)
+                    .map(|(i, _)| i as u16)
+                    .collect();
+                if !differ.is_empty() {
+                    self.pending.entry(from).or_default().repair = Some((order, differ));
+                }
+            }
+            MessageKind::Repair => {
+                // They sent all they hold in these buckets: what we have there that they did
+                // not send goes back (what they hold older was queued above).
+                self.stats.repairs_received += 1;
+                let order = packet.order().unwrap_or(0);
+                let buckets: Vec<u16> = packet.repair_buckets().collect();
+                let sent: BTreeSet<PeerName> = packet.entries().map(|v| v.name()).collect();
+                let missing: Vec<PeerName> = self
+                    .records
+                    .keys()
+                    .filter(|n| {
+                        !sent.contains(n)
+                            && !self.unreachable.contains_key(n)
+                            && buckets.binary_search(&wire::bucket_of(**n, order)).is_ok()
+                    })
+                    .copied()
+                    .collect();
+                if !missing.is_empty() {
+                    self.pending
+                        .entry(from)
+                        .or_default()
+                        .entries
+                        .extend(missing);
+                }
+            }
+        }
         Ok(learned)
+    }
+
+    /// The sum of [`entry_digest`] per bucket, `2^order` buckets.
+    fn bucket_sums(&self, order: u8) -> Vec<u64> {
+        let mut sums = vec![0u64; 1 << order.min(wire::MAX_BUCKET_ORDER)];
+        for (n, r) in &self.records {
+            let s = &mut sums[wire::bucket_of(*n, order) as usize];
+            *s = s.wrapping_add(entry_digest(*n, r.entry.incarnation, r.entry.version));
+        }
+        sums
     }
 
     fn merge_own_copy(&mut self, now: Instant, copy: &PeerEntry) {
@@ -490,10 +739,11 @@ impl Topology {
             .wrapping_sub(entry_digest(me, inc, ver))
             .wrapping_add(entry_digest(me, new_inc, new_ver));
         if let Some(r) = self.records.get_mut(&me) {
-            r.entry.incarnation = new_inc;
-            r.entry.version = new_ver;
+            let e = Arc::make_mut(&mut r.entry);
+            e.incarnation = new_inc;
+            e.version = new_ver;
         }
-        self.changed(now, me, None);
+        self.changed(now, me);
     }
 
     /// The next message to send, if any. Call until it returns `None` after every `handle`,
@@ -505,74 +755,178 @@ impl Topology {
                 self.stats.bytes_sent += t.payload.len() as u64;
                 return Some(t);
             }
+            if !self.dirty.is_empty() {
+                self.flood();
+                continue;
+            }
             let (to, pending) = self.pending.pop_first()?;
-            if !self.neighbours().any(|n| n == to) {
+            if !self.is_neighbour(to) {
                 continue;
             }
             self.encode(to, pending);
         }
     }
 
-    fn encode(&mut self, to: PeerName, pending: Pending) {
-        let (kind, mut names): (MessageKind, Vec<PeerName>) = if pending.full {
-            (MessageKind::Full, self.records.keys().copied().collect())
-        } else {
-            (
-                MessageKind::Update,
-                pending
-                    .entries
-                    .into_iter()
-                    .filter(|n| self.records.contains_key(n))
-                    .collect(),
-            )
-        };
+    /// Queues the changed entries as updates to every neighbour but the one each came from.
+    fn flood(&mut self) {
+        let mut names = std::mem::take(&mut self.dirty);
         names.sort_unstable();
-        let mut chunk: Vec<&PeerEntry> = Vec::new();
-        let mut len = wire::HEADER_LEN;
-        let mut chunks = Vec::new();
+        // Encode each entry once; each neighbour's messages copy the encodings.
+        let mut encoded = Vec::new();
+        let mut spans: Vec<(Option<PeerName>, usize, usize)> = Vec::with_capacity(names.len());
         for n in &names {
-            let e = &self.records[n].entry;
-            let l = wire::entry_len(e);
-            if !chunk.is_empty()
-                && (len + l > self.config.max_message_len || chunk.len() == u16::MAX as usize)
-            {
-                chunks.push(std::mem::take(&mut chunk));
-                len = wire::HEADER_LEN;
+            if let Some(r) = self.records.get_mut(n) {
+                r.dirty = false;
+                let start = encoded.len();
+                wire::emit_entry(&r.entry, &mut encoded);
+                spans.push((r.from, start, encoded.len()));
             }
-            chunk.push(e);
-            len += l;
         }
-        if !chunk.is_empty() || kind == MessageKind::Full && chunks.is_empty() {
-            chunks.push(chunk);
-        }
-        for chunk in chunks {
-            let mut payload = Vec::with_capacity(
-                wire::HEADER_LEN + chunk.iter().map(|e| wire::entry_len(e)).sum::<usize>(),
-            );
-            wire::emit_header(kind, chunk.len() as u16, &mut payload);
-            for e in chunk {
-                wire::emit_entry(e, &mut payload);
+        let neighbours: Vec<PeerName> = self.neighbours().collect();
+        let max = self.config.max_message_len;
+        for to in neighbours {
+            let mut msg = Vec::new();
+            let mut count = 0u16;
+            for &(from, a, b) in &spans {
+                if from == Some(to) {
+                    continue;
+                }
+                if count > 0 && (msg.len() + (b - a) > max || count == u16::MAX) {
+                    self.push_update(to, &mut msg, count);
+                    count = 0;
+                }
+                if msg.is_empty() {
+                    wire::emit_header(MessageKind::Update, 0, &mut msg);
+                }
+                msg.extend_from_slice(&encoded[a..b]);
+                count += 1;
             }
+            if count > 0 {
+                self.push_update(to, &mut msg, count);
+            }
+        }
+    }
+
+    /// Queues an update message built with a placeholder count.
+    fn push_update(&mut self, to: PeerName, msg: &mut Vec<u8>, count: u16) {
+        msg[2..4].copy_from_slice(&count.to_be_bytes());
+        self.outbox.push_back(Transmit {
+            to,
+            payload: std::mem::take(msg),
+        });
+    }
+
+    fn encode(&mut self, to: PeerName, pending: Pending) {
+        if pending.digest {
+            let mut payload = Vec::with_capacity(wire::DIGEST_LEN);
+            wire::emit_digest(self.len() as u32, self.digest, &mut payload);
             self.outbox.push_back(Transmit { to, payload });
         }
+        if let Some(order) = pending.buckets {
+            let sums = self.bucket_sums(order);
+            let mut payload = Vec::with_capacity(7 + 8 * sums.len());
+            wire::emit_buckets(self.len() as u32, order, &sums, &mut payload);
+            self.outbox.push_back(Transmit { to, payload });
+        }
+        if let Some((order, buckets)) = pending.repair {
+            self.encode_repair(to, order, &buckets);
+        }
+        if !pending.entries.is_empty() {
+            let max = self.config.max_message_len;
+            let mut msg = Vec::new();
+            let mut count = 0u16;
+            for n in &pending.entries {
+                let Some(r) = self.records.get(n) else {
+                    continue;
+                };
+                let l = wire::entry_len(&r.entry);
+                if count > 0 && (msg.len() + l > max || count == u16::MAX) {
+                    self.push_update(to, &mut msg, count);
+                    count = 0;
+                }
+                if msg.is_empty() {
+                    wire::emit_header(MessageKind::Update, 0, &mut msg);
+                }
+                // Invariant: the record exists (checked above).
+                if let Some(r) = self.records.get(n) {
+                    wire::emit_entry(&r.entry, &mut msg);
+                }
+                count += 1;
+            }
+            if count > 0 {
+                self.push_update(to, &mut msg, count);
+            }
+        }
+    }
+
+    /// Queues repair messages with all our reachable entries in `buckets`: whole buckets per
+    /// message, as many as fit.
+    fn encode_repair(&mut self, to: PeerName, order: u8, buckets: &[u16]) {
+        let mut per_bucket: Vec<Vec<&PeerEntry>> = vec![Vec::new(); buckets.len()];
+        for (n, r) in &self.records {
+            if self.unreachable.contains_key(n) {
+                continue;
+            }
+            if let Ok(i) = buckets.binary_search(&wire::bucket_of(*n, order)) {
+                per_bucket[i].push(&r.entry);
+            }
+        }
+        let max = self.config.max_message_len;
+        let mut out = Vec::new();
+        let mut group: Vec<usize> = Vec::new();
+        let mut len = wire::REPAIR_FIXED_LEN;
+        let mut count = 0usize;
+        let flush = |group: &mut Vec<usize>, out: &mut Vec<Transmit>| {
+            let list: Vec<u16> = group.iter().map(|&i| buckets[i]).collect();
+            let entries: Vec<&PeerEntry> = group
+                .iter()
+                .flat_map(|&i| per_bucket[i].iter().copied())
+                .collect();
+            let mut payload = Vec::new();
+            wire::emit_repair_head(order, &list, entries.len() as u16, &mut payload);
+            for e in entries {
+                wire::emit_entry(e, &mut payload);
+            }
+            out.push(Transmit { to, payload });
+            group.clear();
+        };
+        for (i, entries) in per_bucket.iter().enumerate() {
+            let l: usize = 2 + entries.iter().map(|e| wire::entry_len(e)).sum::<usize>();
+            let n = entries.len();
+            if !group.is_empty() && (len + l > max || count + n > u16::MAX as usize) {
+                flush(&mut group, &mut out);
+                len = wire::REPAIR_FIXED_LEN;
+                count = 0;
+            }
+            group.push(i);
+            len += l;
+            count += n;
+        }
+        if !group.is_empty() {
+            flush(&mut group, &mut out);
+        }
+        self.outbox.extend(out);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next needs to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [Some(self.next_full), self.recheck_due, self.gc_due]
+        [Some(self.next_digest), self.recheck_due, self.gc_due]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// Runs what is due: periodic full state, reachability check, garbage collection.
+    /// Runs what is due: a round of digests, reachability check, garbage collection.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if now >= self.next_full {
+        if now >= self.next_digest {
             let neighbours: Vec<PeerName> = self.neighbours().collect();
-            for n in neighbours {
-                self.pending.entry(n).or_default().full = true;
+            let k = self.config.digest_fanout.min(neighbours.len());
+            for i in 0..k {
+                let n = neighbours[(self.digest_turn + i) % neighbours.len()];
+                self.pending.entry(n).or_default().digest = true;
             }
-            self.next_full = now + self.config.full_interval;
+            self.digest_turn = self.digest_turn.wrapping_add(k);
+            self.next_digest = now + self.digest_wait();
         }
         if self.recheck_due.is_some_and(|d| now >= d) {
             self.recheck_due = None;
@@ -587,11 +941,11 @@ impl Topology {
     fn recheck(&mut self, now: Instant) {
         let graph = self.graph();
         let reachable = graph.reachable_from(self.me);
-        for (name, r) in self.records.iter_mut() {
+        for name in self.records.keys() {
             if graph.index(*name).is_some_and(|i| reachable[i]) {
-                r.unreachable_since = None;
-            } else if r.unreachable_since.is_none() {
-                r.unreachable_since = Some(now);
+                self.unreachable.remove(name);
+            } else {
+                self.unreachable.entry(*name).or_insert(now);
             }
         }
         self.schedule_gc();
@@ -599,23 +953,23 @@ impl Topology {
 
     fn schedule_gc(&mut self) {
         self.gc_due = self
-            .records
+            .unreachable
             .values()
-            .filter_map(|r| r.unreachable_since)
             .min()
-            .map(|t| t + self.config.gc_after);
+            .map(|t| *t + self.config.gc_after);
     }
 
     fn collect(&mut self, now: Instant) {
         let gc_after = self.config.gc_after;
         let me = self.me;
         let dead: Vec<PeerName> = self
-            .records
+            .unreachable
             .iter()
-            .filter(|(n, r)| **n != me && r.unreachable_since.is_some_and(|t| now >= t + gc_after))
+            .filter(|(n, t)| **n != me && now >= **t + gc_after)
             .map(|(n, _)| *n)
             .collect();
         for name in &dead {
+            self.unreachable.remove(name);
             if let Some(r) = self.records.remove(name) {
                 self.digest = self.digest.wrapping_sub(entry_digest(
                     *name,
@@ -667,8 +1021,9 @@ mod tests {
         std::iter::from_fn(|| t.poll_transmit(now)).collect()
     }
 
-    /// Delivers everything between the given topologies until quiet.
-    fn exchange(now: Instant, ts: &mut [Topology]) {
+    /// Delivers everything between the given topologies until quiet; returns what was sent.
+    fn exchange(now: Instant, ts: &mut [Topology]) -> Vec<(PeerName, Transmit)> {
+        let mut all = Vec::new();
         for _ in 0..20 {
             let mut any = false;
             for i in 0..ts.len() {
@@ -678,10 +1033,11 @@ mod tests {
                     if let Some(j) = ts.iter().position(|x| x.me() == t.to) {
                         ts[j].handle(now, from, &t.payload).unwrap();
                     }
+                    all.push((from, t));
                 }
             }
             if !any {
-                return;
+                return all;
             }
         }
         panic!("gossip did not go quiet");
@@ -707,10 +1063,18 @@ mod tests {
         a.set_connection(now, name(2), addr(2), Direction::Outbound, true);
         assert_eq!(a.own().version, 3);
         let sent = drain(&mut a, now);
-        assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].to, name(2));
-        let p = GossipPacket::new_checked(&sent[0].payload[..]).unwrap();
-        assert_eq!(p.kind(), MessageKind::Full);
+        let kinds: Vec<MessageKind> = sent
+            .iter()
+            .map(|t| {
+                assert_eq!(t.to, name(2));
+                GossipPacket::new_checked(&t.payload[..]).unwrap().kind()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [MessageKind::Update, MessageKind::Digest],
+            "our changed entry, and a digest to the new neighbour"
+        );
         // Setting the same thing again changes nothing.
         a.set_connection(now, name(2), addr(2), Direction::Outbound, true);
         assert_eq!(a.own().version, 3);
@@ -726,8 +1090,10 @@ mod tests {
         let sent = drain(&mut a, now);
         assert_eq!(sent.len(), 1);
         let p = GossipPacket::new_checked(&sent[0].payload[..]).unwrap();
-        assert_eq!(p.kind(), MessageKind::Update);
-        assert_eq!(GossipRepr::parse(&p).entries, vec![a.own().clone()]);
+        assert_eq!(
+            GossipRepr::parse(&p),
+            GossipRepr::Update(vec![a.own().clone()])
+        );
     }
 
     #[test]
@@ -755,17 +1121,14 @@ mod tests {
         let now = Instant::now();
         let mut a = topo(now, 1);
         let mk = |inc, ver, nick: &str| {
-            let r = GossipRepr {
-                kind: MessageKind::Update,
-                entries: vec![PeerEntry {
-                    name: name(9),
-                    nickname: nick.into(),
-                    incarnation: inc,
-                    version: ver,
-                    capabilities: Capabilities::default(),
-                    connections: vec![],
-                }],
-            };
+            let r = GossipRepr::Update(vec![PeerEntry {
+                name: name(9),
+                nickname: nick.into(),
+                incarnation: inc,
+                version: ver,
+                capabilities: Capabilities::default(),
+                connections: vec![],
+            }]);
             let mut b = Vec::new();
             r.emit(&mut b);
             b
@@ -788,11 +1151,7 @@ mod tests {
         old.incarnation = 9;
         old.version = 40;
         let mut b = Vec::new();
-        GossipRepr {
-            kind: MessageKind::Full,
-            entries: vec![old],
-        }
-        .emit(&mut b);
+        GossipRepr::Update(vec![old]).emit(&mut b);
         a.handle(now, name(2), &b).unwrap();
         assert_eq!(a.own().stamp(), (10, 1));
         assert_eq!(a.incarnation(), 10);
@@ -804,7 +1163,7 @@ mod tests {
         let now = Instant::now();
         let mut a = topo(now, 1);
         let generation = a.generation();
-        for bytes in [&[][..], &[1], &[9, 1, 0, 0], &[1, 1, 0, 1, 0]] {
+        for bytes in [&[][..], &[2], &[9, 1, 0, 0], &[2, 1, 0, 1, 0]] {
             assert!(a.handle(now, name(2), bytes).is_err());
         }
         assert_eq!(a.stats().malformed, 4);
@@ -812,22 +1171,30 @@ mod tests {
         assert_eq!(a.len(), 1);
     }
 
+    fn kind(t: &Transmit) -> MessageKind {
+        GossipPacket::new_checked(&t.payload[..]).unwrap().kind()
+    }
+
     #[test]
-    fn full_state_is_split_under_the_size_limit_and_repeats_periodically() {
+    fn a_new_neighbour_is_repaired_in_buckets_under_the_size_limit() {
         let now = Instant::now();
         let config = Config {
             max_message_len: 200,
             ..Config::default()
         };
-        let mut a = Topology::new(
-            now,
-            config.clone(),
-            name(1),
-            "a".into(),
-            1,
-            Capabilities::default(),
-        );
-        // Learn 20 peers.
+        let mut ts: Vec<Topology> = [1, 2]
+            .map(|n| {
+                Topology::new(
+                    now,
+                    config.clone(),
+                    name(n),
+                    format!("host{n}"),
+                    1,
+                    Capabilities::default(),
+                )
+            })
+            .into();
+        // 1 learns 20 peers (from someone that is not a neighbour).
         let entries: Vec<PeerEntry> = (10..30)
             .map(|n| PeerEntry {
                 name: name(n),
@@ -839,27 +1206,91 @@ mod tests {
             })
             .collect();
         let mut b = Vec::new();
-        GossipRepr {
-            kind: MessageKind::Full,
-            entries,
+        GossipRepr::Update(entries).emit(&mut b);
+        ts[0].handle(now, name(9), &b).unwrap();
+        assert!(drain(&mut ts[0], now).is_empty(), "no neighbour yet");
+        link(now, &mut ts, 0, 1);
+        let sent = exchange(now, &mut ts);
+        assert_eq!(ts[1].len(), 22);
+        assert_eq!(ts[1].digest(), ts[0].digest());
+        let repairs: Vec<&Transmit> = sent
+            .iter()
+            .filter(|(from, t)| *from == name(1) && kind(t) == MessageKind::Repair)
+            .map(|(_, t)| t)
+            .collect();
+        assert!(repairs.len() > 1, "split: {}", repairs.len());
+        for t in &repairs {
+            let p = GossipPacket::new_checked(&t.payload[..]).unwrap();
+            assert!(
+                t.payload.len() <= 200 || p.repair_buckets().len() == 1,
+                "a repair over the limit carries one bucket"
+            );
         }
-        .emit(&mut b);
-        a.handle(now, name(2), &b).unwrap();
-        a.set_connection(now, name(2), addr(2), Direction::Inbound, true);
-        let sent = drain(&mut a, now);
-        assert!(sent.len() > 1);
-        let mut seen = 0;
-        for t in &sent {
-            assert!(t.payload.len() <= 200);
-            seen += GossipPacket::new_checked(&t.payload[..])
-                .unwrap()
-                .entry_count() as usize;
+        assert_eq!(ts[0].stats().digest_mismatches, 1);
+        assert_eq!(ts[1].stats().repairs_received, repairs.len() as u64);
+    }
+
+    #[test]
+    fn a_quiet_mesh_exchanges_digests_only_and_a_divergence_costs_a_bucket() {
+        const N: usize = 24;
+        let now = Instant::now();
+        let mut ts: Vec<Topology> = (1..=N as u8).map(|n| topo(now, n)).collect();
+        for i in 0..N {
+            link(now, &mut ts, i, (i + 1) % N);
         }
-        assert_eq!(seen, 21);
-        let due = a.poll_timeout().unwrap();
-        assert!(due <= now + config.full_interval);
-        a.handle_timeout(now + config.full_interval);
-        assert_eq!(drain(&mut a, now + config.full_interval).len(), sent.len());
+        exchange(now, &mut ts);
+        assert!(
+            ts.iter()
+                .all(|t| t.len() == N && t.digest() == ts[0].digest())
+        );
+        let next_timer = |ts: &[Topology]| ts.iter().filter_map(|t| t.poll_timeout()).min();
+
+        // Quiet: each peer sends a round of digests every 1 to 3 s, and nothing else goes.
+        let mut at = now;
+        let mut digests = 0;
+        while at < now + Duration::from_secs(20) {
+            at = next_timer(&ts).unwrap();
+            for t in ts.iter_mut() {
+                t.handle_timeout(at);
+            }
+            for (_, t) in exchange(at, &mut ts) {
+                assert_eq!(kind(&t), MessageKind::Digest);
+                assert_eq!(t.payload.len(), wire::DIGEST_LEN);
+                digests += 1;
+            }
+        }
+        assert!(
+            (N * 2 * 6..=N * 2 * 20).contains(&digests),
+            "{digests} digests in 20 s"
+        );
+
+        // Peer 6 renames itself and its update is lost: the next mismatching digests repair
+        // one bucket each.
+        ts[5].set_nickname(at, "renamed");
+        assert!(!drain(&mut ts[5], at).is_empty());
+        let mut repaired = Vec::new();
+        while ts
+            .iter()
+            .any(|t| t.entry(name(6)).unwrap().nickname != "renamed")
+        {
+            assert!(at < now + Duration::from_secs(60), "not repaired");
+            at = next_timer(&ts).unwrap();
+            for t in ts.iter_mut() {
+                t.handle_timeout(at);
+            }
+            repaired.extend(exchange(at, &mut ts));
+        }
+        let repairs: Vec<_> = repaired
+            .iter()
+            .filter(|(_, t)| kind(t) == MessageKind::Repair)
+            .collect();
+        assert!(!repairs.is_empty());
+        for (_, t) in repairs {
+            let p = GossipPacket::new_checked(&t.payload[..]).unwrap();
+            assert_eq!(p.order(), Some(2), "4 buckets for 24 peers");
+            assert_eq!(p.repair_buckets().len(), 1, "one bucket differs");
+            assert!(p.entry_count() < 12, "{} entries", p.entry_count());
+        }
     }
 
     #[test]
@@ -877,8 +1308,10 @@ mod tests {
         exchange(t1, &mut ts);
         ts[0].handle_timeout(t1);
         assert_eq!(ts[0].len(), 3, "kept during the grace period");
-        let gc = ts[0].poll_timeout().unwrap();
-        assert_eq!(gc, t1 + Config::default().gc_after);
+        let gc = t1 + Config::default().gc_after;
+        ts[0].handle_timeout(gc - Duration::from_millis(1));
+        assert_eq!(ts[0].len(), 3, "kept until the end of the grace period");
+        assert!(ts[0].poll_timeout().unwrap() <= gc);
         ts[0].handle_timeout(gc);
         assert_eq!(ts[0].len(), 2);
         assert!(ts[0].entry(name(3)).is_none());
@@ -895,11 +1328,7 @@ mod tests {
         ts[1].set_connection(now, name(1), addr(0), Direction::Inbound, false);
         // 2's update cannot be gossiped over a non-established connection; deliver it by hand.
         let mut b = Vec::new();
-        GossipRepr {
-            kind: MessageKind::Update,
-            entries: vec![ts[1].own().clone()],
-        }
-        .emit(&mut b);
+        GossipRepr::Update(vec![ts[1].own().clone()]).emit(&mut b);
         ts[0].handle(now, name(2), &b).unwrap();
         ts[0].handle_timeout(now);
         let g = ts[0].graph();

@@ -1,9 +1,14 @@
-//! The gossip message wire format (format version 1), a view over bytes.
+//! The gossip message wire format (format version 2), a view over bytes.
 //!
 //! All integers are big-endian.
 //!
 //! ```text
-//! message  = format:u8 (=1) kind:u8 (1 update, 2 full state) count:u16 entry*count
+//! message  = format:u8 (=2) kind:u8 body
+//! kind 1, update:  count:u16 entry*count                        entries that changed
+//! kind 2, digest:  peers:u32 digest:u64                          a summary of the whole table
+//! kind 3, buckets: peers:u32 order:u8 sum:u64*(2^order)          per-bucket summaries
+//! kind 4, repair:  order:u8 nb:u16 bucket:u16*nb count:u16 entry*count
+//!                  all of the sender's entries in the listed buckets (ascending, each < 2^order)
 //! entry    = name:[6] incarnation:u64 version:u64 caps:u8 nick_len:u8 nick:[nick_len] (UTF-8)
 //!            conn_count:u16 conn*conn_count
 //! conn     = remote:[6] flags:u8 port:u16 addr:[4] (IPv4) | addr:[16] (IPv6, flag bit 2)
@@ -11,9 +16,14 @@
 //! flags    = bit 0 outbound (else inbound), bit 1 established, bit 2 IPv6
 //! ```
 //!
-//! Unknown format versions, kinds and set reserved bits are refused, as are truncated messages
-//! and trailing bytes. [`GossipPacket::new_checked`] walks the whole message, so after it no
-//! accessor or iterator can panic.
+//! A digest is the wrapping sum of [`entry_digest`](super::entry_digest) over a table; a
+//! bucket's sum is the same over the entries whose [`bucket_of`] is that bucket, with
+//! `2^order` buckets, `order` at most [`MAX_BUCKET_ORDER`].
+//!
+//! Unknown format versions, kinds and set reserved bits are refused, as are truncated messages,
+//! bucket orders above the maximum, bucket lists not strictly ascending or out of range, and
+//! trailing bytes. [`GossipPacket::new_checked`] walks the whole message, so after it no
+//! accessor or iterator can panic. (Format 1 sent the whole table on a timer; it is refused.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -22,9 +32,15 @@ use crate::peer::PeerName;
 use super::{Capabilities, Connection, Direction, PeerEntry};
 
 /// The only gossip format version this code speaks.
-pub const FORMAT_VERSION: u8 = 1;
-/// Length of the message header.
+pub const FORMAT_VERSION: u8 = 2;
+/// Length of an update message's header (format, kind, count).
 pub const HEADER_LEN: usize = 4;
+/// Length of a digest message.
+pub const DIGEST_LEN: usize = 2 + 4 + 8;
+/// The largest bucket order: at most 1024 buckets.
+pub const MAX_BUCKET_ORDER: u8 = 10;
+/// Length of a repair message without its bucket list and entries.
+pub const REPAIR_FIXED_LEN: usize = 2 + 1 + 2 + 2;
 /// Length of an entry without its nickname and connections.
 const ENTRY_FIXED_LEN: usize = 6 + 8 + 8 + 1 + 1 + 2;
 /// Length of a connection without its address.
@@ -39,6 +55,16 @@ const FLAG_OUTBOUND: u8 = 1 << 0;
 const FLAG_ESTABLISHED: u8 = 1 << 1;
 const FLAG_IPV6: u8 = 1 << 2;
 const FLAG_ALL: u8 = FLAG_OUTBOUND | FLAG_ESTABLISHED | FLAG_IPV6;
+
+/// The bucket of `name` among `2^order` buckets (`order` at most [`MAX_BUCKET_ORDER`]): the top
+/// bits of a hash of the name, so that a coarser order merges neighbouring buckets.
+pub fn bucket_of(name: PeerName, order: u8) -> u16 {
+    if order == 0 {
+        return 0;
+    }
+    let h = super::mix(name.to_u64() ^ 0x3c6e_f372_fe94_f82b);
+    (h >> (64 - u32::from(order.min(MAX_BUCKET_ORDER)))) as u16
+}
 
 /// Why a gossip message was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -86,32 +112,51 @@ pub enum WireError {
         #[source]
         source: std::str::Utf8Error,
     },
-    /// Bytes follow the last announced entry.
-    #[error("{0} trailing bytes after the last gossip entry")]
+    /// A bucket order above [`MAX_BUCKET_ORDER`].
+    #[error("gossip bucket order {0} is above the maximum {MAX_BUCKET_ORDER}")]
+    BucketOrder(u8),
+    /// A repair's bucket list is not strictly ascending or names a bucket out of range.
+    #[error("gossip repair lists bucket {bucket} out of order or range (order {order})")]
+    BucketList {
+        /// The offending bucket number.
+        bucket: u16,
+        /// The message's bucket order.
+        order: u8,
+    },
+    /// Bytes follow the last announced field.
+    #[error("{0} trailing bytes after the end of the gossip message")]
     TrailingBytes(usize),
 }
 
 /// What a gossip message carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
-    /// Only entries that changed recently.
+    /// Entries that changed.
     Update,
-    /// (Part of) the sender's whole table.
-    Full,
+    /// A summary of the sender's table.
+    Digest,
+    /// Per-bucket summaries of the sender's table (its digest differed from ours).
+    Buckets,
+    /// All of the sender's entries in some buckets (their summaries differed).
+    Repair,
 }
 
 impl MessageKind {
     fn to_byte(self) -> u8 {
         match self {
             MessageKind::Update => 1,
-            MessageKind::Full => 2,
+            MessageKind::Digest => 2,
+            MessageKind::Buckets => 3,
+            MessageKind::Repair => 4,
         }
     }
 
     fn from_byte(b: u8) -> Result<Self, WireError> {
         match b {
             1 => Ok(MessageKind::Update),
-            2 => Ok(MessageKind::Full),
+            2 => Ok(MessageKind::Digest),
+            3 => Ok(MessageKind::Buckets),
+            4 => Ok(MessageKind::Repair),
             other => Err(WireError::UnknownKind(other)),
         }
     }
@@ -121,54 +166,147 @@ impl MessageKind {
 #[derive(Debug, Clone)]
 pub struct GossipPacket<T: AsRef<[u8]>> {
     buffer: T,
+    kind: MessageKind,
+    /// Where the entry count field is (update, repair).
+    count_at: usize,
 }
 
 impl<T: AsRef<[u8]>> GossipPacket<T> {
     /// Wraps bytes after checking the whole message is well formed.
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let packet = GossipPacket { buffer };
-        packet.check()?;
-        Ok(packet)
-    }
-
-    fn check(&self) -> Result<(), WireError> {
-        let b = self.buffer.as_ref();
-        let mut r = Reader { b, off: 0 };
-        let header = r.take(HEADER_LEN)?;
-        if header[0] != FORMAT_VERSION {
-            return Err(WireError::UnknownVersion(header[0]));
-        }
-        MessageKind::from_byte(header[1])?;
-        let count = u16::from_be_bytes([header[2], header[3]]);
-        for _ in 0..count {
-            walk_entry(&mut r)?;
-        }
-        if r.off != b.len() {
-            return Err(WireError::TrailingBytes(b.len() - r.off));
-        }
-        Ok(())
+        let (kind, count_at) = check(buffer.as_ref())?;
+        Ok(GossipPacket {
+            buffer,
+            kind,
+            count_at,
+        })
     }
 
     /// The message kind.
     pub fn kind(&self) -> MessageKind {
-        // Checked in `new_checked`.
-        MessageKind::from_byte(self.buffer.as_ref()[1]).unwrap_or(MessageKind::Update)
+        self.kind
     }
 
-    /// Number of entries.
+    /// Number of entries (0 for digests and buckets).
     pub fn entry_count(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[2], b[3]])
+        match self.kind {
+            MessageKind::Update | MessageKind::Repair => {
+                let b = self.buffer.as_ref();
+                u16::from_be_bytes([b[self.count_at], b[self.count_at + 1]])
+            }
+            MessageKind::Digest | MessageKind::Buckets => 0,
+        }
     }
 
-    /// The entries, decoded one by one.
+    /// The entries, decoded one by one (none for digests and buckets).
     pub fn entries(&self) -> Entries<'_> {
         Entries {
             b: self.buffer.as_ref(),
-            off: HEADER_LEN,
+            off: self.count_at + 2,
             left: self.entry_count(),
         }
     }
+
+    /// `(peers, digest)` of a digest or buckets message: the sender's table size and digest
+    /// (for buckets: the table size and 0).
+    pub fn summary(&self) -> Option<(u32, u64)> {
+        let b = self.buffer.as_ref();
+        match self.kind {
+            MessageKind::Digest => Some((u32_at(b, 2), u64_at(b, 6))),
+            MessageKind::Buckets => Some((u32_at(b, 2), 0)),
+            _ => None,
+        }
+    }
+
+    /// The bucket order of a buckets or repair message.
+    pub fn order(&self) -> Option<u8> {
+        let b = self.buffer.as_ref();
+        match self.kind {
+            MessageKind::Buckets => Some(b[6]),
+            MessageKind::Repair => Some(b[2]),
+            _ => None,
+        }
+    }
+
+    /// The bucket sums of a buckets message, in bucket order (empty for other kinds).
+    pub fn bucket_sums(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        let b = self.buffer.as_ref();
+        let sums: &[u8] = match self.kind {
+            MessageKind::Buckets => &b[7..],
+            _ => &[],
+        };
+        sums.chunks_exact(8).map(|c| u64_at(c, 0))
+    }
+
+    /// The buckets a repair message covers, ascending (empty for other kinds).
+    pub fn repair_buckets(&self) -> impl ExactSizeIterator<Item = u16> + '_ {
+        let b = self.buffer.as_ref();
+        let list: &[u8] = match self.kind {
+            MessageKind::Repair => &b[5..self.count_at],
+            _ => &[],
+        };
+        list.chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+    }
+}
+
+/// Walks a whole message; returns its kind and where its entry count is.
+fn check(b: &[u8]) -> Result<(MessageKind, usize), WireError> {
+    let mut r = Reader { b, off: 0 };
+    let header = r.take(2)?;
+    if header[0] != FORMAT_VERSION {
+        return Err(WireError::UnknownVersion(header[0]));
+    }
+    let kind = MessageKind::from_byte(header[1])?;
+    let mut count_at = b.len();
+    match kind {
+        MessageKind::Update => {
+            count_at = r.off;
+            walk_entries(&mut r)?;
+        }
+        MessageKind::Digest => {
+            r.take(4 + 8)?;
+        }
+        MessageKind::Buckets => {
+            r.take(4)?;
+            let order = r.take(1)?[0];
+            if order > MAX_BUCKET_ORDER {
+                return Err(WireError::BucketOrder(order));
+            }
+            r.take(8 << order)?;
+        }
+        MessageKind::Repair => {
+            let order = r.take(1)?[0];
+            if order > MAX_BUCKET_ORDER {
+                return Err(WireError::BucketOrder(order));
+            }
+            let n = r.take(2)?;
+            let n = u16::from_be_bytes([n[0], n[1]]);
+            let mut last: Option<u16> = None;
+            for _ in 0..n {
+                let c = r.take(2)?;
+                let bucket = u16::from_be_bytes([c[0], c[1]]);
+                if u32::from(bucket) >= 1 << order || last.is_some_and(|l| bucket <= l) {
+                    return Err(WireError::BucketList { bucket, order });
+                }
+                last = Some(bucket);
+            }
+            count_at = r.off;
+            walk_entries(&mut r)?;
+        }
+    }
+    if r.off != b.len() {
+        return Err(WireError::TrailingBytes(b.len() - r.off));
+    }
+    Ok((kind, count_at))
+}
+
+fn walk_entries(r: &mut Reader<'_>) -> Result<(), WireError> {
+    let n = r.take(2)?;
+    for _ in 0..u16::from_be_bytes([n[0], n[1]]) {
+        walk_entry(r)?;
+    }
+    Ok(())
 }
 
 /// Iterator over the entries of a checked [`GossipPacket`].
@@ -216,6 +354,11 @@ impl EntryView<'_> {
     /// `(incarnation, version)`.
     pub fn stamp(&self) -> (u64, u64) {
         (u64_at(self.b, 6), u64_at(self.b, 14))
+    }
+
+    /// The entry's encoding.
+    pub fn bytes(&self) -> &[u8] {
+        self.b
     }
 
     /// The decoded entry.
@@ -339,37 +482,107 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(v)
 }
 
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 /// A decoded gossip message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GossipRepr {
-    /// Update or full state.
-    pub kind: MessageKind,
-    /// The entries carried.
-    pub entries: Vec<PeerEntry>,
+pub enum GossipRepr {
+    /// Entries that changed.
+    Update(Vec<PeerEntry>),
+    /// A summary of the sender's table.
+    Digest {
+        /// Entries in the table.
+        peers: u32,
+        /// The table's digest.
+        digest: u64,
+    },
+    /// Per-bucket summaries.
+    Buckets {
+        /// Entries in the table.
+        peers: u32,
+        /// `2^order` buckets.
+        order: u8,
+        /// One sum per bucket.
+        sums: Vec<u64>,
+    },
+    /// All of the sender's entries in the listed buckets.
+    Repair {
+        /// `2^order` buckets.
+        order: u8,
+        /// The buckets covered, ascending.
+        buckets: Vec<u16>,
+        /// The sender's entries in them.
+        entries: Vec<PeerEntry>,
+    },
 }
 
 impl GossipRepr {
     /// Decodes a checked message.
     pub fn parse<T: AsRef<[u8]>>(packet: &GossipPacket<T>) -> GossipRepr {
-        GossipRepr {
-            kind: packet.kind(),
-            entries: packet.entries().map(|e| e.to_entry()).collect(),
+        let entries = || packet.entries().map(|e| e.to_entry()).collect();
+        let order = packet.order().unwrap_or(0);
+        match packet.kind() {
+            MessageKind::Update => GossipRepr::Update(entries()),
+            MessageKind::Digest => {
+                let (peers, digest) = packet.summary().unwrap_or((0, 0));
+                GossipRepr::Digest { peers, digest }
+            }
+            MessageKind::Buckets => GossipRepr::Buckets {
+                peers: packet.summary().map_or(0, |s| s.0),
+                order,
+                sums: packet.bucket_sums().collect(),
+            },
+            MessageKind::Repair => GossipRepr::Repair {
+                order,
+                buckets: packet.repair_buckets().collect(),
+                entries: entries(),
+            },
         }
     }
 
     /// Encoded length.
     ///
-    /// The caller guarantees at most `u16::MAX` entries, each with at most `u16::MAX`
-    /// connections and a nickname of at most 255 bytes (what [`emit`](Self::emit) can encode).
+    /// The caller guarantees what [`emit`](Self::emit) needs.
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + self.entries.iter().map(entry_len).sum::<usize>()
+        let entries = |es: &[PeerEntry]| es.iter().map(entry_len).sum::<usize>();
+        match self {
+            GossipRepr::Update(es) => HEADER_LEN + entries(es),
+            GossipRepr::Digest { .. } => DIGEST_LEN,
+            GossipRepr::Buckets { sums, .. } => 2 + 4 + 1 + 8 * sums.len(),
+            GossipRepr::Repair {
+                buckets,
+                entries: es,
+                ..
+            } => REPAIR_FIXED_LEN + 2 * buckets.len() + entries(es),
+        }
     }
 
-    /// Appends the encoding to `out`, under the same guarantees as [`buffer_len`](Self::buffer_len).
+    /// Appends the encoding to `out`. The caller guarantees at most `u16::MAX` entries, each
+    /// with at most `u16::MAX` connections and a nickname of at most 255 bytes; `2^order` sums
+    /// for buckets; buckets ascending and below `2^order` for a repair; an order of at most
+    /// [`MAX_BUCKET_ORDER`].
     pub fn emit(&self, out: &mut Vec<u8>) {
-        emit_header(self.kind, self.entries.len() as u16, out);
-        for e in &self.entries {
-            emit_entry(e, out);
+        match self {
+            GossipRepr::Update(es) => {
+                emit_header(MessageKind::Update, es.len() as u16, out);
+                for e in es {
+                    emit_entry(e, out);
+                }
+            }
+            GossipRepr::Digest { peers, digest } => emit_digest(*peers, *digest, out),
+            GossipRepr::Buckets { peers, order, sums } => emit_buckets(*peers, *order, sums, out),
+            GossipRepr::Repair {
+                order,
+                buckets,
+                entries,
+            } => {
+                emit_repair_head(*order, buckets, entries.len() as u16, out);
+                for e in entries {
+                    emit_entry(e, out);
+                }
+            }
         }
     }
 }
@@ -387,6 +600,34 @@ pub(crate) fn entry_len(e: &PeerEntry) -> usize {
 pub(crate) fn emit_header(kind: MessageKind, count: u16, out: &mut Vec<u8>) {
     out.push(FORMAT_VERSION);
     out.push(kind.to_byte());
+    out.extend_from_slice(&count.to_be_bytes());
+}
+
+pub(crate) fn emit_digest(peers: u32, digest: u64, out: &mut Vec<u8>) {
+    out.push(FORMAT_VERSION);
+    out.push(MessageKind::Digest.to_byte());
+    out.extend_from_slice(&peers.to_be_bytes());
+    out.extend_from_slice(&digest.to_be_bytes());
+}
+
+pub(crate) fn emit_buckets(peers: u32, order: u8, sums: &[u64], out: &mut Vec<u8>) {
+    out.push(FORMAT_VERSION);
+    out.push(MessageKind::Buckets.to_byte());
+    out.extend_from_slice(&peers.to_be_bytes());
+    out.push(order);
+    for s in sums {
+        out.extend_from_slice(&s.to_be_bytes());
+    }
+}
+
+pub(crate) fn emit_repair_head(order: u8, buckets: &[u16], count: u16, out: &mut Vec<u8>) {
+    out.push(FORMAT_VERSION);
+    out.push(MessageKind::Repair.to_byte());
+    out.push(order);
+    out.extend_from_slice(&(buckets.len() as u16).to_be_bytes());
+    for b in buckets {
+        out.extend_from_slice(&b.to_be_bytes());
+    }
     out.extend_from_slice(&count.to_be_bytes());
 }
 
@@ -434,7 +675,7 @@ mod tests {
     /// sleeve + encryption, two connections (outbound established over IPv4, inbound pending
     /// over IPv6).
     const UPDATE: &[u8] = &[
-        1, 1, 0, 1, // format 1, update, 1 entry
+        2, 1, 0, 1, // format 2, update, 1 entry
         0x0e, 0, 0, 0, 0, 1, // name
         0, 0, 0, 0, 0, 0, 0, 2, // incarnation
         0, 0, 0, 0, 0, 0, 0, 3,     // version
@@ -448,34 +689,31 @@ mod tests {
     ];
 
     fn update_repr() -> GossipRepr {
-        GossipRepr {
-            kind: MessageKind::Update,
-            entries: vec![PeerEntry {
-                name: PeerName([0x0e, 0, 0, 0, 0, 1]),
-                nickname: "a".into(),
-                incarnation: 2,
-                version: 3,
-                capabilities: Capabilities {
-                    sleeve: true,
-                    fastpath: false,
-                    encryption: true,
+        GossipRepr::Update(vec![PeerEntry {
+            name: PeerName([0x0e, 0, 0, 0, 0, 1]),
+            nickname: "a".into(),
+            incarnation: 2,
+            version: 3,
+            capabilities: Capabilities {
+                sleeve: true,
+                fastpath: false,
+                encryption: true,
+            },
+            connections: vec![
+                Connection {
+                    remote: PeerName([0x0e, 0, 0, 0, 0, 2]),
+                    addr: "10.0.0.2:6783".parse().unwrap(),
+                    direction: Direction::Outbound,
+                    established: true,
                 },
-                connections: vec![
-                    Connection {
-                        remote: PeerName([0x0e, 0, 0, 0, 0, 2]),
-                        addr: "10.0.0.2:6783".parse().unwrap(),
-                        direction: Direction::Outbound,
-                        established: true,
-                    },
-                    Connection {
-                        remote: PeerName([0x0e, 0, 0, 0, 0, 3]),
-                        addr: "[fd00::3]:6783".parse().unwrap(),
-                        direction: Direction::Inbound,
-                        established: false,
-                    },
-                ],
-            }],
-        }
+                Connection {
+                    remote: PeerName([0x0e, 0, 0, 0, 0, 3]),
+                    addr: "[fd00::3]:6783".parse().unwrap(),
+                    direction: Direction::Inbound,
+                    established: false,
+                },
+            ],
+        }])
     }
 
     #[test]
@@ -495,18 +733,101 @@ mod tests {
     }
 
     #[test]
-    fn empty_full_state_round_trips() {
-        let r = GossipRepr {
-            kind: MessageKind::Full,
-            entries: vec![],
-        };
+    fn empty_update_round_trips() {
+        let r = GossipRepr::Update(vec![]);
         let mut out = Vec::new();
         r.emit(&mut out);
-        assert_eq!(out, [1, 2, 0, 0]);
+        assert_eq!(out, [2, 1, 0, 0]);
         assert_eq!(
             GossipRepr::parse(&GossipPacket::new_checked(&out[..]).unwrap()),
             r
         );
+    }
+
+    /// A digest: 300 peers, digest 0x0102030405060708.
+    const DIGEST: &[u8] = &[2, 2, 0, 0, 1, 0x2c, 1, 2, 3, 4, 5, 6, 7, 8];
+    /// Buckets: 3 peers, order 1, sums 5 and 6.
+    const BUCKETS: &[u8] = &[
+        2, 3, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 6,
+    ];
+
+    #[test]
+    fn digest_buckets_and_repair_fixed_bytes() {
+        let d = GossipRepr::Digest {
+            peers: 300,
+            digest: 0x0102_0304_0506_0708,
+        };
+        let b = GossipRepr::Buckets {
+            peers: 3,
+            order: 1,
+            sums: vec![5, 6],
+        };
+        for (repr, bytes) in [(d, DIGEST), (b, BUCKETS)] {
+            let mut out = Vec::new();
+            repr.emit(&mut out);
+            assert_eq!(out, bytes);
+            assert_eq!(repr.buffer_len(), bytes.len());
+            let p = GossipPacket::new_checked(bytes).unwrap();
+            assert_eq!(GossipRepr::parse(&p), repr);
+            assert_eq!(p.entries().count(), 0);
+        }
+        // A repair of buckets 1 and 3 of 4 carrying the entry of UPDATE.
+        let GossipRepr::Update(entries) = update_repr() else {
+            unreachable!()
+        };
+        let r = GossipRepr::Repair {
+            order: 2,
+            buckets: vec![1, 3],
+            entries,
+        };
+        let mut out = Vec::new();
+        r.emit(&mut out);
+        assert_eq!(&out[..11], &[2, 4, 2, 0, 2, 0, 1, 0, 3, 0, 1]);
+        assert_eq!(&out[11..], &UPDATE[4..]);
+        assert_eq!(r.buffer_len(), out.len());
+        let p = GossipPacket::new_checked(&out[..]).unwrap();
+        assert_eq!(p.kind(), MessageKind::Repair);
+        assert_eq!(p.repair_buckets().collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(GossipRepr::parse(&p), r);
+        // Out of order, repeated or out of range buckets, and too high an order, are refused.
+        for (at, v) in [(8, 1), (8, 0), (8, 4)] {
+            let mut bad = out.clone();
+            bad[at] = v;
+            assert!(matches!(
+                GossipPacket::new_checked(&bad[..]).unwrap_err(),
+                WireError::BucketList { .. }
+            ));
+        }
+        let mut bad = out.clone();
+        bad[2] = MAX_BUCKET_ORDER + 1;
+        assert_eq!(
+            GossipPacket::new_checked(&bad[..]).unwrap_err(),
+            WireError::BucketOrder(MAX_BUCKET_ORDER + 1)
+        );
+        let mut bad = BUCKETS.to_vec();
+        bad[6] = 2;
+        assert!(matches!(
+            GossipPacket::new_checked(&bad[..]).unwrap_err(),
+            WireError::Truncated { .. }
+        ));
+        for bytes in [DIGEST, BUCKETS, &out[..]] {
+            for len in 0..bytes.len() {
+                assert!(GossipPacket::new_checked(&bytes[..len]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn buckets_refine_by_top_bits() {
+        for n in 0..200u64 {
+            let name = PeerName::from_u64(n * 7919);
+            assert_eq!(bucket_of(name, 0), 0);
+            let fine = bucket_of(name, MAX_BUCKET_ORDER);
+            assert!(fine < 1 << MAX_BUCKET_ORDER);
+            for order in 1..=MAX_BUCKET_ORDER {
+                assert_eq!(bucket_of(name, order), fine >> (MAX_BUCKET_ORDER - order));
+            }
+        }
     }
 
     #[test]
@@ -517,8 +838,8 @@ mod tests {
             b
         };
         assert_eq!(
-            GossipPacket::new_checked(with(0, 2)).unwrap_err(),
-            WireError::UnknownVersion(2)
+            GossipPacket::new_checked(with(0, 1)).unwrap_err(),
+            WireError::UnknownVersion(1)
         );
         assert_eq!(
             GossipPacket::new_checked(with(1, 9)).unwrap_err(),
@@ -536,6 +857,10 @@ mod tests {
             GossipPacket::new_checked(with(37, 0x08)).unwrap_err(),
             WireError::ReservedFlags { .. }
         ));
+        assert_eq!(
+            GossipPacket::new_checked(with(1, 0)).unwrap_err(),
+            WireError::UnknownKind(0)
+        );
         for len in 0..UPDATE.len() {
             assert!(
                 matches!(
@@ -560,6 +885,18 @@ mod tests {
                 let r = GossipRepr::parse(&p);
                 let mut out = Vec::new();
                 r.emit(&mut out);
+                proptest::prop_assert_eq!(out, bytes);
+            }
+        }
+
+        #[test]
+        fn random_bodies_of_every_kind_never_panic(kind in 0u8..6, body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let mut bytes = vec![FORMAT_VERSION, kind];
+            bytes.extend_from_slice(&body);
+            if let Ok(p) = GossipPacket::new_checked(&bytes[..]) {
+                proptest::prop_assert_eq!(p.entries().count(), p.entry_count() as usize);
+                let mut out = Vec::new();
+                GossipRepr::parse(&p).emit(&mut out);
                 proptest::prop_assert_eq!(out, bytes);
             }
         }

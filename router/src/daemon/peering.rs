@@ -445,6 +445,10 @@ impl Peering {
         self.topology_generation = topo.generation();
         let mut learned = Vec::new();
         let mut gossiped = HashSet::new();
+        // Under a connection limit below the cluster size, gossip offers only the peers of the
+        // bounded-degree mesh (all of them otherwise).
+        let known: Vec<PeerName> = topo.entries().map(|e| e.name).collect();
+        let chosen = weft_mesh::degree::choose(self.me, &known, self.conn_limit);
         let mut gossip_peers: HashMap<String, BTreeSet<PeerName>> = HashMap::new();
         for e in topo.entries() {
             for conn in &e.connections {
@@ -454,7 +458,9 @@ impl Peering {
                 let a = SocketAddr::new(conn.addr.ip(), self.mesh_port).to_string();
                 gossip_peers.entry(a.clone()).or_default().insert(conn.remote);
                 if !self.conns.contains_key(&conn.remote) {
-                    learned.push((a, conn.remote));
+                    if chosen.binary_search(&conn.remote).is_ok() {
+                        learned.push((a, conn.remote));
+                    }
                     gossiped.insert((e.name, conn.remote));
                 }
             }
