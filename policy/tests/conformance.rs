@@ -10,9 +10,7 @@
 //! allowed/denied next to the expectation, and fails on any difference.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use weft_kernel::netlink::Route;
@@ -24,6 +22,7 @@ use weft_policy::model::{
 };
 use weft_policy::{Node, TABLE, nft};
 use weft_testbed::topology::{POD_BRIDGE, add_pod_bridge};
+use weft_testbed::servers::{self, EchoServers};
 use weft_testbed::{NodeId, TestBed};
 
 const TCP_PORTS: [u16; 2] = [8080, 9090];
@@ -31,84 +30,14 @@ const UDP_PORT: u16 = 5353;
 const WAIT: Duration = Duration::from_millis(700);
 const EXT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
 
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Servers {
-    fn start(&mut self, ns: &NetNs, addr: Ipv4Addr) {
-        for port in TCP_PORTS {
-            let l = ns.run(|| TcpListener::bind((addr, port))).expect("enter namespace").expect("bind TCP server");
-            l.set_nonblocking(true).expect("nonblocking listener");
-            let stop = self.stop.clone();
-            self.threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((mut s, _)) => {
-                            let stop = stop.clone();
-                            std::thread::spawn(move || {
-                                let _ = s.set_nonblocking(false);
-                                let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-                                let _ = s.write_all(b"k");
-                                let mut buf = [0u8; 64];
-                                while !stop.load(Ordering::Relaxed) {
-                                    match s.read(&mut buf) {
-                                        Ok(0) => break,
-                                        Ok(n) => {
-                                            if s.write_all(&buf[..n]).is_err() {
-                                                break;
-                                            }
-                                        }
-                                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                                        Err(_) => break,
-                                    }
-                                }
-                            });
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            }));
-        }
-        let u = ns.run(|| UdpSocket::bind((addr, UDP_PORT))).expect("enter namespace").expect("bind UDP server");
-        u.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-        let stop = self.stop.clone();
-        self.threads.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = u.recv_from(&mut buf) {
-                    let _ = u.send_to(&buf[..n], from);
-                }
-            }
-        }));
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP connection from `ns` to `to:port` that gets the server's first byte.
+/// A TCP connection from `ns` to `to:port` that gets the server's greeting.
 fn tcp(ns: &NetNs, to: Ipv4Addr, port: u16) -> bool {
-    let addr = SocketAddr::from((to, port));
-    let Ok(Ok(mut s)) = ns.run(|| TcpStream::connect_timeout(&addr, WAIT)) else { return false };
-    let _ = s.set_read_timeout(Some(WAIT));
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(1) if b[0] == b'k')
+    servers::tcp_greeted(ns, to, port, WAIT)
 }
 
-/// A UDP datagram from `ns` to `to` that comes back (four tries).
+/// A UDP datagram from `ns` to `to` that comes back (4 tries).
 fn udp(ns: &NetNs, to: Ipv4Addr, port: u16) -> bool {
-    let Ok(Ok(s)) = ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))) else { return false };
-    let _ = s.set_read_timeout(Some(WAIT / 2));
-    let mut buf = [0u8; 16];
-    (0..4).any(|_| s.send_to(b"hello", (to, port)).is_ok() && matches!(s.recv_from(&mut buf), Ok((5, _))))
+    servers::udp_echoed(ns, to, port, WAIT / 2, 4)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -240,9 +169,9 @@ fn network_policy_conformance() {
             ports: ports.clone(),
         });
     }
-    let mut servers = Servers { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() };
+    let mut servers = EchoServers::default();
     for (_, node, ip) in &ends {
-        servers.start(bed.ns(*node), *ip);
+        servers.start(bed.ns(*node), *ip, &TCP_PORTS, UDP_PORT).expect("start servers");
     }
     let hosts = ["h1", "h2"]
         .iter()

@@ -57,14 +57,7 @@ fn cluster(n: usize) -> Cluster {
     let listener = bed.ns(api_node).run(|| TcpListener::bind(API_ADDR)).unwrap().unwrap();
     let api = StandIn::serve(listener);
     let kubeconfig = run.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: http://{API_ADDR}\nusers:\n- name: weft\n  user: {{}}\n\
-             contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: weft\n    namespace: kube-system\ncurrent-context: standin\n"
-        ),
-    )
-    .unwrap();
+    api.write_kubeconfig(&kubeconfig);
     let mut hosts = Vec::new();
     for i in 0..n {
         let h = bed.add_node(&format!("h{}", i + 1)).unwrap();

@@ -14,11 +14,9 @@
 mod standin;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -27,6 +25,7 @@ use weft_api::types::{AllocateRequest, Allocation, Attachment, Connection, Polic
 use weft_kernel::netns::NetNs;
 use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
 use weft_testbed::topology::SEGMENT_1;
+use weft_testbed::servers::{self, EchoServers};
 use weft_testbed::{NodeId, TestBed};
 
 const API_ADDR: &str = "192.0.2.2:8080";
@@ -38,70 +37,14 @@ fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
 }
 
-/// TCP servers (a byte on accept, then echo) and a UDP echo server in pods, stopped on drop.
-#[derive(Default)]
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Servers {
-    fn start(&mut self, ns: &NetNs, addr: Ipv4Addr) {
-        for port in TCP_PORTS {
-            let l = ns.run(|| TcpListener::bind((addr, port))).expect("enter namespace").expect("bind TCP server");
-            l.set_nonblocking(true).expect("nonblocking listener");
-            let stop = self.stop.clone();
-            self.threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((mut s, _)) => {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.write_all(b"k");
-                            // The prober reads one byte and closes; nothing more to serve.
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            }));
-        }
-        let u = ns.run(|| UdpSocket::bind((addr, UDP_PORT))).expect("enter namespace").expect("bind UDP server");
-        u.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-        let stop = self.stop.clone();
-        self.threads.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = u.recv_from(&mut buf) {
-                    let _ = u.send_to(&buf[..n], from);
-                }
-            }
-        }));
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP connection from `ns` to `to:port` that gets the server's first byte.
+/// A TCP connection from `ns` to `to:port` that gets the server's greeting.
 fn tcp(ns: &NetNs, to: Ipv4Addr, port: u16) -> bool {
-    let addr = SocketAddr::from((to, port));
-    let Ok(Ok(mut s)) = ns.run(|| TcpStream::connect_timeout(&addr, WAIT)) else { return false };
-    let _ = s.set_read_timeout(Some(WAIT));
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(1) if b[0] == b'k')
+    servers::tcp_greeted(ns, to, port, WAIT)
 }
 
-/// A UDP datagram from `ns` to `to` that comes back (three tries).
+/// A UDP datagram from `ns` to `to` that comes back (3 tries).
 fn udp(ns: &NetNs, to: Ipv4Addr) -> bool {
-    let Ok(Ok(s)) = ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))) else { return false };
-    let _ = s.set_read_timeout(Some(WAIT / 2));
-    let mut buf = [0u8; 16];
-    (0..3).any(|_| s.send_to(b"hello", (to, UDP_PORT)).is_ok() && matches!(s.recv_from(&mut buf), Ok((5, _))))
+    servers::udp_echoed(ns, to, UDP_PORT, WAIT / 2, 3)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -131,7 +74,7 @@ struct Cluster {
     hosts: Vec<NodeId>,
     /// name → (pod node, address)
     pods: Vec<(&'static str, NodeId, Ipv4Addr)>,
-    servers: Servers,
+    servers: EchoServers,
     failures: Vec<String>,
 }
 
@@ -145,14 +88,7 @@ impl Cluster {
         let listener = bed.ns(api_node).run(|| TcpListener::bind(API_ADDR)).unwrap().unwrap();
         let api = StandIn::serve(listener);
         let kubeconfig = run.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: http://{API_ADDR}\nusers:\n- name: weft\n  user: {{}}\n\
-                 contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: weft\n    namespace: kube-system\ncurrent-context: standin\n"
-            ),
-        )
-        .unwrap();
+        api.write_kubeconfig(&kubeconfig);
         api.put(standin::namespace("a", &[("team", "x")]));
         api.put(standin::namespace("b", &[("team", "y")]));
         let mut hosts = Vec::new();
@@ -174,7 +110,7 @@ impl Cluster {
             routers.push(routers::start_router(&mut bed, &run, *h, &format!("h{}", i + 1), &[], &o).unwrap());
             opts.push(o);
         }
-        let mut c = Cluster { bed, run, api, routers, opts, hosts, pods: Vec::new(), servers: Servers::default(), failures: Vec::new() };
+        let mut c = Cluster { bed, run, api, routers, opts, hosts, pods: Vec::new(), servers: EchoServers::default(), failures: Vec::new() };
         for (i, r) in c.routers.iter().enumerate() {
             routers::wait_for(r, Duration::from_secs(40), |s| s.connections.established == 1 && s.ipam.state == "ready")
                 .unwrap_or_else(|e| panic!("h{}: {e}\n{}", i + 1, c.logs()));
@@ -185,7 +121,7 @@ impl Cluster {
             c.pods.push((name, node, ip));
         }
         for (_, node, ip) in c.pods.clone() {
-            c.servers.start(c.bed.ns(node), ip);
+            c.servers.start(c.bed.ns(node), ip, &TCP_PORTS, UDP_PORT).expect("start servers");
         }
         c
     }

@@ -15,6 +15,7 @@
 mod probe;
 pub use probe::{PING_DEADLINE, PROBE_WAIT, Rtt, Throughput, Transfer, UdpRate, iperf3, iperf3_tcp, iperf3_udp};
 pub mod routers;
+pub mod servers;
 pub mod topology;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -304,14 +305,19 @@ impl TestBed {
         Ok(pid)
     }
 
-    /// Stops a process this bed started (SIGKILL) and reaps it.
-    pub fn kill(&mut self, pid: u32) -> Result<()> {
+    /// Takes a process this bed started off its list (the caller ends it).
+    fn take_child(&mut self, pid: u32) -> Result<std::process::Child> {
         let i = self
             .children
             .iter()
             .position(|c| c.id() == pid)
             .ok_or_else(|| Error::TestBed(format!("process {pid} was not started by this test bed")))?;
-        let mut child = self.children.remove(i);
+        Ok(self.children.remove(i))
+    }
+
+    /// Stops a process this bed started (SIGKILL) and reaps it.
+    pub fn kill(&mut self, pid: u32) -> Result<()> {
+        let mut child = self.take_child(pid)?;
         let _ = child.kill();
         child.wait().map_err(|e| Error::TestBed(format!("reap process {pid}: {e}")))?;
         Ok(())
@@ -320,12 +326,7 @@ impl TestBed {
     /// Asks a process this bed started to stop (SIGTERM) and reaps it; if it has not exited
     /// within `grace`, kills it (SIGKILL) and fails, saying so.
     pub fn terminate(&mut self, pid: u32, grace: std::time::Duration) -> Result<()> {
-        let i = self
-            .children
-            .iter()
-            .position(|c| c.id() == pid)
-            .ok_or_else(|| Error::TestBed(format!("process {pid} was not started by this test bed")))?;
-        let mut child = self.children.remove(i);
+        let mut child = self.take_child(pid)?;
         // A child's PID is a positive i32 (pid_t) however std reports it.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + grace;

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::{Attachment, NodeId, TestBed};
 use weft_kernel::Result;
-use weft_kernel::netlink::{LinkKind, Route};
+use weft_kernel::netlink::{FdbEntry, LinkKind, Route, VxlanConfig};
 
 /// First segment: 192.0.2.0/24.
 pub const SEGMENT_1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
@@ -34,6 +34,25 @@ pub fn shared_segment(bed: &mut TestBed, n: u8) -> Result<SharedSegment> {
         hosts.push(h);
     }
     Ok(SharedSegment { hosts, links })
+}
+
+/// Gives each of the two hosts of `lan` a pod bridge `weft` joined to the other's by the kernel's
+/// VXLAN (device `dev` on the bridge, VNI 7, UDP 6785, learning off, every frame to the other
+/// host), with MTU `mtu`: the bare kernel path the benchmarks compare weft with.
+pub fn vxlan_bridges(bed: &mut TestBed, lan: &SharedSegment, dev: &str, mtu: u32) -> Result<()> {
+    for (i, (&h, link)) in lan.hosts.iter().zip(&lan.links).enumerate().take(2) {
+        let other = lan.links[1 - i].addr;
+        let nl = bed.netlink(h);
+        nl.add_link(POD_BRIDGE, &LinkKind::Bridge)?;
+        nl.set_up(POD_BRIDGE)?;
+        let cfg = VxlanConfig { vni: 7, port: 6785, local: Some(link.addr.into()), underlay: Some(link.iface.clone()), learning: false };
+        nl.add_link(dev, &LinkKind::Vxlan(cfg))?;
+        nl.set_mtu(dev, mtu)?;
+        nl.set_master(dev, POD_BRIDGE)?;
+        nl.set_up(dev)?;
+        nl.fdb_append(dev, &FdbEntry { mac: [0; 6], dst: Some(IpAddr::V4(other)) })?;
+    }
+    Ok(())
 }
 
 /// Two hosts on different segments joined only through a middle host: A on 192.0.2.0/24, C on

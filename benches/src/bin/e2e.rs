@@ -34,13 +34,12 @@
 //! `benches/profile.sh` runs this and reports them.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_api::types::{AllocateRequest, Allocation, Attachment, Connection, ConnectionState};
 use weft_benches::{MachineCpu, cpu_time};
-use weft_kernel::netlink::{FdbEntry, LinkKind, VxlanConfig};
 use weft_testbed::routers::{self, RouterOptions, RunDir};
 use weft_testbed::topology::{self, POD_BRIDGE};
 use weft_testbed::{NodeId, Rtt, TestBed, Throughput, UdpRate, iperf3_tcp, iperf3_udp};
@@ -195,22 +194,9 @@ fn run(d: Duration) -> Result<(), String> {
     let lan = topology::shared_segment(&mut bed, 2).map_err(|e| chain(&e))?;
     let (h1, h2) = (lan.hosts[0], lan.hosts[1]);
     // Kernel VXLAN between the hosts, with a pod on each host's bridge.
+    topology::vxlan_bridges(&mut bed, &lan, "vx-base", mtu).map_err(|e| chain(&e))?;
     let mut pods = Vec::new();
     for (i, (&h, link)) in lan.hosts.iter().zip(&lan.links).enumerate() {
-        let other = lan.links[1 - i].addr;
-        let nl = bed.netlink(h);
-        let r: Result<(), weft_kernel::Error> = (|| {
-            nl.add_link(POD_BRIDGE, &LinkKind::Bridge)?;
-            nl.set_up(POD_BRIDGE)?;
-            let cfg = VxlanConfig { vni: 7, port: 6785, local: Some(link.addr.into()), underlay: Some(link.iface.clone()), learning: false };
-            nl.add_link("vx-base", &LinkKind::Vxlan(cfg))?;
-            nl.set_mtu("vx-base", mtu)?;
-            nl.set_master("vx-base", POD_BRIDGE)?;
-            nl.set_up("vx-base")?;
-            nl.fdb_append("vx-base", &FdbEntry { mac: [0; 6], dst: Some(IpAddr::V4(other)) })?;
-            Ok(())
-        })();
-        r.map_err(|e| chain(&e))?;
         if base_nat {
             // Connection tracking on, as on weft's hosts (its masquerade table) and on any
             // Kubernetes node: bridged frames meet it too (bridge-nf-call-iptables).

@@ -18,12 +18,11 @@
 //! be refused. Prints every run, and per path the medians, their ratio and the median of
 //! the rounds' ratios.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use weft_policy::controller::{Controller, Event, Update};
 use weft_policy::model::{LabelSelector, NetworkPolicy, Peer, Pod, PolicyPort, PortSpec, Protocol, Rule};
-use weft_kernel::netlink::{FdbEntry, LinkKind, VxlanConfig};
 use weft_policy::model::{ContainerPort, Direction, Objects};
 use weft_policy::{Node, TABLE, nft, render, synthetic};
 use weft_testbed::topology::{self, POD_BRIDGE, add_pod_bridge};
@@ -141,22 +140,9 @@ fn same_host(objects: &Objects) -> Result<Path, String> {
 fn cross_host(objects: &Objects) -> Result<Path, String> {
     let mut bed = TestBed::new().map_err(|e| format!("a test bed needs root: {}", chain(&e)))?;
     let lan = topology::shared_segment(&mut bed, 2).map_err(|e| chain(&e))?;
+    topology::vxlan_bridges(&mut bed, &lan, "vx-bench", 1450).map_err(|e| chain(&e))?;
     let mut pods = Vec::new();
-    for (i, (&h, link)) in lan.hosts.iter().zip(&lan.links).enumerate() {
-        let other = lan.links[1 - i].addr;
-        let nl = bed.netlink(h);
-        let r: Result<(), weft_kernel::Error> = (|| {
-            nl.add_link(POD_BRIDGE, &LinkKind::Bridge)?;
-            nl.set_up(POD_BRIDGE)?;
-            let cfg = VxlanConfig { vni: 7, port: 6785, local: Some(link.addr.into()), underlay: Some(link.iface.clone()), learning: false };
-            nl.add_link("vx-bench", &LinkKind::Vxlan(cfg))?;
-            nl.set_mtu("vx-bench", 1450)?;
-            nl.set_master("vx-bench", POD_BRIDGE)?;
-            nl.set_up("vx-bench")?;
-            nl.fdb_append("vx-bench", &FdbEntry { mac: [0; 6], dst: Some(IpAddr::V4(other)) })?;
-            Ok(())
-        })();
-        r.map_err(|e| chain(&e))?;
+    for (i, &h) in lan.hosts.iter().enumerate() {
         let (name, addr) = if i == 0 { ("server", SERVER) } else { ("client", CLIENT) };
         let pod = bed.add_pod(h, name, POD_BRIDGE, "vp0", addr, 16, None).map_err(|e| chain(&e))?;
         bed.netlink(pod).set_mtu("eth0", 1450).map_err(|e| chain(&e))?;

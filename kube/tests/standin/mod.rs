@@ -72,6 +72,17 @@ impl StandIn {
         StandIn::serve(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1"))
     }
 
+    /// Writes a kubeconfig at `path` whose cluster is this stand-in (plain HTTP, no
+    /// credentials, namespace kube-system).
+    pub fn write_kubeconfig(&self, path: &std::path::Path) {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: http://{}\nusers:\n- name: weft\n  user: {{}}\n\
+             contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: weft\n    namespace: kube-system\ncurrent-context: standin\n",
+            self.addr
+        );
+        std::fs::write(path, yaml).expect("write the kubeconfig");
+    }
+
     /// Serves on `listener`.
     pub fn serve(listener: TcpListener) -> StandIn {
         let addr = listener.local_addr().unwrap();
