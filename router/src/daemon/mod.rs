@@ -400,11 +400,11 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     mesh_config.rekey_interval = config.rekey_interval;
     mesh_config.idle_timeout = config.peer_timeout;
     mesh_config.keep_alive = config.peer_timeout / 5;
-    let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
-    let sleeve_addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.sleeve_port));
     // Every socket of the sleeve port is bound (and the port checked to be this group's alone)
-    // before peers learn the port from the mesh.
+    // before the mesh starts and peers can learn the port from it.
+    let sleeve_addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.sleeve_port));
     let socks = SleeveSocket::bind_group(sleeve_addr, config.dataplane_threads)?;
+    let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
     tracing::info!(mesh = %endpoint.local_addr().map_err(io("read the mesh socket's address"))?, sleeve = %sleeve_addr, gso_segments = socks[0].max_gso_segments(), gro_segments = socks[0].gro_segments(), queues = socks.len(), "listening");
     let mut queues = Vec::with_capacity(taps.len());
     for (sock, tap) in socks.into_iter().zip(taps) {

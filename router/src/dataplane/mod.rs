@@ -150,6 +150,7 @@ struct Lane<'a> {
 }
 
 impl<'a> Lane<'a> {
+    /// `q` is below `shared.queues.len()` ([`Dataplane::start`] spawns one lane per queue).
     fn new(shared: &'a Shared, q: usize) -> Lane<'a> {
         let queue = &shared.queues[q];
         Lane { shared, tap: &queue.tap, sock: &queue.sock, timers: q == 0 }
