@@ -14,6 +14,7 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 
 pub(crate) const IFF_TAP: i16 = 0x0002;
 pub(crate) const IFF_NO_PI: i16 = 0x1000;
+pub(crate) const IFF_MULTI_QUEUE: i16 = 0x0100;
 pub(crate) const IFF_VNET_HDR: i16 = 0x4000;
 
 /// `struct ifreq` as TUNSETIFF reads and writes it: a name and the flags member of the union.

@@ -1,7 +1,8 @@
 //! Opening a TAP device with the virtio-net header and the TCP/UDP offloads, so TCP and UDP
 //! super-frames of up to 64 KB cross it whole.
 //!
-//! The device lives as long as the returned [`Tap`] (it is not persistent). Open it inside a
+//! The device lives as long as the returned [`Tap`] (it is not persistent); with several
+//! queues ([`Tap::open_queues`]), as long as one of them. Open it inside a
 //! namespace with [`crate::NetNs::run`] to create it there.
 
 use std::fs::{File, OpenOptions};
@@ -37,6 +38,35 @@ impl Tap {
     /// Creates (or attaches to) the TAP `name` with the virtio-net header, and enables the
     /// widest offload set the kernel accepts: CSUM|TSO4|TSO6|USO4|USO6, else CSUM|TSO4|TSO6.
     pub fn open(name: &str) -> Result<Tap> {
+        Tap::open_one(name, sys::IFF_TAP | sys::IFF_NO_PI | sys::IFF_VNET_HDR, None)
+    }
+
+    /// Creates the TAP `name` with `queues` queues, one descriptor each (the kernel spreads
+    /// frames from the bridge over them, one flow to one queue), all with the virtio-net header
+    /// and the offloads [`open`](Self::open) picks for the first. One queue is
+    /// [`open`](Self::open)'s single-queue device; more use `IFF_MULTI_QUEUE`, and the device
+    /// lives while any of them is open.
+    pub fn open_queues(name: &str, queues: usize) -> Result<Vec<Tap>> {
+        if queues <= 1 {
+            if queues == 0 {
+                let e = io::Error::new(io::ErrorKind::InvalidInput, "a TAP needs at least one queue");
+                return Err(Error::Kernel { op: "open TAP queues", target: name.to_owned(), ns: "current".into(), source: e });
+            }
+            return Ok(vec![Tap::open(name)?]);
+        }
+        let flags = sys::IFF_TAP | sys::IFF_NO_PI | sys::IFF_VNET_HDR | sys::IFF_MULTI_QUEUE;
+        let first = Tap::open_one(name, flags, None)?;
+        let offloads = first.offloads;
+        let mut taps = vec![first];
+        for _ in 1..queues {
+            taps.push(Tap::open_one(&taps[0].name, flags, Some(offloads))?);
+        }
+        Ok(taps)
+    }
+
+    /// Opens one descriptor of `name` with `flags`; with `offloads`, exactly those, else the
+    /// widest set accepted.
+    fn open_one(name: &str, flags: i16, offloads: Option<u32>) -> Result<Tap> {
         let err = |op: &'static str, e: io::Error| Error::Kernel {
             op,
             target: name.to_owned(),
@@ -48,17 +78,22 @@ impl Tap {
             .write(true)
             .open("/dev/net/tun")
             .map_err(|e| err("open /dev/net/tun for TAP", e))?;
-        let flags = sys::IFF_TAP | sys::IFF_NO_PI | sys::IFF_VNET_HDR;
         let name = sys::tun_set_iff(file.as_fd(), name, flags).map_err(|e| err("create TAP", e))?;
         sys::tun_set_vnet_hdr_size(file.as_fd(), VNET_HDR_LEN as i32)
             .map_err(|e| err("set virtio-net header size of TAP", e))?;
         let tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
-        let offloads = match sys::tun_set_offload(file.as_fd(), tcp | TUN_F_USO4 | TUN_F_USO6) {
-            Ok(()) => tcp | TUN_F_USO4 | TUN_F_USO6,
-            Err(_) => {
-                sys::tun_set_offload(file.as_fd(), tcp).map_err(|e| err("set offloads of TAP", e))?;
-                tcp
+        let offloads = match offloads {
+            Some(o) => {
+                sys::tun_set_offload(file.as_fd(), o).map_err(|e| err("set offloads of TAP queue", e))?;
+                o
             }
+            None => match sys::tun_set_offload(file.as_fd(), tcp | TUN_F_USO4 | TUN_F_USO6) {
+                Ok(()) => tcp | TUN_F_USO4 | TUN_F_USO6,
+                Err(_) => {
+                    sys::tun_set_offload(file.as_fd(), tcp).map_err(|e| err("set offloads of TAP", e))?;
+                    tcp
+                }
+            },
         };
         Ok(Tap { file, name, offloads })
     }

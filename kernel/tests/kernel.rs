@@ -253,6 +253,32 @@ fn tap_opens_with_offloads_and_attaches_to_a_bridge() {
 }
 
 #[test]
+fn tap_opens_with_several_queues_of_one_device() {
+    let mut bed = bed();
+    let h = bed.add_node("h").unwrap();
+    let zero = bed.ns(h).run(|| Tap::open_queues("weft-tap", 0)).unwrap().unwrap_err();
+    assert!(weft_kernel::chain(&zero).contains("at least one queue"), "{}", weft_kernel::chain(&zero));
+    let queues = bed.ns(h).run(|| Tap::open_queues("weft-tap", 3)).unwrap().unwrap();
+    assert_eq!(queues.len(), 3);
+    assert!(queues.iter().all(|q| q.name() == "weft-tap" && q.offloads() == queues[0].offloads()), "one device, one offload set: {queues:?}");
+    assert!(queues[0].offloads() & TUN_F_TSO4 != 0, "TSO accepted: {:#x}", queues[0].offloads());
+    assert_eq!(bed.netlink(h).link("weft-tap").unwrap().kind.as_deref(), Some("tun"));
+    // A multi-queue device refuses a single-queue attach: these are its queues, not copies.
+    let single = bed.ns(h).run(|| Tap::open("weft-tap")).unwrap();
+    assert!(single.is_err(), "a single-queue open attached to the multi-queue device");
+    let mut queues = queues;
+    queues.truncate(1);
+    assert!(bed.netlink(h).find_link("weft-tap").unwrap().is_some(), "the device lives while a queue is open");
+    drop(queues);
+    assert!(bed.netlink(h).find_link("weft-tap").unwrap().is_none(), "the device goes with its last queue");
+    // One queue is the single-queue device, as before.
+    let one = bed.ns(h).run(|| Tap::open_queues("weft-tap", 1)).unwrap().unwrap();
+    let again = bed.ns(h).run(|| Tap::open_queues("weft-tap", 2)).unwrap();
+    assert!(again.is_err(), "one queue made a multi-queue device");
+    drop(one);
+}
+
+#[test]
 fn a_handle_in_a_namespace_never_touches_another() {
     let mut bed = bed();
     let n = bed.add_node("n").unwrap();

@@ -306,3 +306,118 @@ fn sleeve_keys_rotate_every_few_seconds_under_load_without_losing_a_datagram() {
     println!("1 GiB A -> C with fresh sleeve secrets every 3 s: {secs:.1} s, every byte checked");
     m.down();
 }
+
+/// Reads one stream of `pattern` bytes to its end, checking every byte; returns how many.
+fn receive_checked(mut s: TcpStream) -> u64 {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    let mut want = vec![0u8; 1 << 20];
+    let (mut seed, mut n, mut have) = (0x9e37_79b9_7f4a_7c15u64, 0u64, 0usize);
+    loop {
+        let r = s.read(&mut got[have..]).expect("a flow stalled for 20 s");
+        if r == 0 {
+            break;
+        }
+        have += r;
+        if have == got.len() {
+            seed = pattern(seed, &mut want);
+            assert!(got == want, "bytes differ in the MB ending at {}", n + have as u64);
+            n += have as u64;
+            have = 0;
+        }
+    }
+    pattern(seed, &mut want);
+    assert_eq!(&got[..have], &want[..have], "the last bytes differ");
+    n + have as u64
+}
+
+/// The value of the metric line starting with `series` (0 if absent).
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Sends `flows` TCP flows of `per_flow` bytes at once from pod `from` to `to_addr` (pod `to`),
+/// checking every byte; returns the seconds it took.
+fn parallel_flows(bed: &TestBed, from: NodeId, to: NodeId, to_addr: Ipv4Addr, flows: usize, per_flow: u64) -> f64 {
+    let listener = bed.ns(to).run(|| TcpListener::bind((to_addr, 5301))).unwrap().unwrap();
+    let t0 = Instant::now();
+    let rx = std::thread::spawn(move || {
+        let readers: Vec<_> = (0..flows).map(|_| listener.accept().unwrap().0).map(|s| std::thread::spawn(move || receive_checked(s))).collect();
+        readers.into_iter().map(|r| r.join().unwrap()).collect::<Vec<u64>>()
+    });
+    let senders: Vec<_> = (0..flows)
+        .map(|_| {
+            let mut s = bed.ns(from).run(|| TcpStream::connect_timeout(&SocketAddr::from((to_addr, 5301)), Duration::from_secs(10))).unwrap().unwrap();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+                let mut sent = 0;
+                while sent < per_flow {
+                    seed = pattern(seed, &mut buf);
+                    s.write_all(&buf).unwrap();
+                    sent += buf.len() as u64;
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|s| s.join().unwrap());
+    let checked = rx.join().unwrap();
+    assert_eq!(checked, vec![per_flow; flows], "every flow's bytes arrived, checked");
+    t0.elapsed().as_secs_f64()
+}
+
+/// Host `host`'s TAP frames read and datagrams sent per queue (of 2), and its metrics text.
+fn queue_counts(m: &Mesh, host: usize) -> (Vec<u64>, Vec<u64>, String) {
+    let out = m.bed.run(m.cluster.hosts[host], Command::new("curl").args(["-sf", "http://127.0.0.1:6782/metrics"])).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tap = (0..2).map(|q| metric(&text, &format!("weft_dataplane_queue_tap_frames_total{{queue=\"{q}\"}}"))).collect();
+    let sent = (0..2).map(|q| metric(&text, &format!("weft_dataplane_queue_datagrams_total{{queue=\"{q}\",direction=\"out\"}}"))).collect();
+    (tap, sent, text)
+}
+
+#[test]
+fn two_dataplane_queues_carry_sixteen_tcp_flows_from_a_to_b_intact_and_share_the_work() {
+    const FLOWS: usize = 16;
+    const PER_FLOW: u64 = 16 << 20;
+    let mut m = Mesh::up_with(Some("weft-test-password"), 1, &["--dataplane-threads", "2"]);
+    let (a_pod, b_pod, b_addr) = (m.pods[0][0].0, m.pods[1][0].0, m.pods[1][0].1);
+    assert!(m.bed.ping(a_pod, b_addr).unwrap() || m.bed.ping(a_pod, b_addr).unwrap(), "{}", m.logs());
+    // Each router runs two threads per queue.
+    for r in &m.routers[..2] {
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", r.pid))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_owned())
+            .collect();
+        for t in ["weft-tap", "weft-sleeve", "weft-tap-1", "weft-sleeve-1"] {
+            assert!(names.iter().any(|n| n == t), "no thread {t}: {names:?}");
+        }
+    }
+    let secs = parallel_flows(&m.bed, a_pod, b_pod, b_addr, FLOWS, PER_FLOW);
+    let total = PER_FLOW * FLOWS as u64;
+    println!("{FLOWS} flows A -> B, {} MiB, every byte checked: {secs:.1} s, {:.2} Gbit/s", total >> 20, total as f64 * 8.0 / secs / 1e9);
+    for (host, what) in [(0, "data"), (1, "acknowledgements")] {
+        let (tap, sent, text) = queue_counts(&m, host);
+        println!("{}: TAP frames read per queue {tap:?}, datagrams sent per queue {sent:?}", NAMES[host]);
+        // The flows' frames are spread over both queues (16 flows all hashed to one of two
+        // queues: 1 in 32768): each queue read and sent a share of them.
+        assert!(tap.iter().all(|&n| n >= 100) && sent.iter().all(|&n| n >= 100), "{}: {what} not read and sent on both queues: {tap:?} {sent:?}\n{text}", NAMES[host]);
+        let lost: u64 = ["auth", "replay", "other"].iter().map(|r| metric(&text, &format!("weft_drops_total{{reason=\"{r}\"}}"))).sum();
+        assert_eq!(lost, 0, "{}: datagrams refused or lost\n{text}", NAMES[host]);
+    }
+
+    // B's TAP deleted: the repair recreates it with both queues, and both carry flows again
+    // (the per-queue counters start again at 0 with the new queues).
+    let b = m.cluster.hosts[1];
+    m.bed.netlink(b).delete_link("weft-tap").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(m.bed.ping(a_pod, b_addr).unwrap() && m.routers[1].log_text().contains("recreating it")) {
+        assert!(Instant::now() < deadline, "B's TAP was not recreated within 20 s\n{}", m.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    parallel_flows(&m.bed, a_pod, b_pod, b_addr, FLOWS, 4 << 20);
+    let (tap, _, text) = queue_counts(&m, 1);
+    println!("b, after its TAP was recreated: TAP frames read per queue {tap:?}");
+    assert!(tap.iter().all(|&n| n >= 100), "b: the recreated TAP's queues did not both carry frames: {tap:?}\n{text}");
+    m.down();
+}

@@ -6,6 +6,13 @@
 //! The socket is non-blocking (as quinn-udp leaves it); [`SleeveSocket::recv`] waits in
 //! `poll` up to its timeout, for the data plane's dedicated threads.
 //! Receive buffers are allocated once per [`RecvBatch`]; nothing is allocated per datagram.
+//!
+//! Several sockets may share the sleeve port ([`SleeveSocket::bind_group`], `SO_REUSEPORT`):
+//! the kernel hashes each datagram's 4-tuple to one of them, so one peer's datagrams arrive in
+//! order on one socket, and each data plane queue reads its own. Only a process with the same
+//! effective UID can join such a group; the group is bound whole, then checked to hold every
+//! socket on its port (`/proc/thread-self/net/udp{,6}`: the binding thread's namespace), before
+//! the port is announced to peers. One socket binds without `SO_REUSEPORT`: nothing can join it.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -47,7 +54,77 @@ pub struct SleeveSocket {
     timeout: std::sync::atomic::AtomicU64,
 }
 
+/// Why a group of sleeve sockets could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// No socket, or more than [`MAX_GROUP`], was asked for.
+    #[error("a sleeve socket group has 1 to {MAX_GROUP} sockets, not {0}")]
+    Size(usize),
+    /// The kernel refused to create, set up or bind a socket.
+    #[error("cannot {what} (sleeve socket {addr})")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The address bound.
+        addr: SocketAddr,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// Sockets this group did not make share its port: another process of the same user bound
+    /// it with `SO_REUSEPORT` first and would receive part of the sleeve's traffic.
+    #[error("{others} socket(s) of another process already share UDP port {port} with SO_REUSEPORT: stop it or choose another --sleeve-port")]
+    Shared {
+        /// The port.
+        port: u16,
+        /// How many sockets not of this group hold it.
+        others: usize,
+    },
+}
+
+/// The most sockets one group may have.
+pub const MAX_GROUP: usize = 64;
+
 impl SleeveSocket {
+    /// Binds `n` sockets on `addr` (one port for all; with port 0 the kernel picks it for the
+    /// first), each with large buffers, GSO and GRO as [`from_std`](Self::from_std) sets them.
+    /// With `n > 1` they form one `SO_REUSEPORT` group, and the group is refused if a socket
+    /// it did not make holds the port. With `n == 1` the socket is bound exclusively, as
+    /// [`bind`](Self::bind).
+    pub fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<SleeveSocket>, BindError> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt};
+        use std::os::fd::AsRawFd;
+        if n == 0 || n > MAX_GROUP {
+            return Err(BindError::Size(n));
+        }
+        let err = |what: &'static str, addr: SocketAddr| move |e: nix::errno::Errno| BindError::Io { what, addr, source: e.into() };
+        let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let mut at = addr;
+        let mut raw = Vec::with_capacity(n);
+        for _ in 0..n {
+            let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).map_err(err("create", at))?;
+            if n > 1 {
+                setsockopt(&fd, sockopt::ReusePort, &true).map_err(err("set SO_REUSEPORT on", at))?;
+            }
+            bind(fd.as_raw_fd(), &SockaddrStorage::from(at)).map_err(err("bind", at))?;
+            let sock = std::net::UdpSocket::from(fd);
+            // The first socket fixes the port (the kernel's pick when `addr` asks for port 0).
+            at = sock.local_addr().map_err(|source| BindError::Io { what: "read the address of", addr: at, source })?;
+            raw.push(sock);
+        }
+        if n > 1 {
+            let ours = raw.iter().map(inode).collect::<io::Result<Vec<u64>>>().map_err(|source| BindError::Io { what: "read the inode of", addr: at, source })?;
+            let holders = port_holders(at.port()).map_err(|source| BindError::Io { what: "list the UDP sockets sharing", addr: at, source })?;
+            let others = holders.iter().filter(|i| !ours.contains(i)).count();
+            if others > 0 {
+                return Err(BindError::Shared { port: at.port(), others });
+            }
+        }
+        raw.into_iter()
+            .map(|s| SleeveSocket::from_std(s).map_err(|source| BindError::Io { what: "set up", addr: at, source }))
+            .collect()
+    }
+
     /// Binds `addr` with large buffers and a receive timeout of 100 ms.
     pub fn bind(addr: SocketAddr) -> io::Result<SleeveSocket> {
         Self::from_std(std::net::UdpSocket::bind(addr)?)
@@ -168,6 +245,38 @@ impl SleeveSocket {
     }
 }
 
+/// The inode of a socket (as `/proc/net/udp` lists it).
+fn inode(s: &std::net::UdpSocket) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    Ok(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd()))?))
+}
+
+/// The inodes of the UDP sockets (IPv4 and IPv6) bound to local port `port` in the calling thread.s
+/// network namespace.
+fn port_holders(port: u16) -> io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    for table in ["/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(t) => t,
+            // A kernel without IPv6 has no udp6 table.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        found.extend(sockets_on_port(&text, port));
+    }
+    Ok(found)
+}
+
+/// The inodes of the sockets bound to local port `port` in a `/proc/net/udp` table: after the
+/// header line, the second column is `ADDRESS:PORT` in hex and the tenth the inode.
+fn sockets_on_port(table: &str, port: u16) -> impl Iterator<Item = u64> + '_ {
+    table.lines().skip(1).filter_map(move |line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let local_port = cols.get(1)?.rsplit_once(':')?.1;
+        (u16::from_str_radix(local_port, 16).ok()? == port).then(|| cols.get(9)?.parse().ok())?
+    })
+}
+
 /// Preallocated receive buffers and their metadata.
 #[derive(Debug)]
 pub struct RecvBatch {
@@ -190,5 +299,22 @@ impl RecvBatch {
         let m = &self.meta[i];
         let len = m.len.min(RECV_BUFFER);
         (m.addr, &mut self.bufs[i][..len], m.stride.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_on_a_port_are_read_from_the_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+ 1: 0100007F:1A81 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0\n\
+ 2: 00000000:1A81 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2 0000000000000000 0\n\
+ 3: 0100007F:1A80 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4444 2 0000000000000000 0\n\
+garbage\n";
+        assert_eq!(sockets_on_port(table, 6785).collect::<Vec<_>>(), vec![4242, 4343]);
+        assert_eq!(sockets_on_port(table, 6784).collect::<Vec<_>>(), vec![4444]);
+        assert_eq!(sockets_on_port(table, 1).count(), 0);
     }
 }

@@ -23,7 +23,8 @@
 //! `WEFT_E2E_PAIRS=N` runs only N pairs of single-stream TCP runs over kernel VXLAN and weft's
 //! fast path, both beds up at once, alternating, and prints each pair's ratio and their median
 //! (on a busy machine the figures of one run each swing widely); `WEFT_E2E_ROUTER_ARGS` adds
-//! flags to every router (for experiments, e.g. `--no-masquerade`); `WEFT_E2E_BASE_NAT=1` gives
+//! flags to every router (for experiments, e.g. `--no-masquerade`, or `--dataplane-threads=2`
+//! against the default in a run of its own); `WEFT_E2E_BASE_NAT=1` gives
 //! the baseline's hosts a masquerade table like weft's, so that connection tracking weighs on
 //! kernel VXLAN as it does on weft's paths;
 //! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft;

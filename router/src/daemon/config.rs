@@ -22,6 +22,8 @@ use weft_mesh::ipam::Cidr;
 
 /// The most bytes read from a password file (or taken from `WEFT_PASSWORD`).
 pub const MAX_PASSWORD: usize = 4096;
+/// The most data plane queues (`--dataplane-threads`).
+pub const MAX_DATAPLANE_THREADS: usize = 64;
 /// The fewest bytes a cluster password may have.
 pub const MIN_PASSWORD: usize = 12;
 /// IPv4 blocks no pod range may overlap: (block, prefix, what it is).
@@ -98,6 +100,10 @@ pub struct RouterArgs {
     /// Sleeve data port.
     #[arg(long, env = "WEFT_SLEEVE_PORT", default_value_t = SLEEVE_PORT)]
     pub sleeve_port: u16,
+    /// Data plane queues, each with a TAP reader and a sleeve receiver thread, 1 to 64
+    /// (default: one for every two cores, 1 to 8).
+    #[arg(long, env = "WEFT_DATAPLANE_THREADS", value_name = "N")]
+    pub dataplane_threads: Option<usize>,
     /// Prometheus metrics address (also `/healthz` and `/readyz`).
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
     pub metrics_addr: SocketAddr,
@@ -215,6 +221,8 @@ pub struct Config {
     pub sleeve_port: u16,
     /// Metrics address.
     pub metrics_addr: SocketAddr,
+    /// Data plane queues (TAP queues, sleeve sockets, two threads each).
+    pub dataplane_threads: usize,
     /// Whether `--ipalloc-init` was given (else, with Kubernetes, the first Node list decides).
     pub ipalloc_init_given: bool,
     /// Kubernetes discovery, when on.
@@ -245,6 +253,7 @@ impl std::fmt::Debug for Config {
             .field("mtu", &self.mtu)
             .field("conn_limit", &self.conn_limit)
             .field("masquerade", &self.masquerade)
+            .field("dataplane_threads", &self.dataplane_threads)
             .finish_non_exhaustive()
     }
 }
@@ -305,6 +314,9 @@ pub enum ConfigError {
     /// A bad `--mtu`.
     #[error("bad --mtu {0}: must be between 576 and 65000")]
     Mtu(u32),
+    /// A bad `--dataplane-threads`.
+    #[error("bad --dataplane-threads {0}: must be between 1 and {MAX_DATAPLANE_THREADS}")]
+    DataplaneThreads(usize),
     /// A bad `--conn-limit`.
     #[error("bad --conn-limit 0: must allow at least one connection")]
     ConnLimit,
@@ -350,6 +362,11 @@ impl Config {
         if args.conn_limit == 0 {
             return Err(ConfigError::ConnLimit);
         }
+        let dataplane_threads = match args.dataplane_threads {
+            Some(n) if !(1..=MAX_DATAPLANE_THREADS).contains(&n) => return Err(ConfigError::DataplaneThreads(n)),
+            Some(n) => n,
+            None => default_dataplane_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        };
         let ipalloc_consensus = match args.ipalloc_init.as_deref() {
             None if peers.is_empty() => None,
             None => Some(peers.len() + 1),
@@ -396,6 +413,7 @@ impl Config {
             mesh_port: args.mesh_port,
             sleeve_port: args.sleeve_port,
             metrics_addr: args.metrics_addr,
+            dataplane_threads,
             ipalloc_init_given: args.ipalloc_init.is_some(),
             kube,
             cni_conf,
@@ -406,6 +424,16 @@ impl Config {
             policy_log_drops: (args.policy_log_drops > 0).then_some(args.policy_log_drops),
         })
     }
+}
+
+/// The data plane queues a host with `cores` cores runs by default: one for every two cores
+/// (each queue has two threads, the TAP reader and the sleeve receiver, and at full load the
+/// kernel's own work on the TAP and the underlay NIC takes about as much again), at least one,
+/// at most 8 (beyond that the switch's lock, taken once per batch by every TAP reader, and the
+/// per-link session locks would be shared by too many threads to gain). A host of up to 3 cores
+/// keeps the single queue (single-queue TAP, one exclusive sleeve socket) of earlier versions.
+pub fn default_dataplane_threads(cores: usize) -> usize {
+    (cores / 2).clamp(1, 8)
 }
 
 /// Parses HOST, HOST:PORT, \[V6\]:PORT or a bare IPv6 address.
@@ -530,6 +558,10 @@ mod tests {
         assert_eq!(c.api_socket, PathBuf::from("/run/weft/weft.sock"));
         assert_eq!((c.mesh_port, c.sleeve_port, c.conn_limit), (6783, 6784, 100));
         assert!(c.password.is_none() && c.peers.is_empty());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.dataplane_threads, default_dataplane_threads(cores));
+        let rule: Vec<usize> = [1, 2, 3, 4, 8, 16, 17, 64, 256].into_iter().map(default_dataplane_threads).collect();
+        assert_eq!(rule, [1, 1, 1, 2, 4, 8, 8, 8, 8]);
         assert!(c.masquerade, "pod traffic leaving the range is masqueraded unless turned off");
         assert_eq!(c.peer_timeout, std::time::Duration::from_secs(2));
     }
@@ -579,6 +611,12 @@ mod tests {
         assert!(matches!(Config::from_args(args(&["--ipalloc-range", "10.32.0.0/33"]), no_env), Err(ConfigError::Range(_))));
         assert!(matches!(Config::from_args(args(&["--mtu", "100"]), no_env), Err(ConfigError::Mtu(100))));
         assert!(matches!(Config::from_args(args(&["--conn-limit", "0"]), no_env), Err(ConfigError::ConnLimit)));
+        for bad in ["0", "65"] {
+            let e = Config::from_args(args(&["--dataplane-threads", bad]), no_env).unwrap_err();
+            assert!(matches!(e, ConfigError::DataplaneThreads(_)) && e.to_string().contains("between 1 and 64"), "{e}");
+        }
+        assert_eq!(Config::from_args(args(&["--dataplane-threads", "64"]), no_env).unwrap().dataplane_threads, 64);
+        assert_eq!(Config::from_args(args(&["--dataplane-threads=2"]), no_env).unwrap().dataplane_threads, 2);
         assert!(matches!(Config::from_args(args(&["--ipalloc-init", "consensus=0"]), no_env), Err(ConfigError::IpallocInit(_))));
         assert_eq!(Config::from_args(args(&["--ipalloc-init", "consensus=4"]), no_env).unwrap().ipalloc_consensus, Some(4));
         assert_eq!(Config::from_args(args(&["--peer", "a", "--peer", "b"]), no_env).unwrap().ipalloc_consensus, Some(3));

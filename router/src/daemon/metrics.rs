@@ -92,10 +92,20 @@ pub fn render(d: &Daemon) -> String {
     header(&mut out, "weft_datagrams_total", "counter", "Sleeve datagrams (authenticated on receive).");
     let _ = writeln!(out, "weft_datagrams_total{{direction=\"in\"}} {d_in}");
     let _ = writeln!(out, "weft_datagrams_total{{direction=\"out\"}} {d_out}");
-    let io = dp.sock.stats();
+    let sum = |c: fn(&weft_sleeve::udp::IoStats) -> &std::sync::atomic::AtomicU64| dp.queues.iter().map(|q| get(c(q.sock.stats()))).sum::<u64>();
     header(&mut out, "weft_udp_syscalls_total", "counter", "Sleeve send and receive system calls (datagrams per call = datagrams / calls).");
-    let _ = writeln!(out, "weft_udp_syscalls_total{{direction=\"in\"}} {}", get(&io.recv_calls));
-    let _ = writeln!(out, "weft_udp_syscalls_total{{direction=\"out\"}} {}", get(&io.send_calls));
+    let _ = writeln!(out, "weft_udp_syscalls_total{{direction=\"in\"}} {}", sum(|s| &s.recv_calls));
+    let _ = writeln!(out, "weft_udp_syscalls_total{{direction=\"out\"}} {}", sum(|s| &s.send_calls));
+    header(&mut out, "weft_dataplane_queue_datagrams_total", "counter", "Sleeve datagrams received and sent on each data plane queue's socket.");
+    for (i, q) in dp.queues.iter().enumerate() {
+        let io = q.sock.stats();
+        let _ = writeln!(out, "weft_dataplane_queue_datagrams_total{{queue=\"{i}\",direction=\"in\"}} {}", get(&io.datagrams_received));
+        let _ = writeln!(out, "weft_dataplane_queue_datagrams_total{{queue=\"{i}\",direction=\"out\"}} {}", get(&io.datagrams_sent));
+    }
+    header(&mut out, "weft_dataplane_queue_tap_frames_total", "counter", "Frames read from each queue of the TAP (since the TAP was last opened).");
+    for (i, q) in dp.queues.iter().enumerate() {
+        let _ = writeln!(out, "weft_dataplane_queue_tap_frames_total{{queue=\"{i}\"}} {}", q.tap.load().frames_read());
+    }
     header(&mut out, "weft_sleeve_rekeys_total", "counter", "Sleeve keys replaced (ratchets and new secrets, both directions) on current links.");
     let _ = writeln!(out, "weft_sleeve_rekeys_total {rekeys}");
     header(&mut out, "weft_relayed_frames_total", "counter", "Frames relayed for other peers.");

@@ -67,7 +67,7 @@ use self::api::{Request, Response};
 use self::config::Config;
 use self::control::Control;
 use crate::dataplane::tapio::TapIo;
-use crate::dataplane::{Dataplane, Shared};
+use crate::dataplane::{Dataplane, Queue, Shared};
 use self::peering::{Command, Peering};
 use self::ipam::IpamService;
 use self::plumbing::Devices;
@@ -112,6 +112,9 @@ pub enum DaemonError {
     /// Kubernetes discovery could not start.
     #[error(transparent)]
     Kube(#[from] kube::KubeError),
+    /// The sleeve port could not be bound.
+    #[error("bind the sleeve port")]
+    Sleeve(#[from] weft_sleeve::udp::BindError),
     /// An I/O failure (API socket, runtime, signals).
     #[error("cannot {what}")]
     Io {
@@ -353,7 +356,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         (true, true) if config.trusted_subnets.is_empty() => tracing::info!("fast path unused: a cluster password is set and no --trusted-subnets"),
         (true, true) => tracing::info!(trusted = ?config.trusted_subnets.iter().map(ToString::to_string).collect::<Vec<_>>(), "fast path (unencrypted) only towards peers in the trusted subnets"),
     }
-    let tap = Tap::open(&devices.tap)?;
+    let taps = Tap::open_queues(&devices.tap, config.dataplane_threads)?;
     let mut repairs = plumbing::ensure(&mut nl, &devices)?;
     repairs.0.extend(plumbing::prune_bridge_addresses(&mut nl, &devices.bridge, config.ipalloc_range)?.0);
     for r in &repairs.0 {
@@ -397,11 +400,17 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     mesh_config.rekey_interval = config.rekey_interval;
     mesh_config.idle_timeout = config.peer_timeout;
     mesh_config.keep_alive = config.peer_timeout / 5;
-    let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
+    // Every socket of the sleeve port is bound (and the port checked to be this group's alone)
+    // before the mesh starts and peers can learn the port from it.
     let sleeve_addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.sleeve_port));
-    let sock = SleeveSocket::bind(sleeve_addr).map_err(io("bind the sleeve socket"))?;
-    tracing::info!(mesh = %endpoint.local_addr().map_err(io("read the mesh socket's address"))?, sleeve = %sleeve_addr, gso_segments = sock.max_gso_segments(), gro_segments = sock.gro_segments(), "listening");
-    let dp = Arc::new(Shared::new(identity.name, control.routes(), sock, TapIo::new(tap).map_err(io("set up the TAP"))?));
+    let socks = SleeveSocket::bind_group(sleeve_addr, config.dataplane_threads)?;
+    let (endpoint, mut events) = MeshEndpoint::start(mesh_config, &creds)?;
+    tracing::info!(mesh = %endpoint.local_addr().map_err(io("read the mesh socket's address"))?, sleeve = %sleeve_addr, gso_segments = socks[0].max_gso_segments(), gro_segments = socks[0].gro_segments(), queues = socks.len(), "listening");
+    let mut queues = Vec::with_capacity(taps.len());
+    for (sock, tap) in socks.into_iter().zip(taps) {
+        queues.push(Queue::new(sock, TapIo::new(tap).map_err(io("set up the TAP"))?));
+    }
+    let dp = Arc::new(Shared::new(identity.name, control.routes(), queues));
     let dataplane = Dataplane::start(dp.clone()).map_err(io("start the data plane threads"))?;
     let fast = if config.fastpath { Some(fastpath::FastPath::start(identity.name, devices.bridge.clone(), dp.clone()).map_err(io("start the fast-path thread"))?) } else { None };
     let mut selector = fastpath::Selector::new(config.password.is_some(), config.trusted_subnets.clone());
@@ -555,9 +564,14 @@ fn maintain(d: &Daemon, dev: &Devices) {
     let checked = match plumbing::ensure(&mut nl, dev) {
         Err(e) if e.is_not_found() => {
             tracing::warn!("{} was deleted ({}): recreating it", dev.tap, weft_kernel::chain(&e));
-            match Tap::open(&dev.tap).map_err(|e| weft_kernel::chain(&e)).and_then(|t| TapIo::new(t).map_err(|e| e.to_string())) {
-                Ok(t) => {
-                    d.dp.tap.store(Arc::new(t));
+            let reopened = Tap::open_queues(&dev.tap, d.dp.queues.len())
+                .map_err(|e| weft_kernel::chain(&e))
+                .and_then(|taps| taps.into_iter().map(|t| TapIo::new(t).map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>());
+            match reopened {
+                Ok(taps) => {
+                    for (q, t) in d.dp.queues.iter().zip(taps) {
+                        q.tap.store(Arc::new(t));
+                    }
                     plumbing::ensure(&mut nl, dev)
                 }
                 Err(e) => {

@@ -9,7 +9,9 @@
 //! - [`links`]: the sleeve link to each connected peer (session, address, reassembly, health);
 //! - [`sleeve`]: sealing and sending frames (whole or fragmented), walking opened bodies.
 //!
-//! Two threads, one reader per queue. The *TAP thread* reads a batch from `weft-tap`, asks the
+//! Two threads per queue, one reader each: a queue ([`Queue`]) is a queue of the multi-queue
+//! TAP and a socket of the sleeve port's `SO_REUSEPORT` group (`--dataplane-threads N`; one by
+//! default on small hosts, and then the single-queue TAP and one exclusive socket). The *TAP thread* reads a batch from `weft-tap`, asks the
 //! [`Switch`] where each frame goes under one lock for the whole batch, finds the next hops in
 //! the lock-free routes and queues each frame for its next hop's link; at the end of the batch
 //! each link's frames leave packed into datagrams (several small frames per datagram), sealed
@@ -22,6 +24,21 @@
 //! taken at most once per message. Frames for this host are switched without the switch's lock
 //! ([`switch::PeerLearning`]); what they teach is learned under one lock per received batch
 //! (and once a second, expired MAC entries are removed under it).
+//!
+//! Order per flow: the kernel hashes each sender's UDP 4-tuple to one socket of the group, so
+//! one peer's datagrams are received and opened by one sleeve thread, in order (one peer does
+//! not spread over queues on receive). That thread writes each frame to the TAP queue of its
+//! flow ([`tapio::queue_of`]); tun's flow steering then reads the flow's frames back from that
+//! queue, so each flow is read, sealed and sent by one TAP thread, in order, and the flows of
+//! one peer are spread over the TAP threads. A flow's first frames from the bridge (before any
+//! came back) go to the queue of the kernel's own flow hash. What several queues share, they
+//! share as the two threads did: the switch (under its lock, once per batch), the links (a
+//! link's session lock is taken once per batch or message, so two TAP threads sealing for one
+//! peer take turns, and their datagrams may interleave: the replay window accepts that),
+//! routes and counters.
+//! The links' timers (heartbeats, path MTU probes) and the switch's aging run on queue 0's
+//! sleeve thread only.
+//!
 //! Route and link tables are `arc-swap` snapshots; a link's receive time and address are
 //! atomics; its health lock (heartbeats, path MTU) is taken by timers, control records, status
 //! and, on the TAP thread, only for a frame too large for its path.
@@ -35,7 +52,7 @@ pub mod switch;
 pub mod tapio;
 pub mod vnet;
 
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -62,7 +79,22 @@ pub const TIMER_TICK: Duration = Duration::from_millis(50);
 /// How often the sleeve thread removes expired MAC entries from the switch.
 pub const AGING_TICK: Duration = Duration::from_secs(1);
 
-/// What both threads share.
+/// One data plane queue: a TAP queue and a sleeve socket, each read by its own thread.
+pub struct Queue {
+    /// The TAP queue (replaced when the plumbing repair reopens the TAP).
+    pub tap: ArcSwap<TapIo>,
+    /// The sleeve socket (one of the group on the sleeve port).
+    pub sock: SleeveSocket,
+}
+
+impl Queue {
+    /// A queue of `sock` and `tap`.
+    pub fn new(sock: SleeveSocket, tap: TapIo) -> Queue {
+        Queue { tap: ArcSwap::from_pointee(tap), sock }
+    }
+}
+
+/// What all threads share.
 pub struct Shared {
     /// This peer.
     pub me: PeerName,
@@ -72,10 +104,8 @@ pub struct Shared {
     pub routes: RoutesHandle,
     /// MAC learning.
     pub switch: Mutex<Switch>,
-    /// The sleeve's UDP socket.
-    pub sock: SleeveSocket,
-    /// The TAP (replaced when the plumbing repair reopens it).
-    pub tap: ArcSwap<TapIo>,
+    /// The queues (at least one); queue 0 also sends the links' timer traffic.
+    pub queues: Vec<Queue>,
     /// Counters.
     pub stats: DataplaneStats,
     stop: AtomicBool,
@@ -86,15 +116,15 @@ fn inc(c: &std::sync::atomic::AtomicU64) {
 }
 
 impl Shared {
-    /// The shared state; threads start with [`Dataplane::start`].
-    pub fn new(me: PeerName, routes: RoutesHandle, sock: SleeveSocket, tap: TapIo) -> Shared {
+    /// The shared state of `queues`; threads start with [`Dataplane::start`], which refuses
+    /// no queue.
+    pub fn new(me: PeerName, routes: RoutesHandle, queues: Vec<Queue>) -> Shared {
         Shared {
             me,
             links: Links::default(),
             routes,
             switch: Mutex::new(Switch::new(switch::DEFAULT_MAX_AGE)),
-            sock,
-            tap: ArcSwap::from_pointee(tap),
+            queues,
             stats: DataplaneStats::default(),
             stop: AtomicBool::new(false),
         }
@@ -110,6 +140,31 @@ impl Shared {
     }
 }
 
+/// What one queue's threads see: the shared state (through `Deref`), and in its place the
+/// queue's own TAP and socket (`sh.tap`, `sh.sock`), and whether this queue runs the timers.
+struct Lane<'a> {
+    shared: &'a Shared,
+    tap: &'a ArcSwap<TapIo>,
+    sock: &'a SleeveSocket,
+    timers: bool,
+}
+
+impl<'a> Lane<'a> {
+    /// `q` is below `shared.queues.len()` ([`Dataplane::start`] spawns one lane per queue).
+    fn new(shared: &'a Shared, q: usize) -> Lane<'a> {
+        let queue = &shared.queues[q];
+        Lane { shared, tap: &queue.tap, sock: &queue.sock, timers: q == 0 }
+    }
+}
+
+impl Deref for Lane<'_> {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        self.shared
+    }
+}
+
 /// The running data plane threads.
 pub struct Dataplane {
     shared: Arc<Shared>,
@@ -117,15 +172,31 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Starts the TAP thread and the sleeve thread.
+    /// Starts the TAP thread and the sleeve thread of each queue (named `weft-tap` and
+    /// `weft-sleeve` for queue 0, `weft-tap-Q` and `weft-sleeve-Q` for queue Q). With no queue,
+    /// or a thread the system refuses, the threads already started are stopped again.
     pub fn start(shared: Arc<Shared>) -> std::io::Result<Dataplane> {
-        let s1 = shared.clone();
-        let s2 = shared.clone();
-        let threads = vec![
-            std::thread::Builder::new().name("weft-tap".into()).spawn(move || tap_thread(&s1))?,
-            std::thread::Builder::new().name("weft-sleeve".into()).spawn(move || sleeve_thread(&s2))?,
-        ];
-        Ok(Dataplane { shared, threads })
+        if shared.queues.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a data plane needs at least one queue"));
+        }
+        let mut dp = Dataplane { shared: shared.clone(), threads: Vec::with_capacity(2 * shared.queues.len()) };
+        for q in 0..shared.queues.len() {
+            let suffix = if q == 0 { String::new() } else { format!("-{q}") };
+            let (s1, s2) = (shared.clone(), shared.clone());
+            for (name, body) in [
+                (format!("weft-tap{suffix}"), Box::new(move || tap_thread(&s1, q)) as Box<dyn FnOnce() + Send>),
+                (format!("weft-sleeve{suffix}"), Box::new(move || sleeve_thread(&s2, q))),
+            ] {
+                match std::thread::Builder::new().name(name).spawn(body) {
+                    Ok(t) => dp.threads.push(t),
+                    Err(e) => {
+                        dp.stop();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(dp)
     }
 
     /// The shared state.
@@ -133,12 +204,12 @@ impl Dataplane {
         &self.shared
     }
 
-    /// Whether both threads are still running.
+    /// Whether all threads are still running.
     pub fn alive(&self) -> bool {
         self.threads.iter().all(|t| !t.is_finished())
     }
 
-    /// Stops both threads (within their 100 ms wait).
+    /// Stops all threads (within their 100 ms wait).
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
@@ -147,7 +218,8 @@ impl Dataplane {
     }
 }
 
-fn tap_thread(sh: &Shared) {
+fn tap_thread(sh: &Shared, q: usize) {
+    let sh = &Lane::new(sh, q);
     let mut bufs: Vec<FrameBuf> = (0..TAP_BATCH).map(|_| FrameBuf::default()).collect();
     let mut verdicts = [Verdict::Local; TAP_BATCH];
     let mut sender = Sender::default();
@@ -219,7 +291,7 @@ pub(crate) fn ip_mtu(link: &SleeveLink) -> u16 {
 }
 
 /// Queues `frame` for `hop`'s link; it leaves at the batch's [`Sender::flush`].
-fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, frame: &FrameRepr<'_>) {
+fn send(sh: &Lane<'_>, sender: &mut Sender, now: Instant, hop: PeerName, frame: &FrameRepr<'_>) {
     let Some(link) = sh.links.get(hop) else {
         inc(&sh.stats.drop_no_route);
         return;
@@ -232,7 +304,7 @@ fn send(sh: &Shared, sender: &mut Sender, now: Instant, hop: PeerName, frame: &F
 /// The data plane's [`Wire`]: the sleeve socket, and the counters and path MTU search a lost
 /// send touches.
 struct Net<'a> {
-    sh: &'a Shared,
+    sh: &'a Lane<'a>,
     now: Instant,
 }
 
@@ -294,7 +366,8 @@ struct Receiver {
     learning: PeerLearning,
 }
 
-fn sleeve_thread(sh: &Shared) {
+fn sleeve_thread(sh: &Shared, q: usize) {
+    let sh = &Lane::new(sh, q);
     let mut batch = RecvBatch::new(UDP_BATCH);
     let mut rx = Receiver::default();
     let mut next_timers = Instant::now();
@@ -322,13 +395,13 @@ fn sleeve_thread(sh: &Shared) {
                 sh.switch().learn_from_peers(now, &mut rx.learning);
             }
         }
-        if now >= next_timers {
+        if sh.timers && now >= next_timers {
             next_timers = now + TIMER_TICK;
             for link in sh.links.all() {
                 link_timers(sh, &mut rx.sender, now, &link);
             }
         }
-        if now >= next_aging {
+        if sh.timers && now >= next_aging {
             next_aging = now + AGING_TICK;
             sh.switch().handle_timeout(now);
         }
@@ -337,7 +410,7 @@ fn sleeve_thread(sh: &Shared) {
 
 /// Heartbeats and path MTU probes due on `link` (a round of probes goes out at once; the
 /// vector allocates only while a search runs).
-fn link_timers(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink) {
+fn link_timers(sh: &Lane<'_>, sender: &mut Sender, now: Instant, link: &SleeveLink) {
     let (hb, probes) = {
         let mut h = link.health();
         let searching = h.pmtu.is_searching();
@@ -352,10 +425,10 @@ fn link_timers(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink
     }
 }
 
-fn send_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink, msg: &ControlMsg) -> Result<(), sleeve::SendError> {
+fn send_control(sh: &Lane<'_>, sender: &mut Sender, now: Instant, link: &SleeveLink, msg: &ControlMsg) -> Result<(), sleeve::SendError> {
     let mut b = [0u8; CONTROL_LEN];
     let _ = msg.emit(&mut b);
-    let r = sender.send_control(now, &sh.sock, link, &b, msg.pad_to());
+    let r = sender.send_control(now, sh.sock, link, &b, msg.pad_to());
     if let Err(e) = &r {
         tracing::debug!(peer = %link.peer, error = %Chain(e), "sleeve: cannot send a control record");
     }
@@ -363,7 +436,7 @@ fn send_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLin
 }
 
 /// A control record from `link`'s peer: answer heartbeats and probes, learn from acks.
-fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink, payload: &[u8]) {
+fn on_control(sh: &Lane<'_>, sender: &mut Sender, now: Instant, link: &SleeveLink, payload: &[u8]) {
     let Ok(msg) = ControlMsg::parse(payload) else {
         inc(&sh.stats.drop_malformed);
         return;
@@ -388,7 +461,7 @@ fn on_control(sh: &Shared, sender: &mut Sender, now: Instant, link: &SleeveLink,
 /// One received message: datagrams of `stride` bytes from `src` (a GRO train, or just one).
 /// Each run of datagrams for one session is opened under one session lock, then walked.
 #[allow(clippy::too_many_arguments)]
-fn receive_message(sh: &Shared, rx: &mut Receiver, routes: &Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, data: &mut [u8], stride: usize) {
+fn receive_message(sh: &Lane<'_>, rx: &mut Receiver, routes: &Routes, tap: &TapIo, now: Instant, src: std::net::SocketAddr, data: &mut [u8], stride: usize) {
     let mut at = 0;
     while at < data.len() {
         let index = match Packet::new_checked(&data[at..(at + stride).min(data.len())]) {
@@ -448,7 +521,7 @@ fn receive_message(sh: &Shared, rx: &mut Receiver, routes: &Routes, tap: &TapIo,
 /// A frame from neighbour `from`: relay it on, and deliver it to the bridge when it is for this
 /// host.
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) {
+fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) {
     let plan = forward::from_peer(sh.me, from, f.envelope, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
@@ -467,6 +540,16 @@ fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes
     }
     let mut hdr = [0u8; vnet::LEN];
     vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
+    // With several queues, the flow's TAP queue: its frames back are read there (see the
+    // module doc).
+    let flow_tap;
+    let tap = match sh.queues.len() {
+        1 => tap,
+        n => {
+            flow_tap = sh.queues[tapio::queue_of(f.frame, n)].tap.load();
+            &**flow_tap
+        }
+    };
     match tap.write_frame(&hdr, f.frame) {
         Ok(true) => inc(&sh.stats.tap_frames_out),
         Ok(false) | Err(_) => inc(&sh.stats.drop_io),
