@@ -97,7 +97,10 @@ struct Figures {
     links: usize,
     diameter: u32,
     isolated: usize,
-    /// Rounds and virtual time of a cold start of all peers at once (not run at 5000).
+    /// Rounds and virtual time of a cold start of all peers at once. Not run at 5000: the flood
+    /// of a cold start sends every entry over about every link (at 1000 peers 0.9 GB of
+    /// gossip in all, with [`Config::flood_delay`] coalescing), which at 5000 peers is some 20 GB
+    /// through one process; the simulation ran out of a 9 GB address-space limit.
     cold: Option<(u32, Duration)>,
     /// Rounds and virtual time until a new peer joining the converged mesh is known everywhere
     /// and knows everyone.
