@@ -72,6 +72,27 @@ pub fn choose(me: PeerName, peers: &[PeerName], limit: usize) -> Vec<PeerName> {
     chosen
 }
 
+/// The peers paired with `me` by [`links`]: those it chooses and those that choose it (the same
+/// peers for a limit of 2 or more; with a limit of 1, its successor and its predecessor on the
+/// ring). Both ends of a pair find each other, so both keep the connection.
+pub fn partners(me: PeerName, peers: &[PeerName], limit: usize) -> Vec<PeerName> {
+    let mut out: Vec<PeerName> = links(peers, limit)
+        .into_iter()
+        .filter_map(|(a, b)| {
+            if a == me {
+                Some(b)
+            } else if b == me {
+                Some(a)
+            } else {
+                None
+            }
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Every chosen connection of a cluster, as pairs (lower name first), sorted: what
 /// [`choose`] gives each peer, computed for all at once (`O(R·N log N)`).
 pub fn links(peers: &[PeerName], limit: usize) -> Vec<(PeerName, PeerName)> {
@@ -171,6 +192,27 @@ mod tests {
         }
         let far = *dist.iter().max().unwrap();
         assert!(far < 12, "eccentricity {far} at 2000 peers, limit 6");
+    }
+
+    #[test]
+    fn no_peer_is_isolated_and_partners_agree_on_both_ends() {
+        for n in [2, 3, 9, 10, 64, 301] {
+            let ps = names(n);
+            for limit in 1..=9 {
+                let all: Vec<Vec<PeerName>> = ps.iter().map(|&p| partners(p, &ps, limit)).collect();
+                for (i, mine) in all.iter().enumerate() {
+                    assert!(!mine.is_empty(), "{n} peers, limit {limit}: peer {i} isolated");
+                    assert!(mine.len() <= limit.max(2), "{n} peers, limit {limit}: {}", mine.len());
+                    for q in mine {
+                        let j = ps.iter().position(|p| p == q).unwrap();
+                        assert!(all[j].contains(&ps[i]), "{n} peers, limit {limit}: {i} pairs with {j}, not back");
+                    }
+                    if limit >= 2 {
+                        assert_eq!(*mine, choose(ps[i], &ps, limit), "partners are the choice");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

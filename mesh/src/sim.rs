@@ -17,7 +17,11 @@
 //! messages that led there.
 //!
 //! Decoded entries are shared between the simulated peers through one [`Interner`] (the bytes
-//! still cross the wire format), so thousands of peers fit in memory.
+//! still cross the wire format), and so are the bytes of the entries in messages in flight: a
+//! message waiting for delivery holds the bytes before its first entry and a shared copy of
+//! each entry's bytes, and is put back together (byte for byte) when delivered. So thousands of
+//! peers fit in memory, even during a cold start of all of them at once, when every entry
+//! crosses about every link.
 //! [`bounded_degree_graph`](Sim::bounded_degree_graph) builds the partial mesh that
 //! [`crate::degree`] chooses; [`steady_state`](Sim::steady_state) measures the gossip bytes of a
 //! quiet mesh.
@@ -30,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use crate::peer::PeerName;
 use crate::routes::{RouteEngine, Routes};
-use crate::topology::{Capabilities, Config, Direction, Interner, Topology, entry_digest};
+use crate::topology::{
+    Capabilities, Config, Direction, GossipPacket, Interner, Topology, entry_digest,
+};
 
 /// Simulation parameters.
 #[derive(Clone, Debug)]
@@ -134,6 +140,67 @@ struct Link {
     tail: [Instant; 2],
 }
 
+/// A message in flight.
+#[derive(Debug)]
+enum Payload {
+    /// Bytes without entries (or malformed), as sent.
+    Raw(Vec<u8>),
+    /// The bytes before the first entry, then the entries' bytes, shared.
+    Shared {
+        head: Box<[u8]>,
+        entries: Vec<Arc<[u8]>>,
+    },
+}
+
+/// Entries' bytes by name and stamp, shared by the messages in flight.
+type EntryBytes = HashMap<(PeerName, u64, u64), Arc<[u8]>>;
+
+impl Payload {
+    /// Splits `bytes` into the part before the entries and the entries (which run to the end
+    /// of a well-formed message), sharing the entries' bytes through `store`.
+    fn pack(bytes: Vec<u8>, store: &mut EntryBytes) -> Payload {
+        let Ok(packet) = GossipPacket::new_checked(&bytes[..]) else {
+            return Payload::Raw(bytes);
+        };
+        let Some(first) = packet.entries().next() else {
+            return Payload::Raw(bytes);
+        };
+        let start = first.bytes().as_ptr() as usize - bytes.as_ptr() as usize;
+        let mut entries = Vec::with_capacity(usize::from(packet.entry_count()));
+        for view in packet.entries() {
+            let (incarnation, version) = view.stamp();
+            let key = (view.name(), incarnation, version);
+            let shared = match store.get(&key) {
+                Some(b) if **b == *view.bytes() => b.clone(),
+                _ => {
+                    let b: Arc<[u8]> = view.bytes().into();
+                    store.insert(key, b.clone());
+                    b
+                }
+            };
+            entries.push(shared);
+        }
+        Payload::Shared {
+            head: bytes[..start].into(),
+            entries,
+        }
+    }
+
+    /// The message's bytes, into `out` (cleared first).
+    fn unpack(&self, out: &mut Vec<u8>) {
+        out.clear();
+        match self {
+            Payload::Raw(b) => out.extend_from_slice(b),
+            Payload::Shared { head, entries } => {
+                out.extend_from_slice(head);
+                for e in entries {
+                    out.extend_from_slice(e);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Event {
     Deliver {
@@ -141,7 +208,7 @@ enum Event {
         to: usize,
         epoch: u64,
         round: u32,
-        payload: Vec<u8>,
+        payload: Payload,
     },
     Down {
         a: usize,
@@ -192,6 +259,8 @@ pub struct Sim {
     dropped: u64,
     malformed: u64,
     interner: Interner,
+    entry_bytes: EntryBytes,
+    scratch: Vec<u8>,
 }
 
 /// Gossip sent by a quiet mesh over a measured stretch of virtual time.
@@ -229,6 +298,8 @@ impl Sim {
             dropped: 0,
             malformed: 0,
             interner: Interner::new(),
+            entry_bytes: HashMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -317,7 +388,7 @@ impl Sim {
     /// Hands every peer the current entries of all the others ([`Topology::install`]) and drops
     /// the messages in flight, as if the mesh had converged long ago: for measuring a large
     /// mesh's steady state and the spread of a change without simulating its cold start (at
-    /// 5000 peers the simultaneous start of all puts gigabytes of gossip in flight at once).
+    /// 5000 peers a cold start sends some 20 GB of gossip in all and takes a minute or two).
     pub fn assume_converged(&mut self) {
         self.flush();
         let entries: Vec<Arc<crate::topology::PeerEntry>> = self
@@ -548,6 +619,7 @@ impl Sim {
         link.tail[dir] = at;
         let epoch = link.epoch;
         let round = self.peers[from].round + 1;
+        let payload = Payload::pack(payload, &mut self.entry_bytes);
         self.schedule(
             at,
             Event::Deliver {
@@ -596,9 +668,10 @@ impl Sim {
                         continue;
                     }
                     let sender = self.name(from);
+                    payload.unpack(&mut self.scratch);
                     let p = &mut self.peers[to];
                     if p.topo
-                        .handle_interned(now, sender, &payload, Some(&mut self.interner))
+                        .handle_interned(now, sender, &self.scratch, Some(&mut self.interner))
                         .is_err()
                     {
                         self.malformed += 1;
@@ -633,12 +706,18 @@ impl Sim {
         true
     }
 
+    /// Forgets shared entries and entry bytes nothing holds any more.
+    fn prune(&mut self) {
+        self.interner.prune();
+        self.entry_bytes.retain(|_, b| Arc::strong_count(b) > 1);
+    }
+
     /// Runs for `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         let deadline = self.now + d;
         while self.step(deadline) {}
         self.now = deadline;
-        self.interner.prune();
+        self.prune();
     }
 
     /// Runs a quiet mesh for `d` of virtual time and reports the gossip it sent.
@@ -693,7 +772,7 @@ impl Sim {
             if last_check.is_none_or(|l: Instant| self.now >= l + self.config.check_every) {
                 last_check = Some(self.now);
                 if self.converged() {
-                    self.interner.prune();
+                    self.prune();
                     return Some(Convergence {
                         time: self.now - start,
                         rounds: self.max_round,

@@ -7,9 +7,13 @@
 //! [`Topology`] holds our view of all entries and decides what to gossip. The cost of a quiet
 //! mesh does not grow with its size:
 //! - *Updates*: an entry that changed (ours, or a newer copy learned from a neighbour) is sent
-//!   once to every neighbour but the one it came from, on the next
-//!   [`poll_transmit`](Topology::poll_transmit); a copy that is not newer is not forwarded, so a
-//!   change floods the mesh once. A neighbour that sends an entry older than ours gets ours back.
+//!   once to every neighbour but those known to hold it already (the one it came from, and any
+//!   that sent us the same version meanwhile); a copy that is not newer is not forwarded, so a
+//!   change floods the mesh once. Changes are coalesced for [`Config::flood_delay`] after the
+//!   first: at a cold start, when every peer learns every entry within a few round trips, each
+//!   neighbour gets one message per delay instead of one per message received, and copies that
+//!   arrive from several neighbours within it are not sent back to any of them. A neighbour
+//!   that sends an entry older than ours gets ours back.
 //! - *Anti-entropy*: every [`Config::digest_interval`] (jittered) we send a *digest* of our table
 //!   (its size and the wrapping sum of [`entry_digest`] over its entries, 14 bytes) to
 //!   [`Config::digest_fanout`] neighbours in turn, and one to a neighbour as soon as its
@@ -133,6 +137,9 @@ pub struct Config {
     /// Messages are split so each stays under this many bytes (an entry or bucket larger than
     /// this is still sent, alone).
     pub max_message_len: usize,
+    /// How long changed entries wait, after the first change, before they are flooded together
+    /// (zero: at the next [`poll_transmit`](Topology::poll_transmit)).
+    pub flood_delay: Duration,
 }
 
 impl Default for Config {
@@ -143,6 +150,7 @@ impl Default for Config {
             recheck_interval: Duration::from_millis(100),
             gc_after: Duration::from_secs(10),
             max_message_len: 60 * 1024,
+            flood_delay: Duration::from_millis(10),
         }
     }
 }
@@ -267,8 +275,12 @@ pub struct Topology {
     config: Config,
     me: PeerName,
     records: HashMap<PeerName, Record>,
-    /// Entries changed since the last `poll_transmit`, for every neighbour but their source.
+    /// Entries changed since the last flood, for every neighbour but those holding them.
     dirty: Vec<PeerName>,
+    /// When the dirty entries are flooded.
+    flood_due: Option<Instant>,
+    /// Per dirty entry: the neighbours that sent us its current version (they hold it).
+    holders: HashMap<PeerName, Vec<PeerName>>,
     /// Peers unreachable from us, since when.
     unreachable: HashMap<PeerName, Instant>,
     pending: BTreeMap<PeerName, Pending>,
@@ -314,6 +326,8 @@ impl Topology {
             me,
             records: HashMap::new(),
             dirty: Vec::new(),
+            flood_due: None,
+            holders: HashMap::new(),
             unreachable: HashMap::new(),
             pending: BTreeMap::new(),
             outbox: VecDeque::new(),
@@ -434,6 +448,8 @@ impl Topology {
                 self.unreachable.capacity(),
             )
             + self.dirty.capacity() * size_of::<PeerName>()
+            + slot(size_of::<(PeerName, Vec<PeerName>)>(), self.holders.capacity())
+            + self.holders.values().map(|h| h.capacity() * size_of::<PeerName>()).sum::<usize>()
             + pending
             + self.outbox.capacity() * size_of::<Transmit>()
             + outbox
@@ -541,6 +557,7 @@ impl Topology {
             f(e);
             e.version = next;
         }
+        self.holders.remove(&self.me);
         self.changed(now, self.me);
     }
 
@@ -553,6 +570,9 @@ impl Topology {
                 r.dirty = true;
                 self.dirty.push(name);
             }
+        }
+        if self.flood_due.is_none() {
+            self.flood_due = Some(now + self.config.flood_delay);
         }
         if self.recheck_due.is_none() {
             let earliest = self
@@ -628,6 +648,12 @@ impl Topology {
                 Some(r) if r.entry.stamp() >= stamp => {
                     if r.entry.stamp() > stamp {
                         self.pending.entry(from).or_default().entries.insert(name);
+                    } else if r.dirty {
+                        // Not flooded yet: the sender needs no copy back.
+                        let h = self.holders.entry(name).or_default();
+                        if !h.contains(&from) {
+                            h.push(from);
+                        }
                     }
                     continue;
                 }
@@ -651,6 +677,9 @@ impl Topology {
             });
             r.entry = entry;
             r.from = Some(from);
+            let h = self.holders.entry(name).or_default();
+            h.clear();
+            h.push(from);
             self.changed(now, name);
             learned += 1;
         }
@@ -727,6 +756,7 @@ impl Topology {
             return;
         }
         self.stats.self_conflicts += 1;
+        self.holders.remove(&self.me);
         let (inc, ver) = own;
         let (new_inc, new_ver) = if copy.incarnation > inc {
             (copy.incarnation.saturating_add(1), 1)
@@ -748,14 +778,14 @@ impl Topology {
 
     /// The next message to send, if any. Call until it returns `None` after every `handle`,
     /// `handle_timeout` and connection change.
-    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         loop {
             if let Some(t) = self.outbox.pop_front() {
                 self.stats.messages_sent += 1;
                 self.stats.bytes_sent += t.payload.len() as u64;
                 return Some(t);
             }
-            if !self.dirty.is_empty() {
+            if !self.dirty.is_empty() && self.flood_due.is_none_or(|d| now >= d) {
                 self.flood();
                 continue;
             }
@@ -771,24 +801,29 @@ impl Topology {
     fn flood(&mut self) {
         let mut names = std::mem::take(&mut self.dirty);
         names.sort_unstable();
+        self.flood_due = None;
+        let mut holders = std::mem::take(&mut self.holders);
         // Encode each entry once; each neighbour's messages copy the encodings.
         let mut encoded = Vec::new();
-        let mut spans: Vec<(Option<PeerName>, usize, usize)> = Vec::with_capacity(names.len());
+        let mut spans: Vec<(Vec<PeerName>, usize, usize)> = Vec::with_capacity(names.len());
         for n in &names {
             if let Some(r) = self.records.get_mut(n) {
                 r.dirty = false;
                 let start = encoded.len();
                 wire::emit_entry(&r.entry, &mut encoded);
-                spans.push((r.from, start, encoded.len()));
+                spans.push((holders.remove(n).unwrap_or_default(), start, encoded.len()));
             }
         }
+        holders.clear();
+        self.holders = holders;
         let neighbours: Vec<PeerName> = self.neighbours().collect();
         let max = self.config.max_message_len;
         for to in neighbours {
             let mut msg = Vec::new();
             let mut count = 0u16;
-            for &(from, a, b) in &spans {
-                if from == Some(to) {
+            for (held, a, b) in &spans {
+                let (a, b) = (*a, *b);
+                if held.contains(&to) {
                     continue;
                 }
                 if count > 0 && (msg.len() + (b - a) > max || count == u16::MAX) {
@@ -910,7 +945,8 @@ impl Topology {
 
     /// When [`handle_timeout`](Self::handle_timeout) next needs to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [Some(self.next_digest), self.recheck_due, self.gc_due]
+        let flood = self.flood_due.filter(|_| !self.dirty.is_empty());
+        [Some(self.next_digest), self.recheck_due, self.gc_due, flood]
             .into_iter()
             .flatten()
             .min()
@@ -1009,7 +1045,10 @@ mod tests {
     fn topo(now: Instant, n: u8) -> Topology {
         Topology::new(
             now,
-            Config::default(),
+            Config {
+                flood_delay: Duration::ZERO,
+                ..Config::default()
+            },
             name(n),
             format!("host{n}"),
             7,
@@ -1180,6 +1219,7 @@ mod tests {
         let now = Instant::now();
         let config = Config {
             max_message_len: 200,
+            flood_delay: Duration::ZERO,
             ..Config::default()
         };
         let mut ts: Vec<Topology> = [1, 2]

@@ -91,7 +91,9 @@ pub struct RouterArgs {
     /// 400 ms, known within 2.4 s; at least 500).
     #[arg(long, env = "WEFT_PEER_TIMEOUT", value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(500..=600_000))]
     pub peer_timeout: u64,
-    /// At most this many peer connections.
+    /// At most this many peer connections. Below the cluster size, the router keeps only the
+    /// connections of a bounded-degree partial mesh (closing the others once the cluster is
+    /// known) and reaches the rest through relays.
     #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 100)]
     pub conn_limit: usize,
     /// Mesh control (QUIC) port.

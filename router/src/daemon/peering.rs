@@ -21,6 +21,18 @@
 //! [`weft_mesh::transport::targets`]). Dropped addresses are shown as such in `weft status
 //! connections`, with why.
 //!
+//! Under a connection limit below the cluster size (bounded-degree mode), the peers a router
+//! wants are those [`weft_mesh::degree`] pairs it with, from the names gossip reports; both
+//! ends of a pair compute the same pairs, so they agree. Only wanted peers' gossiped addresses
+//! are dialled. Once the names known have not changed for [`DEGREE_SETTLE`], a connection that
+//! has lasted as long to a peer no longer wanted (at the start every configured peer is dialled)
+//! is closed, one per tick, and only when the peer stays reachable through the others (by the
+//! connection graph gossip reports, without that connection). Its targets are then *parked*:
+//! kept waiting, not dialled, while the peer is not wanted and is reached through a relay (or
+//! was let go within [`DEGREE_SETTLE`], while routes catch up), so neither end dials it again;
+//! a peer that becomes wanted again, or unreachable, is dialled as before. Parked targets are
+//! not shown as failures in `status`.
+//!
 //! Two live routers with one name (a copied identity) are told apart from a restart by where
 //! their connections come from. A second connection for a name from another address replaces
 //! the first when it brings a newer incarnation (a restart that moved), or at an equal one by the
@@ -87,6 +99,11 @@ pub const MAX_NEW_DIALS_PER_TICK: usize = 2;
 /// How long a target is put back when a connection from its address is being handshaken.
 const HANDSHAKING_DELAY: Duration = Duration::from_secs(2);
 
+/// How long the names known must be unchanged, and a connection must have lasted, before a
+/// connection to a peer no longer wanted under the connection limit is closed; also how long
+/// after such a close its targets stay parked while routes catch up.
+pub const DEGREE_SETTLE: Duration = Duration::from_secs(5);
+
 /// How long shutdown waits for every peer to acknowledge the `Bye` (the mesh gives up on one
 /// connection after its own `bye_timeout`; this bounds them all).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,6 +124,8 @@ pub enum Command {
 struct Up {
     info: ConnInfo,
     handle: ConnHandle,
+    /// When it came up.
+    since: Instant,
 }
 
 /// One of two connections to one peer name, as [`Duplicates`] compares them.
@@ -217,6 +236,12 @@ pub struct Peering {
     gossip_peers: HashMap<String, BTreeSet<PeerName>>,
     /// Per connected peer: datagrams its mesh connection had received, and when that last grew.
     heard: HashMap<PeerName, (u64, Instant)>,
+    /// The names gossip reports, sorted, and since when they are these.
+    known: (Vec<PeerName>, Instant),
+    /// Under a connection limit below the cluster size: the peers paired with us (sorted).
+    wanted: Option<Vec<PeerName>>,
+    /// Peers whose connection ended while not wanted, and when.
+    let_go: HashMap<PeerName, Instant>,
 }
 
 impl Peering {
@@ -256,6 +281,9 @@ impl Peering {
             gossiped: HashSet::new(),
             gossip_peers: HashMap::new(),
             heard: HashMap::new(),
+            known: (Vec::new(), now),
+            wanted: None,
+            let_go: HashMap::new(),
         }
     }
 
@@ -312,14 +340,28 @@ impl Peering {
     /// Dials due targets, learns targets from gossip, runs timers and flushes messages.
     pub fn tick(&mut self, now: Instant, d: &Daemon) {
         self.learn_targets(now, d);
+        self.close_unwanted(now, d);
+        self.let_go.retain(|_, at| now.saturating_duration_since(*at) < DEGREE_SETTLE);
+        // Connections to peers not wanted (being let go) do not take the room of wanted ones.
+        let counted = self.conns.keys().filter(|p| !self.is_parked(**p)).count();
         let room = self
             .conn_limit
-            .saturating_sub(self.conns.len() + self.dialling.len())
+            .saturating_sub(counted + self.dialling.len())
             .min(MAX_DIALS_IN_FLIGHT.saturating_sub(self.dialling.len()))
             .min(MAX_NEW_DIALS_PER_TICK);
+        let routes = d.control().routes().load_full();
         let due = {
             let (live, resolved, gossip_peers) = (self.live(), &self.resolved, &self.gossip_peers);
-            self.targets.due_except(now, room, |t| covered(&live, resolved, gossip_peers, t))
+            let (target_peer, wanted, let_go) = (&self.target_peer, &self.wanted, &self.let_go);
+            let parked = |t: &str| {
+                let gossiped = gossip_peers.get(t).filter(|s| s.len() == 1).and_then(|s| s.first().copied());
+                let peer = target_peer.get(t).copied().or(gossiped);
+                peer.is_some_and(|p| {
+                    wanted.as_ref().is_some_and(|w| w.binary_search(&p).is_err())
+                        && (let_go.contains_key(&p) || routes.next_hop(p).is_some_and(|h| h != p))
+                })
+            };
+            self.targets.due_except(now, room, |t| covered(&live, resolved, gossip_peers, t) || parked(t))
         };
         for t in due {
             if let Ok(addr) = t.parse::<SocketAddr>() {
@@ -447,8 +489,13 @@ impl Peering {
         let mut gossiped = HashSet::new();
         // Under a connection limit below the cluster size, gossip offers only the peers of the
         // bounded-degree mesh (all of them otherwise).
-        let known: Vec<PeerName> = topo.entries().map(|e| e.name).collect();
+        let mut known: Vec<PeerName> = topo.entries().map(|e| e.name).collect();
+        known.sort_unstable();
         let chosen = weft_mesh::degree::choose(self.me, &known, self.conn_limit);
+        if known != self.known.0 {
+            self.wanted = (known.len() > self.conn_limit + 1).then(|| weft_mesh::degree::partners(self.me, &known, self.conn_limit));
+            self.known = (known, now);
+        }
         let mut gossip_peers: HashMap<String, BTreeSet<PeerName>> = HashMap::new();
         for e in topo.entries() {
             for conn in &e.connections {
@@ -475,6 +522,41 @@ impl Peering {
             }
         }
         self.dial_the_returned(now, gossiped);
+    }
+
+    /// Whether `p` is not wanted under the connection limit (always false without one).
+    fn is_parked(&self, p: PeerName) -> bool {
+        self.wanted.as_ref().is_some_and(|w| w.binary_search(&p).is_err())
+    }
+
+    /// Closes one settled connection to a peer no longer wanted, if the peer stays reachable
+    /// without it.
+    fn close_unwanted(&mut self, now: Instant, d: &Daemon) {
+        if self.wanted.is_none() || now.saturating_duration_since(self.known.1) < DEGREE_SETTLE {
+            return;
+        }
+        let mut candidates: Vec<PeerName> = self
+            .conns
+            .iter()
+            .filter(|(p, u)| self.is_parked(**p) && now.saturating_duration_since(u.since) >= DEGREE_SETTLE)
+            .map(|(p, _)| *p)
+            .collect();
+        candidates.sort_unstable();
+        let reachable_without = |p: PeerName| {
+            let c = d.control();
+            let topo = c.topology();
+            let mut own = topo.own().clone();
+            own.connections.retain(|c| c.remote != p);
+            let graph = weft_mesh::routes::Graph::from_entries(topo.entries().filter(|e| e.name != self.me).chain(std::iter::once(&own)));
+            graph.index(p).is_some_and(|i| graph.reachable_from(self.me)[i])
+        };
+        if let Some(p) = candidates.into_iter().find(|p| reachable_without(*p))
+            && let Some(u) = self.conns.get(&p)
+        {
+            tracing::info!(peer = %p, remote = %u.info.remote, limit = self.conn_limit, "closing the connection to a peer not chosen under the connection limit (it is reached through relays)");
+            u.handle.close("not chosen under the connection limit");
+            self.let_go.insert(p, now);
+        }
     }
 
     /// A peer we are not connected to that gossip newly reports connected is back (it
@@ -557,7 +639,7 @@ impl Peering {
         d.control().connected(now, info.peer, &info.nickname, info.remote, info.direction, d.pod_mtu());
         self.mark_target(now, &info);
         self.heard.insert(info.peer, (handle.datagrams_received(), now));
-        self.conns.insert(info.peer, Up { info, handle });
+        self.conns.insert(info.peer, Up { info, handle, since: now });
     }
 
     /// Closes an authenticated connection telling the peer why; a dialled one is retried later
@@ -592,6 +674,18 @@ impl Peering {
             self.dp.links.remove(p, id.unwrap_or(0));
             self.dp.forget_peer(p);
             d.control().lost(now, remote, Some(p), reason.clone(), None);
+            if self.is_parked(p) {
+                // Closed by us or by the peer because neither wants it: its targets are parked
+                // (not dialled while it is reached through relays), not failures.
+                tracing::info!(peer = %p, %remote, "connection to a peer not chosen under the connection limit closed: {reason}");
+                self.let_go.insert(p, now);
+                for t in self.targets_of(p, remote) {
+                    if self.targets.state(&t) == Some(targets::State::Connected) {
+                        self.targets.lost(now, &t, &reason);
+                    }
+                }
+                return;
+            }
             // Every target it covered (the address dialled, the address it dialled us from, the
             // addresses gossip reports for it) is dialled again: quickly if it had lasted.
             let released: Vec<String> = self
