@@ -44,6 +44,13 @@ fn sent(bed: &TestBed, r: &RouterProc, port: u16) -> (u64, u64) {
     (num("bytes"), num("packets"))
 }
 
+/// A counter of the router's metrics (`curl` on its host's loopback); 0 if absent.
+fn metric(bed: &TestBed, r: &RouterProc, name: &str) -> u64 {
+    let out = bed.run(r.host, Command::new("curl").args(["-s", "--max-time", "5", "http://127.0.0.1:6782/metrics"])).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 /// A field of `/proc/PID/status` in KiB (`VmRSS:`, `RssAnon:`, `RssFile:`...).
 fn status_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -297,6 +304,7 @@ fn scale(n: usize, release: bool) {
     let threads0: Vec<BTreeMap<String, (u64, u64)>> = pids.iter().map(|p| threads(*p)).collect();
     let mesh0: Vec<(u64, u64)> = c.routers.iter().map(|r| sent(&c.bed, r, 6783)).collect();
     let sleeve0: Vec<(u64, u64)> = c.routers.iter().map(|r| sent(&c.bed, r, 6784)).collect();
+    let gossip0: Vec<(u64, u64)> = c.routers.iter().map(|r| (metric(&c.bed, r, "weft_gossip_sent_bytes_total"), metric(&c.bed, r, "weft_gossip_sent_messages_total"))).collect();
     let i0 = Instant::now();
     std::thread::sleep(IDLE);
     let secs = i0.elapsed().as_secs_f64();
@@ -313,6 +321,17 @@ fn scale(n: usize, release: bool) {
     };
     let (mesh_bytes, mesh_pkts) = delta(6783, &mesh0);
     let (sleeve_bytes, sleeve_pkts) = delta(6784, &sleeve0);
+    let (mut gossip_bytes, mut gossip_msgs) = (0u64, 0u64);
+    for (r, (b0, m0)) in c.routers.iter().zip(&gossip0) {
+        gossip_bytes += metric(&c.bed, r, "weft_gossip_sent_bytes_total").saturating_sub(*b0);
+        gossip_msgs += metric(&c.bed, r, "weft_gossip_sent_messages_total").saturating_sub(*m0);
+    }
+    let pairs = (n * (n - 1)) as f64;
+    println!(
+        "{n} routers: idle topology gossip per directed pair: {:.3} messages/s, {:.0} B/s (of the mesh bytes above)",
+        gossip_msgs as f64 / pairs / secs,
+        gossip_bytes as f64 / pairs / secs
+    );
     // Wake-ups and CPU per thread name, summed over the routers, per router and second.
     let mut per_thread: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for (p, before) in pids.iter().zip(&threads0) {
