@@ -401,7 +401,7 @@ fn twenty_routers_converge_and_agree() {
 }
 
 #[test]
-#[ignore = "40 routers take a few minutes on two cores: run by hand (WEFT_SCALE_ROUTERS=N for another size)"]
+#[ignore = "40 routers, optimised build (built first if stale): about 40 s on two cores once built; run by hand (WEFT_SCALE_ROUTERS=N for another size)"]
 fn forty_routers_converge_and_agree() {
     let n = std::env::var("WEFT_SCALE_ROUTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     assert!((2..=200).contains(&n), "WEFT_SCALE_ROUTERS must be 2..=200");

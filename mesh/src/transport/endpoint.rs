@@ -19,7 +19,7 @@
 //! A duplicate is refused as soon as the peer's `Hello` says who it is, before the PAKE: a
 //! connection whose peer, address and incarnation are those of another connection of this
 //! endpoint past its `Hello` (up, or being authenticated) is closed with a `Bye` when the other
-//! was dialled by the peer with the smaller name and this one was not ([`loses_to`]). Both ends
+//! was dialled by the peer with the smaller name and this one was not. Both ends
 //! apply the same rule, so the connection the router would keep after its own duplicate
 //! resolution is the one that comes up, and the loser never does (no `Up`, no topology churn).
 //!
