@@ -5,8 +5,11 @@
 //! record per peer; no stale attempt beside a live connection) after the start-up storm and
 //! after kill -9 and restart of a fifth of them.
 //!
-//! 10 and 20 routers by default; `cargo test -p weft-router --test scale -- --ignored` runs 40,
-//! and `WEFT_SCALE_ROUTERS=N` runs N instead (the ignored test). All hosts share one segment, so
+//! 10 and 20 routers by default, with the test build's `weft`; `cargo test -p weft-router --test
+//! scale -- --ignored` runs 40 with the optimised router (it runs `cargo build --release -p
+//! weft-router --bin weft` first, in the same target directory: minutes the first time, a no-op
+//! when fresh), and `WEFT_SCALE_ROUTERS=N` runs N instead (the ignored test). `WEFT_SCALE_BIN=PATH`
+//! runs the routers of any of these tests from the `weft` binary at PATH instead. All hosts share one segment, so
 //! each is given permanent neighbour entries for all others: the kernel's neighbour table is
 //! shared by every namespace and capped (gc_thresh3, 1024 here), and permanent entries are not
 //! counted against it. `WEFT_SCALE_LOGS=DIR` keeps the routers' logs there. Root needed.
@@ -18,7 +21,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::weft;
+use common::{weft, weft_release};
 use weft_api::types::{Connection, ConnectionState, Status};
 use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
 use weft_testbed::topology::{self, SharedSegment};
@@ -41,9 +44,23 @@ fn sent(bed: &TestBed, r: &RouterProc, port: u16) -> (u64, u64) {
     (num("bytes"), num("packets"))
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A counter of the router's metrics (`curl` on its host's loopback); 0 if absent.
+fn metric(bed: &TestBed, r: &RouterProc, name: &str) -> u64 {
+    let out = bed.run(r.host, Command::new("curl").args(["-s", "--max-time", "5", "http://127.0.0.1:6782/metrics"])).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `RssAnon:`, `RssFile:`...).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// RSS of each router, in MiB: whole, anonymous (heap, stacks) and file-backed (the binary).
+fn rss_of(pids: &[u32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mib = |f: &str| pids.iter().map(|p| status_kib(*p, f) as f64 / 1024.0).collect();
+    (mib("VmRSS:"), mib("RssAnon:"), mib("RssFile:"))
 }
 
 /// User plus system CPU time of the process (all its threads), in clock ticks.
@@ -53,6 +70,25 @@ fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Fields after the command: state is [0]; utime is field 14 of the line, [11] here.
     f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Per thread name (threads of one name summed): context switches (voluntary and not, i.e.
+/// wake-ups) and CPU ticks so far.
+fn threads(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in dir.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("?").trim().to_owned();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
+        let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0);
+        let e = out.entry(name).or_default();
+        e.0 += field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:");
+        e.1 += ticks;
+    }
+    out
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -202,7 +238,23 @@ fn wait_converged(c: &Cluster, limit: Duration, what: &str) -> Duration {
     t0.elapsed()
 }
 
-fn scale(n: usize) {
+/// Which `weft` the routers run: `WEFT_SCALE_BIN` if set, else the optimised build when
+/// `release`, else the test build's.
+fn binary(release: bool) -> std::path::PathBuf {
+    match std::env::var_os("WEFT_SCALE_BIN") {
+        Some(p) => {
+            let p = std::path::PathBuf::from(p);
+            assert!(p.is_file(), "WEFT_SCALE_BIN={} is not a file", p.display());
+            p
+        }
+        None if release => weft_release(),
+        None => weft(),
+    }
+}
+
+fn scale(n: usize, release: bool) {
+    let binary = binary(release);
+    println!("{n} routers: running {}", binary.display());
     let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
     let run = RunDir::new(bed.id()).unwrap();
     let lan = topology::shared_segment(&mut bed, n as u8).unwrap();
@@ -216,7 +268,7 @@ fn scale(n: usize) {
         }
     }
     let opts = RouterOptions {
-        binary: weft(),
+        binary,
         password: Some("a-scale-test-password".into()),
         extra_args: vec!["--ipalloc-init".into(), format!("consensus={n}")],
     };
@@ -235,15 +287,24 @@ fn scale(n: usize) {
     }
     wait_converged(&c, Duration::from_secs(if n > 20 { 120 } else { 60 }), "start");
     let converge = t0.elapsed();
+    let storm: Vec<(u64, u64)> = c.routers.iter().map(|r| sent(&c.bed, r, 6783)).collect();
     let (settled, stale_start) = settle(&c.routers, Duration::from_secs(30));
     println!("{n} routers: converged (full mesh, all peers, IPAM ready) {converge:.1?} after the first start; status consistent {settled:.1?} later ({stale_start} stale records at the first look)");
+    let (storm_bytes, storm_pkts): (u64, u64) = storm.iter().fold((0, 0), |(b, p), (b1, p1)| (b + b1, p + p1));
+    println!(
+        "{n} routers: mesh traffic until converged: {:.2} MB, {storm_pkts} packets in all ({:.0} kB per router)",
+        storm_bytes as f64 / 1e6,
+        storm_bytes as f64 / 1e3 / n as f64
+    );
 
     // Idle figures, once the storm is over.
     std::thread::sleep(Duration::from_secs(3));
     let pids: Vec<u32> = c.routers.iter().map(|r| r.pid).collect();
     let cpu0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let threads0: Vec<BTreeMap<String, (u64, u64)>> = pids.iter().map(|p| threads(*p)).collect();
     let mesh0: Vec<(u64, u64)> = c.routers.iter().map(|r| sent(&c.bed, r, 6783)).collect();
     let sleeve0: Vec<(u64, u64)> = c.routers.iter().map(|r| sent(&c.bed, r, 6784)).collect();
+    let gossip0: Vec<(u64, u64)> = c.routers.iter().map(|r| (metric(&c.bed, r, "weft_gossip_sent_bytes_total"), metric(&c.bed, r, "weft_gossip_sent_messages_total"))).collect();
     let i0 = Instant::now();
     std::thread::sleep(IDLE);
     let secs = i0.elapsed().as_secs_f64();
@@ -260,12 +321,38 @@ fn scale(n: usize) {
     };
     let (mesh_bytes, mesh_pkts) = delta(6783, &mesh0);
     let (sleeve_bytes, sleeve_pkts) = delta(6784, &sleeve0);
-    let rss: Vec<f64> = pids.iter().map(|p| rss_kib(*p) as f64 / 1024.0).collect();
+    let (mut gossip_bytes, mut gossip_msgs) = (0u64, 0u64);
+    for (r, (b0, m0)) in c.routers.iter().zip(&gossip0) {
+        gossip_bytes += metric(&c.bed, r, "weft_gossip_sent_bytes_total").saturating_sub(*b0);
+        gossip_msgs += metric(&c.bed, r, "weft_gossip_sent_messages_total").saturating_sub(*m0);
+    }
+    let pairs = (n * (n - 1)) as f64;
+    println!(
+        "{n} routers: idle topology gossip per directed pair: {:.3} messages/s, {:.0} B/s (of the mesh bytes above)",
+        gossip_msgs as f64 / pairs / secs,
+        gossip_bytes as f64 / pairs / secs
+    );
+    // Wake-ups and CPU per thread name, summed over the routers, per router and second.
+    let mut per_thread: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (p, before) in pids.iter().zip(&threads0) {
+        for (name, (w1, t1)) in threads(*p) {
+            let (w0, t0) = before.get(&name).copied().unwrap_or((0, 0));
+            let e = per_thread.entry(name).or_default();
+            e.0 += w1.saturating_sub(w0) as f64 / secs / n as f64;
+            e.1 += t1.saturating_sub(t0) as f64 / 100.0 / secs / n as f64 * 100.0;
+        }
+    }
+    let wakeups: f64 = per_thread.values().map(|v| v.0).sum();
+    let breakdown: Vec<String> = per_thread.iter().map(|(name, (w, c))| format!("{name} {w:.1}/s {c:.2} %")).collect();
+    println!("{n} routers: idle wake-ups per router {wakeups:.1}/s ({:.2} per peer); by thread (wake-ups, CPU): {}", wakeups / (n - 1) as f64, breakdown.join(", "));
+    let (rss, anon, file) = rss_of(&pids);
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     println!(
-        "{n} routers: RSS per router median {:.1} MiB, max {:.1} MiB; idle CPU per router median {:.2} %, max {:.2} % of a core; \
+        "{n} routers: RSS per router median {:.1} MiB (anonymous {:.1}, file {:.1}), max {:.1} MiB; idle CPU per router median {:.2} %, max {:.2} % of a core; \
          idle traffic per directed pair: mesh {mesh_pkts:.2} pkt/s {mesh_bytes:.0} B/s, sleeve {sleeve_pkts:.2} pkt/s {sleeve_bytes:.0} B/s (over {secs:.1} s)",
         median(rss.clone()),
+        median(anon),
+        median(file),
         max(&rss),
         median(cpu.clone()),
         max(&cpu),
@@ -291,6 +378,9 @@ fn scale(n: usize) {
     let (problems, stale) = consistency(&c.routers);
     assert!(problems.is_empty() && stale == 0, "{problems:?}");
     println!("{n} routers: 0 stale records, every pair agrees");
+    let pids: Vec<u32> = c.routers.iter().map(|r| r.pid).collect();
+    let (rss, anon, _) = rss_of(&pids);
+    println!("{n} routers: RSS after the restarts median {:.1} MiB (anonymous {:.1}), max {:.1} MiB", median(rss.clone()), median(anon), max(&rss));
     let logs: String = c.routers.iter().map(|r| r.log_text()).collect();
     let timeouts = logs.matches("handshake timed out").count();
     println!("{n} routers: {timeouts} handshake timeouts, {} duplicate connections closed in the logs", logs.matches("duplicate connection: ").count());
@@ -302,18 +392,18 @@ fn scale(n: usize) {
 
 #[test]
 fn ten_routers_converge_and_agree() {
-    scale(10);
+    scale(10, false);
 }
 
 #[test]
 fn twenty_routers_converge_and_agree() {
-    scale(20);
+    scale(20, false);
 }
 
 #[test]
-#[ignore = "40 routers take a few minutes on two cores: run by hand (WEFT_SCALE_ROUTERS=N for another size)"]
+#[ignore = "40 routers, optimised build (built first if stale): about 40 s on two cores once built; run by hand (WEFT_SCALE_ROUTERS=N for another size)"]
 fn forty_routers_converge_and_agree() {
     let n = std::env::var("WEFT_SCALE_ROUTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     assert!((2..=200).contains(&n), "WEFT_SCALE_ROUTERS must be 2..=200");
-    scale(n);
+    scale(n, true);
 }

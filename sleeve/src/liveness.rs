@@ -10,9 +10,13 @@
 //! padding      probes are padded so the datagram is `size` bytes long; ignored
 //! ```
 //!
-//! [`Liveness`] sends a heartbeat every [`LivenessConfig::interval`]; any authenticated packet
-//! from the peer proves it alive; silence for [`LivenessConfig::dead_after`] makes it dead (and
-//! a later packet alive again). Acks give a smoothed round-trip time (gain 1/8, as TCP).
+//! [`Liveness`] sends a heartbeat every [`LivenessConfig::interval`], unless the peer's own
+//! heartbeat arrived since our last one: our ack to it tells the peer we are alive, as its
+//! heartbeat told us, so an idle link carries one heartbeat and one ack per interval, not two of
+//! each (the end whose heartbeats come first keeps sending; the other only answers). Any
+//! authenticated packet from the peer proves it alive; silence for
+//! [`LivenessConfig::dead_after`] makes it dead (and a later packet alive again). Acks give a
+//! smoothed round-trip time (gain 1/8, as TCP), at the end that sends the heartbeats.
 //!
 //! [`Pmtu`] finds the largest datagram the path carries, between [`PmtuConfig::min`] and
 //! [`PmtuConfig::max`], in rounds of probes sent together: first `max` and the sizes of the
@@ -162,6 +166,8 @@ pub struct Liveness {
     started: Instant,
     next_heartbeat: Instant,
     last_rx: Option<Instant>,
+    /// Whether a heartbeat of the peer's arrived since we last sent or skipped one.
+    answered: bool,
     seq: u32,
     srtt: Option<Duration>,
 }
@@ -169,7 +175,7 @@ pub struct Liveness {
 impl Liveness {
     /// Starts now; the first heartbeat is due at once.
     pub fn new(now: Instant, config: LivenessConfig) -> Liveness {
-        Liveness { config, epoch: now, started: now, next_heartbeat: now, last_rx: None, seq: 0, srtt: None }
+        Liveness { config, epoch: now, started: now, next_heartbeat: now, last_rx: None, answered: false, seq: 0, srtt: None }
     }
 
     fn clock(&self, now: Instant) -> u64 {
@@ -185,7 +191,10 @@ impl Liveness {
     /// Handles a heartbeat message; returns the ack to send, if any.
     pub fn on_control(&mut self, now: Instant, msg: &ControlMsg) -> Option<ControlMsg> {
         match *msg {
-            ControlMsg::Heartbeat { seq, echo } => Some(ControlMsg::HeartbeatAck { seq, echo }),
+            ControlMsg::Heartbeat { seq, echo } => {
+                self.answered = true;
+                Some(ControlMsg::HeartbeatAck { seq, echo })
+            }
             ControlMsg::Probe { seq, echo, size } => Some(ControlMsg::ProbeAck { seq, echo, size }),
             ControlMsg::HeartbeatAck { echo, .. } => {
                 let sent = self.epoch + Duration::from_nanos(echo);
@@ -202,12 +211,15 @@ impl Liveness {
         }
     }
 
-    /// A heartbeat, when one is due.
+    /// A heartbeat, when one is due and the peer sent none since our last (see the module doc).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<ControlMsg> {
         if now < self.next_heartbeat {
             return None;
         }
         self.next_heartbeat = now + self.config.interval;
+        if std::mem::take(&mut self.answered) {
+            return None;
+        }
         self.seq = self.seq.wrapping_add(1);
         Some(ControlMsg::Heartbeat { seq: self.seq, echo: self.clock(now) })
     }
@@ -481,6 +493,51 @@ mod tests {
         // A receive time reported late does not move the last one back.
         l.on_receive(t0 + Duration::from_secs(8));
         assert_eq!(l.last_seen(), Some(t0 + Duration::from_secs(12)));
+    }
+
+    /// Two ends at 400 ms, started at the same or at different phases, each heartbeat arriving
+    /// 5 ms after it was sent: returns the heartbeats each sent over 10 s and the longest
+    /// silence either heard.
+    fn pair(phase_ms: u64) -> (u32, u32, Duration) {
+        let t0 = Instant::now();
+        let mut ends = [Liveness::new(t0, LivenessConfig::default()), Liveness::new(t0 + Duration::from_millis(phase_ms), LivenessConfig::default())];
+        let (mut sent, mut last_heard, mut longest) = ([0u32; 2], [t0; 2], Duration::ZERO);
+        // (arrival, to whom, message), in order of arrival.
+        let mut wire: Vec<(Instant, usize, ControlMsg)> = Vec::new();
+        for ms in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            wire.sort_by_key(|m| m.0);
+            while wire.first().is_some_and(|m| m.0 <= now) {
+                let (at, to, msg) = wire.remove(0);
+                longest = longest.max(at - last_heard[to]);
+                last_heard[to] = at;
+                ends[to].on_receive(at);
+                if let Some(ack) = ends[to].on_control(at, &msg) {
+                    wire.push((at + Duration::from_millis(5), 1 - to, ack));
+                }
+            }
+            for (i, end) in ends.iter_mut().enumerate() {
+                if now >= t0 + Duration::from_millis(if i == 1 { phase_ms } else { 0 })
+                    && let Some(hb) = end.poll_transmit(now)
+                {
+                    sent[i] += 1;
+                    wire.push((now + Duration::from_millis(5), 1 - i, hb));
+                }
+            }
+        }
+        (sent[0], sent[1], longest)
+    }
+
+    #[test]
+    fn an_idle_link_carries_one_heartbeat_and_one_ack_per_interval_and_both_ends_hear_each_other() {
+        for phase in [0, 1, 5, 100, 200, 395, 399] {
+            let (a, b, longest) = pair(phase);
+            // 25 intervals in 10 s: one heartbeat per interval in all, not one per end (50),
+            // give or take the first of each end and a round where both crossed.
+            assert!((25..=28).contains(&(a + b)), "phase {phase} ms: {a} + {b} heartbeats");
+            // Liveness holds: the longest silence stays far below the 2 s of `dead_after`.
+            assert!(longest <= Duration::from_millis(810), "phase {phase} ms: {longest:?} of silence");
+        }
     }
 
     #[test]

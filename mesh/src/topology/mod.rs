@@ -797,6 +797,11 @@ impl Topology {
         }
     }
 
+    /// Whether [`poll_transmit`](Self::poll_transmit) has something to send (or to look at).
+    pub fn has_transmit(&self) -> bool {
+        !self.outbox.is_empty() || !self.dirty.is_empty() || !self.pending.is_empty()
+    }
+
     /// Queues the changed entries as updates to every neighbour but the one each came from.
     fn flood(&mut self) {
         let mut names = std::mem::take(&mut self.dirty);

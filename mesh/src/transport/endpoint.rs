@@ -16,6 +16,13 @@
 //! refused one is turned away before the TLS handshake and any PAKE work, and the refusal is
 //! logged (rate-limited).
 //!
+//! A duplicate is refused as soon as the peer's `Hello` says who it is, before the PAKE: a
+//! connection whose peer, address and incarnation are those of another connection of this
+//! endpoint past its `Hello` (up, or being authenticated) is closed with a `Bye` when the other
+//! was dialled by the peer with the smaller name and this one was not. Both ends
+//! apply the same rule, so the connection the router would keep after its own duplicate
+//! resolution is the one that comes up, and the loser never does (no `Up`, no topology churn).
+//!
 //! Closing is acknowledged: the closing end sends `Bye`, finishes its control stream and waits
 //! for the peer to close the connection (which it does once it has read the `Bye`), or for the
 //! peer's own `Bye`, at most [`MeshConfig::bye_timeout`]; a timeout is logged and the connection
@@ -232,12 +239,52 @@ struct Shared {
     events: mpsc::UnboundedSender<Event>,
     next_id: AtomicU64,
     admission: Mutex<Admission>,
+    /// Connections past the peer's `Hello`, for the early duplicate check.
+    past_hello: Mutex<Vec<(u64, Said)>>,
 }
 
 impl Shared {
     fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
         // The admission state stays consistent even if a holder panicked mid-update: counters only.
         self.admission.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn past_hello(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Said)>> {
+        // A list of entries, each pushed or removed whole: consistent after a panic.
+        self.past_hello.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a connection's `Hello` said, and where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Said {
+    peer: PeerName,
+    remote: SocketAddr,
+    incarnation: u64,
+    direction: Direction,
+}
+
+/// Whether connection `new` is a duplicate that loses to one of `others` (connections past their
+/// `Hello`): same peer, address and incarnation, the other dialled by the peer with the smaller
+/// name (of `me` and the peer) and `new` not. The router's own resolution of two connections up
+/// at once decides the same way, so refusing `new` early changes which connection stays in no
+/// case, only how soon the loser is gone.
+fn loses_to<'a>(me: PeerName, new: &Said, others: impl IntoIterator<Item = &'a Said>) -> bool {
+    let dialler = |s: &Said| if s.direction == Direction::Outbound { me } else { s.peer };
+    let preferred = me.min(new.peer);
+    dialler(new) != preferred
+        && others.into_iter().any(|o| o.peer == new.peer && o.remote == new.remote && o.incarnation == new.incarnation && dialler(o) == preferred)
+}
+
+/// A connection's place in [`Shared::past_hello`], given up when dropped.
+struct Claim {
+    shared: Arc<Shared>,
+    token: u64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.shared.past_hello().retain(|(t, _)| *t != self.token);
     }
 }
 
@@ -269,6 +316,9 @@ impl Refused {
     }
 }
 
+/// How the reason of a duplicate refused at its `Hello` begins.
+pub const DUPLICATE: &str = "duplicate connection refused at its hello";
+
 /// The QUIC connection-level receive window before authentication.
 pub const PRE_AUTH_WINDOW: u32 = 16 * 1024;
 
@@ -297,7 +347,7 @@ impl MeshEndpoint {
         endpoint.set_default_client_config(tls::client_config(transport)?);
         let (tx, rx) = mpsc::unbounded_channel();
         let admission = Mutex::new(Admission::new(config.admission.clone()));
-        let shared = Arc::new(Shared { config, events: tx, next_id: AtomicU64::new(1), admission });
+        let shared = Arc::new(Shared { config, events: tx, next_id: AtomicU64::new(1), admission, past_hello: Mutex::new(Vec::new()) });
         let me = MeshEndpoint { endpoint, shared };
         let acceptor = me.clone();
         tokio::spawn(async move { acceptor.accept_loop().await });
@@ -392,6 +442,12 @@ impl MeshEndpoint {
         let remote = conn.remote_address();
         let events = self.shared.events.clone();
         match self.handshake(&conn, direction).await {
+            Err(Refused { peer, reason, .. }) if reason.contains(DUPLICATE) => {
+                tracing::info!(%remote, peer = ?peer, "{reason}");
+                conn.close(3u32.into(), reason.as_bytes());
+                drop(ticket);
+                let _ = events.send(Event::Down { id: None, peer, remote, direction, reason });
+            }
             Err(Refused { peer, reason, password_attempt }) => {
                 tracing::warn!(%remote, peer = ?peer, "mesh connection refused: {reason}");
                 conn.close(3u32.into(), reason.as_bytes());
@@ -401,7 +457,7 @@ impl MeshEndpoint {
                 drop(ticket);
                 let _ = events.send(Event::Down { id: None, peer, remote, direction, reason });
             }
-            Ok((info, send, recv, mix)) => {
+            Ok((info, send, recv, mix, _claim)) => {
                 drop(ticket);
                 conn.set_receive_window(quinn::VarInt::MAX);
                 let reason = self.serve(conn.clone(), info.clone(), send, recv, mix).await;
@@ -418,7 +474,20 @@ impl MeshEndpoint {
         Ok(out)
     }
 
-    async fn handshake(&self, conn: &quinn::Connection, direction: Direction) -> Result<(ConnInfo, quinn::SendStream, quinn::RecvStream, Option<[u8; 32]>), Refused> {
+    /// Whether connection `new` loses to another past its `Hello` (see [`loses_to`]); if not,
+    /// it is listed among them until the returned claim is dropped.
+    fn claim(&self, new: Said) -> Result<Claim, ()> {
+        let mut list = self.shared.past_hello();
+        if loses_to(self.shared.config.name, &new, list.iter().map(|(_, s)| s)) {
+            return Err(());
+        }
+        let token = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        list.push((token, new));
+        Ok(Claim { shared: self.shared.clone(), token })
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn handshake(&self, conn: &quinn::Connection, direction: Direction) -> Result<(ConnInfo, quinn::SendStream, quinn::RecvStream, Option<[u8; 32]>, Claim), Refused> {
         let cfg = &self.shared.config;
         let outbound = direction == Direction::Outbound;
         let end = if outbound { End::Dialer } else { End::Listener };
@@ -434,19 +503,42 @@ impl MeshEndpoint {
             pake: Vec::new(),
         };
         let (mut hs, hello) = Handshake::start(ours, cfg.password.as_ref(), end, &exporter);
+        let remote = conn.remote_address();
         let exchange = async {
+            let mut claim = None;
             let (mut send, mut recv) = if outbound { conn.open_bi().await } else { conn.accept_bi().await }.map_err(|e| Refused::other(e.to_string()))?;
             send.write_all(&hello.to_bytes()).await.map_err(|e| Refused::other(e.to_string()))?;
             loop {
-                let (result, bye) = match read_frame(&mut recv, HANDSHAKE_MESSAGE_LEN).await {
+                let frame = read_frame(&mut recv, HANDSHAKE_MESSAGE_LEN).await;
+                // The peer's Hello says who it is: a duplicate goes now, before the PAKE.
+                if claim.is_none()
+                    && let Ok(Some(f)) = &frame
+                    && let Ok(Message::Hello(h)) = Message::decode(f)
+                {
+                    let said = Said { peer: h.name, remote, incarnation: h.incarnation, direction };
+                    match self.claim(said) {
+                        Ok(c) => claim = Some(c),
+                        Err(()) => {
+                            let why = format!("{DUPLICATE} (the connection dialled by the peer with the smaller name is kept)");
+                            let refused = Refused { peer: Some(h.name), reason: why.clone(), password_attempt: false };
+                            self.say_bye(conn, &mut send, Message::Bye(why)).await;
+                            return Err(refused);
+                        }
+                    }
+                }
+                let (result, bye) = match frame {
                     Ok(Some(frame)) => match hs.handle(&frame) {
                         Ok(step) => {
                             if let Some(m) = step.send {
                                 send.write_all(&m.to_bytes()).await.map_err(|e| Refused::other(e.to_string()))?;
                             }
-                            match step.done {
-                                Some(a) => return Ok((send, recv, a)),
-                                None => continue,
+                            match (step.done, claim.take()) {
+                                (Some(a), Some(c)) => return Ok((send, recv, a, c)),
+                                (Some(_), None) => return Err(Refused::other("protocol error: authenticated without a hello")),
+                                (None, c) => {
+                                    claim = c;
+                                    continue;
+                                }
                             }
                         }
                         Err(f) => (Refused { peer: f.peer, reason: reason(&f.error), password_attempt: f.error.password_attempt() }, f.bye),
@@ -456,24 +548,12 @@ impl MeshEndpoint {
                     Err(e) => (Refused::other(reason(&e)), None),
                 };
                 if let Some(bye) = bye {
-                    let _ = send.write_all(&bye.to_bytes()).await;
-                    let _ = send.finish();
-                    // Acknowledged once the peer has received all of it (QUIC acknowledges
-                    // the finished stream) or has closed the connection.
-                    let acknowledged = async {
-                        tokio::select! {
-                            _ = send.stopped() => {}
-                            _ = conn.closed() => {}
-                        }
-                    };
-                    if tokio::time::timeout(cfg.bye_timeout, acknowledged).await.is_err() {
-                        tracing::info!(remote = %conn.remote_address(), "the refused peer did not close within {:?}", cfg.bye_timeout);
-                    }
+                    self.say_bye(conn, &mut send, bye).await;
                 }
                 return Err(result);
             }
         };
-        let (send, recv, peer) = match tokio::time::timeout(cfg.handshake_timeout, exchange).await {
+        let (send, recv, peer, claim) = match tokio::time::timeout(cfg.handshake_timeout, exchange).await {
             Ok(r) => r?,
             Err(_) => return Err(Refused::other("mesh handshake timed out")),
         };
@@ -490,7 +570,23 @@ impl MeshEndpoint {
             direction,
             sleeve: SleeveParams { secret, initiator: outbound, local_index, remote_index: peer.sleeve_index, remote: SocketAddr::new(remote.ip(), peer.sleeve_port) },
         };
-        Ok((info, send, recv, mix))
+        Ok((info, send, recv, mix, claim))
+    }
+
+    /// Sends `bye` during the handshake and waits until the peer has it (QUIC acknowledges the
+    /// finished stream) or has closed the connection, at most [`MeshConfig::bye_timeout`].
+    async fn say_bye(&self, conn: &quinn::Connection, send: &mut quinn::SendStream, bye: Message) {
+        let _ = send.write_all(&bye.to_bytes()).await;
+        let _ = send.finish();
+        let acknowledged = async {
+            tokio::select! {
+                _ = send.stopped() => {}
+                _ = conn.closed() => {}
+            }
+        };
+        if tokio::time::timeout(self.shared.config.bye_timeout, acknowledged).await.is_err() {
+            tracing::info!(remote = %conn.remote_address(), "the refused peer did not close within {:?}", self.shared.config.bye_timeout);
+        }
     }
 
     fn sleeve_secret(conn: &quinn::Connection, mix: Option<&[u8; 32]>, epoch: u64) -> Result<[u8; 32], String> {
@@ -624,4 +720,41 @@ fn random_u32() -> u32 {
     let mut b = [0u8; 4];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("the system random source works");
     u32::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: PeerName = PeerName([0x0e, 0, 0, 0, 0, 1]);
+    const LARGE: PeerName = PeerName([0x0e, 0, 0, 0, 0, 9]);
+
+    fn said(peer: PeerName, ip: u8, incarnation: u64, direction: Direction) -> Said {
+        Said { peer, remote: SocketAddr::from(([192, 0, 2, ip], 6783)), incarnation, direction }
+    }
+
+    #[test]
+    fn the_connection_the_smaller_name_dialled_wins_at_both_ends() {
+        // SMALL's view: its dial (outbound) is preferred; LARGE's dial (inbound here) loses.
+        let ours = said(LARGE, 2, 5, Direction::Outbound);
+        let theirs = said(LARGE, 2, 5, Direction::Inbound);
+        assert!(loses_to(SMALL, &theirs, [&ours]));
+        assert!(!loses_to(SMALL, &ours, [&theirs]), "the preferred one is never refused");
+        // LARGE's view of the same two connections: SMALL's dial is inbound here.
+        let small_dialled = said(SMALL, 1, 3, Direction::Inbound);
+        let large_dialled = said(SMALL, 1, 3, Direction::Outbound);
+        assert!(loses_to(LARGE, &large_dialled, [&small_dialled]));
+        assert!(!loses_to(LARGE, &small_dialled, [&large_dialled]));
+    }
+
+    #[test]
+    fn only_a_true_duplicate_of_the_same_router_run_is_refused() {
+        let kept = said(LARGE, 2, 5, Direction::Outbound);
+        assert!(!loses_to(SMALL, &said(LARGE, 2, 5, Direction::Inbound), []), "nothing to lose to");
+        assert!(!loses_to(SMALL, &said(LARGE, 2, 6, Direction::Inbound), [&kept]), "a restart (newer incarnation) is the router's to judge");
+        assert!(!loses_to(SMALL, &said(LARGE, 3, 5, Direction::Inbound), [&kept]), "another address is the router's to judge");
+        assert!(!loses_to(SMALL, &said(PeerName([0x0e, 0, 0, 0, 0, 5]), 2, 5, Direction::Inbound), [&kept]), "another peer");
+        // Two connections dialled by the same end: neither is the preferred kind; the router decides.
+        assert!(!loses_to(SMALL, &said(LARGE, 2, 5, Direction::Inbound), [&said(LARGE, 2, 5, Direction::Inbound)]));
+    }
 }

@@ -4,6 +4,13 @@
 //! The daemon feeds it connection events from the mesh transport and the gossip it receives,
 //! sends what [`Control::poll_transmit`] returns, and calls [`Control::handle_timeout`] when
 //! [`Control::poll_timeout`] says. Routes are published for the data plane on every change.
+//!
+//! Gossip goes out in rounds at most every [`GOSSIP_PACE`]: the first change after a quiet
+//! spell at once, the changes that follow it together at the end of the pause. An entry that
+//! changes many times within a pause (a router whose connections come up one after another at
+//! start) is sent once, at its last version, instead of once per change to every neighbour by
+//! every peer: with N routers starting at once, N² connections each flooding an entry of N
+//! connections over N² links made the start-up traffic grow like N⁵.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +23,8 @@ use weft_mesh::topology::{self, Capabilities, Direction, HandleError, Topology, 
 
 /// How often routes may be recomputed.
 const ROUTE_INTERVAL: Duration = Duration::from_millis(50);
+/// The shortest time between two rounds of gossip (see the module doc).
+pub const GOSSIP_PACE: Duration = Duration::from_millis(100);
 
 /// What the sleeve of an established connection says about the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +76,10 @@ pub struct Control {
     established: BTreeMap<PeerName, Conn>,
     attempts: BTreeMap<SocketAddr, Conn>,
     encrypted: bool,
+    /// No gossip before this (the pause after a round).
+    gossip_from: Option<Instant>,
+    /// Whether the current round sent anything.
+    gossip_round: bool,
 }
 
 impl Control {
@@ -76,7 +89,7 @@ impl Control {
         let topology = Topology::new(now, topology::Config::default(), me, nickname, incarnation, caps);
         let mut routes = RouteEngine::new(me, ROUTE_INTERVAL);
         routes.recompute(now, &topology);
-        Control { topology, routes, established: BTreeMap::new(), attempts: BTreeMap::new(), encrypted }
+        Control { topology, routes, established: BTreeMap::new(), attempts: BTreeMap::new(), encrypted, gossip_from: None, gossip_round: false }
     }
 
     /// Advertises (or stops advertising) the kernel VXLAN fast path in our topology entry.
@@ -227,17 +240,29 @@ impl Control {
         Ok(())
     }
 
-    /// The next gossip message to send.
+    /// The next gossip message to send, unless the pause after the last round lasts (see the
+    /// module doc): a round ends when nothing more is to be sent.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        self.topology.poll_transmit(now)
+        if self.gossip_from.is_some_and(|t| now < t) {
+            return None;
+        }
+        let t = self.topology.poll_transmit(now);
+        match (&t, self.gossip_round) {
+            (Some(_), _) => self.gossip_round = true,
+            (None, true) => {
+                self.gossip_round = false;
+                self.gossip_from = Some(now + GOSSIP_PACE);
+            }
+            (None, false) => {}
+        }
+        t
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) next has work.
+    /// When [`handle_timeout`](Self::handle_timeout) (and [`poll_transmit`](Self::poll_transmit))
+    /// next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.topology.poll_timeout(), self.routes.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let gossip = self.gossip_from.filter(|_| self.topology.has_transmit());
+        [self.topology.poll_timeout(), self.routes.poll_timeout(), gossip].into_iter().flatten().min()
     }
 
     /// Runs the timers that are due.
@@ -334,23 +359,26 @@ mod tests {
         SocketAddr::from(([192, 0, 2, n], 6783))
     }
 
-    /// Delivers every pending gossip message between the controls, until quiet.
-    fn exchange(now: Instant, peers: &mut [Control]) {
-        loop {
+    /// Delivers every pending gossip message between the controls, round after round (a
+    /// [`GOSSIP_PACE`] apart), until quiet; returns the time it ended.
+    fn exchange(now: Instant, peers: &mut [Control]) -> Instant {
+        let mut t = now;
+        let mut quiet = 0;
+        while quiet < 2 {
             let mut moved = false;
             for i in 0..peers.len() {
-                while let Some(t) = peers[i].poll_transmit(now) {
+                while let Some(m) = peers[i].poll_transmit(t) {
                     let from = peers[i].topology().me();
-                    if let Some(j) = peers.iter().position(|p| p.topology().me() == t.to) {
-                        peers[j].gossip(now, from, &t.payload).unwrap();
+                    if let Some(j) = peers.iter().position(|p| p.topology().me() == m.to) {
+                        peers[j].gossip(t, from, &m.payload).unwrap();
                         moved = true;
                     }
                 }
             }
-            if !moved {
-                break;
-            }
+            quiet = if moved { 0 } else { quiet + 1 };
+            t += GOSSIP_PACE;
         }
+        t
     }
 
     #[test]
@@ -390,9 +418,11 @@ mod tests {
         c.connected(now, name(2), "h2", addr(2), Direction::Inbound, 1376);
         let mut fresh = Control::new(now, name(2), "h2".into(), 2, true);
         let mut sent = 0;
-        while let Some(t) = c.poll_transmit(now) {
+        // After the pause that follows the first round.
+        let next = now + GOSSIP_PACE;
+        while let Some(t) = c.poll_transmit(next) {
             if t.to == name(2) {
-                fresh.gossip(now, name(1), &t.payload).unwrap();
+                fresh.gossip(next, name(1), &t.payload).unwrap();
                 sent += 1;
             }
         }
@@ -400,6 +430,37 @@ mod tests {
         let ours = fresh.topology().entry(name(1)).map(|e| e.connections.iter().map(|x| x.remote).collect::<Vec<_>>());
         assert!(ours.is_some_and(|r| r.contains(&name(3))), "the reconnected peer did not learn our connections");
         assert_eq!(c.counts(), ConnectionCounts { established: 2, pending: 0, failed: 0, dropped: 0 });
+    }
+
+    #[test]
+    fn gossip_goes_in_rounds_and_changes_within_a_pause_go_together_at_its_end() {
+        let now = Instant::now();
+        let mut c = Control::new(now, name(1), "h1".into(), 1, true);
+        let sent = |c: &mut Control, at: Instant| std::iter::from_fn(|| c.poll_transmit(at)).count();
+        // The first change after a quiet spell goes at once.
+        c.connected(now, name(2), "h2", addr(2), Direction::Inbound, 1376);
+        assert!(sent(&mut c, now) > 0);
+        // Five more connections within the pause: nothing goes before its end ...
+        for (i, n) in (3..=7).enumerate() {
+            let at = now + Duration::from_millis(10 * (i as u64 + 1));
+            c.connected(at, name(n), &format!("h{n}"), addr(n), Direction::Inbound, 1376);
+            assert_eq!(sent(&mut c, at), 0, "sent within the pause");
+        }
+        // ... which the timer covers; then our entry goes once to each neighbour, at its last version.
+        let end = now + GOSSIP_PACE;
+        assert!(c.poll_timeout().is_some_and(|t| t <= end));
+        let mut to: Vec<PeerName> = std::iter::from_fn(|| c.poll_transmit(end)).map(|t| t.to).collect();
+        to.sort();
+        to.dedup();
+        assert_eq!(to, (2..=7).map(name).collect::<Vec<_>>());
+        let mut fresh = Control::new(now, name(2), "h2".into(), 1, true);
+        c.connected(end, name(2), "h2", addr(2), Direction::Inbound, 1376);
+        let later = end + GOSSIP_PACE;
+        for t in std::iter::from_fn(|| c.poll_transmit(later)).filter(|t| t.to == name(2)) {
+            fresh.gossip(later, name(1), &t.payload).unwrap();
+        }
+        let ours = fresh.topology().entry(name(1)).map(|e| e.connections.len());
+        assert_eq!(ours, Some(6), "the last version, with all six connections");
     }
 
     #[test]

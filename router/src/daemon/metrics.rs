@@ -64,6 +64,17 @@ pub fn render(d: &Daemon) -> String {
     }
     header(&mut out, "weft_peers", "gauge", "Peers in the topology, this one included.");
     let _ = writeln!(out, "weft_peers {}", d.control().topology().len());
+    let g = d.control().topology().stats();
+    header(&mut out, "weft_gossip_sent_messages_total", "counter", "Topology gossip messages sent.");
+    let _ = writeln!(out, "weft_gossip_sent_messages_total {}", g.messages_sent);
+    header(&mut out, "weft_gossip_sent_bytes_total", "counter", "Bytes of topology gossip sent.");
+    let _ = writeln!(out, "weft_gossip_sent_bytes_total {}", g.bytes_sent);
+    header(&mut out, "weft_gossip_received_messages_total", "counter", "Topology gossip messages received (well formed).");
+    let _ = writeln!(out, "weft_gossip_received_messages_total {}", g.messages_received);
+    header(&mut out, "weft_gossip_entries_learned_total", "counter", "Topology entries received that were new or newer than ours.");
+    let _ = writeln!(out, "weft_gossip_entries_learned_total {}", g.entries_learned);
+    header(&mut out, "weft_gossip_digest_mismatches_total", "counter", "Gossip digests received that differed from ours.");
+    let _ = writeln!(out, "weft_gossip_digest_mismatches_total {}", g.digest_mismatches);
 
     let dp = d.dataplane();
     let s = &dp.stats;

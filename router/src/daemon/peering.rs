@@ -8,6 +8,8 @@
 //! Duplicate connections between one pair of peers (both dialled at once) are resolved the same
 //! way on both sides: the connection dialled by the peer with the smaller name is kept, unless
 //! the new one comes from a newer incarnation of the peer (it restarted; the old one is dead).
+//! The mesh endpoint already refuses, at the peer's `Hello`, a duplicate that this rule would
+//! close (same address and incarnation), so such a loser is never reported up here.
 //! Most duplicates are never made: an address gossip reports for a peer with a smaller name is
 //! dialled only after [`LARGER_NAME_DELAY`] (that peer is expected to dial us), no address is
 //! dialled while a connection from it is being handshaken or its peer is connected (through

@@ -38,31 +38,54 @@ pub fn weft_cni() -> PathBuf {
 }
 
 fn build_weft_cni() -> Result<PathBuf, String> {
+    build_bin("weft-cni", "weft-cni", None)
+}
+
+/// The `weft` binary of the release profile (`cargo build --release -p weft-router --bin weft`
+/// in the target directory the tests were built in; a quick no-op when it is fresh): for tests
+/// that run many routers, whose unoptimised builds would saturate the machine. Panics with
+/// cargo's output if the build fails.
+pub fn weft_release() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT.get_or_init(|| build_bin("weft-router", "weft", Some("release"))).clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Builds `bin` of `package` with `profile` (by default the profile `weft` was built with) in
+/// the target directory `weft` was built in, and returns its path.
+fn build_bin(package: &str, bin: &str, profile: Option<&str>) -> Result<PathBuf, String> {
     let weft = weft();
     // `weft` is TARGET_DIR/PROFILE_DIR/weft, or TARGET_DIR/TRIPLE/PROFILE_DIR/weft with --target.
     let out_dir = weft.parent().ok_or_else(|| format!("{} has no directory", weft.display()))?;
-    let profile = match out_dir.file_name().and_then(|n| n.to_str()) {
+    let own = match out_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev",
         Some(name) => name,
         None => return Err(format!("no profile directory in {}", weft.display())),
     };
+    let profile = profile.unwrap_or(own);
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into()));
-    cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--locked", "-p", "weft-cni", "--bin", "weft-cni", "--profile", profile]);
+    cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--locked", "-p", package, "--bin", bin, "--profile", profile]);
     let is_target_dir = |d: &Path| d.join("CACHEDIR.TAG").exists();
-    match (out_dir.parent(), out_dir.parent().and_then(Path::parent)) {
-        (Some(target_dir), _) if is_target_dir(target_dir) => cargo.arg("--target-dir").arg(target_dir),
-        (Some(triple), Some(target_dir)) if is_target_dir(target_dir) => cargo.arg("--target").arg(triple.file_name().unwrap_or_default()).arg("--target-dir").arg(target_dir),
+    let dir_of = |profile_base: &Path| profile_base.join(if profile == "dev" { "debug" } else { profile });
+    let bin_dir = match (out_dir.parent(), out_dir.parent().and_then(Path::parent)) {
+        (Some(target_dir), _) if is_target_dir(target_dir) => {
+            cargo.arg("--target-dir").arg(target_dir);
+            dir_of(target_dir)
+        }
+        (Some(triple), Some(target_dir)) if is_target_dir(target_dir) => {
+            cargo.arg("--target").arg(triple.file_name().unwrap_or_default()).arg("--target-dir").arg(target_dir);
+            dir_of(triple)
+        }
         _ => return Err(format!("no cargo target directory above {}", weft.display())),
     };
     let out = cargo.output().map_err(|e| format!("run {cargo:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!("{cargo:?} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
     }
-    let plugin = out_dir.join("weft-cni");
-    if !plugin.exists() {
-        return Err(format!("{cargo:?} succeeded but {} is missing", plugin.display()));
+    let path = bin_dir.join(bin);
+    if !path.exists() {
+        return Err(format!("{cargo:?} succeeded but {} is missing", path.display()));
     }
-    Ok(plugin)
+    Ok(path)
 }
 
 pub struct Mesh {
