@@ -11,6 +11,11 @@
 //! start) is sent once, at its last version, instead of once per change to every neighbour by
 //! every peer: with N routers starting at once, N² connections each flooding an entry of N
 //! connections over N² links made the start-up traffic grow like N⁵.
+//!
+//! The topology itself coalesces changes for `topology::Config::flood_delay` (10 ms) and does
+//! not send an entry back to neighbours that sent it: that bounds the copies per change, which
+//! the simulator's cold starts measure; the pace here bounds how often a router sends at all,
+//! which is what a host of many routers on a few cores needs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
