@@ -31,11 +31,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use weft_fastpath::path::{self, Path, State};
 use weft_fastpath::wire::{self, Heartbeat, HeartbeatRepr};
 use weft_kernel::netlink::{BridgeFdbKind, FdbEntry};
@@ -58,8 +60,9 @@ pub const PORT: u16 = 6785;
 pub const RECONCILE: Duration = Duration::from_millis(250);
 /// How long entries found at start, or left by a peer that disconnected, are kept unproven.
 pub const GRACE: Duration = Duration::from_secs(15);
-/// How often the thread wakes to read heartbeats and run timers.
-const TICK: Duration = Duration::from_millis(20);
+/// The longest the thread sleeps while it has peers (a candidate's change, such as a restarted
+/// peer connecting again, is seen within this); heartbeats wake it as they arrive.
+const TICK: Duration = Duration::from_millis(50);
 
 /// A peer that may use the fast path, as the control plane sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,7 +281,30 @@ impl Worker {
                 self.reconcile(now);
                 self.publish(now);
             }
-            std::thread::sleep(TICK);
+            self.wait(now);
+        }
+    }
+
+    /// Sleeps until a heartbeat arrives or the next timer is due: at most [`TICK`] while there
+    /// are peers, [`RECONCILE`] without (an idle router wakes a few times a second, not fifty).
+    fn wait(&self, now: Instant) {
+        let cap = if self.peers.is_empty() { RECONCILE } else { TICK };
+        // Only the paths `timers` runs (not a departed peer's, nor one behind NAT).
+        let paths = self.peers.iter().filter(|(n, p)| p.gone.is_none() && !self.nat.contains_key(*n)).map(|(_, p)| p.path.poll_timeout());
+        let due = paths.chain([self.next_reconcile, now + cap]).min().unwrap_or(now + cap);
+        let timeout = due.saturating_duration_since(Instant::now()).max(Duration::from_millis(2));
+        match &self.rx {
+            Some(rx) => {
+                let mut fds = [PollFd::new(rx.as_fd(), PollFlags::POLLIN)];
+                let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+                if let Err(e) = poll(&mut fds, t)
+                    && e != nix::errno::Errno::EINTR
+                {
+                    tracing::debug!("fast path: poll: {e}");
+                    std::thread::sleep(timeout);
+                }
+            }
+            None => std::thread::sleep(timeout),
         }
     }
 
