@@ -25,6 +25,13 @@
 //! Route and link tables are `arc-swap` snapshots; a link's receive time and address are
 //! atomics; its health lock (heartbeats, path MTU) is taken by timers, control records, status
 //! and, on the TAP thread, only for a frame too large for its path.
+//!
+//! Fewer hand-offs per round trip: the TAP side's buffers, verdicts and sender ([`TapSide`])
+//! sit behind a lock either thread may take: the TAP thread when `poll` wakes it, the sleeve
+//! thread (without waiting, `try_lock`) right after it wrote frames to the TAP. The answers
+//! those frames draw (a pod's reply: the bridge, the veth and the pod's stack run in the writing
+//! system call) are usually queued on the TAP by then, and leave without waking the TAP thread.
+//! Frames are read and sent on (flushed) under the lock, so they keep their order.
 
 pub mod ethernet;
 pub mod forward;
@@ -76,6 +83,8 @@ pub struct Shared {
     pub sock: SleeveSocket,
     /// The TAP (replaced when the plumbing repair reopens it).
     pub tap: ArcSwap<TapIo>,
+    /// The TAP side's buffers and sender: whichever thread holds it serves the TAP.
+    pub tap_side: Mutex<TapSide>,
     /// Counters.
     pub stats: DataplaneStats,
     stop: AtomicBool,
@@ -95,6 +104,7 @@ impl Shared {
             switch: Mutex::new(Switch::new(switch::DEFAULT_MAX_AGE)),
             sock,
             tap: ArcSwap::from_pointee(tap),
+            tap_side: Mutex::new(TapSide::default()),
             stats: DataplaneStats::default(),
             stop: AtomicBool::new(false),
         }
@@ -102,6 +112,10 @@ impl Shared {
 
     fn switch(&self) -> std::sync::MutexGuard<'_, Switch> {
         self.switch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tap_side(&self) -> std::sync::MutexGuard<'_, TapSide> {
+        self.tap_side.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forgets the MACs learned behind `peer` (its connection went away).
@@ -147,23 +161,31 @@ impl Dataplane {
     }
 }
 
-fn tap_thread(sh: &Shared) {
-    let mut bufs: Vec<FrameBuf> = (0..TAP_BATCH).map(|_| FrameBuf::default()).collect();
-    let mut verdicts = [Verdict::Local; TAP_BATCH];
-    let mut sender = Sender::default();
-    let mut reply = [0u8; 1400];
-    while !sh.stop.load(Ordering::Relaxed) {
-        let tap = sh.tap.load_full();
-        let n = match tap.read_batch(&mut bufs, Duration::from_millis(100)) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!("TAP read: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
+/// The TAP side's state, allocated once: the frame buffers, their verdicts, the sender and
+/// the buffer for "too big" answers. It sits behind [`Shared::tap_side`]'s lock so that either
+/// thread may serve the TAP (see the module's documentation); frames read under the lock leave
+/// (flushed) under it too, so they keep their order.
+pub struct TapSide {
+    bufs: Vec<FrameBuf>,
+    verdicts: [Verdict; TAP_BATCH],
+    sender: Sender,
+    reply: [u8; 1400],
+}
+
+impl Default for TapSide {
+    fn default() -> Self {
+        TapSide { bufs: (0..TAP_BATCH).map(|_| FrameBuf::default()).collect(), verdicts: [Verdict::Local; TAP_BATCH], sender: Sender::default(), reply: [0u8; 1400] }
+    }
+}
+
+impl TapSide {
+    /// Reads the frames ready on `tap` (up to a batch, without waiting) and sends each to its
+    /// next hops, flushed before it returns; returns how many frames were read.
+    fn serve(&mut self, sh: &Shared, tap: &TapIo) -> std::io::Result<usize> {
+        let TapSide { bufs, verdicts, sender, reply } = self;
+        let n = tap.read_ready(bufs)?;
         if n == 0 {
-            continue;
+            return Ok(0);
         }
         let now = Instant::now();
         sh.stats.tap_frames_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -174,7 +196,7 @@ fn tap_thread(sh: &Shared) {
             }
         }
         let routes = sh.routes.load();
-        for (b, v) in bufs[..n].iter().zip(verdicts) {
+        for (b, &v) in bufs[..n].iter().zip(verdicts.iter()) {
             let packet = b.packet();
             let Ok(h) = vnet::parse(packet) else { continue };
             let vh = (h != vnet::Header::default()).then_some(h);
@@ -197,17 +219,48 @@ fn tap_thread(sh: &Shared) {
                 && let mtu = ip_mtu(&link)
                 && frame.len() - ethernet::HEADER_LEN > usize::from(mtu)
                 && !link.health().pmtu.is_searching()
-                && let Some(n) = icmp::too_big_reply(frame, mtu, &mut reply)
+                && let Some(n) = icmp::too_big_reply(frame, mtu, reply)
             {
                 inc(&sh.stats.drop_too_big);
                 let _ = tap.write_frame(&[0u8; vnet::LEN], &reply[..n]);
                 continue;
             }
             for (hop, envelope) in plan.onward.sends() {
-                send(sh, &mut sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
+                send(sh, sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
             }
         }
         sender.flush(now, &mut Net { sh, now });
+        Ok(n)
+    }
+}
+
+/// Serves the TAP from the sleeve thread, which just wrote frames to it, if the TAP thread is
+/// not serving it already: the answers those frames draw (bridge, veth and the pod's stack run
+/// in the writer's system call) are often queued by now, and leave without waking the TAP
+/// thread.
+fn serve_tap_after_write(sh: &Shared, tap: &TapIo) {
+    let mut side = match sh.tap_side.try_lock() {
+        Ok(side) => side,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if let Err(e) = side.serve(sh, tap) {
+        tracing::debug!("TAP read: {e}");
+    }
+}
+
+fn tap_thread(sh: &Shared) {
+    while !sh.stop.load(Ordering::Relaxed) {
+        let tap = sh.tap.load_full();
+        let r = match tap.wait_readable(Duration::from_millis(100)) {
+            Ok(false) => continue,
+            Ok(true) => sh.tap_side().serve(sh, &tap),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::debug!("TAP read: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -292,6 +345,8 @@ struct Receiver {
     sender: Sender,
     opened: Vec<Range<usize>>,
     learning: PeerLearning,
+    /// Frames written to the TAP in the batch at hand.
+    to_tap: usize,
 }
 
 fn sleeve_thread(sh: &Shared) {
@@ -320,6 +375,10 @@ fn sleeve_thread(sh: &Shared) {
             rx.sender.flush(now, &mut Net { sh, now });
             if !rx.learning.is_empty() {
                 sh.switch().learn_from_peers(now, &mut rx.learning);
+            }
+            if rx.to_tap > 0 {
+                rx.to_tap = 0;
+                serve_tap_after_write(sh, &tap);
             }
         }
         if now >= next_timers {
@@ -430,14 +489,14 @@ fn receive_message(sh: &Shared, rx: &mut Receiver, routes: &Routes, tap: &TapIo,
         }
         link.stats.datagrams_in.fetch_add(rx.opened.len() as u64, Ordering::Relaxed);
         // Walk what opened.
-        let Receiver { sender, opened, learning } = rx;
+        let Receiver { sender, opened, learning, to_tap } = rx;
         let mut reasm = LazyReasm::new(&link);
         for body in opened.iter() {
             sleeve::for_each_record(now, &data[body.clone()], &mut reasm, &sh.stats, |item| match item {
                 Received::Frame(f) => {
                     link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                     link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
-                    deliver(sh, sender, learning, routes, tap, now, link.peer, &f)
+                    *to_tap += usize::from(deliver(sh, sender, learning, routes, tap, now, link.peer, &f))
                 }
                 Received::Control(payload) => on_control(sh, sender, now, &link, payload),
             });
@@ -446,29 +505,35 @@ fn receive_message(sh: &Shared, rx: &mut Receiver, routes: &Routes, tap: &TapIo,
 }
 
 /// A frame from neighbour `from`: relay it on, and deliver it to the bridge when it is for this
-/// host.
+/// host; returns whether it was written to the TAP.
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) {
+fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) -> bool {
     let plan = forward::from_peer(sh.me, from, f.envelope, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
-        return;
+        return false;
     }
     for (hop, envelope) in plan.onward.sends() {
         inc(&sh.stats.relayed);
         send(sh, sender, now, hop, &FrameRepr { envelope, ..*f });
     }
     if !plan.local {
-        return;
+        return false;
     }
     if learning.from_peer(PeerName(f.envelope.src), f.frame) != Verdict::Local {
         inc(&sh.stats.drop_switch);
-        return;
+        return false;
     }
     let mut hdr = [0u8; vnet::LEN];
     vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
     match tap.write_frame(&hdr, f.frame) {
-        Ok(true) => inc(&sh.stats.tap_frames_out),
-        Ok(false) | Err(_) => inc(&sh.stats.drop_io),
+        Ok(true) => {
+            inc(&sh.stats.tap_frames_out);
+            true
+        }
+        Ok(false) | Err(_) => {
+            inc(&sh.stats.drop_io);
+            false
+        }
     }
 }
