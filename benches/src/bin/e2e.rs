@@ -139,6 +139,12 @@ struct PathResult {
     /// One per [`UDP_PAYLOADS`]; none with `WEFT_E2E_QUICK`.
     udp: Vec<(UdpRate, Cpu)>,
     rtt: Rtt,
+    /// The sleeps (voluntary context switches) of the routers' data plane threads (`weft-tap`,
+    /// `weft-sleeve`; A+B) per echo of the RTT run (weft's paths): the wake-ups a round trip
+    /// costs, their 100 ms poll timeouts and heartbeats included (about 0.2 per echo). A thread
+    /// woken for a frame another thread took meanwhile counts too: this shows the wake-ups, not
+    /// which of them the round trip waited for.
+    wakeups: Option<f64>,
     /// The routers' CPU (cores, A+B) without traffic and with one ping a second (weft's paths).
     idle: Option<(f64, f64)>,
 }
@@ -154,6 +160,23 @@ fn with_cpu<T>(pids: &[u32], f: impl FnOnce() -> Result<T, String>) -> Result<(T
     let p1 = pids.iter().map(|&p| cpu_time(p)).collect::<Result<Vec<_>, _>>()?;
     let routers = (pids.len() == 2).then(|| [0, 1].map(|i| (p1[i] - p0[i]).as_secs_f64() / wall));
     Ok((out, Cpu { machine: m1.busy_cores_since(&m0), routers }))
+}
+
+/// How often the data plane threads (`weft-tap`, `weft-sleeve`) of process `pid` have gone to
+/// sleep (voluntary context switches).
+fn sleeps(pid: u32) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for task in std::fs::read_dir(&dir).map_err(|e| format!("read {dir}: {e}"))? {
+        let path = task.map_err(|e| format!("read {dir}: {e}"))?.path().join("status");
+        // A thread that ended meanwhile has no status any more: it sleeps no more either.
+        let Ok(status) = std::fs::read_to_string(&path) else { continue };
+        if !status.lines().any(|l| l.strip_prefix("Name:").is_some_and(|n| matches!(n.trim(), "weft-tap" | "weft-sleeve"))) {
+            continue;
+        }
+        total += status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| format!("{}: no voluntary_ctxt_switches", path.display()))?;
+    }
+    Ok(total)
 }
 
 /// Single-stream TCP, with `perf` recording `pids` meanwhile when asked.
@@ -177,7 +200,10 @@ fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeI
     for payload in UDP_PAYLOADS.iter().filter(|_| !quick) {
         udp.push(with_cpu(pids, || iperf3_udp(bed, server, client, server_addr, d, *payload, "0"))?);
     }
+    let w0 = pids.iter().map(|&p| sleeps(p)).sum::<Result<u64, String>>()?;
     let rtt = bed.ping_rtt(client, server_addr, PINGS, PING_INTERVAL)?;
+    let w1 = pids.iter().map(|&p| sleeps(p)).sum::<Result<u64, String>>()?;
+    let wakeups = (pids.len() == 2).then(|| w1.saturating_sub(w0) as f64 / f64::from(PINGS));
     let idle = if pids.len() == 2 {
         let both = |c: Cpu| c.routers.map_or(0.0, |[a, b]| a + b);
         let (_, still) = with_cpu(pids, || {
@@ -189,7 +215,7 @@ fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeI
     } else {
         None
     };
-    Ok(PathResult { label, tcp1, tcp4, udp, rtt, idle })
+    Ok(PathResult { label, tcp1, tcp4, udp, rtt, wakeups, idle })
 }
 
 fn run(d: Duration) -> Result<(), String> {
@@ -338,6 +364,7 @@ fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str)
     row(&format!("ping RTT ({PINGS} x {} ms): avg µs", PING_INTERVAL.as_millis()), true, &|r| Some(r.rtt.avg.as_secs_f64() * 1e6), &us);
     row("  median µs", true, &|r| Some(r.rtt.p50.as_secs_f64() * 1e6), &us);
     row("  p99 µs", true, &|r| Some(r.rtt.p99.as_secs_f64() * 1e6), &us);
+    row("  data plane sleeps per echo (A+B)", false, &|r| r.wakeups, &|x| format!("{x:.2}"));
     row("  replies", false, &|r| Some(f64::from(r.rtt.received)), &|x| format!("{x:.0}/{PINGS}"));
     let idle_s = IDLE.as_secs();
     row(&format!("routers idle {idle_s} s: % of a core"), false, &|r| r.idle.map(|i| i.0 * 100.0), &|x| format!("{x:.2}%"));
