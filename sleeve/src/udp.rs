@@ -142,21 +142,9 @@ impl SleeveSocket {
     /// Receives a batch into `batch`, waiting up to the read timeout for the first datagram.
     /// Returns how many buffers were filled (0 on timeout).
     pub fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
-        if !self.wait_readable()? {
+        if !self.wait(nix::poll::PollFlags::POLLIN, self.timeout.load(Ordering::Relaxed) as i32)? {
             return Ok(0);
         }
-        self.recv_ready(batch)
-    }
-
-    /// Waits up to the read timeout for a datagram to receive; true if one is ready (false on
-    /// timeout or a signal).
-    pub fn wait_readable(&self) -> io::Result<bool> {
-        self.wait(nix::poll::PollFlags::POLLIN, self.timeout.load(Ordering::Relaxed) as i32)
-    }
-
-    /// Receives the datagrams that are ready into `batch`, without waiting; returns how many
-    /// buffers were filled (0 if none was ready).
-    pub fn recv_ready(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         // One small vector of slice headers per call (per batch, not per datagram).
         let RecvBatch { bufs, meta } = batch;
         let mut iov: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])).collect();

@@ -27,18 +27,13 @@
 //! atomics; its health lock (heartbeats, path MTU) is taken by timers, control records, status
 //! and, on the TAP thread, only for a frame too large for its path.
 //!
-//! Fewer hand-offs per round trip: each side's state sits behind a lock either thread may take,
-//! the TAP side's buffers, verdicts and sender (`TapSide`) and the sleeve side's receive
-//! buffers and sender (`SleeveSide`); each thread sleeps in `poll` on its own side only, and
-//! frames are read and sent on (flushed) under their side's lock, so they keep their order.
-//! Right after the sleeve thread wrote frames to the TAP it serves the TAP itself (`try_lock`,
-//! no waiting): the answers those frames draw (a pod's reply: the bridge, the veth and the pod's
-//! stack run in the writing system call) are usually queued by then and leave without waking
-//! the TAP thread. After work a thread does not sleep at once: it spins (`Spin`), polling both
-//! sides without waiting for up to an adaptive budget (at most [`MAX_SPIN`]; it grows while
-//! spins find work and shrinks to nothing when they do not), so that the answer to what it just
-//! sent, due within a round trip, is taken without a wake-up. Idle, nothing spins. Only the
-//! sleeve thread runs the links' timers (under the sleeve side's lock).
+//! Fewer hand-offs per round trip: the TAP side's buffers, verdicts and sender (`TapSide`)
+//! sit behind a lock either thread may take: the TAP thread when `poll` wakes it, the sleeve
+//! thread (without waiting, `try_lock`) right after it wrote frames to the TAP. The answers
+//! those frames draw (a pod's reply: the bridge, the veth and the pod's stack run in the writing
+//! system call) are usually queued on the TAP by then, and leave without waiting for the TAP
+//! thread (the kernel still wakes it; it finds nothing left to read). Frames are read and sent
+//! on (flushed) under the lock, so they keep their order.
 
 pub mod ethernet;
 pub mod forward;
@@ -92,8 +87,6 @@ pub struct Shared {
     pub tap: ArcSwap<TapIo>,
     /// The TAP side's buffers and sender: whichever thread holds it serves the TAP.
     tap_side: Mutex<TapSide>,
-    /// The sleeve side's buffers and sender: whichever thread holds it serves the socket.
-    sleeve_side: Mutex<SleeveSide>,
     /// Counters.
     pub stats: DataplaneStats,
     stop: AtomicBool,
@@ -114,7 +107,6 @@ impl Shared {
             sock,
             tap: ArcSwap::from_pointee(tap),
             tap_side: Mutex::new(TapSide::default()),
-            sleeve_side: Mutex::new(SleeveSide::default()),
             stats: DataplaneStats::default(),
             stop: AtomicBool::new(false),
         }
@@ -126,10 +118,6 @@ impl Shared {
 
     fn tap_side(&self) -> std::sync::MutexGuard<'_, TapSide> {
         self.tap_side.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn sleeve_side(&self) -> std::sync::MutexGuard<'_, SleeveSide> {
-        self.sleeve_side.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forgets the MACs learned behind `peer` (its connection went away).
@@ -176,7 +164,7 @@ impl Dataplane {
 }
 
 /// The TAP side's state, allocated once: the frame buffers, their verdicts, the sender and
-/// the buffer for "too big" answers. It sits behind [`Shared::tap_side`]'s lock so that either
+/// the buffer for "too big" answers. It sits behind `Shared::tap_side`'s lock so that either
 /// thread may serve the TAP (see the module's documentation); frames read under the lock leave
 /// (flushed) under it too, so they keep their order.
 struct TapSide {
@@ -250,134 +238,31 @@ impl TapSide {
 
 /// Serves the TAP from the sleeve thread, which just wrote frames to it, if the TAP thread is
 /// not serving it already: the answers those frames draw (bridge, veth and the pod's stack run
-/// in the writer's system call) are often queued by now, and leave without waking the TAP
-/// thread.
+/// in the writer's system call) are often queued by now, and leave without waiting for the
+/// TAP thread to be scheduled.
 fn serve_tap_after_write(sh: &Shared, tap: &TapIo) {
-    let Some(mut side) = try_lock(&sh.tap_side) else { return };
+    let mut side = match sh.tap_side.try_lock() {
+        Ok(side) => side,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
     if let Err(e) = side.serve(sh, tap) {
         tracing::debug!("TAP read: {e}");
     }
 }
 
 fn tap_thread(sh: &Shared) {
-    let mut spin = Spin::default();
-    let mut spinning = false;
     while !sh.stop.load(Ordering::Relaxed) {
-        if spinning {
-            spinning = spin.once(sh);
-            continue;
-        }
         let tap = sh.tap.load_full();
         let r = match tap.wait_readable(Duration::from_millis(100)) {
             Ok(false) => continue,
             Ok(true) => sh.tap_side().serve(sh, &tap),
             Err(e) => Err(e),
         };
-        match r {
-            Ok(n) => spinning = n > 0,
-            Err(e) => {
-                tracing::debug!("TAP read: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        if let Err(e) = r {
+            tracing::debug!("TAP read: {e}");
+            std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-/// The longest a thread spins for more work after its last: a round trip through a peer (the
-/// answer to what the TAP side just sent), with room.
-pub const MAX_SPIN: Duration = Duration::from_micros(250);
-/// A spin budget below this is no spin at all.
-const MIN_SPIN: Duration = Duration::from_micros(5);
-/// How often a thread whose budget shrank to nothing spins once more (for [`MAX_SPIN`]) to
-/// learn whether spinning pays again.
-const SPIN_PROBE: Duration = Duration::from_secs(1);
-
-/// One thread's adaptive spin. After work, a thread does not sleep at once: it polls both the
-/// socket and the TAP without waiting (serving whichever side it can lock) for up to its budget,
-/// so that the answer to what it just sent, due within a round trip, is picked up without a
-/// wake-up. A spin that finds work raises the budget to three times what it took (up to
-/// [`MAX_SPIN`]); one that finds none halves it, down to nothing (then it is tried again once a
-/// [`SPIN_PROBE`]). Idle, nothing spins: a spin follows work only.
-struct Spin {
-    budget: Duration,
-    last_probe: Instant,
-}
-
-impl Default for Spin {
-    fn default() -> Self {
-        Spin { budget: MAX_SPIN, last_probe: Instant::now() }
-    }
-}
-
-impl Spin {
-    /// How long to spin from `now`, if at all.
-    fn budget(&mut self, now: Instant) -> Option<Duration> {
-        if !self.budget.is_zero() {
-            return Some(self.budget);
-        }
-        if now.duration_since(self.last_probe) < SPIN_PROBE {
-            return None;
-        }
-        self.last_probe = now;
-        Some(MAX_SPIN)
-    }
-
-    /// The spin found work after `took`.
-    fn found(&mut self, took: Duration) {
-        self.budget = (took * 3).clamp(self.budget, MAX_SPIN);
-    }
-
-    /// The spin found nothing.
-    fn missed(&mut self) {
-        self.budget /= 2;
-        if self.budget < MIN_SPIN {
-            self.budget = Duration::ZERO;
-        }
-    }
-
-    /// Spins for up to the budget; true if it found (and did) work.
-    fn once(&mut self, sh: &Shared) -> bool {
-        let start = Instant::now();
-        let Some(budget) = self.budget(start) else { return false };
-        loop {
-            if try_serve(sh) {
-                self.found(start.elapsed());
-                return true;
-            }
-            if start.elapsed() >= budget {
-                self.missed();
-                return false;
-            }
-            std::hint::spin_loop();
-        }
-    }
-}
-
-/// Serves the socket and the TAP once each, without waiting and only if no other thread is
-/// serving them; true if there was work.
-fn try_serve(sh: &Shared) -> bool {
-    let mut worked = false;
-    if let Some(mut side) = try_lock(&sh.sleeve_side) {
-        match side.serve(sh) {
-            Ok(n) => worked |= n > 0,
-            Err(e) => tracing::debug!("sleeve receive: {e}"),
-        }
-    }
-    if let Some(mut side) = try_lock(&sh.tap_side) {
-        match side.serve(sh, &sh.tap.load()) {
-            Ok(n) => worked |= n > 0,
-            Err(e) => tracing::debug!("TAP read: {e}"),
-        }
-    }
-    worked
-}
-
-/// The lock, unless another thread holds it.
-fn try_lock<T>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
-    match m.try_lock() {
-        Ok(g) => Some(g),
-        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 
@@ -466,78 +351,42 @@ struct Receiver {
     to_tap: usize,
 }
 
-/// The sleeve side's state, allocated once: the receive batch and the [`Receiver`]. It sits
-/// behind [`Shared::sleeve_side`]'s lock so that a spinning TAP thread may serve the socket
-/// too (see [`Spin`]).
-struct SleeveSide {
-    batch: RecvBatch,
-    rx: Receiver,
-}
-
-impl Default for SleeveSide {
-    fn default() -> Self {
-        SleeveSide { batch: RecvBatch::new(UDP_BATCH), rx: Receiver::default() }
-    }
-}
-
-impl SleeveSide {
-    /// Receives the messages ready on the socket (up to a batch, without waiting), handles them
-    /// and flushes what they relay; then, if frames went to the TAP, serves the TAP (see
-    /// [`serve_tap_after_write`]). Returns how many messages were received.
-    fn serve(&mut self, sh: &Shared) -> std::io::Result<usize> {
-        let SleeveSide { batch, rx } = self;
-        let n = sh.sock.recv_ready(batch)?;
-        if n == 0 {
-            return Ok(0);
-        }
-        let now = Instant::now();
-        let routes = sh.routes.load_full();
-        let tap = sh.tap.load_full();
-        for i in 0..n {
-            let (src, data, stride) = batch.get_mut(i);
-            receive_message(sh, rx, &routes, &tap, now, src, data, stride);
-        }
-        // Relayed frames leave packed, as the TAP thread's do.
-        rx.sender.flush(now, &mut Net { sh, now });
-        if !rx.learning.is_empty() {
-            sh.switch().learn_from_peers(now, &mut rx.learning);
-        }
-        if rx.to_tap > 0 {
-            rx.to_tap = 0;
-            serve_tap_after_write(sh, &tap);
-        }
-        Ok(n)
-    }
-}
-
 fn sleeve_thread(sh: &Shared) {
-    let mut spin = Spin::default();
-    let mut spinning = false;
+    let mut batch = RecvBatch::new(UDP_BATCH);
+    let mut rx = Receiver::default();
     let mut next_timers = Instant::now();
     let mut next_aging = Instant::now() + AGING_TICK;
     while !sh.stop.load(Ordering::Relaxed) {
-        if spinning {
-            spinning = spin.once(sh);
-        } else {
-            let r = match sh.sock.wait_readable() {
-                Ok(true) => sh.sleeve_side().serve(sh),
-                Ok(false) => Ok(0),
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(n) => spinning = n > 0,
-                Err(e) => {
-                    tracing::debug!("sleeve receive: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+        let n = match sh.sock.recv(&mut batch) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("sleeve receive: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                0
+            }
+        };
+        let now = Instant::now();
+        if n > 0 {
+            let routes = sh.routes.load_full();
+            let tap = sh.tap.load_full();
+            for i in 0..n {
+                let (src, data, stride) = batch.get_mut(i);
+                receive_message(sh, &mut rx, &routes, &tap, now, src, data, stride);
+            }
+            // Relayed frames leave packed, as the TAP thread's do.
+            rx.sender.flush(now, &mut Net { sh, now });
+            if !rx.learning.is_empty() {
+                sh.switch().learn_from_peers(now, &mut rx.learning);
+            }
+            if rx.to_tap > 0 {
+                rx.to_tap = 0;
+                serve_tap_after_write(sh, &tap);
             }
         }
-        let now = Instant::now();
         if now >= next_timers {
             next_timers = now + TIMER_TICK;
-            let mut side = sh.sleeve_side();
             for link in sh.links.all() {
-                link_timers(sh, &mut side.rx.sender, now, &link);
+                link_timers(sh, &mut rx.sender, now, &link);
             }
         }
         if now >= next_aging {
@@ -688,44 +537,5 @@ fn deliver(sh: &Shared, sender: &mut Sender, learning: &mut PeerLearning, routes
             inc(&sh.stats.drop_io);
             false
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_spin_grows_to_fit_the_work_it_finds_and_shrinks_to_nothing_then_probes_once_a_second() {
-        let t0 = Instant::now();
-        let mut spin = Spin { budget: MAX_SPIN, last_probe: t0 };
-        assert_eq!(spin.budget(t0), Some(MAX_SPIN));
-        // Fruitless spins halve the budget down to nothing.
-        spin.missed();
-        assert_eq!(spin.budget(t0), Some(MAX_SPIN / 2));
-        for _ in 0..10 {
-            spin.missed();
-        }
-        assert_eq!(spin.budget(t0), None, "no spin after fruitless ones");
-        assert_eq!(spin.budget(t0 + SPIN_PROBE / 2), None);
-        // Once a probe period has passed, one spin as long as the longest.
-        assert_eq!(spin.budget(t0 + SPIN_PROBE), Some(MAX_SPIN));
-        assert_eq!(spin.budget(t0 + SPIN_PROBE), None, "one probe per period");
-        // Work found after 40 µs: three times that, never less than the budget, never more
-        // than the longest.
-        spin.found(Duration::from_micros(40));
-        assert_eq!(spin.budget(t0), Some(Duration::from_micros(120)));
-        spin.found(Duration::from_micros(10));
-        assert_eq!(spin.budget(t0), Some(Duration::from_micros(120)));
-        spin.found(Duration::from_micros(200));
-        assert_eq!(spin.budget(t0), Some(MAX_SPIN));
-        // A request-reply rhythm (one success, one miss per round) keeps the budget above the
-        // reply's delay.
-        let mut spin = Spin { budget: MAX_SPIN, last_probe: t0 };
-        for _ in 0..20 {
-            spin.found(Duration::from_micros(60));
-            spin.missed();
-        }
-        assert!(spin.budget(t0).is_some_and(|b| b >= Duration::from_micros(60)));
     }
 }
