@@ -149,6 +149,9 @@ pub struct Rtt {
     pub received: u32,
     /// Mean round-trip time of the replies.
     pub avg: Duration,
+    /// Median round-trip time of the replies (nearest rank): unlike the mean, not swayed by a
+    /// few replies delayed by other work on the machine.
+    pub p50: Duration,
     /// 99th percentile round-trip time of the replies (nearest rank).
     pub p99: Duration,
 }
@@ -183,13 +186,14 @@ impl TestBed {
             return Err(format!("ping {addr}: no replies"));
         }
         times.sort_by(f64::total_cmp);
-        let rank = ((times.len() as f64 * 0.99).ceil() as usize).clamp(1, times.len());
+        let rank = |q: f64| ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len());
         let ms = |x: f64| Duration::from_secs_f64(x / 1000.0);
         Ok(Rtt {
             sent: count,
             received: times.len() as u32,
             avg: ms(times.iter().sum::<f64>() / times.len() as f64),
-            p99: ms(times[rank - 1]),
+            p50: ms(times[rank(0.5) - 1]),
+            p99: ms(times[rank(0.99) - 1]),
         })
     }
 }

@@ -13,10 +13,12 @@
 //! Usage, as root: `benches/e2e.sh [SECONDS]` (builds the release binaries and runs this one).
 //! Per path: TCP with one stream and with 4 parallel streams; UDP packet rate with 1348-byte and
 //! 64-byte payloads offered as fast as the sender can (`iperf3 -u -b 0`: packets per second
-//! received, and loss); ping round-trip time (200 echoes 10 ms apart, mean and 99th percentile).
+//! received, and loss); ping round-trip time (200 echoes 10 ms apart, mean, median and 99th
+//! percentile).
 //! Each iperf3 run lasts SECONDS (default 5). Around each run: the machine's CPU use from
 //! `/proc/stat` (all processes, so other work on the machine counts too) and, on weft's paths,
-//! each router's from `/proc/PID/stat`.
+//! each router's from `/proc/PID/stat`. On weft's paths, last, the routers' CPU over 10 s
+//! without traffic and over 10 s of one ping a second (what the data plane costs when idle).
 //!
 //! Environment: `WEFT_E2E_ONLY=fastpath` (or any comma-separated list of `veth`, `encrypted`,
 //! `sleeve`, `fastpath`) measures only those paths and kernel VXLAN, the baseline;
@@ -28,6 +30,8 @@
 //! the baseline's hosts a masquerade table like weft's, so that connection tracking weighs on
 //! kernel VXLAN as it does on weft's paths;
 //! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft;
+//! `WEFT_E2E_QUICK=1` measures per path only single-stream TCP, the ping RTT and the idle CPU
+//! (for latency work: several runs in the time of one);
 //! `WEFT_E2E_PERF_DIR=DIR` records `perf` samples of each router during the encrypted
 //! single-stream TCP run (`perf record -e cpu-clock --call-graph dwarf`: this VM has no hardware
 //! counters) into `DIR/sender.data` (the client's host: its `weft-tap` thread carries the data
@@ -50,6 +54,8 @@ use weft_testbed::{NodeId, Rtt, TestBed, Throughput, UdpRate, iperf3_tcp, iperf3
 const UDP_PAYLOADS: [usize; 2] = [1348, 64];
 const PINGS: u32 = 200;
 const PING_INTERVAL: Duration = Duration::from_millis(10);
+/// How long the routers' CPU is measured without traffic, and with one ping a second.
+const IDLE: Duration = Duration::from_secs(10);
 /// The pods' MTU on every path unless `WEFT_E2E_MTU` says otherwise: weft's default.
 const POD_MTU: u32 = 1376;
 /// How long the fast path may take to become established and programmed.
@@ -129,9 +135,19 @@ struct Cpu {
 struct PathResult {
     label: &'static str,
     tcp1: (Throughput, Cpu),
-    tcp4: (Throughput, Cpu),
+    /// Not measured with `WEFT_E2E_QUICK`.
+    tcp4: Option<(Throughput, Cpu)>,
+    /// One per [`UDP_PAYLOADS`]; none with `WEFT_E2E_QUICK`.
     udp: Vec<(UdpRate, Cpu)>,
     rtt: Rtt,
+    /// The sleeps (voluntary context switches) of the routers' data plane threads (`weft-tap`,
+    /// `weft-sleeve`; A+B) per echo of the RTT run (weft's paths): the wake-ups a round trip
+    /// costs, their 100 ms poll timeouts and heartbeats included (about 0.2 per echo). A thread
+    /// woken for a frame another thread took meanwhile counts too: this shows the wake-ups, not
+    /// which of them the round trip waited for.
+    wakeups: Option<f64>,
+    /// The routers' CPU (cores, A+B) without traffic and with one ping a second (weft's paths).
+    idle: Option<(f64, f64)>,
 }
 
 /// Runs `f`, measuring the machine's and `pids`' CPU use over it.
@@ -145,6 +161,23 @@ fn with_cpu<T>(pids: &[u32], f: impl FnOnce() -> Result<T, String>) -> Result<(T
     let p1 = pids.iter().map(|&p| cpu_time(p)).collect::<Result<Vec<_>, _>>()?;
     let routers = (pids.len() == 2).then(|| [0, 1].map(|i| (p1[i] - p0[i]).as_secs_f64() / wall));
     Ok((out, Cpu { machine: m1.busy_cores_since(&m0), routers }))
+}
+
+/// How often the data plane threads (`weft-tap`, `weft-sleeve`) of process `pid` have gone to
+/// sleep (voluntary context switches).
+fn sleeps(pid: u32) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for task in std::fs::read_dir(&dir).map_err(|e| format!("read {dir}: {e}"))? {
+        let path = task.map_err(|e| format!("read {dir}: {e}"))?.path().join("status");
+        // A thread that ended meanwhile has no status any more: it sleeps no more either.
+        let Ok(status) = std::fs::read_to_string(&path) else { continue };
+        if !status.lines().any(|l| l.strip_prefix("Name:").is_some_and(|n| matches!(n.trim(), "weft-tap" | "weft-sleeve"))) {
+            continue;
+        }
+        total += status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| format!("{}: no voluntary_ctxt_switches", path.display()))?;
+    }
+    Ok(total)
 }
 
 /// Single-stream TCP, with `perf` recording `pids` meanwhile when asked.
@@ -161,14 +194,29 @@ fn tcp1_profiled(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr:
 #[allow(clippy::too_many_arguments)]
 fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeId, server_addr: Ipv4Addr, d: Duration, pids: &[u32], perf: Option<&Profile>) -> Result<PathResult, String> {
     eprintln!("e2e: {label} ...");
+    let quick = std::env::var_os("WEFT_E2E_QUICK").is_some();
     let tcp1 = with_cpu(pids, || tcp1_profiled(bed, server, client, server_addr, d, pids, perf))?;
-    let tcp4 = with_cpu(pids, || iperf3_tcp(bed, server, client, server_addr, d, 4))?;
+    let tcp4 = if quick { None } else { Some(with_cpu(pids, || iperf3_tcp(bed, server, client, server_addr, d, 4))?) };
     let mut udp = Vec::new();
-    for payload in UDP_PAYLOADS {
-        udp.push(with_cpu(pids, || iperf3_udp(bed, server, client, server_addr, d, payload, "0"))?);
+    for payload in UDP_PAYLOADS.iter().filter(|_| !quick) {
+        udp.push(with_cpu(pids, || iperf3_udp(bed, server, client, server_addr, d, *payload, "0"))?);
     }
+    let w0 = pids.iter().map(|&p| sleeps(p)).sum::<Result<u64, String>>()?;
     let rtt = bed.ping_rtt(client, server_addr, PINGS, PING_INTERVAL)?;
-    Ok(PathResult { label, tcp1, tcp4, udp, rtt })
+    let w1 = pids.iter().map(|&p| sleeps(p)).sum::<Result<u64, String>>()?;
+    let wakeups = (pids.len() == 2).then(|| w1.saturating_sub(w0) as f64 / f64::from(PINGS));
+    let idle = if pids.len() == 2 {
+        let both = |c: Cpu| c.routers.map_or(0.0, |[a, b]| a + b);
+        let (_, still) = with_cpu(pids, || {
+            std::thread::sleep(IDLE);
+            Ok(())
+        })?;
+        let (_, pinged) = with_cpu(pids, || bed.ping_rtt(client, server_addr, IDLE.as_secs() as u32, Duration::from_secs(1)))?;
+        Some((both(still), both(pinged)))
+    } else {
+        None
+    };
+    Ok(PathResult { label, tcp1, tcp4, udp, rtt, wakeups, idle })
 }
 
 fn run(d: Duration) -> Result<(), String> {
@@ -281,6 +329,9 @@ fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str)
     }
     s.push('\n');
     let mut row = |name: &str, ratio: bool, f: &dyn Fn(&PathResult) -> Option<f64>, fmt: &dyn Fn(f64) -> String| {
+        if rs.iter().all(|r| f(r).is_none()) {
+            return; // not measured in this run (WEFT_E2E_QUICK)
+        }
         let _ = write!(s, "{name:<34}");
         let base = f(&rs[vx]);
         for r in rs {
@@ -299,21 +350,26 @@ fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str)
     let kpps = |x: f64| format!("{:.1}", x / 1e3);
     let us = |x: f64| format!("{x:.0}");
     for (name, pick) in [("TCP, 1 stream", 0usize), ("TCP, 4 streams", 1)] {
-        let get = move |r: &PathResult| if pick == 0 { r.tcp1 } else { r.tcp4 };
-        row(&format!("{name}: Gbit/s"), true, &|r| Some(get(r).0.bits_per_second), &gbps);
-        row("  retransmits", false, &|r| Some(get(r).0.retransmits as f64), &|x| format!("{x:.0}"));
-        row("  routers' CPU, cores (A+B)", true, &|r| get(r).1.routers.map(|c| c[0] + c[1]), &cores);
-        row("  machine CPU, cores per Gbit/s", true, &|r| Some(get(r).1.machine / (get(r).0.bits_per_second / 1e9)), &cores);
+        let get = move |r: &PathResult| if pick == 0 { Some(r.tcp1) } else { r.tcp4 };
+        row(&format!("{name}: Gbit/s"), true, &|r| get(r).map(|t| t.0.bits_per_second), &gbps);
+        row("  retransmits", false, &|r| get(r).map(|t| t.0.retransmits as f64), &|x| format!("{x:.0}"));
+        row("  routers' CPU, cores (A+B)", true, &|r| get(r).and_then(|t| t.1.routers).map(|c| c[0] + c[1]), &cores);
+        row("  machine CPU, cores per Gbit/s", true, &|r| get(r).map(|t| t.1.machine / (t.0.bits_per_second / 1e9)), &cores);
     }
     for (i, payload) in UDP_PAYLOADS.iter().enumerate() {
-        row(&format!("UDP {payload} B, -b 0: kpackets/s"), true, &|r| Some(r.udp[i].0.packets_per_second), &kpps);
-        row("  loss", false, &|r| Some(r.udp[i].0.loss_percent), &pct);
-        row("  routers' CPU, cores (A+B)", true, &|r| r.udp[i].1.routers.map(|c| c[0] + c[1]), &cores);
-        row("  machine CPU, cores per Gbit/s", true, &|r| Some(r.udp[i].1.machine / (r.udp[i].0.bits_per_second / 1e9)), &cores);
+        row(&format!("UDP {payload} B, -b 0: kpackets/s"), true, &|r| r.udp.get(i).map(|u| u.0.packets_per_second), &kpps);
+        row("  loss", false, &|r| r.udp.get(i).map(|u| u.0.loss_percent), &pct);
+        row("  routers' CPU, cores (A+B)", true, &|r| r.udp.get(i).and_then(|u| u.1.routers).map(|c| c[0] + c[1]), &cores);
+        row("  machine CPU, cores per Gbit/s", true, &|r| r.udp.get(i).map(|u| u.1.machine / (u.0.bits_per_second / 1e9)), &cores);
     }
     row(&format!("ping RTT ({PINGS} x {} ms): avg µs", PING_INTERVAL.as_millis()), true, &|r| Some(r.rtt.avg.as_secs_f64() * 1e6), &us);
+    row("  median µs", true, &|r| Some(r.rtt.p50.as_secs_f64() * 1e6), &us);
     row("  p99 µs", true, &|r| Some(r.rtt.p99.as_secs_f64() * 1e6), &us);
+    row("  data plane sleeps per echo (A+B)", false, &|r| r.wakeups, &|x| format!("{x:.2}"));
     row("  replies", false, &|r| Some(f64::from(r.rtt.received)), &|x| format!("{x:.0}/{PINGS}"));
+    let idle_s = IDLE.as_secs();
+    row(&format!("routers idle {idle_s} s: % of a core"), false, &|r| r.idle.map(|i| i.0 * 100.0), &|x| format!("{x:.2}%"));
+    row(&format!("  with 1 ping/s for {idle_s} s"), false, &|r| r.idle.map(|i| i.1 * 100.0), &|x| format!("{x:.2}%"));
     s
 }
 

@@ -9,9 +9,10 @@
 //! - [`links`]: the sleeve link to each connected peer (session, address, reassembly, health);
 //! - [`sleeve`]: sealing and sending frames (whole or fragmented), walking opened bodies.
 //!
-//! Two threads per queue, one reader each: a queue ([`Queue`]) is a queue of the multi-queue
-//! TAP and a socket of the sleeve port's `SO_REUSEPORT` group (`--dataplane-threads N`; one by
-//! default on small hosts, and then the single-queue TAP and one exclusive socket). The *TAP thread* reads a batch from `weft-tap`, asks the
+//! Two threads per queue, each side of a queue read by one thread at a time (see below): a
+//! queue ([`Queue`]) is a queue of the multi-queue TAP and a socket of the sleeve port's
+//! `SO_REUSEPORT` group (`--dataplane-threads N`; one by default on small hosts, and then the
+//! single-queue TAP and one exclusive socket). The *TAP thread* reads a batch from `weft-tap`, asks the
 //! [`Switch`] where each frame goes under one lock for the whole batch, finds the next hops in
 //! the lock-free routes and queues each frame for its next hop's link; at the end of the batch
 //! each link's frames leave packed into datagrams (several small frames per datagram), sealed
@@ -42,6 +43,15 @@
 //! Route and link tables are `arc-swap` snapshots; a link's receive time and address are
 //! atomics; its health lock (heartbeats, path MTU) is taken by timers, control records, status
 //! and, on the TAP thread, only for a frame too large for its path.
+//!
+//! Fewer hand-offs per round trip: each queue's TAP side (buffers, verdicts and sender,
+//! `TapSide`) sits behind a lock either thread may take: the queue's TAP thread when `poll`
+//! wakes it, a sleeve thread (without waiting, `try_lock`) right after it wrote frames to that
+//! TAP queue. The answers
+//! those frames draw (a pod's reply: the bridge, the veth and the pod's stack run in the writing
+//! system call) are usually queued on the TAP by then, and leave without waiting for the TAP
+//! thread (the kernel still wakes it; it finds nothing left to read). Frames are read and sent
+//! on (flushed) under the lock, so they keep their order.
 
 pub mod ethernet;
 pub mod forward;
@@ -85,12 +95,14 @@ pub struct Queue {
     pub tap: ArcSwap<TapIo>,
     /// The sleeve socket (one of the group on the sleeve port).
     pub sock: SleeveSocket,
+    /// The TAP side's buffers and sender: whichever thread holds it serves this TAP queue.
+    tap_side: Mutex<TapSide>,
 }
 
 impl Queue {
     /// A queue of `sock` and `tap`.
     pub fn new(sock: SleeveSocket, tap: TapIo) -> Queue {
-        Queue { tap: ArcSwap::from_pointee(tap), sock }
+        Queue { tap: ArcSwap::from_pointee(tap), sock, tap_side: Mutex::new(TapSide::default()) }
     }
 }
 
@@ -146,6 +158,7 @@ struct Lane<'a> {
     shared: &'a Shared,
     tap: &'a ArcSwap<TapIo>,
     sock: &'a SleeveSocket,
+    tap_side: &'a Mutex<TapSide>,
     timers: bool,
 }
 
@@ -153,7 +166,7 @@ impl<'a> Lane<'a> {
     /// `q` is below `shared.queues.len()` ([`Dataplane::start`] spawns one lane per queue).
     fn new(shared: &'a Shared, q: usize) -> Lane<'a> {
         let queue = &shared.queues[q];
-        Lane { shared, tap: &queue.tap, sock: &queue.sock, timers: q == 0 }
+        Lane { shared, tap: &queue.tap, sock: &queue.sock, tap_side: &queue.tap_side, timers: q == 0 }
     }
 }
 
@@ -162,6 +175,12 @@ impl Deref for Lane<'_> {
 
     fn deref(&self) -> &Shared {
         self.shared
+    }
+}
+
+impl Lane<'_> {
+    fn tap_side(&self) -> std::sync::MutexGuard<'_, TapSide> {
+        self.tap_side.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -218,24 +237,31 @@ impl Dataplane {
     }
 }
 
-fn tap_thread(sh: &Shared, q: usize) {
-    let sh = &Lane::new(sh, q);
-    let mut bufs: Vec<FrameBuf> = (0..TAP_BATCH).map(|_| FrameBuf::default()).collect();
-    let mut verdicts = [Verdict::Local; TAP_BATCH];
-    let mut sender = Sender::default();
-    let mut reply = [0u8; 1400];
-    while !sh.stop.load(Ordering::Relaxed) {
-        let tap = sh.tap.load_full();
-        let n = match tap.read_batch(&mut bufs, Duration::from_millis(100)) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!("TAP read: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
+/// The TAP side's state, allocated once: the frame buffers, their verdicts, the sender and
+/// the buffer for "too big" answers. It sits behind `Shared::tap_side`'s lock so that either
+/// thread may serve the TAP (see the module's documentation); frames read under the lock leave
+/// (flushed) under it too, so they keep their order.
+struct TapSide {
+    bufs: Vec<FrameBuf>,
+    verdicts: [Verdict; TAP_BATCH],
+    sender: Sender,
+    reply: [u8; 1400],
+}
+
+impl Default for TapSide {
+    fn default() -> Self {
+        TapSide { bufs: (0..TAP_BATCH).map(|_| FrameBuf::default()).collect(), verdicts: [Verdict::Local; TAP_BATCH], sender: Sender::default(), reply: [0u8; 1400] }
+    }
+}
+
+impl TapSide {
+    /// Reads the frames ready on `tap` (up to a batch, without waiting) and sends each to its
+    /// next hops, flushed before it returns; returns how many frames were read.
+    fn serve(&mut self, sh: &Lane<'_>, tap: &TapIo) -> std::io::Result<usize> {
+        let TapSide { bufs, verdicts, sender, reply } = self;
+        let n = tap.read_ready(bufs)?;
         if n == 0 {
-            continue;
+            return Ok(0);
         }
         let now = Instant::now();
         sh.stats.tap_frames_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -246,7 +272,7 @@ fn tap_thread(sh: &Shared, q: usize) {
             }
         }
         let routes = sh.routes.load();
-        for (b, v) in bufs[..n].iter().zip(verdicts) {
+        for (b, &v) in bufs[..n].iter().zip(verdicts.iter()) {
             let packet = b.packet();
             let Ok(h) = vnet::parse(packet) else { continue };
             let vh = (h != vnet::Header::default()).then_some(h);
@@ -269,17 +295,50 @@ fn tap_thread(sh: &Shared, q: usize) {
                 && let mtu = ip_mtu(&link)
                 && frame.len() - ethernet::HEADER_LEN > usize::from(mtu)
                 && !link.health().pmtu.is_searching()
-                && let Some(n) = icmp::too_big_reply(frame, mtu, &mut reply)
+                && let Some(n) = icmp::too_big_reply(frame, mtu, reply)
             {
                 inc(&sh.stats.drop_too_big);
                 let _ = tap.write_frame(&[0u8; vnet::LEN], &reply[..n]);
                 continue;
             }
             for (hop, envelope) in plan.onward.sends() {
-                send(sh, &mut sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
+                send(sh, sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
             }
         }
         sender.flush(now, &mut Net { sh, now });
+        Ok(n)
+    }
+}
+
+/// Serves the TAP from the sleeve thread, which just wrote frames to it, if the TAP thread is
+/// not serving it already: the answers those frames draw (bridge, veth and the pod's stack run
+/// in the writer's system call) are often queued by now, and leave without waiting for the
+/// TAP thread to be scheduled.
+fn serve_tap_after_write(sh: &Lane<'_>) {
+    let tap = sh.tap.load_full();
+    let mut side = match sh.tap_side.try_lock() {
+        Ok(side) => side,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if let Err(e) = side.serve(sh, &tap) {
+        tracing::debug!("TAP read: {e}");
+    }
+}
+
+fn tap_thread(sh: &Shared, q: usize) {
+    let sh = &Lane::new(sh, q);
+    while !sh.stop.load(Ordering::Relaxed) {
+        let tap = sh.tap.load_full();
+        let r = match tap.wait_readable(Duration::from_millis(100)) {
+            Ok(false) => continue,
+            Ok(true) => sh.tap_side().serve(sh, &tap),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::debug!("TAP read: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -364,6 +423,9 @@ struct Receiver {
     sender: Sender,
     opened: Vec<Range<usize>>,
     learning: PeerLearning,
+    /// The queues whose TAP the batch at hand wrote frames to (bit Q: queue Q; at most 64
+    /// queues).
+    to_tap: u64,
 }
 
 fn sleeve_thread(sh: &Shared, q: usize) {
@@ -393,6 +455,12 @@ fn sleeve_thread(sh: &Shared, q: usize) {
             rx.sender.flush(now, &mut Net { sh, now });
             if !rx.learning.is_empty() {
                 sh.switch().learn_from_peers(now, &mut rx.learning);
+            }
+            let mut written = std::mem::take(&mut rx.to_tap);
+            while written != 0 {
+                let q = written.trailing_zeros() as usize;
+                written &= written - 1;
+                serve_tap_after_write(&Lane::new(sh.shared, q));
             }
         }
         if sh.timers && now >= next_timers {
@@ -503,14 +571,16 @@ fn receive_message(sh: &Lane<'_>, rx: &mut Receiver, routes: &Routes, tap: &TapI
         }
         link.stats.datagrams_in.fetch_add(rx.opened.len() as u64, Ordering::Relaxed);
         // Walk what opened.
-        let Receiver { sender, opened, learning } = rx;
+        let Receiver { sender, opened, learning, to_tap } = rx;
         let mut reasm = LazyReasm::new(&link);
         for body in opened.iter() {
             sleeve::for_each_record(now, &data[body.clone()], &mut reasm, &sh.stats, |item| match item {
                 Received::Frame(f) => {
                     link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                     link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
-                    deliver(sh, sender, learning, routes, tap, now, link.peer, &f)
+                    if let Some(q) = deliver(sh, sender, learning, routes, tap, now, link.peer, &f) {
+                        *to_tap |= 1 << q;
+                    }
                 }
                 Received::Control(payload) => on_control(sh, sender, now, &link, payload),
             });
@@ -519,39 +589,46 @@ fn receive_message(sh: &Lane<'_>, rx: &mut Receiver, routes: &Routes, tap: &TapI
 }
 
 /// A frame from neighbour `from`: relay it on, and deliver it to the bridge when it is for this
-/// host.
+/// host; returns the queue whose TAP it was written to.
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) {
+fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) -> Option<usize> {
     let plan = forward::from_peer(sh.me, from, f.envelope, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
-        return;
+        return None;
     }
     for (hop, envelope) in plan.onward.sends() {
         inc(&sh.stats.relayed);
         send(sh, sender, now, hop, &FrameRepr { envelope, ..*f });
     }
     if !plan.local {
-        return;
+        return None;
     }
     if learning.from_peer(PeerName(f.envelope.src), f.frame) != Verdict::Local {
         inc(&sh.stats.drop_switch);
-        return;
+        return None;
     }
     let mut hdr = [0u8; vnet::LEN];
     vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
     // With several queues, the flow's TAP queue: its frames back are read there (see the
     // module doc).
     let flow_tap;
-    let tap = match sh.queues.len() {
-        1 => tap,
+    let (q, tap) = match sh.queues.len() {
+        1 => (0, tap),
         n => {
-            flow_tap = sh.queues[tapio::queue_of(f.frame, n)].tap.load();
-            &**flow_tap
+            let q = tapio::queue_of(f.frame, n);
+            flow_tap = sh.queues[q].tap.load();
+            (q, &**flow_tap)
         }
     };
     match tap.write_frame(&hdr, f.frame) {
-        Ok(true) => inc(&sh.stats.tap_frames_out),
-        Ok(false) | Err(_) => inc(&sh.stats.drop_io),
+        Ok(true) => {
+            inc(&sh.stats.tap_frames_out);
+            Some(q)
+        }
+        Ok(false) | Err(_) => {
+            inc(&sh.stats.drop_io);
+            None
+        }
     }
 }

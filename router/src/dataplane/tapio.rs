@@ -68,14 +68,27 @@ impl TapIo {
     /// Waits up to `timeout` for frames, then reads as many as are ready into `bufs`; returns how
     /// many buffers were filled (0 on timeout).
     pub fn read_batch(&self, bufs: &mut [FrameBuf], timeout: Duration) -> io::Result<usize> {
+        if !self.wait_readable(timeout)? {
+            return Ok(0);
+        }
+        self.read_ready(bufs)
+    }
+
+    /// Waits up to `timeout` for a frame to read; true if one is ready (false on timeout or a
+    /// signal).
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
         let mut fds = [PollFd::new(self.tap.as_fd(), PollFlags::POLLIN)];
         let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, t) {
-            Ok(0) => return Ok(0),
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => return Ok(0),
-            Err(e) => return Err(e.into()),
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Reads the frames that are ready into `bufs`, without waiting; returns how many buffers
+    /// were filled (0 if none was ready).
+    pub fn read_ready(&self, bufs: &mut [FrameBuf]) -> io::Result<usize> {
         let mut n = 0;
         while n < bufs.len() {
             let b = &mut bufs[n];
