@@ -12,6 +12,13 @@
 //! ([`super::PersistentIpam`] does this). Messages must be handed to [`Ipam::handle`] with
 //! `from` set to the peer that produced them (the originator, even when the mesh relayed them):
 //! a ring counts as that peer's acknowledgement of a reclaim, and of a hand-over.
+//!
+//! Gossip: a change of the ring goes to every peer at once. Without changes, every
+//! [`Config::gossip_interval`] the ring goes to [`Config::gossip_fanout`] peers only, in turn
+//! (the peers this core has heard from or finds in the ring, in name order, starting after
+//! itself), so each peer receives about `gossip_fanout` rings per interval whatever the cluster
+//! size: the ring grows with the number of peers, and sending it to all of them every interval
+//! made the idle traffic between two routers grow with the cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -46,6 +53,10 @@ pub enum Bootstrap {
     },
 }
 
+/// The most peers [`Ipam`] remembers having heard from (for whom the periodic gossip may go
+/// to); more than any cluster has.
+pub const MAX_HEARD: usize = 1 << 16;
+
 /// Configuration of a peer's IPAM core.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -55,6 +66,9 @@ pub struct Config {
     pub bootstrap: Bootstrap,
     /// How often the ring (or a proposal) is gossiped even without changes.
     pub gossip_interval: Duration,
+    /// To how many peers the ring goes every `gossip_interval` without changes (a proposal,
+    /// before there is a ring, goes to all).
+    pub gossip_fanout: usize,
     /// How long to wait for a donate reply before asking another peer.
     pub donate_timeout: Duration,
     /// How often a hand-over is sent again until the receiver acknowledges it.
@@ -62,13 +76,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults (range 10.32.0.0/12, gossip every 5 s, donate timeout 2 s, hand-over sent
-    /// again every second) with `bootstrap`.
+    /// Defaults (range 10.32.0.0/12, gossip every 5 s to 2 peers, donate timeout 2 s,
+    /// hand-over sent again every second) with `bootstrap`.
     pub fn new(bootstrap: Bootstrap) -> Config {
         Config {
             range: Cidr::DEFAULT,
             bootstrap,
             gossip_interval: Duration::from_secs(5),
+            gossip_fanout: 2,
             donate_timeout: Duration::from_secs(2),
             handover_retry: Duration::from_secs(1),
         }
@@ -359,10 +374,17 @@ pub struct Ipam {
     usable: Vec<Span>,
     proposers: BTreeSet<PeerName>,
     known: BTreeSet<PeerName>,
+    /// Peers a message came from (at most [`MAX_HEARD`]): with the ring's owners, whom the
+    /// periodic gossip goes to.
+    heard: BTreeSet<PeerName>,
     donation: Donation,
     handing_over: Option<HandingOver>,
     outbox: VecDeque<Transmit>,
     gossip_due: bool,
+    /// The periodic gossip (to `gossip_fanout` peers) is due.
+    periodic_due: bool,
+    /// Where the periodic gossip's turn is, counted from this peer's place in name order.
+    turn: usize,
     next_gossip: Instant,
     dirty: bool,
     cursor: u32,
@@ -427,10 +449,13 @@ impl Ipam {
             usable: Vec::new(),
             proposers: [me].into(),
             known: [me].into(),
+            heard: BTreeSet::new(),
             donation: Donation::default(),
             handing_over: None,
             outbox: VecDeque::new(),
             gossip_due: true,
+            periodic_due: false,
+            turn: 0,
             dirty,
             cursor: 0,
             left: state.left,
@@ -784,6 +809,9 @@ impl Ipam {
                 return Err(HandleError::Malformed { from, source });
             }
         };
+        if self.heard.len() < MAX_HEARD {
+            self.heard.insert(from);
+        }
         match msg {
             Message::Gossip(ring) => self.merge_from(now, from, &ring)?,
             Message::HandOver(ring) => {
@@ -820,8 +848,15 @@ impl Ipam {
 
     /// The next message to send, if any. Persist first if [`Ipam::take_dirty`] says so.
     pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
-        if self.gossip_due {
+        if self.periodic_due && !self.gossip_due && !self.ring.is_empty() {
+            self.periodic_due = false;
+            for p in self.periodic_targets() {
+                self.push(Destination::Peer(p), Message::Gossip(self.ring.clone()));
+            }
+        }
+        if self.gossip_due || self.periodic_due {
             self.gossip_due = false;
+            self.periodic_due = false;
             if !self.ring.is_empty() {
                 self.push(Destination::All, Message::Gossip(self.ring.clone()));
             } else if matches!(self.config.bootstrap, Bootstrap::Consensus { .. }) && !self.left {
@@ -858,7 +893,7 @@ impl Ipam {
             self.push(Destination::Peer(to), Message::HandOver(self.ring.clone()));
         }
         if now >= self.next_gossip {
-            self.gossip_due = true;
+            self.periodic_due = true;
             self.next_gossip = now + self.config.gossip_interval;
         }
         if let Some((p, t)) = self.donation.asked
@@ -871,6 +906,23 @@ impl Ipam {
             self.donation.retry_at = None;
         }
         self.check_space(now);
+    }
+
+    /// The next [`Config::gossip_fanout`] peers in turn for the periodic gossip: those heard
+    /// from and the ring's owners, in name order from this peer's place, without this peer
+    /// and removed peers (all of them when they are no more than the fanout).
+    fn periodic_targets(&mut self) -> Vec<PeerName> {
+        let mut all: BTreeSet<PeerName> = self.heard.iter().copied().chain(self.ring.shares().into_keys()).collect();
+        all.remove(&self.me);
+        all.retain(|p| !self.ring.removed().contains(p));
+        let all: Vec<PeerName> = all.into_iter().collect();
+        let n = all.len();
+        if n <= self.config.gossip_fanout {
+            return all;
+        }
+        let start = all.partition_point(|p| *p < self.me) + self.turn;
+        self.turn = (self.turn + self.config.gossip_fanout) % n;
+        (0..self.config.gossip_fanout).map(|i| all[(start + i) % n]).collect()
     }
 
     fn push(&mut self, to: Destination, msg: Message) {
@@ -1477,8 +1529,38 @@ mod tests {
         a.handle(later, p(2), &answers[1].payload).unwrap();
         assert_eq!(a.hand_over(), Some(HandOver::Acknowledged(p(2))));
         a.handle_timeout(later + retry * 10);
-        assert!(std::iter::from_fn(|| a.poll_transmit(later + retry * 10)).all(|t| t.to != Destination::Peer(p(2))));
+        // The periodic gossip may go to b by now; the hand-over does not.
+        assert!(std::iter::from_fn(|| a.poll_transmit(later + retry * 10)).all(|t| !matches!(Message::parse(&t.payload), Ok(Message::HandOver(_)))));
         assert_eq!(a.poll_timeout(), Some(later + retry * 10 + a.config.gossip_interval), "only the gossip timer is left");
+    }
+
+    #[test]
+    fn without_changes_the_ring_goes_to_two_peers_in_turn_and_each_gets_as_many() {
+        let names: Vec<u64> = (1..=10).collect();
+        let mut cores: Vec<Ipam> = names.iter().map(|&n| seeded(n, &names[1..], "10.0.0.0/16")).collect();
+        let t0 = Instant::now();
+        for c in &mut cores {
+            while c.poll_transmit(t0).is_some() {}
+        }
+        let mut received = BTreeMap::<PeerName, usize>::new();
+        let interval = cores[0].config.gossip_interval;
+        let rounds = 9;
+        for r in 1..=rounds {
+            let now = t0 + interval * r;
+            for c in &mut cores {
+                c.handle_timeout(now);
+                let sent: Vec<Transmit> = std::iter::from_fn(|| c.poll_transmit(now)).collect();
+                assert_eq!(sent.len(), 2, "two rings per interval, not one to everyone");
+                for t in sent {
+                    let Destination::Peer(to) = t.to else { panic!("periodic gossip to all") };
+                    assert_ne!(to, c.name());
+                    *received.entry(to).or_default() += 1;
+                }
+            }
+        }
+        // p(1) owns nothing and is heard from by nobody here: the other nine share the turns.
+        assert_eq!(received.values().sum::<usize>(), 2 * 10 * rounds as usize);
+        assert!(received.values().all(|&n| n >= rounds as usize), "every owner gets rings: {received:?}");
     }
 
     #[test]

@@ -223,6 +223,7 @@ impl Sim {
             range: self.cfg.range,
             bootstrap,
             gossip_interval: self.cfg.gossip_interval,
+            gossip_fanout: 2,
             donate_timeout: self.cfg.donate_timeout,
             handover_retry: self.cfg.donate_timeout,
         }
