@@ -115,13 +115,7 @@ fn routers_under_a_connection_limit_keep_the_chosen_partial_mesh_and_drop_the_re
     let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
     let run = RunDir::new(bed.id()).unwrap();
     let lan = topology::shared_segment(&mut bed, ROUTERS as u8).unwrap();
-    let macs: Vec<[u8; 6]> = (0..ROUTERS).map(|i| bed.netlink(lan.hosts[i]).link(&lan.links[i].iface).unwrap().mac.expect("a veth has a MAC")).collect();
-    for i in 0..ROUTERS {
-        for j in (0..ROUTERS).filter(|j| *j != i) {
-            let (iface, addr) = (lan.links[i].iface.clone(), lan.links[j].addr);
-            bed.netlink(lan.hosts[i]).set_neighbour(&iface, addr.into(), macs[j]).unwrap();
-        }
-    }
+    topology::static_neighbours(&mut bed, &lan).unwrap();
     let opts = RouterOptions {
         binary: weft(),
         password: Some("a-degree-test-password".into()),

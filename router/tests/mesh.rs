@@ -92,30 +92,7 @@ fn transfer(bed: &TestBed, from: NodeId, to: NodeId, to_addr: Ipv4Addr, total: u
     let listener = bed.ns(to).run(|| TcpListener::bind((to_addr, 5201))).unwrap().unwrap();
     let stream = bed.ns(from).run(|| TcpStream::connect_timeout(&SocketAddr::from((to_addr, 5201)), Duration::from_secs(10))).unwrap().unwrap();
     let t0 = Instant::now();
-    let rx = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut got = vec![0u8; 1 << 20];
-        let mut want = vec![0u8; 1 << 20];
-        let (mut seed, mut n, mut have) = (0x9e37_79b9_7f4a_7c15u64, 0u64, 0usize);
-        loop {
-            let r = s.read(&mut got[have..]).expect("the transfer stalled for 20 s");
-            if r == 0 {
-                break;
-            }
-            have += r;
-            if have == got.len() {
-                seed = pattern(seed, &mut want);
-                assert!(got == want, "bytes differ in the MB ending at {}", n + have as u64);
-                n += have as u64;
-                have = 0;
-            }
-        }
-        seed = pattern(seed, &mut want);
-        let _ = seed;
-        assert_eq!(&got[..have], &want[..have], "the last bytes differ");
-        n + have as u64
-    });
+    let rx = std::thread::spawn(move || receive_checked(listener.accept().unwrap().0));
     let mut s = stream;
     let mut buf = vec![0u8; 1 << 20];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;

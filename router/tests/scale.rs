@@ -258,15 +258,7 @@ fn scale(n: usize, release: bool) {
     let mut bed = TestBed::new().expect("namespace tests need root (CI runs as root)");
     let run = RunDir::new(bed.id()).unwrap();
     let lan = topology::shared_segment(&mut bed, n as u8).unwrap();
-    // Permanent neighbour entries for every other host: no ARP, nothing counted against the
-    // shared neighbour table's limit.
-    let macs: Vec<[u8; 6]> = (0..n).map(|i| bed.netlink(lan.hosts[i]).link(&lan.links[i].iface).unwrap().mac.expect("a veth has a MAC")).collect();
-    for i in 0..n {
-        for j in (0..n).filter(|j| *j != i) {
-            let (iface, addr) = (lan.links[i].iface.clone(), lan.links[j].addr);
-            bed.netlink(lan.hosts[i]).set_neighbour(&iface, addr.into(), macs[j]).unwrap();
-        }
-    }
+    topology::static_neighbours(&mut bed, &lan).unwrap();
     let opts = RouterOptions {
         binary,
         password: Some("a-scale-test-password".into()),

@@ -36,6 +36,23 @@ pub fn shared_segment(bed: &mut TestBed, n: u8) -> Result<SharedSegment> {
     Ok(SharedSegment { hosts, links })
 }
 
+/// Gives every host of `lan` a permanent neighbour entry for every other host: no ARP, and
+/// nothing counted against the kernel's neighbour table, which all namespaces share (capped at
+/// 1024 entries here), so many hosts fit on one segment.
+pub fn static_neighbours(bed: &mut TestBed, lan: &SharedSegment) -> Result<()> {
+    let mut macs = Vec::with_capacity(lan.hosts.len());
+    for (&h, link) in lan.hosts.iter().zip(&lan.links) {
+        let mac = bed.netlink(h).link(&link.iface)?.mac;
+        macs.push(mac.ok_or_else(|| weft_kernel::Error::TestBed(format!("{} has no MAC address", link.iface)))?);
+    }
+    for (i, (&h, link)) in lan.hosts.iter().zip(&lan.links).enumerate() {
+        for (j, other) in lan.links.iter().enumerate().filter(|(j, _)| *j != i) {
+            bed.netlink(h).set_neighbour(&link.iface, other.addr.into(), macs[j])?;
+        }
+    }
+    Ok(())
+}
+
 /// Gives each of the two hosts of `lan` a pod bridge `weft` joined to the other's by the kernel's
 /// VXLAN (device `dev` on the bridge, VNI 7, UDP 6785, learning off, every frame to the other
 /// host), with MTU `mtu`: the bare kernel path the benchmarks compare weft with.
