@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::weft;
-use weft_api::types::{Allocation, AllocateRequest, Attachment, Connection, ConnectionState, Peer, Status};
+use weft_api::types::{Connection, ConnectionState, Peer, Status};
 use weft_mesh::peer::PeerName;
 use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
 use weft_testbed::topology;
@@ -140,20 +140,7 @@ fn routers_under_a_connection_limit_keep_the_chosen_partial_mesh_and_drop_the_re
     // Pods: one per host, each pings the others (most of them through relays).
     let mut pods = Vec::new();
     for (i, r) in procs.iter().enumerate() {
-        let req = AllocateRequest { attachment: Attachment { container_id: format!("pod-h{}", i + 1), ifname: "eth0".into() } };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let alloc = loop {
-            match r.client().post::<_, Allocation>("/ipam/allocate", &req) {
-                Ok(a) if a.gateway.is_some() => break a,
-                Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                other => panic!("allocate on h{}: {other:?}", i + 1),
-            }
-        };
-        let (addr, prefix) = alloc.address.split_once('/').unwrap();
-        let addr: Ipv4Addr = addr.parse().unwrap();
-        let gw: Ipv4Addr = alloc.gateway.unwrap().parse().unwrap();
-        let pod = bed.add_pod(lan.hosts[i], &format!("h{}-pod", i + 1), "weft", "vp1", addr, prefix.parse().unwrap(), Some(gw)).unwrap();
-        bed.netlink(pod).set_mtu("eth0", alloc.mtu).unwrap();
+        let (pod, addr) = routers::add_allocated_pod(&mut bed, r, lan.hosts[i], &format!("pod-h{}", i + 1), &format!("h{}-pod", i + 1), "vp1").unwrap();
         pods.push((i, pod, addr));
     }
     let failed = ping_all(&bed, &pods);

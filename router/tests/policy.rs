@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use standin::StandIn;
-use weft_api::types::{AllocateRequest, Allocation, Attachment, Connection, PolicyStatus};
+use weft_api::types::{Connection, PolicyStatus};
 use weft_kernel::netns::NetNs;
 use weft_testbed::routers::{self, RouterOptions, RouterProc, RunDir};
 use weft_testbed::topology::SEGMENT_1;
@@ -127,22 +127,7 @@ impl Cluster {
     }
 
     fn add_pod(&mut self, host: usize, j: usize, name: &str) -> (NodeId, Ipv4Addr) {
-        let client = self.routers[host].client();
-        let req = AllocateRequest { attachment: Attachment { container_id: format!("pod-{name}"), ifname: "eth0".into() } };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let alloc = loop {
-            match client.post::<_, Allocation>("/ipam/allocate", &req) {
-                Ok(a) if a.gateway.is_some() => break a,
-                Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                other => panic!("allocate on h{}: {other:?}", host + 1),
-            }
-        };
-        let (addr, prefix) = alloc.address.split_once('/').unwrap();
-        let addr: Ipv4Addr = addr.parse().unwrap();
-        let gw: Ipv4Addr = alloc.gateway.unwrap().parse().unwrap();
-        let pod = self.bed.add_pod(self.hosts[host], name, "weft", &format!("vp{}", j + 1), addr, prefix.parse().unwrap(), Some(gw)).unwrap();
-        self.bed.netlink(pod).set_mtu("eth0", alloc.mtu).unwrap();
-        (pod, addr)
+        routers::add_allocated_pod(&mut self.bed, &self.routers[host], self.hosts[host], &format!("pod-{name}"), name, &format!("vp{}", j + 1)).unwrap()
     }
 
     fn logs(&self) -> String {

@@ -74,6 +74,31 @@ impl RouterProc {
     }
 }
 
+/// Allocates an address for `container` from `router`'s IPAM (asking again for up to 20 s,
+/// until its IPAM is ready and answers with a gateway), then adds pod `name` on `host`'s bridge
+/// `weft` with it: host end `veth`, the allocation's MTU. Returns the pod and its address.
+pub fn add_allocated_pod(bed: &mut TestBed, router: &RouterProc, host: NodeId, container: &str, name: &str, veth: &str) -> weft_kernel::Result<(NodeId, Ipv4Addr)> {
+    use weft_api::types::{AllocateRequest, Allocation, Attachment};
+    let fail = |what: String| weft_kernel::Error::TestBed(format!("pod {name}: {what}"));
+    let client = router.client();
+    let req = AllocateRequest { attachment: Attachment { container_id: container.to_owned(), ifname: "eth0".into() } };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let alloc = loop {
+        match client.post::<_, Allocation>("/ipam/allocate", &req) {
+            Ok(a) if a.gateway.is_some() => break a,
+            Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            other => return Err(fail(format!("no address with a gateway within 20 s: {other:?}"))),
+        }
+    };
+    let (addr, prefix) = alloc.address.split_once('/').ok_or_else(|| fail(format!("address {} without a prefix", alloc.address)))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|e| fail(format!("address {addr}: {e}")))?;
+    let prefix: u8 = prefix.parse().map_err(|e| fail(format!("prefix {prefix}: {e}")))?;
+    let gw: Option<Ipv4Addr> = alloc.gateway.as_deref().map(str::parse).transpose().map_err(|e| fail(format!("gateway: {e}")))?;
+    let pod = bed.add_pod(host, name, "weft", veth, addr, prefix, gw)?;
+    bed.netlink(pod).set_mtu("eth0", alloc.mtu)?;
+    Ok((pod, addr))
+}
+
 /// How to start routers.
 #[derive(Debug, Clone)]
 pub struct RouterOptions {

@@ -12,7 +12,6 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use weft_api::types::{AllocateRequest, Allocation, Attachment};
 use weft_kernel::netns::NETNS_DIR;
 use weft_testbed::topology::{self, Cluster};
 use weft_testbed::{NodeId, TestBed};
@@ -126,23 +125,9 @@ impl Mesh {
     }
 
     pub fn add_pod(&mut self, host: usize, j: usize) -> (NodeId, Ipv4Addr) {
-        let client = self.routers[host].client();
-        let req = AllocateRequest { attachment: Attachment { container_id: format!("pod-{}-{j}", NAMES[host]), ifname: "eth0".into() } };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let alloc = loop {
-            match client.post::<_, Allocation>("/ipam/allocate", &req) {
-                Ok(a) if a.gateway.is_some() => break a,
-                Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                other => panic!("allocate on {}: {other:?}", NAMES[host]),
-            }
-        };
-        let (addr, prefix) = alloc.address.split_once('/').unwrap();
-        let addr: Ipv4Addr = addr.parse().unwrap();
-        let gw: Ipv4Addr = alloc.gateway.unwrap().parse().unwrap();
+        let container = format!("pod-{}-{j}", NAMES[host]);
         let name = format!("{}-pod{}", NAMES[host], j + 1);
-        let pod = self.bed.add_pod(self.cluster.hosts[host], &name, "weft", &format!("vp{}", j + 1), addr, prefix.parse().unwrap(), Some(gw)).unwrap();
-        self.bed.netlink(pod).set_mtu("eth0", alloc.mtu).unwrap();
-        (pod, addr)
+        routers::add_allocated_pod(&mut self.bed, &self.routers[host], self.cluster.hosts[host], &container, &name, &format!("vp{}", j + 1)).unwrap()
     }
 
     pub fn all_pods(&self) -> Vec<(usize, NodeId, Ipv4Addr)> {
