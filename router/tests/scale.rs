@@ -12,7 +12,9 @@
 //! runs the routers of any of these tests from the `weft` binary at PATH instead. All hosts share one segment, so
 //! each is given permanent neighbour entries for all others: the kernel's neighbour table is
 //! shared by every namespace and capped (gc_thresh3, 1024 here), and permanent entries are not
-//! counted against it. `WEFT_SCALE_LOGS=DIR` keeps the routers' logs there. Root needed.
+//! counted against it. `WEFT_SCALE_LOGS=DIR` keeps the routers' logs there.
+//! `WEFT_SCALE_CONN_LIMIT=L` gives the routers `--conn-limit L`: a bounded-degree partial mesh,
+//! converged when every router knows every peer and holds 1 to L connections. Root needed.
 
 mod common;
 
@@ -102,6 +104,8 @@ struct Cluster {
     lan: SharedSegment,
     opts: RouterOptions,
     routers: Vec<RouterProc>,
+    /// `--conn-limit` given to the routers (`WEFT_SCALE_CONN_LIMIT`): a partial mesh.
+    limit: Option<usize>,
 }
 
 impl Cluster {
@@ -131,10 +135,15 @@ fn view(r: &RouterProc) -> Result<(Status, Vec<Connection>), String> {
     Ok((s, l))
 }
 
-/// Whether every router has the whole mesh: all peers known, a connection to each, IPAM ready.
-fn converged(routers: &[RouterProc]) -> bool {
-    let n = routers.len();
-    routers.iter().all(|r| view(r).is_ok_and(|(s, _)| s.peers == n && s.connections.established == n - 1 && s.ipam.state == "ready"))
+/// Whether every router has the whole mesh: all peers known, IPAM ready, and a connection to
+/// each (under a connection limit: at least one, and no more than the limit).
+fn converged(c: &Cluster) -> bool {
+    let n = c.routers.len();
+    let connected = |e: usize| match c.limit {
+        None => e == n - 1,
+        Some(l) => (1..=l).contains(&e),
+    };
+    c.routers.iter().all(|r| view(r).is_ok_and(|(s, _)| s.peers == n && connected(s.connections.established) && s.ipam.state == "ready"))
 }
 
 /// Checks that the routers' connection records agree: returns the problems found (empty when
@@ -210,7 +219,7 @@ fn keep_logs(routers: &[RouterProc]) {
 
 fn wait_converged(c: &Cluster, limit: Duration, what: &str) -> Duration {
     let t0 = Instant::now();
-    while !converged(&c.routers) {
+    while !converged(c) {
         if t0.elapsed() > limit {
             let report: Vec<String> = c
                 .routers
@@ -264,7 +273,12 @@ fn scale(n: usize, release: bool) {
         password: Some("a-scale-test-password".into()),
         extra_args: vec!["--ipalloc-init".into(), format!("consensus={n}")],
     };
-    let mut c = Cluster { bed, run, lan, opts, routers: Vec::new() };
+    let limit = std::env::var("WEFT_SCALE_CONN_LIMIT").ok().map(|l| l.parse::<usize>().expect("WEFT_SCALE_CONN_LIMIT: a number"));
+    let mut opts = opts;
+    if let Some(l) = limit {
+        opts.extra_args.extend(["--conn-limit".into(), l.to_string()]);
+    }
+    let mut c = Cluster { bed, run, lan, opts, routers: Vec::new(), limit };
     let t0 = Instant::now();
     for i in 0..n {
         let r = c.start(i);
@@ -281,7 +295,8 @@ fn scale(n: usize, release: bool) {
     let converge = t0.elapsed();
     let storm: Vec<(u64, u64)> = c.routers.iter().map(|r| sent(&c.bed, r, 6783)).collect();
     let (settled, stale_start) = settle(&c.routers, Duration::from_secs(30));
-    println!("{n} routers: converged (full mesh, all peers, IPAM ready) {converge:.1?} after the first start; status consistent {settled:.1?} later ({stale_start} stale records at the first look)");
+    let mesh = limit.map_or("full mesh".to_owned(), |l| format!("--conn-limit {l}: at most {l} connections each"));
+    println!("{n} routers: converged ({mesh}, all peers, IPAM ready) {converge:.1?} after the first start; status consistent {settled:.1?} later ({stale_start} stale records at the first look)");
     let (storm_bytes, storm_pkts): (u64, u64) = storm.iter().fold((0, 0), |(b, p), (b1, p1)| (b + b1, p + p1));
     println!(
         "{n} routers: mesh traffic until converged: {:.2} MB, {storm_pkts} packets in all ({:.0} kB per router)",
