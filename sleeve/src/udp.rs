@@ -251,7 +251,7 @@ fn inode(s: &std::net::UdpSocket) -> io::Result<u64> {
     Ok(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd()))?))
 }
 
-/// The inodes of the UDP sockets (IPv4 and IPv6) bound to local port `port` in the calling thread.s
+/// The inodes of the UDP sockets (IPv4 and IPv6) bound to local port `port` in the calling thread's
 /// network namespace.
 fn port_holders(port: u16) -> io::Result<Vec<u64>> {
     let mut found = Vec::new();
