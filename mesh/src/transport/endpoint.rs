@@ -17,8 +17,8 @@
 //! logged (rate-limited).
 //!
 //! A duplicate is refused as soon as the peer's `Hello` says who it is, before the PAKE: a
-//! connection whose peer, address and incarnation are those of another connection of this
-//! endpoint past its `Hello` (up, or being authenticated) is closed with a `Bye` when the other
+//! connection whose peer, address and incarnation are those of another authenticated
+//! connection of this endpoint (not one still in its handshake, which may yet fail) is closed with a `Bye` when the other
 //! was dialled by the peer with the smaller name and this one was not. Both ends
 //! apply the same rule, so the connection the router would keep after its own duplicate
 //! resolution is the one that comes up, and the loser never does (no `Up`, no topology churn).
@@ -240,7 +240,7 @@ struct Shared {
     next_id: AtomicU64,
     admission: Mutex<Admission>,
     /// Connections past the peer's `Hello`, for the early duplicate check.
-    past_hello: Mutex<Vec<(u64, Said)>>,
+    past_hello: Mutex<Vec<(u64, Said, bool)>>,
 }
 
 impl Shared {
@@ -249,7 +249,7 @@ impl Shared {
         self.admission.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn past_hello(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Said)>> {
+    fn past_hello(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Said, bool)>> {
         // A list of entries, each pushed or removed whole: consistent after a panic.
         self.past_hello.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -282,9 +282,18 @@ struct Claim {
     token: u64,
 }
 
+impl Claim {
+    /// The connection is authenticated: from now on it wins over a duplicate at its `Hello`.
+    fn up(&self) {
+        if let Some(e) = self.shared.past_hello().iter_mut().find(|(t, _, _)| *t == self.token) {
+            e.2 = true;
+        }
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.shared.past_hello().retain(|(t, _)| *t != self.token);
+        self.shared.past_hello().retain(|(t, _, _)| *t != self.token);
     }
 }
 
@@ -478,11 +487,13 @@ impl MeshEndpoint {
     /// it is listed among them until the returned claim is dropped.
     fn claim(&self, new: Said) -> Result<Claim, ()> {
         let mut list = self.shared.past_hello();
-        if loses_to(self.shared.config.name, &new, list.iter().map(|(_, s)| s)) {
+        // Only an authenticated connection wins early: one still in its handshake may yet fail
+        // (a dial the peer gave up on), and the duplicate must not be refused in its favour.
+        if loses_to(self.shared.config.name, &new, list.iter().filter(|(_, _, up)| *up).map(|(_, s, _)| s)) {
             return Err(());
         }
         let token = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        list.push((token, new));
+        list.push((token, new, false));
         Ok(Claim { shared: self.shared.clone(), token })
     }
 
@@ -570,6 +581,7 @@ impl MeshEndpoint {
             direction,
             sleeve: SleeveParams { secret, initiator: outbound, local_index, remote_index: peer.sleeve_index, remote: SocketAddr::new(remote.ip(), peer.sleeve_port) },
         };
+        claim.up();
         Ok((info, send, recv, mix, claim))
     }
 
