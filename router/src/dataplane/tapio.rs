@@ -60,7 +60,8 @@ impl TapIo {
         self.tap.name()
     }
 
-    /// Frames [`read_batch`](Self::read_batch) has read from this descriptor.
+    /// Frames read from this descriptor ([`read_ready`](Self::read_ready), also through
+    /// [`read_batch`](Self::read_batch)).
     pub fn frames_read(&self) -> u64 {
         self.frames_read.load(Ordering::Relaxed)
     }
