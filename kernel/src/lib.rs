@@ -6,6 +6,8 @@
 //!   attach, namespace moves, MTU, up/down, bridge ports with hairpin, isolation, learning and flooding), addresses,
 //!   routes and FDB entries (a device's own, and the bridge's);
 //! - [`tap`]: opening a TAP device with the virtio-net header and offloads;
+//! - [`offload`]: receive offloads of a link (features by name, the GRO flush timeout), and
+//!   what weft gives a pod's host-side veth so the pod's UDP reaches the router coalesced;
 //! - [`packet`]: raw `AF_PACKET` sockets (the fast path's heartbeats).
 //!
 //! The namespace test bed built on this layer is its own crate (`weft-testbed`).
@@ -16,6 +18,7 @@
 pub mod error;
 pub mod netlink;
 pub mod netns;
+pub mod offload;
 pub mod packet;
 mod sys;
 pub mod tap;

@@ -304,3 +304,33 @@ fn a_namespace_made_here_is_deleted_cleanly_after_ip_netns_add_ran() {
     deleted.unwrap_or_else(|e| panic!("deleting {ours} after ip netns add: {}", weft_kernel::chain(&e)));
     assert!(!std::path::Path::new(weft_kernel::netns::NETNS_DIR).join(&ours).exists(), "{ours} is still mounted");
 }
+
+#[test]
+fn a_pod_port_coalesces_udp_in_its_own_namespace_only() {
+    let mut bed = bed();
+    let (h1, h2) = (bed.add_node("h1").unwrap(), bed.add_node("h2").unwrap());
+    for (i, h) in [h1, h2].into_iter().enumerate() {
+        bed.netlink(h).add_link(POD_BRIDGE, &LinkKind::Bridge).unwrap();
+        bed.add_pod(h, &format!("p{i}"), POD_BRIDGE, "vp0", Ipv4Addr::new(10, 32, 0, 2 + i as u8), 12, None).unwrap();
+    }
+    let on = |nl: &mut Handle, name: &str| nl.features("vp0").unwrap().into_iter().find(|(n, _)| n == name).map(|(_, a)| a);
+    assert_eq!(on(bed.netlink(h1), "rx-udp-gro-forwarding"), Some(false), "off until asked");
+    assert_eq!(bed.netlink(h1).gro_flush_timeout("vp0").unwrap(), std::time::Duration::ZERO);
+
+    bed.netlink(h1).coalesce_pod_udp("vp0").unwrap();
+    for f in weft_kernel::offload::POD_FEATURES {
+        assert_eq!(on(bed.netlink(h1), f), Some(true), "{f} on h1");
+    }
+    assert_eq!(bed.netlink(h1).gro_flush_timeout("vp0").unwrap(), weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT);
+    // The other host's link of the same name is untouched: each handle sees its own sysfs.
+    assert_eq!(on(bed.netlink(h2), "rx-udp-gro-forwarding"), Some(false));
+    assert_eq!(bed.netlink(h2).gro_flush_timeout("vp0").unwrap(), std::time::Duration::ZERO);
+
+    // Off again, and errors that say what and where.
+    bed.netlink(h1).set_features("vp0", &[("rx-udp-gro-forwarding", false)]).unwrap();
+    assert_eq!(on(bed.netlink(h1), "rx-udp-gro-forwarding"), Some(false));
+    let missing = bed.netlink(h1).coalesce_pod_udp("vp9").unwrap_err();
+    assert!(matches!(missing, Error::NoSuchLink { ref name, .. } if name == "vp9"), "{missing}");
+    let unknown = bed.netlink(h1).set_features("vp0", &[("rx-teleport", true)]).unwrap_err();
+    assert!(unknown.to_string().contains("rx-teleport") && unknown.to_string().contains("vp0"), "{unknown}");
+}

@@ -44,6 +44,12 @@ fn pods_attached_by_cnitool_get_addresses_and_talk() {
     let host_if = result["interfaces"][1]["name"].as_str().unwrap().to_owned();
     let tc = bed.run(h, Command::new("tc").args(["qdisc", "show", "dev", &host_if])).unwrap();
     assert!(text(&tc).contains("tbf"), "the chained bandwidth plugin shaped {host_if}: {}", text(&tc));
+    // The host end coalesces the pod's UDP (set in the host's namespace, not the runner's).
+    let features = bed.netlink(h).features(&host_if).unwrap();
+    for f in weft_kernel::offload::POD_FEATURES {
+        assert!(features.iter().any(|(n, on)| n == f && *on), "{f} is not on for {host_if}: {features:?}");
+    }
+    assert_eq!(bed.netlink(h).gro_flush_timeout(&host_if).unwrap(), weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT);
     assert_eq!(result["ips"][0]["interface"], 2);
     let add2 = cnitool(&bed, h, &conf, "add", &n2);
     assert!(add2.status.success(), "ADD: {}", text(&add2));

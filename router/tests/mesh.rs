@@ -398,3 +398,62 @@ fn two_dataplane_queues_carry_sixteen_tcp_flows_from_a_to_b_intact_and_share_the
     assert!(tap.iter().all(|&n| n >= 100), "b: the recreated TAP's queues did not both carry frames: {tap:?}\n{text}");
     m.down();
 }
+
+/// A pod's UDP burst: `count` datagrams of `len` bytes (sequence number, then bytes derived from
+/// it), sent back to back from pod `from` to `to_addr` (pod `to`). Returns the sequence numbers
+/// received, in arrival order, after every datagram's bytes were checked.
+fn udp_burst(bed: &TestBed, from: NodeId, to: NodeId, to_addr: Ipv4Addr, count: u32, len: usize) -> Vec<u32> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let rx = bed.ns(to).run(|| std::net::UdpSocket::bind((to_addr, 5401))).unwrap().unwrap();
+    // Room for the whole burst: the receiving pod's kernel queues a super-frame's datagrams at once.
+    setsockopt(&rx, sockopt::RcvBufForce, &(16 << 20)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let tx = bed.ns(from).run(|| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))).unwrap().unwrap();
+    let body = |seq: u32, buf: &mut [u8]| {
+        buf[..4].copy_from_slice(&seq.to_be_bytes());
+        pattern(u64::from(seq) + 1, &mut buf[4..]);
+    };
+    let reader = std::thread::spawn(move || {
+        let (mut got, mut want, mut buf) = (Vec::new(), vec![0u8; len], vec![0u8; 65536]);
+        while let Ok(n) = rx.recv(&mut buf) {
+            assert_eq!(n, len, "a datagram of {n} bytes, not {len}");
+            let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+            body(seq, &mut want);
+            assert!(buf[..n] == want[..], "datagram {seq}: bytes differ");
+            got.push(seq);
+            if got.len() == count as usize {
+                break;
+            }
+        }
+        got
+    });
+    let mut buf = vec![0u8; len];
+    for seq in 0..count {
+        body(seq, &mut buf);
+        tx.send_to(&buf, (to_addr, 5401)).unwrap();
+    }
+    reader.join().unwrap()
+}
+
+#[test]
+fn a_pods_udp_burst_reaches_the_router_coalesced_and_arrives_intact_and_in_order() {
+    const COUNT: u32 = 4000;
+    let mut m = Mesh::up(Some("weft-test-password"), 1);
+    let (a_pod, b_pod, b_addr) = (m.pods[0][0].0, m.pods[1][0].0, m.pods[1][0].1);
+    assert!(m.bed.ping(a_pod, b_addr).unwrap() || m.bed.ping(a_pod, b_addr).unwrap(), "{}", m.logs());
+    // The host end of A's pod is as weft-cni leaves it.
+    let features = m.bed.netlink(m.cluster.hosts[0]).features("vp1").unwrap();
+    assert!(features.iter().any(|(n, on)| n == "rx-udp-gro-forwarding" && *on), "{features:?}");
+    for len in [1348, 64] {
+        let (before, _, _) = queue_counts(&m, 0);
+        let got = udp_burst(&m.bed, a_pod, b_pod, b_addr, COUNT, len);
+        let (after, _, text) = queue_counts(&m, 0);
+        let read = after[0] - before[0];
+        println!("{COUNT} datagrams of {len} B sent back to back from A's pod: {} arrived, every byte checked, in order; A's router read {read} TAP frames", got.len());
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "datagrams out of order or twice");
+        assert!(got.len() as u32 >= COUNT * 9 / 10, "only {} of {COUNT} arrived\n{text}\n{}", got.len(), m.logs());
+        // Coalesced: far fewer frames than datagrams (up to 64 datagrams per super-frame).
+        assert!(read < u64::from(COUNT) / 4, "A's router read {read} TAP frames for {COUNT} datagrams: not coalesced\n{text}");
+    }
+    m.down();
+}

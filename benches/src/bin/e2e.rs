@@ -6,6 +6,13 @@
 //! device, measured only once both routers report the connection's overlay as `fastpath` and
 //! have programmed each other's pod MAC; the run fails if they do not within 20 s).
 //!
+//! The pods of weft's paths have their host-side veth as weft-cni leaves it: GRO with UDP GRO
+//! forwarding and a 20 µs flush timeout (`weft_kernel::offload`), so a pod's UDP burst reaches
+//! the router as super-frames; the baseline's pods have plain veths, as a kernel-VXLAN network
+//! (Flannel's) leaves them. `WEFT_E2E_NO_POD_GRO=1` gives weft's pods plain veths too (the
+//! figures before weft-cni did this), `WEFT_E2E_BASE_POD_GRO=1` gives the baseline's pods weft's
+//! setting (what that setting alone does for kernel VXLAN).
+//!
 //! Every pod, the baseline's included, has the same MTU: weft's default pod MTU, 1376 (the
 //! routers get `--mtu` explicitly, and the run fails if IPAM hands out another), so that each
 //! overlay carries the same packets; `WEFT_E2E_MTU` sets another.
@@ -253,6 +260,9 @@ fn run(d: Duration) -> Result<(), String> {
         }
         let addr = Ipv4Addr::new(10, 32, 0, 10 + i as u8);
         let pod = bed.add_pod(h, &format!("pod{i}"), POD_BRIDGE, "vp0", addr, 12, None).map_err(|e| chain(&e))?;
+        if std::env::var_os("WEFT_E2E_BASE_POD_GRO").is_some() {
+            bed.netlink(h).coalesce_pod_udp("vp0").map_err(|e| chain(&e))?;
+        }
         bed.netlink(pod).set_mtu("eth0", mtu).map_err(|e| chain(&e))?;
         pods.push((pod, addr));
     }
@@ -456,6 +466,10 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
         let addr: Ipv4Addr = addr.parse().map_err(|_| "bad address")?;
         let gw: Ipv4Addr = a.gateway.as_deref().unwrap_or_default().parse().map_err(|_| "bad gateway")?;
         let pod = bed.add_pod(lan.hosts[i], &format!("pod{i}"), POD_BRIDGE, "vp0", addr, prefix.parse().map_err(|_| "bad prefix")?, Some(gw)).map_err(|e| chain(&e))?;
+        // The host end as weft-cni leaves it.
+        if std::env::var_os("WEFT_E2E_NO_POD_GRO").is_none() {
+            bed.netlink(lan.hosts[i]).coalesce_pod_udp("vp0").map_err(|e| chain(&e))?;
+        }
         bed.netlink(pod).set_mtu("eth0", a.mtu).map_err(|e| chain(&e))?;
         pods.push((pod, addr));
     }

@@ -60,6 +60,16 @@ impl Handle {
         Ok(Handle { socket, ns, seq: 0, buf: Vec::with_capacity(RECV_BUF) })
     }
 
+    /// The socket, for the ioctls that act in its namespace (`crate::offload`).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.socket)
+    }
+
+    /// The error for `op` on `target` in this handle's namespace.
+    pub(crate) fn kernel_error(&self, op: &'static str, target: &str, source: std::io::Error) -> Error {
+        Error::Kernel { op, target: target.to_owned(), ns: self.ns.clone(), source }
+    }
+
     /// The name of the namespace this handle works in.
     pub fn namespace(&self) -> &str {
         &self.ns
