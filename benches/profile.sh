@@ -4,6 +4,8 @@
 # the sending router's `weft-tap` thread (TAP -> seal -> UDP, data out) and the receiving
 # router's `weft-sleeve` thread (UDP -> open -> TAP, data in). Root needed.
 # Usage: benches/profile.sh [SECONDS] [TOP]  (default 10 s, top 25 functions per direction).
+# WEFT_E2E_PERF_UDP=1348 profiles a UDP run of 1348-byte payloads (iperf3 -u -b 0) instead;
+# WEFT_E2E_NO_POD_GRO=1 gives the pods plain veths (no coalescing of their UDP).
 # The samples stay in target/profile/{sender,receiver}.data for `perf report -i`.
 set -eu
 cd "$(dirname "$0")/.."

@@ -36,7 +36,8 @@
 //! against the default in a run of its own); `WEFT_E2E_BASE_NAT=1` gives
 //! the baseline's hosts a masquerade table like weft's, so that connection tracking weighs on
 //! kernel VXLAN as it does on weft's paths;
-//! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft;
+//! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft (with
+//! `WEFT_E2E_PERF_UDP=PAYLOAD`, a UDP run of that payload instead, profiled as the TCP run is);
 //! `WEFT_E2E_QUICK=1` measures per path only single-stream TCP, the ping RTT and the idle CPU
 //! (for latency work: several runs in the time of one);
 //! `WEFT_E2E_PERF_DIR=DIR` records `perf` samples of each router during the encrypted
@@ -231,6 +232,23 @@ fn run(d: Duration) -> Result<(), String> {
     let perf = std::env::var_os("WEFT_E2E_PERF_DIR").map(|dir| Profile { dir: dir.into() });
     if std::env::var_os("WEFT_E2E_ONLY_WEFT").is_some() {
         let perf = perf.as_ref();
+        if let Ok(v) = std::env::var("WEFT_E2E_PERF_UDP") {
+            let payload: usize = v.parse().map_err(|_| format!("WEFT_E2E_PERF_UDP={v:?}: not a payload size in bytes"))?;
+            let (u, cpu) = weft(Mode::Encrypted, POD_MTU, |bed, server, client, addr, pids| {
+                eprintln!("e2e: weft encrypted, UDP {payload} B ...");
+                with_cpu(pids, || {
+                    let recording = perf.map(|p| p.start(pids, d)).transpose()?;
+                    let u = iperf3_udp(bed, server, client, addr, d, payload, "0");
+                    if let Some(r) = recording {
+                        r.finish()?;
+                    }
+                    u
+                })
+            })?;
+            let [a, b] = cpu.routers.unwrap_or_default();
+            println!("weft sleeve, encrypted, UDP {payload} B: {:.1} kpackets/s received, loss {:.1}%; routers' CPU {:.0}% + {:.0}% of a core", u.packets_per_second / 1e3, u.loss_percent, a * 100.0, b * 100.0);
+            return Ok(());
+        }
         let (t, cpu) = weft(Mode::Encrypted, POD_MTU, |bed, server, client, addr, pids| {
             eprintln!("e2e: weft encrypted, single-stream TCP ...");
             with_cpu(pids, || tcp1_profiled(bed, server, client, addr, d, pids, perf))
