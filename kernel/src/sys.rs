@@ -133,9 +133,14 @@ fn ethtool(sock: BorrowedFd<'_>, ifname: &str, cmd: &mut [u32]) -> io::Result<i3
 /// The names of the device features, by bit (what `ethtool -k` lists, e.g. `rx-gro`).
 pub(crate) fn ethtool_feature_names(sock: BorrowedFd<'_>, ifname: &str) -> io::Result<Vec<String>> {
     // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), then one u32 per set asked.
-    let mut info = [ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0, 0];
+    let mask = (1u64 << ETH_SS_FEATURES).to_ne_bytes();
+    let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    let mut info = [ETHTOOL_GSSET_INFO, 0, word(&mask[..4]), word(&mask[4..]), 0];
     ethtool(sock, ifname, &mut info)?;
-    if info[2] & (1 << ETH_SS_FEATURES) == 0 {
+    let mut answered = [0u8; 8];
+    answered[..4].copy_from_slice(&info[2].to_ne_bytes());
+    answered[4..].copy_from_slice(&info[3].to_ne_bytes());
+    if u64::from_ne_bytes(answered) & (1 << ETH_SS_FEATURES) == 0 {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "the kernel names no features"));
     }
     let count = info[4];
