@@ -36,3 +36,30 @@ fn plumbing_is_idempotent_and_repairs_what_was_changed() {
     let gone = plumbing::ensure(bed.netlink(h), &dev).unwrap_err();
     assert!(gone.is_not_found(), "a deleted TAP is reported so the router reopens it: {gone}");
 }
+
+#[test]
+fn pod_ports_of_an_earlier_version_get_udp_coalescing_once() {
+    let mut bed = TestBed::new().expect("cannot build a test bed");
+    let h = bed.add_node("h").unwrap();
+    let dev = Devices::default();
+    let tap = bed.ns(h).run(|| Tap::open(&dev.tap)).unwrap().unwrap();
+    plumbing::ensure(bed.netlink(h), &dev).unwrap();
+    // Two pods with plain veths, as an earlier weft-cni left them.
+    for (i, port) in ["vp1", "vp2"].into_iter().enumerate() {
+        bed.add_pod(h, &format!("p{i}"), &dev.bridge, port, std::net::Ipv4Addr::new(10, 32, 0, 2 + i as u8), 12, None).unwrap();
+    }
+    let nl = bed.netlink(h);
+    let (done, failed) = plumbing::coalesce_pod_ports(nl, &dev.bridge).unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(done.0, ["pod port vp1: UDP coalescing turned on", "pod port vp2: UDP coalescing turned on"]);
+    for port in ["vp1", "vp2"] {
+        let f = nl.features(port).unwrap();
+        assert!(f.iter().any(|(n, on)| n == "rx-udp-gro-forwarding" && *on), "{port}: {f:?}");
+        assert_eq!(nl.gro_flush_timeout(port).unwrap(), weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT);
+    }
+    assert_eq!(plumbing::coalesce_pod_ports(nl, &dev.bridge).unwrap().0.0, Vec::<String>::new(), "second run changes nothing");
+    // The TAP (not a veth) is left alone.
+    let t = nl.features(&dev.tap).unwrap();
+    assert!(t.iter().any(|(n, on)| n == "rx-udp-gro-forwarding" && !*on), "{t:?}");
+    drop(tap);
+}
