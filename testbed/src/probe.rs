@@ -1,6 +1,7 @@
 //! Reachability probes between nodes of a bed: one UDP datagram, or one ICMP echo (`ping`),
 //! each bounded in time and sending at most one packet; bounded measurements: TCP throughput
-//! over one or more streams and UDP packet rate (`iperf3`), round-trip times (`ping`); and a
+//! over one or more streams and UDP packet rate (`iperf3`), round-trip times (`ping`, and UDP
+//! request and answer: [`TestBed::udp_rtt`]); and a
 //! checked transfer ([`TestBed::checked_transfer`]): a TCP stream whose every byte and whose
 //! length the receiver verifies.
 
@@ -140,7 +141,7 @@ fn iperf3_json(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr: I
     Ok(v)
 }
 
-/// Round-trip times of a run of pings.
+/// Round-trip times of a run of pings or UDP requests.
 #[derive(Clone, Copy, Debug)]
 pub struct Rtt {
     /// Echoes sent.
@@ -178,22 +179,77 @@ impl TestBed {
             )
             .map_err(|e| weft_kernel::chain(&e))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let mut times: Vec<f64> = text
+        let times: Vec<Duration> = text
             .lines()
-            .filter_map(|l| l.split_once("time=").and_then(|(_, t)| t.split_whitespace().next()).and_then(|ms| ms.parse().ok()))
+            .filter_map(|l| l.split_once("time=").and_then(|(_, t)| t.split_whitespace().next()).and_then(|ms| ms.parse::<f64>().ok()))
+            .filter_map(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
             .collect();
+        Rtt::of(count, times).ok_or_else(|| format!("ping {addr}: no replies"))
+    }
+
+    /// Sends `count` UDP requests of 64 bytes from `from` to an echo server on `to` at `addr`
+    /// (port 5402, served by a thread of this process for the duration), one every `interval`,
+    /// each waiting up to 1 s for its answer, and returns the round-trip times of the answers.
+    pub fn udp_rtt(&self, from: NodeId, to: NodeId, addr: Ipv4Addr, count: u32, interval: Duration) -> Result<Rtt, String> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let bind = |node: NodeId, at: (Ipv4Addr, u16)| {
+            let s = self.ns(node).run(move || UdpSocket::bind(at)).map_err(|e| weft_kernel::chain(&e))?.map_err(|e| format!("bind {at:?}: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| format!("socket: {e}"))?;
+            Ok::<_, String>(s)
+        };
+        let server = bind(to, (addr, 5402))?;
+        let client = bind(from, (Ipv4Addr::UNSPECIFIED, 0))?;
+        client.connect((addr, 5402)).map_err(|e| format!("connect: {e}"))?;
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, src)) = server.recv_from(&mut buf) {
+                        let _ = server.send_to(&buf[..n], src);
+                    }
+                }
+            });
+            let mut times = Vec::with_capacity(count as usize);
+            let (mut req, mut buf) = ([0u8; 64], [0u8; 2048]);
+            for i in 0..count {
+                req[..4].copy_from_slice(&i.to_be_bytes());
+                let t0 = Instant::now();
+                if client.send(&req).is_ok() {
+                    // Answers to earlier requests that came late are skipped.
+                    while t0.elapsed() < Duration::from_secs(1) {
+                        match client.recv(&mut buf) {
+                            Ok(n) if buf[..n] == req => {
+                                times.push(t0.elapsed());
+                                break;
+                            }
+                            Ok(_) => continue,
+                            Err(_) => {}
+                        }
+                    }
+                }
+                std::thread::sleep(interval);
+            }
+            stop.store(true, Ordering::Relaxed);
+            Rtt::of(count, times).ok_or_else(|| format!("UDP to {addr}: no answers"))
+        })
+    }
+}
+
+impl Rtt {
+    /// The statistics of `times` (the answers to `sent` requests); `None` without answers.
+    fn of(sent: u32, mut times: Vec<Duration>) -> Option<Rtt> {
         if times.is_empty() {
-            return Err(format!("ping {addr}: no replies"));
+            return None;
         }
-        times.sort_by(f64::total_cmp);
+        times.sort();
         let rank = |q: f64| ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len());
-        let ms = |x: f64| Duration::from_secs_f64(x / 1000.0);
-        Ok(Rtt {
-            sent: count,
+        Some(Rtt {
+            sent,
             received: times.len() as u32,
-            avg: ms(times.iter().sum::<f64>() / times.len() as f64),
-            p50: ms(times[rank(0.5) - 1]),
-            p99: ms(times[rank(0.99) - 1]),
+            avg: times.iter().sum::<Duration>() / times.len() as u32,
+            p50: times[rank(0.5) - 1],
+            p99: times[rank(0.99) - 1],
         })
     }
 }

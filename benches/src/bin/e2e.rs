@@ -11,7 +11,9 @@
 //! the router as super-frames; the baseline's pods have plain veths, as a kernel-VXLAN network
 //! (Flannel's) leaves them. `WEFT_E2E_NO_POD_GRO=1` gives weft's pods plain veths too (the
 //! figures before weft-cni did this), `WEFT_E2E_BASE_POD_GRO=1` gives the baseline's pods weft's
-//! setting (what that setting alone does for kernel VXLAN).
+//! setting (what that setting alone does for kernel VXLAN); `WEFT_E2E_POD_GRO_FLUSH_US=N` gives
+//! weft's pods another flush timeout than weft-cni's 20 µs (to weigh packet rate against the
+//! wait of a lone datagram).
 //!
 //! Every pod, the baseline's included, has the same MTU: weft's default pod MTU, 1376 (the
 //! routers get `--mtu` explicitly, and the run fails if IPAM hands out another), so that each
@@ -21,7 +23,8 @@
 //! Per path: TCP with one stream and with 4 parallel streams; UDP packet rate with 1348-byte and
 //! 64-byte payloads offered as fast as the sender can (`iperf3 -u -b 0`: packets per second
 //! received, and loss); ping round-trip time (200 echoes 10 ms apart, mean, median and 99th
-//! percentile).
+//! percentile), and the same for UDP requests of 64 bytes answered by an echo server (what a
+//! DNS query sees, and what the pods' UDP coalescing costs a lone datagram).
 //! Each iperf3 run lasts SECONDS (default 5). Around each run: the machine's CPU use from
 //! `/proc/stat` (all processes, so other work on the machine counts too) and, on weft's paths,
 //! each router's from `/proc/PID/stat`. On weft's paths, last, the routers' CPU over 10 s
@@ -38,7 +41,9 @@
 //! kernel VXLAN as it does on weft's paths;
 //! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft (with
 //! `WEFT_E2E_PERF_UDP=PAYLOAD`, a UDP run of that payload instead, profiled as the TCP run is);
-//! `WEFT_E2E_QUICK=1` measures per path only single-stream TCP, the ping RTT and the idle CPU
+//! `WEFT_E2E_UDP_BITRATE=RATE` offers the UDP runs at iperf3's `-b RATE` (e.g. `300M`) instead
+//! of as fast as the sender can (the rows still say `-b 0`);
+//! `WEFT_E2E_QUICK=1` measures per path only single-stream TCP, the ping and UDP RTT and the idle CPU
 //! (for latency work: several runs in the time of one);
 //! `WEFT_E2E_PERF_DIR=DIR` records `perf` samples of each router during the encrypted
 //! single-stream TCP run (`perf record -e cpu-clock --call-graph dwarf`: this VM has no hardware
@@ -148,6 +153,8 @@ struct PathResult {
     /// One per [`UDP_PAYLOADS`]; none with `WEFT_E2E_QUICK`.
     udp: Vec<(UdpRate, Cpu)>,
     rtt: Rtt,
+    /// UDP request and answer (64 bytes each way), as the ping.
+    udp_rtt: Rtt,
     /// The sleeps (voluntary context switches) of the routers' data plane threads (`weft-tap`,
     /// `weft-sleeve`; A+B) per echo of the RTT run (weft's paths): the wake-ups a round trip
     /// costs, their 100 ms poll timeouts and heartbeats included (about 0.2 per echo). A thread
@@ -206,13 +213,15 @@ fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeI
     let tcp1 = with_cpu(pids, || tcp1_profiled(bed, server, client, server_addr, d, pids, perf))?;
     let tcp4 = if quick { None } else { Some(with_cpu(pids, || iperf3_tcp(bed, server, client, server_addr, d, 4))?) };
     let mut udp = Vec::new();
+    let udp_bitrate = std::env::var("WEFT_E2E_UDP_BITRATE").unwrap_or_else(|_| "0".into());
     for payload in UDP_PAYLOADS.iter().filter(|_| !quick) {
-        udp.push(with_cpu(pids, || iperf3_udp(bed, server, client, server_addr, d, *payload, "0"))?);
+        udp.push(with_cpu(pids, || iperf3_udp(bed, server, client, server_addr, d, *payload, &udp_bitrate))?);
     }
     let w0 = pids.iter().map(|&p| sleeps(p)).sum::<Result<u64, String>>()?;
     let rtt = bed.ping_rtt(client, server_addr, PINGS, PING_INTERVAL)?;
     let w1 = pids.iter().map(|&p| sleeps(p)).sum::<Result<u64, String>>()?;
     let wakeups = (pids.len() == 2).then(|| w1.saturating_sub(w0) as f64 / f64::from(PINGS));
+    let udp_rtt = bed.udp_rtt(client, server, server_addr, PINGS, PING_INTERVAL)?;
     let idle = if pids.len() == 2 {
         let both = |c: Cpu| c.routers.map_or(0.0, |[a, b]| a + b);
         let (_, still) = with_cpu(pids, || {
@@ -224,7 +233,7 @@ fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeI
     } else {
         None
     };
-    Ok(PathResult { label, tcp1, tcp4, udp, rtt, wakeups, idle })
+    Ok(PathResult { label, tcp1, tcp4, udp, rtt, udp_rtt, wakeups, idle })
 }
 
 fn run(d: Duration) -> Result<(), String> {
@@ -395,6 +404,10 @@ fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str)
     row("  p99 µs", true, &|r| Some(r.rtt.p99.as_secs_f64() * 1e6), &us);
     row("  data plane sleeps per echo (A+B)", false, &|r| r.wakeups, &|x| format!("{x:.2}"));
     row("  replies", false, &|r| Some(f64::from(r.rtt.received)), &|x| format!("{x:.0}/{PINGS}"));
+    row(&format!("UDP 64 B request/answer RTT ({PINGS} x {} ms): avg µs", PING_INTERVAL.as_millis()), true, &|r| Some(r.udp_rtt.avg.as_secs_f64() * 1e6), &us);
+    row("  median µs", true, &|r| Some(r.udp_rtt.p50.as_secs_f64() * 1e6), &us);
+    row("  p99 µs", true, &|r| Some(r.udp_rtt.p99.as_secs_f64() * 1e6), &us);
+    row("  answers", false, &|r| Some(f64::from(r.udp_rtt.received)), &|x| format!("{x:.0}/{PINGS}"));
     let idle_s = IDLE.as_secs();
     row(&format!("routers idle {idle_s} s: % of a core"), false, &|r| r.idle.map(|i| i.0 * 100.0), &|x| format!("{x:.2}%"));
     row(&format!("  with 1 ping/s for {idle_s} s"), false, &|r| r.idle.map(|i| i.1 * 100.0), &|x| format!("{x:.2}%"));
@@ -487,6 +500,10 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
         // The host end as weft-cni leaves it.
         if std::env::var_os("WEFT_E2E_NO_POD_GRO").is_none() {
             bed.netlink(lan.hosts[i]).coalesce_pod_udp("vp0").map_err(|e| chain(&e))?;
+            if let Ok(v) = std::env::var("WEFT_E2E_POD_GRO_FLUSH_US") {
+                let us: u64 = v.parse().map_err(|_| format!("WEFT_E2E_POD_GRO_FLUSH_US={v:?}: not a number of µs"))?;
+                bed.netlink(lan.hosts[i]).set_gro_flush_timeout("vp0", Duration::from_micros(us)).map_err(|e| chain(&e))?;
+            }
         }
         bed.netlink(pod).set_mtu("eth0", a.mtu).map_err(|e| chain(&e))?;
         pods.push((pod, addr));
