@@ -120,6 +120,8 @@ mod tests {
             (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/nonexistent/netns"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0"}"#, code::BAD_ENVIRONMENT, "cannot be opened"),
             (&[("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0"}"#, code::INVALID_CONFIG, "prevResult"),
             (&[("CNI_COMMAND", "GC")], r#"{"cniVersion":"1.1.0"}"#, code::INVALID_CONFIG, "valid-attachments"),
+            (&[("CNI_COMMAND", "ADD")], r#"{"cniVersion":"1.0.0","udpCoalesceMicros":5000}"#, code::INVALID_CONFIG, "udpCoalesceMicros 5000"),
+            (&[("CNI_COMMAND", "ADD")], r#"{"cniVersion":"1.0.0","udpCoalesceMicros":-1}"#, code::DECODE, "decode"),
             (&[("CNI_COMMAND", "STATUS")], r#"{"cniVersion":"1.1.0","apiSocket":"/nonexistent/weft.sock"}"#, code::NOT_AVAILABLE, "not running"),
             (&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")], r#"{"cniVersion":"1.0.0","apiSocket":"/nonexistent/weft.sock"}"#, code::TRY_AGAIN, "not running"),
         ];
@@ -129,6 +131,14 @@ mod tests {
             assert_eq!(e.code, *want, "{vars:?} {stdin}: {e:?}");
             assert!(format!("{} {}", e.msg, e.details).contains(needle), "{e:?} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn udp_coalescing_defaults_to_the_kernel_layers_timeout_and_zero_turns_it_off() {
+        let conf = |text: &str| crate::spec::NetConf::parse(text.as_bytes()).unwrap().udp_coalesce();
+        assert_eq!(conf("{}"), Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT));
+        assert_eq!(conf(r#"{"udpCoalesceMicros":50}"#), Some(std::time::Duration::from_micros(50)));
+        assert_eq!(conf(r#"{"udpCoalesceMicros":0}"#), None);
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub(crate) struct NetConf {
     /// Hairpin mode on the host port (a pod can reach itself through a service).
     #[serde(default = "yes")]
     pub(crate) hairpin: bool,
+    /// How long (µs) GRO on the host port holds the pod's UDP datagrams to coalesce them; 0:
+    /// not coalesced (`weft_kernel::offload`). The router writes its `--pod-udp-coalesce-us`.
+    #[serde(default = "default_coalesce")]
+    pub(crate) udp_coalesce_micros: u64,
     /// The previous result, for CHECK and DEL (and chaining).
     #[serde(default)]
     pub(crate) prev_result: Option<Value>,
@@ -115,8 +119,19 @@ fn default_socket() -> String {
 fn yes() -> bool {
     true
 }
+fn default_coalesce() -> u64 {
+    weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64
+}
+
+/// The largest `udpCoalesceMicros` taken: a longer hold would only delay lone datagrams.
+pub(crate) const MAX_COALESCE_MICROS: u64 = 1000;
 
 impl NetConf {
+    /// The GRO flush timeout for the pod's host port; `None`: the pod's UDP is not coalesced.
+    pub(crate) fn udp_coalesce(&self) -> Option<std::time::Duration> {
+        (self.udp_coalesce_micros > 0).then(|| std::time::Duration::from_micros(self.udp_coalesce_micros))
+    }
+
     /// Parses stdin; an empty stdin is the default configuration (VERSION may send none).
     pub(crate) fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         let text: &[u8] = if stdin.iter().all(u8::is_ascii_whitespace) { b"{}" } else { stdin };
@@ -125,6 +140,9 @@ impl NetConf {
             .and_then(|c: NetConf| {
                 if !c.kind.is_empty() && c.kind != "weft-cni" {
                     return Err(CniError::new(code::INVALID_CONFIG, format!("network configuration is for plugin type {:?}, not weft-cni", c.kind), ""));
+                }
+                if c.udp_coalesce_micros > MAX_COALESCE_MICROS {
+                    return Err(CniError::new(code::INVALID_CONFIG, format!("udpCoalesceMicros {} is above {MAX_COALESCE_MICROS}", c.udp_coalesce_micros), "0 turns coalescing off"));
                 }
                 Ok(c)
             })

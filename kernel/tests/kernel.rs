@@ -317,7 +317,8 @@ fn a_pod_port_coalesces_udp_in_its_own_namespace_only() {
     assert_eq!(on(bed.netlink(h1), "rx-udp-gro-forwarding"), Some(false), "off until asked");
     assert_eq!(bed.netlink(h1).gro_flush_timeout("vp0").unwrap(), std::time::Duration::ZERO);
 
-    bed.netlink(h1).coalesce_pod_udp("vp0").unwrap();
+    bed.netlink(h1).set_pod_udp_coalescing("vp0", Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT)).unwrap();
+    assert!(bed.netlink(h1).pod_udp_coalescing_is("vp0", Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT)).unwrap());
     for f in weft_kernel::offload::POD_FEATURES {
         assert_eq!(on(bed.netlink(h1), f), Some(true), "{f} on h1");
     }
@@ -327,9 +328,11 @@ fn a_pod_port_coalesces_udp_in_its_own_namespace_only() {
     assert_eq!(bed.netlink(h2).gro_flush_timeout("vp0").unwrap(), std::time::Duration::ZERO);
 
     // Off again, and errors that say what and where.
-    bed.netlink(h1).set_features("vp0", &[("rx-udp-gro-forwarding", false)]).unwrap();
+    bed.netlink(h1).set_pod_udp_coalescing("vp0", None).unwrap();
     assert_eq!(on(bed.netlink(h1), "rx-udp-gro-forwarding"), Some(false));
-    let missing = bed.netlink(h1).coalesce_pod_udp("vp9").unwrap_err();
+    assert_eq!(bed.netlink(h1).gro_flush_timeout("vp0").unwrap(), std::time::Duration::ZERO);
+    assert!(bed.netlink(h1).pod_udp_coalescing_is("vp0", None).unwrap());
+    let missing = bed.netlink(h1).set_pod_udp_coalescing("vp9", None).unwrap_err();
     assert!(matches!(missing, Error::NoSuchLink { ref name, .. } if name == "vp9"), "{missing}");
     let unknown = bed.netlink(h1).set_features("vp0", &[("rx-teleport", true)]).unwrap_err();
     assert!(unknown.to_string().contains("rx-teleport") && unknown.to_string().contains("vp0"), "{unknown}");

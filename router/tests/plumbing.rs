@@ -49,15 +49,20 @@ fn pod_ports_of_an_earlier_version_get_udp_coalescing_once() {
         bed.add_pod(h, &format!("p{i}"), &dev.bridge, port, std::net::Ipv4Addr::new(10, 32, 0, 2 + i as u8), 12, None).unwrap();
     }
     let nl = bed.netlink(h);
-    let (done, failed) = plumbing::coalesce_pod_ports(nl, &dev.bridge).unwrap();
+    let on = Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT);
+    let (done, failed) = plumbing::coalesce_pod_ports(nl, &dev.bridge, on).unwrap();
     assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(done.0, ["pod port vp1: UDP coalescing turned on", "pod port vp2: UDP coalescing turned on"]);
+    assert_eq!(done.0, ["pod port vp1: UDP coalescing set (20 µs)", "pod port vp2: UDP coalescing set (20 µs)"]);
     for port in ["vp1", "vp2"] {
         let f = nl.features(port).unwrap();
         assert!(f.iter().any(|(n, on)| n == "rx-udp-gro-forwarding" && *on), "{port}: {f:?}");
         assert_eq!(nl.gro_flush_timeout(port).unwrap(), weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT);
     }
-    assert_eq!(plumbing::coalesce_pod_ports(nl, &dev.bridge).unwrap().0.0, Vec::<String>::new(), "second run changes nothing");
+    assert_eq!(plumbing::coalesce_pod_ports(nl, &dev.bridge, on).unwrap().0.0, Vec::<String>::new(), "second run changes nothing");
+    // Restarted with --pod-udp-coalesce-us 0: taken off again.
+    let (off, _) = plumbing::coalesce_pod_ports(nl, &dev.bridge, None).unwrap();
+    assert_eq!(off.0, ["pod port vp1: UDP coalescing turned off", "pod port vp2: UDP coalescing turned off"]);
+    assert!(nl.pod_udp_coalescing_is("vp1", None).unwrap());
     // The TAP (not a veth) is left alone.
     let t = nl.features(&dev.tap).unwrap();
     assert!(t.iter().any(|(n, on)| n == "rx-udp-gro-forwarding" && !*on), "{t:?}");

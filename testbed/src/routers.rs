@@ -95,8 +95,8 @@ pub fn add_allocated_pod(bed: &mut TestBed, router: &RouterProc, host: NodeId, c
     let prefix: u8 = prefix.parse().map_err(|e| fail(format!("prefix {prefix}: {e}")))?;
     let gw: Option<Ipv4Addr> = alloc.gateway.as_deref().map(str::parse).transpose().map_err(|e| fail(format!("gateway: {e}")))?;
     let pod = bed.add_pod(host, name, "weft", veth, addr, prefix, gw)?;
-    // As weft-cni leaves the host end.
-    bed.netlink(host).coalesce_pod_udp(veth)?;
+    // As weft-cni leaves the host end by default.
+    bed.netlink(host).set_pod_udp_coalescing(veth, Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT))?;
     bed.netlink(pod).set_mtu("eth0", alloc.mtu)?;
     Ok((pod, addr))
 }

@@ -288,7 +288,7 @@ fn run(d: Duration) -> Result<(), String> {
         let addr = Ipv4Addr::new(10, 32, 0, 10 + i as u8);
         let pod = bed.add_pod(h, &format!("pod{i}"), POD_BRIDGE, "vp0", addr, 12, None).map_err(|e| chain(&e))?;
         if std::env::var_os("WEFT_E2E_BASE_POD_GRO").is_some() {
-            bed.netlink(h).coalesce_pod_udp("vp0").map_err(|e| chain(&e))?;
+            bed.netlink(h).set_pod_udp_coalescing("vp0", Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT)).map_err(|e| chain(&e))?;
         }
         bed.netlink(pod).set_mtu("eth0", mtu).map_err(|e| chain(&e))?;
         pods.push((pod, addr));
@@ -499,11 +499,11 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
         let pod = bed.add_pod(lan.hosts[i], &format!("pod{i}"), POD_BRIDGE, "vp0", addr, prefix.parse().map_err(|_| "bad prefix")?, Some(gw)).map_err(|e| chain(&e))?;
         // The host end as weft-cni leaves it.
         if std::env::var_os("WEFT_E2E_NO_POD_GRO").is_none() {
-            bed.netlink(lan.hosts[i]).coalesce_pod_udp("vp0").map_err(|e| chain(&e))?;
-            if let Ok(v) = std::env::var("WEFT_E2E_POD_GRO_FLUSH_US") {
-                let us: u64 = v.parse().map_err(|_| format!("WEFT_E2E_POD_GRO_FLUSH_US={v:?}: not a number of µs"))?;
-                bed.netlink(lan.hosts[i]).set_gro_flush_timeout("vp0", Duration::from_micros(us)).map_err(|e| chain(&e))?;
-            }
+            let timeout = match std::env::var("WEFT_E2E_POD_GRO_FLUSH_US") {
+                Ok(v) => Duration::from_micros(v.parse().map_err(|_| format!("WEFT_E2E_POD_GRO_FLUSH_US={v:?}: not a number of µs"))?),
+                Err(_) => weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT,
+            };
+            bed.netlink(lan.hosts[i]).set_pod_udp_coalescing("vp0", Some(timeout)).map_err(|e| chain(&e))?;
         }
         bed.netlink(pod).set_mtu("eth0", a.mtu).map_err(|e| chain(&e))?;
         pods.push((pod, addr));

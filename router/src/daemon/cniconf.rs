@@ -1,5 +1,6 @@
 //! The CNI configuration the router writes (`--write-cni-conf`): the shipped
-//! `deploy/10-weft.conflist`, pointed at this router's API socket.
+//! `deploy/10-weft.conflist`, pointed at this router's API socket, with its
+//! `--pod-udp-coalesce-us` (`udpCoalesceMicros`).
 //!
 //! It is written once the router can serve ADDs (see [`super::health::become_ready`]), atomically
 //! (a hidden temporary file in the same directory, fsync, rename, fsync of the directory), so the
@@ -11,6 +12,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The shipped configuration.
 const SHIPPED: &str = include_str!("../../../deploy/10-weft.conflist");
@@ -34,20 +36,22 @@ pub enum CniConfError {
     },
 }
 
-/// The configuration for a router whose API socket is `api_socket`.
-pub fn render(api_socket: &Path) -> Result<String, CniConfError> {
+/// The configuration for a router whose API socket is `api_socket`, with its
+/// `--pod-udp-coalesce-us` (`None`: 0, off).
+pub fn render(api_socket: &Path, coalesce: Option<Duration>) -> Result<String, CniConfError> {
     let mut v: serde_json::Value = serde_json::from_str(SHIPPED).map_err(|_| CniConfError::Shipped)?;
     let plugins = v.get_mut("plugins").and_then(|p| p.as_array_mut()).ok_or(CniConfError::Shipped)?;
     let weft = plugins.iter_mut().find(|p| p["type"] == "weft-cni").ok_or(CniConfError::Shipped)?;
     weft["apiSocket"] = serde_json::json!(api_socket);
+    weft["udpCoalesceMicros"] = serde_json::json!(coalesce.map_or(0, |t| t.as_micros() as u64));
     let mut text = serde_json::to_string_pretty(&v).map_err(|_| CniConfError::Shipped)?;
     text.push('\n');
     Ok(text)
 }
 
 /// Writes the configuration to `path` atomically; false if it was already there as is.
-pub fn write(path: &Path, api_socket: &Path) -> Result<bool, CniConfError> {
-    let text = render(api_socket)?;
+pub fn write(path: &Path, api_socket: &Path, coalesce: Option<Duration>) -> Result<bool, CniConfError> {
+    let text = render(api_socket, coalesce)?;
     if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
         return Ok(false);
     }
@@ -78,14 +82,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weft-cniconf-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("net.d/10-weft.conflist");
-        assert!(write(&path, Path::new("/run/x/weft.sock")).unwrap());
+        let coalesce = Some(Duration::from_micros(20));
+        assert!(write(&path, Path::new("/run/x/weft.sock"), coalesce).unwrap());
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let shipped: serde_json::Value = serde_json::from_str(SHIPPED).unwrap();
         assert_eq!(v["plugins"][0]["apiSocket"], "/run/x/weft.sock");
+        assert_eq!(v["plugins"][0]["udpCoalesceMicros"], 20);
         assert_eq!(v["plugins"][1], shipped["plugins"][1], "the chained plugins as shipped");
         assert_eq!((&v["name"], &v["cniVersion"]), (&shipped["name"], &shipped["cniVersion"]));
-        assert!(!write(&path, Path::new("/run/x/weft.sock")).unwrap(), "the same content is not rewritten");
-        assert!(write(&path, Path::new("/run/y.sock")).unwrap());
+        assert!(!write(&path, Path::new("/run/x/weft.sock"), coalesce).unwrap(), "the same content is not rewritten");
+        assert!(write(&path, Path::new("/run/x/weft.sock"), None).unwrap(), "another setting is written");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["plugins"][0]["udpCoalesceMicros"], 0);
+        assert!(write(&path, Path::new("/run/y.sock"), None).unwrap());
         let names: Vec<_> = std::fs::read_dir(dir.join("net.d")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["10-weft.conflist"], "no temporary file left");
         std::fs::remove_dir_all(&dir).unwrap();

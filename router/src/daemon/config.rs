@@ -106,6 +106,11 @@ pub struct RouterArgs {
     /// (default: one for every two cores, 1 to 8).
     #[arg(long, env = "WEFT_DATAPLANE_THREADS", value_name = "N")]
     pub dataplane_threads: Option<usize>,
+    /// How long (µs) GRO on each pod's host-side veth holds the pod's UDP datagrams to coalesce
+    /// them into super-frames; 0 turns coalescing off (a lone datagram is not held), at most 1000.
+    /// Written into the CNI configuration, and set on the pods already there at start.
+    #[arg(long, env = "WEFT_POD_UDP_COALESCE_US", value_name = "MICROS", default_value_t = weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64)]
+    pub pod_udp_coalesce_us: u64,
     /// Prometheus metrics address (also `/healthz` and `/readyz`).
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
     pub metrics_addr: SocketAddr,
@@ -225,6 +230,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// Data plane queues (TAP queues, sleeve sockets, two threads each).
     pub dataplane_threads: usize,
+    /// GRO's hold on pods' UDP (`--pod-udp-coalesce-us`); `None`: not coalesced.
+    pub pod_udp_coalesce: Option<std::time::Duration>,
     /// Whether `--ipalloc-init` was given (else, with Kubernetes, the first Node list decides).
     pub ipalloc_init_given: bool,
     /// Kubernetes discovery, when on.
@@ -256,6 +263,7 @@ impl std::fmt::Debug for Config {
             .field("conn_limit", &self.conn_limit)
             .field("masquerade", &self.masquerade)
             .field("dataplane_threads", &self.dataplane_threads)
+            .field("pod_udp_coalesce", &self.pod_udp_coalesce)
             .finish_non_exhaustive()
     }
 }
@@ -316,6 +324,9 @@ pub enum ConfigError {
     /// A bad `--mtu`.
     #[error("bad --mtu {0}: must be between 576 and 65000")]
     Mtu(u32),
+    /// A bad `--pod-udp-coalesce-us`.
+    #[error("bad --pod-udp-coalesce-us {0}: must be between 0 (off) and 1000")]
+    PodUdpCoalesce(u64),
     /// A bad `--dataplane-threads`.
     #[error("bad --dataplane-threads {0}: must be between 1 and {MAX_DATAPLANE_THREADS}")]
     DataplaneThreads(usize),
@@ -369,6 +380,10 @@ impl Config {
             Some(n) => n,
             None => default_dataplane_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
         };
+        if args.pod_udp_coalesce_us > 1000 {
+            return Err(ConfigError::PodUdpCoalesce(args.pod_udp_coalesce_us));
+        }
+        let pod_udp_coalesce = (args.pod_udp_coalesce_us > 0).then(|| std::time::Duration::from_micros(args.pod_udp_coalesce_us));
         let ipalloc_consensus = match args.ipalloc_init.as_deref() {
             None if peers.is_empty() => None,
             None => Some(peers.len() + 1),
@@ -416,6 +431,7 @@ impl Config {
             sleeve_port: args.sleeve_port,
             metrics_addr: args.metrics_addr,
             dataplane_threads,
+            pod_udp_coalesce,
             ipalloc_init_given: args.ipalloc_init.is_some(),
             kube,
             cni_conf,
@@ -619,6 +635,12 @@ mod tests {
         }
         assert_eq!(Config::from_args(args(&["--dataplane-threads", "64"]), no_env).unwrap().dataplane_threads, 64);
         assert_eq!(Config::from_args(args(&["--dataplane-threads=2"]), no_env).unwrap().dataplane_threads, 2);
+        let coalesce = |a: &[&str]| Config::from_args(args(a), no_env).map(|c| c.pod_udp_coalesce);
+        assert_eq!(coalesce(&[]).unwrap(), Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT));
+        assert_eq!(coalesce(&["--pod-udp-coalesce-us", "0"]).unwrap(), None);
+        assert_eq!(coalesce(&["--pod-udp-coalesce-us", "1000"]).unwrap(), Some(std::time::Duration::from_millis(1)));
+        let e = coalesce(&["--pod-udp-coalesce-us", "1001"]).unwrap_err();
+        assert!(matches!(e, ConfigError::PodUdpCoalesce(1001)) && e.to_string().contains("between 0 (off) and 1000"), "{e}");
         assert!(matches!(Config::from_args(args(&["--ipalloc-init", "consensus=0"]), no_env), Err(ConfigError::IpallocInit(_))));
         assert_eq!(Config::from_args(args(&["--ipalloc-init", "consensus=4"]), no_env).unwrap().ipalloc_consensus, Some(4));
         assert_eq!(Config::from_args(args(&["--peer", "a", "--peer", "b"]), no_env).unwrap().ipalloc_consensus, Some(3));

@@ -152,8 +152,8 @@ pub async fn become_ready(d: Arc<Daemon>) {
             Ok(gw) => {
                 match d.config.cni_conf.as_deref() {
                     Some(path) => {
-                        let (path, socket) = (path.to_owned(), d.config.api_socket.clone());
-                        let written = tokio::task::spawn_blocking(move || super::cniconf::write(&path, &socket).map(|w| (w, path))).await;
+                        let (path, socket, coalesce) = (path.to_owned(), d.config.api_socket.clone(), d.config.pod_udp_coalesce);
+                        let written = tokio::task::spawn_blocking(move || super::cniconf::write(&path, &socket, coalesce).map(|w| (w, path))).await;
                         match written {
                             Ok(Ok((w, path))) => {
                                 let what = if w { "written" } else { "already in place" };

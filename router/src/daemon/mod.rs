@@ -359,7 +359,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     let taps = Tap::open_queues(&devices.tap, config.dataplane_threads)?;
     let mut repairs = plumbing::ensure(&mut nl, &devices)?;
     repairs.0.extend(plumbing::prune_bridge_addresses(&mut nl, &devices.bridge, config.ipalloc_range)?.0);
-    let (coalesced, not_coalesced) = plumbing::coalesce_pod_ports(&mut nl, &devices.bridge)?;
+    let (coalesced, not_coalesced) = plumbing::coalesce_pod_ports(&mut nl, &devices.bridge, config.pod_udp_coalesce)?;
     repairs.0.extend(coalesced.0);
     for r in &repairs.0 {
         tracing::info!("plumbing: {r}");

@@ -8,16 +8,17 @@
 //! the MACs the router programs, and a local entry of this peer's heartbeat MAC on it hands
 //! heartbeats up to the bridge device. With the fast path off, `weft-vxlan` is removed.
 //!
-//! At start, [`coalesce_pod_ports`] gives pods attached by an earlier version the UDP
-//! coalescing weft-cni now sets on their veths, [`check_range`] refuses a pod range that overlaps an address or a route of the
+//! At start, [`coalesce_pod_ports`] gives the pods already there the UDP coalescing weft-cni
+//! sets on their veths under this `--pod-udp-coalesce-us`, [`check_range`] refuses a pod range that overlaps an address or a route of the
 //! host other than the bridge's own (the default route aside), and [`prune_bridge_addresses`]
 //! removes from the bridge the IPv4 addresses of an earlier pod range (their routes go with
 //! them).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use weft_kernel::netlink::{BridgeFdbKind, LinkKind, PortFlags, VxlanConfig};
-use weft_kernel::{Error, Handle, offload};
+use weft_kernel::{Error, Handle};
 use weft_mesh::ipam::Cidr;
 
 use super::config::overlaps;
@@ -95,27 +96,28 @@ pub fn ensure(nl: &mut Handle, dev: &Devices) -> Result<Repairs, Error> {
     Ok(Repairs(done))
 }
 
-/// Gives every veth port of `bridge` (a pod's host end) the UDP coalescing weft-cni sets
-/// (`weft_kernel::offload`), where it is missing: pods attached by an earlier version keep their
-/// veths across an upgrade. Returns what was changed, and the ports it could not change with why
-/// (the pod still works without it).
-pub fn coalesce_pod_ports(nl: &mut Handle, bridge: &str) -> Result<(Repairs, Vec<String>), Error> {
+/// Gives every veth port of `bridge` (a pod's host end) the UDP coalescing `coalesce` says
+/// (`weft_kernel::offload`; `None`: none), where it differs: pods attached by an earlier version,
+/// or under another `--pod-udp-coalesce-us`, keep their veths across a restart. Returns what was
+/// changed, and the ports it could not change with why (the pod still works).
+pub fn coalesce_pod_ports(nl: &mut Handle, bridge: &str, coalesce: Option<Duration>) -> Result<(Repairs, Vec<String>), Error> {
     let Some(br) = nl.find_link(bridge)? else { return Ok((Repairs::default(), Vec::new())) };
     let (mut done, mut failed) = (Vec::new(), Vec::new());
+    let what = match coalesce {
+        Some(t) => format!("UDP coalescing set ({} µs)", t.as_micros()),
+        None => "UDP coalescing turned off".to_owned(),
+    };
     for port in nl.links()?.into_iter().filter(|l| l.master == Some(br.index) && l.kind.as_deref() == Some("veth")) {
-        let missing = match (nl.features(&port.name), nl.gro_flush_timeout(&port.name)) {
-            (Ok(f), Ok(t)) => t != offload::POD_GRO_FLUSH_TIMEOUT || offload::POD_FEATURES.iter().any(|want| !f.iter().any(|(n, on)| n == want && *on)),
-            // Gone meanwhile (its pod deleted): nothing to do.
-            (Err(e), _) | (_, Err(e)) if e.is_not_found() => false,
-            _ => true,
+        let r = match nl.pod_udp_coalescing_is(&port.name, coalesce) {
+            Ok(true) => continue,
+            Ok(false) => nl.set_pod_udp_coalescing(&port.name, coalesce),
+            Err(e) => Err(e),
         };
-        if !missing {
-            continue;
-        }
-        match nl.coalesce_pod_udp(&port.name) {
-            Ok(()) => done.push(format!("pod port {}: UDP coalescing turned on", port.name)),
+        match r {
+            Ok(()) => done.push(format!("pod port {}: {what}", port.name)),
+            // Gone meanwhile (its pod deleted): nothing to do.
             Err(e) if e.is_not_found() => {}
-            Err(e) => failed.push(format!("pod port {}: UDP coalescing not turned on: {}", port.name, weft_kernel::chain(&e))),
+            Err(e) => failed.push(format!("pod port {}: {what} failed: {}", port.name, weft_kernel::chain(&e))),
         }
     }
     Ok((Repairs(done), failed))
