@@ -38,10 +38,15 @@ pub const POD_FEATURES: [&str; 2] = ["rx-gro", "rx-udp-gro-forwarding"];
 impl Handle {
     /// Gives the host end `link` of a pod's veth what coalesces the pod's UDP: GRO, UDP GRO
     /// forwarding and the GRO flush timeout `timeout` ([`POD_GRO_FLUSH_TIMEOUT`] by default);
-    /// with `None`, takes them away again (a veth's own defaults: no GRO, no timeout).
+    /// with `None`, takes them away again (a veth's own defaults: no GRO, no timeout). When the
+    /// timeout cannot be set, the features are put back as they were.
     pub fn set_pod_udp_coalescing(&mut self, link: &str, timeout: Option<Duration>) -> Result<()> {
+        let before = self.features(link)?;
         self.set_features(link, &POD_FEATURES.map(|f| (f, timeout.is_some())))?;
-        self.set_gro_flush_timeout(link, timeout.unwrap_or_default())
+        self.set_gro_flush_timeout(link, timeout.unwrap_or_default()).inspect_err(|_| {
+            let was = POD_FEATURES.map(|f| (f, before.iter().any(|(n, on)| n == f && *on)));
+            let _ = self.set_features(link, &was);
+        })
     }
 
     /// Whether `link` coalesces as [`set_pod_udp_coalescing`](Self::set_pod_udp_coalescing)

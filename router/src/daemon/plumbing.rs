@@ -9,8 +9,9 @@
 //! heartbeats up to the bridge device. With the fast path off, `weft-vxlan` is removed.
 //!
 //! At start, [`coalesce_pod_ports`] gives the pods already there the UDP coalescing weft-cni
-//! sets on their veths under this `--pod-udp-coalesce-us`, [`check_range`] refuses a pod range that overlaps an address or a route of the
-//! host other than the bridge's own (the default route aside), and [`prune_bridge_addresses`]
+//! sets on their veths under this `--pod-udp-coalesce-us`, [`check_range`] refuses a pod range
+//! that overlaps an address or a route of the host other than the bridge's own (the default
+//! route aside), and [`prune_bridge_addresses`]
 //! removes from the bridge the IPv4 addresses of an earlier pod range (their routes go with
 //! them).
 
