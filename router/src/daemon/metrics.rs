@@ -13,6 +13,7 @@
 //! | `weft_relayed_frames_total` | counter | |
 //! | `weft_sleeve_rekeys_total` | counter | |
 //! | `weft_tap_frames_total` | counter | `direction` (from_bridge, to_bridge) |
+//! | `weft_udp_merged_datagrams_total` | counter | |
 //! | `weft_drops_total` | counter | `reason` (no_route, malformed, unknown_session, auth, replay, mtu, io, switch, other) |
 //! | `weft_ipam_addresses_owned`, `weft_ipam_addresses_allocated` | gauge | |
 //! | `weft_route_recomputations_total` | counter | |
@@ -124,6 +125,8 @@ pub fn render(d: &Daemon) -> String {
     header(&mut out, "weft_tap_frames_total", "counter", "Frames read from and written to the bridge's TAP port.");
     let _ = writeln!(out, "weft_tap_frames_total{{direction=\"from_bridge\"}} {}", get(&s.tap_frames_in));
     let _ = writeln!(out, "weft_tap_frames_total{{direction=\"to_bridge\"}} {}", get(&s.tap_frames_out));
+    header(&mut out, "weft_udp_merged_datagrams_total", "counter", "UDP datagrams from the sleeve written to the TAP merged with others of their flow into one frame.");
+    let _ = writeln!(out, "weft_udp_merged_datagrams_total {}", get(&s.udp_merged));
     header(&mut out, "weft_drops_total", "counter", "Frames and datagrams dropped, by reason.");
     for (reason, n) in [
         ("no_route", get(&s.drop_no_route)),

@@ -7,7 +7,8 @@
 //!   envelope (its layout is the sleeve's, `weft_sleeve::wire`);
 //! - [`icmp`]: "fragmentation needed" / "packet too big" answers to pods;
 //! - [`links`]: the sleeve link to each connected peer (session, address, reassembly, health);
-//! - [`sleeve`]: sealing and sending frames (whole or fragmented), walking opened bodies.
+//! - [`sleeve`]: sealing and sending frames (whole or fragmented), walking opened bodies;
+//! - [`udpmerge`]: UDP datagrams for this host merged per flow into one frame for the TAP.
 //!
 //! Two threads per queue, each side of a queue read by one thread at a time (see below): a
 //! queue ([`Queue`]) is a queue of the multi-queue TAP and a socket of the sleeve port's
@@ -60,6 +61,7 @@ pub mod links;
 pub mod sleeve;
 pub mod switch;
 pub mod tapio;
+pub mod udpmerge;
 pub mod vnet;
 
 use std::ops::{Deref, Range};
@@ -79,6 +81,7 @@ use links::{Links, SleeveLink};
 use sleeve::{DataplaneStats, LazyReasm, Received, SendError, Sender, Wire};
 use switch::{PeerLearning, Switch, Verdict};
 use tapio::{FrameBuf, TapIo};
+use udpmerge::{Merge, Offer};
 
 /// Frames read from the TAP per batch.
 pub const TAP_BATCH: usize = 32;
@@ -423,6 +426,8 @@ struct Receiver {
     sender: Sender,
     opened: Vec<Range<usize>>,
     learning: PeerLearning,
+    /// UDP datagrams for this host being merged into one frame for the TAP.
+    merge: Merge,
     /// The queues whose TAP the batch at hand wrote frames to (bit Q: queue Q; at most 64
     /// queues).
     to_tap: u64,
@@ -451,8 +456,9 @@ fn sleeve_thread(sh: &Shared, q: usize) {
                 let (src, data, stride) = batch.get_mut(i);
                 receive_message(sh, &mut rx, &routes, &tap, now, src, data, stride);
             }
-            // Relayed frames leave packed, as the TAP thread's do.
+            // Relayed frames leave packed, as the TAP thread's do; merged datagrams are written.
             rx.sender.flush(now, &mut Net { sh, now });
+            write_merged(sh, &mut rx.merge, &mut rx.to_tap);
             if !rx.learning.is_empty() {
                 sh.switch().learn_from_peers(now, &mut rx.learning);
             }
@@ -571,16 +577,14 @@ fn receive_message(sh: &Lane<'_>, rx: &mut Receiver, routes: &Routes, tap: &TapI
         }
         link.stats.datagrams_in.fetch_add(rx.opened.len() as u64, Ordering::Relaxed);
         // Walk what opened.
-        let Receiver { sender, opened, learning, to_tap } = rx;
+        let Receiver { sender, opened, learning, merge, to_tap } = rx;
         let mut reasm = LazyReasm::new(&link);
         for body in opened.iter() {
             sleeve::for_each_record(now, &data[body.clone()], &mut reasm, &sh.stats, |item| match item {
                 Received::Frame(f) => {
                     link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                     link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
-                    if let Some(q) = deliver(sh, sender, learning, routes, tap, now, link.peer, &f) {
-                        *to_tap |= 1 << q;
-                    }
+                    deliver(sh, sender, learning, merge, to_tap, routes, tap, now, link.peer, &f);
                 }
                 Received::Control(payload) => on_control(sh, sender, now, &link, payload),
             });
@@ -589,46 +593,78 @@ fn receive_message(sh: &Lane<'_>, rx: &mut Receiver, routes: &Routes, tap: &TapI
 }
 
 /// A frame from neighbour `from`: relay it on, and deliver it to the bridge when it is for this
-/// host; returns the queue whose TAP it was written to.
+/// host (UDP datagrams merged with others of their flow, written by [`write_merged`]; bit Q
+/// of `to_tap` is set when queue Q's TAP was written to).
 #[allow(clippy::too_many_arguments)]
-fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) -> Option<usize> {
+fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, merge: &mut Merge, to_tap: &mut u64, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, f: &FrameRepr<'_>) {
     let plan = forward::from_peer(sh.me, from, f.envelope, routes);
     if plan.dropped.is_some() {
         inc(&sh.stats.drop_switch);
-        return None;
+        return;
     }
     for (hop, envelope) in plan.onward.sends() {
         inc(&sh.stats.relayed);
         send(sh, sender, now, hop, &FrameRepr { envelope, ..*f });
     }
     if !plan.local {
-        return None;
+        return;
     }
     if learning.from_peer(PeerName(f.envelope.src), f.frame) != Verdict::Local {
         inc(&sh.stats.drop_switch);
-        return None;
+        return;
+    }
+    // With several queues, the flow's TAP queue: its frames back are read there (see the
+    // module doc).
+    let q = match sh.queues.len() {
+        1 => 0,
+        n => tapio::queue_of(f.frame, n),
+    };
+    loop {
+        match merge.offer(q, f.vnet, f.frame) {
+            Offer::Taken => return,
+            Offer::EndsRun => write_merged(sh, merge, to_tap),
+            Offer::Refused => {
+                write_merged(sh, merge, to_tap);
+                break;
+            }
+        }
     }
     let mut hdr = [0u8; vnet::LEN];
     vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
-    // With several queues, the flow's TAP queue: its frames back are read there (see the
-    // module doc).
     let flow_tap;
-    let (q, tap) = match sh.queues.len() {
-        1 => (0, tap),
-        n => {
-            let q = tapio::queue_of(f.frame, n);
+    let tap = match sh.queues.len() {
+        1 => tap,
+        _ => {
             flow_tap = sh.queues[q].tap.load();
-            (q, &**flow_tap)
+            &**flow_tap
         }
     };
-    match tap.write_frame(&hdr, f.frame) {
+    write_to_tap(sh, tap, q, &hdr, f.frame, 1, to_tap);
+}
+
+/// Writes the run of UDP datagrams `merge` holds, if any, to its queue's TAP.
+fn write_merged(sh: &Lane<'_>, merge: &mut Merge, to_tap: &mut u64) {
+    let Some(out) = merge.take() else { return };
+    let mut hdr = [0u8; vnet::LEN];
+    vnet::emit(&out.vnet, &mut hdr);
+    let tap = sh.queues[out.queue].tap.load();
+    if write_to_tap(sh, &tap, out.queue, &hdr, out.frame, out.datagrams as u64, to_tap) && out.datagrams > 1 {
+        sh.stats.udp_merged.fetch_add(out.datagrams as u64, Ordering::Relaxed);
+    }
+}
+
+/// Writes one frame (carrying `datagrams` datagrams) to `tap`, queue `q`; false if it was
+/// dropped (counted).
+fn write_to_tap(sh: &Lane<'_>, tap: &TapIo, q: usize, hdr: &[u8; vnet::LEN], frame: &[u8], datagrams: u64, to_tap: &mut u64) -> bool {
+    match tap.write_frame(hdr, frame) {
         Ok(true) => {
             inc(&sh.stats.tap_frames_out);
-            Some(q)
+            *to_tap |= 1 << q;
+            true
         }
         Ok(false) | Err(_) => {
-            inc(&sh.stats.drop_io);
-            None
+            sh.stats.drop_io.fetch_add(datagrams, Ordering::Relaxed);
+            false
         }
     }
 }

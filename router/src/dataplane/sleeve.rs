@@ -32,8 +32,11 @@ pub const MIN_DATAGRAM: usize = 576;
 pub struct DataplaneStats {
     /// Frames read from the TAP.
     pub tap_frames_in: AtomicU64,
-    /// Frames written to the TAP.
+    /// Frames written to the TAP (a merged run of UDP datagrams is one).
     pub tap_frames_out: AtomicU64,
+    /// UDP datagrams from the sleeve written to the TAP merged with others of their flow
+    /// (`udpmerge`).
+    pub udp_merged: AtomicU64,
     /// Frames relayed for other peers.
     pub relayed: AtomicU64,
     /// Dropped: no route to the destination peer (or no link to the next hop).
