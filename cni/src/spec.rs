@@ -123,9 +123,6 @@ fn default_coalesce() -> u64 {
     weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64
 }
 
-/// The largest `udpCoalesceMicros` taken: a longer hold would only delay lone datagrams.
-pub(crate) const MAX_COALESCE_MICROS: u64 = 1000;
-
 impl NetConf {
     /// The GRO flush timeout for the pod's host port; `None`: the pod's UDP is not coalesced.
     pub(crate) fn udp_coalesce(&self) -> Option<std::time::Duration> {
@@ -141,8 +138,9 @@ impl NetConf {
                 if !c.kind.is_empty() && c.kind != "weft-cni" {
                     return Err(CniError::new(code::INVALID_CONFIG, format!("network configuration is for plugin type {:?}, not weft-cni", c.kind), ""));
                 }
-                if c.udp_coalesce_micros > MAX_COALESCE_MICROS {
-                    return Err(CniError::new(code::INVALID_CONFIG, format!("udpCoalesceMicros {} is above {MAX_COALESCE_MICROS}", c.udp_coalesce_micros), "0 turns coalescing off"));
+                let max = weft_kernel::offload::MAX_POD_GRO_FLUSH_MICROS;
+                if c.udp_coalesce_micros > max {
+                    return Err(CniError::new(code::INVALID_CONFIG, format!("udpCoalesceMicros {} is above {max}", c.udp_coalesce_micros), "0 turns coalescing off"));
                 }
                 Ok(c)
             })

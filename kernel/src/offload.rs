@@ -32,6 +32,10 @@ use crate::sys;
 /// datagrams, nothing is merged, and the timers cost more than GRO saves.
 pub const POD_GRO_FLUSH_TIMEOUT: Duration = Duration::from_micros(20);
 
+/// The longest GRO flush timeout weft sets on a pod's veth (`--pod-udp-coalesce-us`,
+/// `udpCoalesceMicros`), in µs: a longer hold would only delay lone datagrams.
+pub const MAX_POD_GRO_FLUSH_MICROS: u64 = 1000;
+
 /// The features [`Handle::set_pod_udp_coalescing`] turns on.
 pub const POD_FEATURES: [&str; 2] = ["rx-gro", "rx-udp-gro-forwarding"];
 
@@ -71,7 +75,7 @@ impl Handle {
             }
         }
         sys::ethtool_set_features(self.fd(), link, &valid, &requested).map_err(|e| self.kernel_error("set features of", link, e))?;
-        let active = self.features(link)?;
+        let active = self.active_features(link, names)?;
         for &(name, on) in wanted {
             if active.iter().any(|(n, a)| n == name && *a != on) {
                 let state = if on { "on" } else { "off" };
@@ -84,6 +88,11 @@ impl Handle {
     /// Every feature of `link` by name, and whether it is active.
     pub fn features(&mut self, link: &str) -> Result<Vec<(String, bool)>> {
         let names = self.feature_names(link)?;
+        self.active_features(link, names)
+    }
+
+    /// `names` (the kernel's, by bit) each with whether it is active on `link`.
+    fn active_features(&self, link: &str, names: Vec<String>) -> Result<Vec<(String, bool)>> {
         let active = sys::ethtool_active_features(self.fd(), link, names.len().div_ceil(32)).map_err(|e| self.kernel_error("read features of", link, e))?;
         Ok(names.into_iter().enumerate().map(|(bit, n)| (n, active[bit / 32] & (1 << (bit % 32)) != 0)).collect())
     }

@@ -1,15 +1,21 @@
 //! Host plumbing against the real kernel, in a test-bed namespace (root needed).
 
 use weft_kernel::tap::Tap;
-use weft_testbed::TestBed;
+use weft_testbed::{NodeId, TestBed};
 use weft_router::daemon::plumbing::{self, Devices};
 
-#[test]
-fn plumbing_is_idempotent_and_repairs_what_was_changed() {
+/// A host with the router's TAP open (kept by the caller), and the default device names.
+fn host_with_tap() -> (TestBed, NodeId, Devices, Tap) {
     let mut bed = TestBed::new().expect("cannot build a test bed");
     let h = bed.add_node("h").unwrap();
     let dev = Devices::default();
     let tap = bed.ns(h).run(|| Tap::open(&dev.tap)).unwrap().unwrap();
+    (bed, h, dev, tap)
+}
+
+#[test]
+fn plumbing_is_idempotent_and_repairs_what_was_changed() {
+    let (mut bed, h, dev, tap) = host_with_tap();
     let nl = bed.netlink(h);
 
     let first = plumbing::ensure(nl, &dev).unwrap();
@@ -39,10 +45,7 @@ fn plumbing_is_idempotent_and_repairs_what_was_changed() {
 
 #[test]
 fn pod_ports_of_an_earlier_version_get_udp_coalescing_once() {
-    let mut bed = TestBed::new().expect("cannot build a test bed");
-    let h = bed.add_node("h").unwrap();
-    let dev = Devices::default();
-    let tap = bed.ns(h).run(|| Tap::open(&dev.tap)).unwrap().unwrap();
+    let (mut bed, h, dev, tap) = host_with_tap();
     plumbing::ensure(bed.netlink(h), &dev).unwrap();
     // Two pods with plain veths, as an earlier weft-cni left them.
     for (i, port) in ["vp1", "vp2"].into_iter().enumerate() {

@@ -42,7 +42,7 @@
 //! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft (with
 //! `WEFT_E2E_PERF_UDP=PAYLOAD`, a UDP run of that payload instead, profiled as the TCP run is);
 //! `WEFT_E2E_UDP_BITRATE=RATE` offers the UDP runs at iperf3's `-b RATE` (e.g. `300M`) instead
-//! of as fast as the sender can (the rows still say `-b 0`);
+//! of as fast as the sender can;
 //! `WEFT_E2E_QUICK=1` measures per path only single-stream TCP, the ping and UDP RTT and the idle CPU
 //! (for latency work: several runs in the time of one);
 //! `WEFT_E2E_PERF_DIR=DIR` records `perf` samples of each router during the encrypted
@@ -195,14 +195,19 @@ fn sleeps(pid: u32) -> Result<u64, String> {
     Ok(total)
 }
 
-/// Single-stream TCP, with `perf` recording `pids` meanwhile when asked.
-fn tcp1_profiled(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr: Ipv4Addr, d: Duration, pids: &[u32], perf: Option<&Profile>) -> Result<Throughput, String> {
+/// Runs `f`, a measurement lasting `d`, with `perf` recording `pids` meanwhile when asked.
+fn profiled<T>(perf: Option<&Profile>, pids: &[u32], d: Duration, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     let recording = perf.map(|p| p.start(pids, d)).transpose()?;
-    let t = iperf3_tcp(bed, server, client, server_addr, d, 1);
+    let out = f();
     if let Some(r) = recording {
         r.finish()?;
     }
-    t
+    out
+}
+
+/// iperf3's `-b` for the UDP runs: `WEFT_E2E_UDP_BITRATE`, by default 0 (as fast as it can).
+fn udp_bitrate() -> String {
+    std::env::var("WEFT_E2E_UDP_BITRATE").unwrap_or_else(|_| "0".into())
 }
 
 /// The measurements over one path: from `client` to `server_addr` (on `server`).
@@ -210,10 +215,10 @@ fn tcp1_profiled(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr:
 fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeId, server_addr: Ipv4Addr, d: Duration, pids: &[u32], perf: Option<&Profile>) -> Result<PathResult, String> {
     eprintln!("e2e: {label} ...");
     let quick = std::env::var_os("WEFT_E2E_QUICK").is_some();
-    let tcp1 = with_cpu(pids, || tcp1_profiled(bed, server, client, server_addr, d, pids, perf))?;
+    let tcp1 = with_cpu(pids, || profiled(perf, pids, d, || iperf3_tcp(bed, server, client, server_addr, d, 1)))?;
     let tcp4 = if quick { None } else { Some(with_cpu(pids, || iperf3_tcp(bed, server, client, server_addr, d, 4))?) };
     let mut udp = Vec::new();
-    let udp_bitrate = std::env::var("WEFT_E2E_UDP_BITRATE").unwrap_or_else(|_| "0".into());
+    let udp_bitrate = udp_bitrate();
     for payload in UDP_PAYLOADS.iter().filter(|_| !quick) {
         udp.push(with_cpu(pids, || iperf3_udp(bed, server, client, server_addr, d, *payload, &udp_bitrate))?);
     }
@@ -245,14 +250,7 @@ fn run(d: Duration) -> Result<(), String> {
             let payload: usize = v.parse().map_err(|_| format!("WEFT_E2E_PERF_UDP={v:?}: not a payload size in bytes"))?;
             let (u, cpu) = weft(Mode::Encrypted, POD_MTU, |bed, server, client, addr, pids| {
                 eprintln!("e2e: weft encrypted, UDP {payload} B ...");
-                with_cpu(pids, || {
-                    let recording = perf.map(|p| p.start(pids, d)).transpose()?;
-                    let u = iperf3_udp(bed, server, client, addr, d, payload, "0");
-                    if let Some(r) = recording {
-                        r.finish()?;
-                    }
-                    u
-                })
+                with_cpu(pids, || profiled(perf, pids, d, || iperf3_udp(bed, server, client, addr, d, payload, "0")))
             })?;
             let [a, b] = cpu.routers.unwrap_or_default();
             println!("weft sleeve, encrypted, UDP {payload} B: {:.1} kpackets/s received, loss {:.1}%; routers' CPU {:.0}% + {:.0}% of a core", u.packets_per_second / 1e3, u.loss_percent, a * 100.0, b * 100.0);
@@ -260,7 +258,7 @@ fn run(d: Duration) -> Result<(), String> {
         }
         let (t, cpu) = weft(Mode::Encrypted, POD_MTU, |bed, server, client, addr, pids| {
             eprintln!("e2e: weft encrypted, single-stream TCP ...");
-            with_cpu(pids, || tcp1_profiled(bed, server, client, addr, d, pids, perf))
+            with_cpu(pids, || profiled(perf, pids, d, || iperf3_tcp(bed, server, client, addr, d, 1)))
         })?;
         let [a, b] = cpu.routers.unwrap_or_default();
         println!("weft sleeve, encrypted, single-stream TCP: {:.2} Gbit/s, retransmits {}; routers' CPU {:.0}% + {:.0}% of a core", t.bits_per_second / 1e9, t.retransmits, a * 100.0, b * 100.0);
@@ -393,8 +391,9 @@ fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str)
         row("  routers' CPU, cores (A+B)", true, &|r| get(r).and_then(|t| t.1.routers).map(|c| c[0] + c[1]), &cores);
         row("  machine CPU, cores per Gbit/s", true, &|r| get(r).map(|t| t.1.machine / (t.0.bits_per_second / 1e9)), &cores);
     }
+    let bitrate = udp_bitrate();
     for (i, payload) in UDP_PAYLOADS.iter().enumerate() {
-        row(&format!("UDP {payload} B, -b 0: kpackets/s"), true, &|r| r.udp.get(i).map(|u| u.0.packets_per_second), &kpps);
+        row(&format!("UDP {payload} B, -b {bitrate}: kpackets/s"), true, &|r| r.udp.get(i).map(|u| u.0.packets_per_second), &kpps);
         row("  loss", false, &|r| r.udp.get(i).map(|u| u.0.loss_percent), &pct);
         row("  routers' CPU, cores (A+B)", true, &|r| r.udp.get(i).and_then(|u| u.1.routers).map(|c| c[0] + c[1]), &cores);
         row("  machine CPU, cores per Gbit/s", true, &|r| r.udp.get(i).map(|u| u.1.machine / (u.0.bits_per_second / 1e9)), &cores);

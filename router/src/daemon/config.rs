@@ -18,6 +18,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use weft_kernel::offload::MAX_POD_GRO_FLUSH_MICROS;
 use weft_mesh::ipam::Cidr;
 
 /// The most bytes read from a password file (or taken from `WEFT_PASSWORD`).
@@ -325,7 +326,7 @@ pub enum ConfigError {
     #[error("bad --mtu {0}: must be between 576 and 65000")]
     Mtu(u32),
     /// A bad `--pod-udp-coalesce-us`.
-    #[error("bad --pod-udp-coalesce-us {0}: must be between 0 (off) and 1000")]
+    #[error("bad --pod-udp-coalesce-us {0}: must be between 0 (off) and {MAX_POD_GRO_FLUSH_MICROS}")]
     PodUdpCoalesce(u64),
     /// A bad `--dataplane-threads`.
     #[error("bad --dataplane-threads {0}: must be between 1 and {MAX_DATAPLANE_THREADS}")]
@@ -380,7 +381,7 @@ impl Config {
             Some(n) => n,
             None => default_dataplane_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
         };
-        if args.pod_udp_coalesce_us > 1000 {
+        if args.pod_udp_coalesce_us > MAX_POD_GRO_FLUSH_MICROS {
             return Err(ConfigError::PodUdpCoalesce(args.pod_udp_coalesce_us));
         }
         let pod_udp_coalesce = (args.pod_udp_coalesce_us > 0).then(|| std::time::Duration::from_micros(args.pod_udp_coalesce_us));

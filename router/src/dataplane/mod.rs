@@ -615,9 +615,14 @@ fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, merg
     }
     // With several queues, the flow's TAP queue: its frames back are read there (see the
     // module doc).
-    let q = match sh.queues.len() {
-        1 => 0,
-        n => tapio::queue_of(f.frame, n),
+    let flow_tap;
+    let (q, tap) = match sh.queues.len() {
+        1 => (0, tap),
+        n => {
+            let q = tapio::queue_of(f.frame, n);
+            flow_tap = sh.queues[q].tap.load();
+            (q, &**flow_tap)
+        }
     };
     loop {
         match merge.offer(q, f.vnet, f.frame) {
@@ -631,14 +636,6 @@ fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, merg
     }
     let mut hdr = [0u8; vnet::LEN];
     vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
-    let flow_tap;
-    let tap = match sh.queues.len() {
-        1 => tap,
-        _ => {
-            flow_tap = sh.queues[q].tap.load();
-            &**flow_tap
-        }
-    };
     write_to_tap(sh, tap, q, &hdr, f.frame, 1, to_tap);
 }
 

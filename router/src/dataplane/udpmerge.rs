@@ -286,9 +286,9 @@ mod tests {
         for (what, f) in [("a fragment", fragment), ("TCP", tcp), ("IP options", options), ("trailing bytes", padded)] {
             assert_eq!(m.offer(0, Some(PARTIAL), &f), Offer::Refused, "{what}");
         }
-        // Any bytes at all: refused, never a panic.
+        // A truncated frame: refused, never a panic.
         for n in 0..HEADERS + 2 {
-            let _ = Merge::default().offer(0, Some(PARTIAL), &udp(1, true, 2, 0)[..n]);
+            assert_eq!(Merge::default().offer(0, Some(PARTIAL), &udp(1, true, 2, 0)[..n]), Offer::Refused, "{n} bytes");
         }
     }
 }
