@@ -452,8 +452,10 @@ fn a_pods_udp_burst_crosses_coalesced_or_is_merged_at_the_receiver_and_arrives_i
         println!("{COUNT} datagrams of {len} B sent back to back from A's pod: {} arrived, every byte checked, in order; A's router read {read} TAP frames", got.len());
         assert!(got.windows(2).all(|w| w[0] < w[1]), "datagrams out of order or twice");
         assert!(got.len() as u32 >= COUNT * 9 / 10, "only {} of {COUNT} arrived\n{text}\n{}", got.len(), m.logs());
-        // Coalesced: far fewer frames than datagrams (up to 64 datagrams per super-frame).
-        assert!(read < u64::from(COUNT) / 4, "A's router read {read} TAP frames for {COUNT} datagrams: not coalesced\n{text}");
+        // Coalesced: far fewer frames than datagrams (up to 64 per super-frame; one each
+        // without coalescing). How many merge depends on the sender's pace against the 20 µs
+        // flush timeout: on a quiet machine ~25-55 per frame, under CI's parallel tests ~4.
+        assert!(read < u64::from(COUNT) / 2, "A's router read {read} TAP frames for {COUNT} datagrams: not coalesced\n{text}");
     }
     // A's pod port without coalescing (as a pod of another plugin, or the host's own UDP): the
     // datagrams cross one frame each, and B's router merges them before its TAP.
