@@ -31,6 +31,17 @@ pub struct Status {
     pub peers: usize,
     /// IPAM's state.
     pub ipam: IpamSummary,
+    /// How long (µs) GRO on the pods' host ports holds their UDP to coalesce it
+    /// (`--pod-udp-coalesce-us`, as written into the CNI configuration); 0: not held.
+    #[serde(default)]
+    pub pod_udp_coalesce_us: u64,
+}
+
+impl Status {
+    /// GRO's hold on the pods' UDP (what weft-cni sets on each host port); `None`: not held.
+    pub fn pod_udp_coalesce(&self) -> Option<std::time::Duration> {
+        (self.pod_udp_coalesce_us > 0).then(|| std::time::Duration::from_micros(self.pod_udp_coalesce_us))
+    }
 }
 
 /// Connection counts.

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-pub use weft_testbed::{Throughput, iperf3};
+pub use weft_testbed::{Rtt, Throughput, iperf3};
 
 /// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Result<Duration, String> {
@@ -60,6 +60,42 @@ impl MachineCpu {
     }
 }
 
+/// How long a thread blocked in a socket read takes to run again once a datagram is written to
+/// that socket, after `interval` asleep (so that its CPU went idle, as a data plane thread's does
+/// between the packets of a ping): `count` times, each from just before the write to the reader
+/// running with it. A packet's trip through a userspace overlay costs one such wake-up per
+/// thread it reaches; kernel VXLAN wakes none but the receiving application.
+pub fn wake_up_times(count: u32, interval: Duration) -> Result<Rtt, String> {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Instant;
+    let (tx, rx) = UnixDatagram::pair().map_err(|e| format!("socketpair: {e}"))?;
+    rx.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| format!("socket: {e}"))?;
+    let base = Instant::now();
+    let reader = std::thread::Builder::new()
+        .name("wake-up-probe".into())
+        .spawn(move || {
+            let mut times = Vec::with_capacity(count as usize);
+            let mut buf = [0u8; 8];
+            for _ in 0..count {
+                // The writer's clock reading, in ns since `base`; a timed-out read ends the run.
+                let Ok(8) = rx.recv(&mut buf) else { break };
+                let woke = base.elapsed();
+                times.push(woke.saturating_sub(Duration::from_nanos(u64::from_le_bytes(buf))));
+            }
+            times
+        })
+        .map_err(|e| format!("thread: {e}"))?;
+    for _ in 0..count {
+        std::thread::sleep(interval);
+        let t0 = base.elapsed().as_nanos() as u64;
+        if tx.send(&t0.to_le_bytes()).is_err() {
+            break;
+        }
+    }
+    let times = reader.join().map_err(|_| "the wake-up probe's reader panicked".to_owned())?;
+    Rtt::of(count, times).ok_or_else(|| "no wake-up measured".to_owned())
+}
+
 fn clock_ticks_per_second() -> u64 {
     // USER_HZ is 100 on every Linux architecture weft targets.
     100
@@ -79,6 +115,13 @@ mod tests {
         assert!((cores - 0.75).abs() < 1e-9, "{cores}");
         assert!(MachineCpu::parse("cpu 1 2 3\n").is_err());
         assert!(MachineCpu::parse("intr 1\n").is_err());
+    }
+
+    #[test]
+    fn every_wake_up_is_measured_and_none_is_negative() {
+        let w = wake_up_times(20, Duration::from_millis(1)).unwrap();
+        assert_eq!((w.sent, w.received), (20, 20));
+        assert!(w.p50 > Duration::ZERO && w.p50 <= w.p99 && w.p99 < Duration::from_secs(1), "{w:?}");
     }
 
     #[test]

@@ -134,9 +134,9 @@ mod tests {
     }
 
     #[test]
-    fn udp_coalescing_defaults_to_the_kernel_layers_timeout_and_zero_turns_it_off() {
+    fn udp_coalescing_is_off_unless_the_configuration_asks_and_zero_turns_it_off() {
         let conf = |text: &str| crate::spec::NetConf::parse(text.as_bytes()).unwrap().udp_coalesce();
-        assert_eq!(conf("{}"), Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT));
+        assert_eq!(conf("{}"), None);
         assert_eq!(conf(r#"{"udpCoalesceMicros":50}"#), Some(std::time::Duration::from_micros(50)));
         assert_eq!(conf(r#"{"udpCoalesceMicros":0}"#), None);
     }

@@ -84,9 +84,10 @@ pub(crate) struct NetConf {
     /// Hairpin mode on the host port (a pod can reach itself through a service).
     #[serde(default = "yes")]
     pub(crate) hairpin: bool,
-    /// How long (µs) GRO on the host port holds the pod's UDP datagrams to coalesce them; 0:
-    /// not coalesced (`weft_kernel::offload`). The router writes its `--pod-udp-coalesce-us`.
-    #[serde(default = "default_coalesce")]
+    /// How long (µs) GRO on the host port holds the pod's UDP datagrams to coalesce them; 0 or
+    /// absent: not coalesced (`weft_kernel::offload`). The router writes its
+    /// `--pod-udp-coalesce-us`.
+    #[serde(default)]
     pub(crate) udp_coalesce_micros: u64,
     /// The previous result, for CHECK and DEL (and chaining).
     #[serde(default)]
@@ -118,9 +119,6 @@ fn default_socket() -> String {
 }
 fn yes() -> bool {
     true
-}
-fn default_coalesce() -> u64 {
-    weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64
 }
 
 impl NetConf {

@@ -2,8 +2,10 @@
 //! `rx-udp-gro-forwarding`, as `ethtool -K` sets them) and the GRO flush timeout of its NAPI
 //! contexts (`/sys/class/net/LINK/gro_flush_timeout`), each in the namespace of the [`Handle`].
 //!
-//! weft gives each pod's host-side veth [`Handle::set_pod_udp_coalescing`] (unless the router runs
-//! with `--pod-udp-coalesce-us 0`): a pod's UDP datagrams
+//! weft gives each pod's host-side veth [`Handle::set_pod_udp_coalescing`] where only the sleeve
+//! carries the pods' traffic (the router's `--pod-udp-coalesce-us`; by default not where the
+//! kernel fast path may carry it, which needs no help and would only make datagrams wait): a
+//! pod's UDP datagrams
 //! towards another host are coalesced by the kernel (GRO) into UDP super-frames of up to 64
 //! segments before they reach the bridge, so the router reads, seals and sends a burst of them
 //! as one frame, and the receiving kernel segments them again only at the pod's socket (the
@@ -27,7 +29,8 @@ use crate::error::{Error, Result};
 use crate::netlink::Handle;
 use crate::sys;
 
-/// How long GRO holds a pod's datagrams on its host-side veth while more may come, by default.
+/// How long GRO holds a pod's datagrams on its host-side veth while more may come, where it is on
+/// by default.
 /// Shorter is worse on the VMs measured: at 5 or 10 µs the timer fires between a fast sender's
 /// datagrams, nothing is merged, and the timers cost more than GRO saves.
 pub const POD_GRO_FLUSH_TIMEOUT: Duration = Duration::from_micros(20);

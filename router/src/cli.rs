@@ -114,6 +114,10 @@ pub fn render_status(s: &Status) -> String {
         ("Peers", s.peers.to_string()),
         ("IPAM", format!("{} — {}", s.ipam.state, s.ipam.detail)),
         ("Range", format!("{} ({} owned here, {} allocated)", s.ipam.range, s.ipam.owned, s.ipam.allocated)),
+        ("PodUDPCoalesce", match s.pod_udp_coalesce_us {
+            0 => "off".to_owned(),
+            us => format!("{us} µs (pods' UDP bursts cross the sleeve coalesced)"),
+        }),
     ];
     let mut out = String::new();
     for (k, v) in rows {
@@ -223,6 +227,7 @@ mod tests {
             connections: ConnectionCounts { established: 1, pending: 0, failed: 1, dropped: 0 },
             peers: 3,
             ipam: IpamSummary { state: "ready".into(), detail: "allocating from 1 range".into(), range: "10.32.0.0/12".into(), owned: 524288, allocated: 2 },
+            pod_udp_coalesce_us: 20,
         };
         let text = render_status(&s);
         let expected = "        Version: 0.1.0
@@ -234,6 +239,7 @@ mod tests {
           Peers: 3
            IPAM: ready — allocating from 1 range
           Range: 10.32.0.0/12 (524288 owned here, 2 allocated)
+ PodUDPCoalesce: 20 µs (pods' UDP bursts cross the sleeve coalesced)
 ";
         assert_eq!(text, expected);
     }

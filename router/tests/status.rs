@@ -40,7 +40,7 @@ fn the_cli_shows_the_mesh_in_text_and_json() {
     let (ok, text) = cli(a, &["status"]);
     assert!(ok, "{text}");
     println!("weft status (a):\n{text}");
-    for field in ["Version:", "Name:", "(a)", "Encryption: enabled", "PeerDiscovery: enabled", "Targets: 1", "Connections:", "Peers: 4", "IPAM: ready", "Range: 10.32.0.0/12"] {
+    for field in ["Version:", "Name:", "(a)", "Encryption: enabled", "PeerDiscovery: enabled", "Targets: 1", "Connections:", "Peers: 4", "IPAM: ready", "Range: 10.32.0.0/12", "PodUDPCoalesce: 20 µs"] {
         assert!(text.contains(field), "missing {field:?} in:\n{text}");
     }
     let (_, text) = cli(a, &["status", "peers"]);
@@ -62,6 +62,9 @@ fn the_cli_shows_the_mesh_in_text_and_json() {
     let (_, json) = cli(a, &["status", "--json"]);
     let s: Status = serde_json::from_str(&json).unwrap();
     assert!(s.encryption && s.peer_discovery && s.peers == 4 && s.ipam.state == "ready" && s.connections.established >= 1);
+    // Encrypted without trusted subnets, only the sleeve carries the pods' traffic: their UDP is
+    // coalesced by default.
+    assert_eq!(s.pod_udp_coalesce_us, weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64);
     let (_, json) = cli(a, &["status", "peers", "--json"]);
     let peers: Vec<Peer> = serde_json::from_str(&json).unwrap();
     assert!(peers.iter().all(|p| p.reachable && !p.name.is_empty()));

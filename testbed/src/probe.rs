@@ -171,7 +171,7 @@ impl TestBed {
                     "-c",
                     &count.to_string(),
                     "-i",
-                    &format!("{:.3}", interval.as_secs_f64()),
+                    &format!("{:.6}", interval.as_secs_f64()),
                     "-w",
                     &deadline.to_string(),
                     &addr.to_string(),
@@ -238,7 +238,7 @@ impl TestBed {
 
 impl Rtt {
     /// The statistics of `times` (the answers to `sent` requests); `None` without answers.
-    fn of(sent: u32, mut times: Vec<Duration>) -> Option<Rtt> {
+    pub fn of(sent: u32, mut times: Vec<Duration>) -> Option<Rtt> {
         if times.is_empty() {
             return None;
         }

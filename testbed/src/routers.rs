@@ -76,7 +76,8 @@ impl RouterProc {
 
 /// Allocates an address for `container` from `router`'s IPAM (asking again for up to 20 s,
 /// until its IPAM is ready and answers with a gateway), then adds pod `name` on `host`'s bridge
-/// `weft` with it: host end `veth`, the allocation's MTU. Returns the pod and its address.
+/// `weft` with it: host end `veth`, the allocation's MTU, and the host end's UDP coalescing as
+/// weft-cni sets it from the router's configuration. Returns the pod and its address.
 pub fn add_allocated_pod(bed: &mut TestBed, router: &RouterProc, host: NodeId, container: &str, name: &str, veth: &str) -> weft_kernel::Result<(NodeId, Ipv4Addr)> {
     use weft_api::types::{AllocateRequest, Allocation, Attachment};
     let fail = |what: String| weft_kernel::Error::TestBed(format!("pod {name}: {what}"));
@@ -95,8 +96,9 @@ pub fn add_allocated_pod(bed: &mut TestBed, router: &RouterProc, host: NodeId, c
     let prefix: u8 = prefix.parse().map_err(|e| fail(format!("prefix {prefix}: {e}")))?;
     let gw: Option<Ipv4Addr> = alloc.gateway.as_deref().map(str::parse).transpose().map_err(|e| fail(format!("gateway: {e}")))?;
     let pod = bed.add_pod(host, name, "weft", veth, addr, prefix, gw)?;
-    // As weft-cni leaves the host end by default.
-    bed.netlink(host).set_pod_udp_coalescing(veth, Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT))?;
+    // As weft-cni leaves the host end: what the router writes into the CNI configuration.
+    let status: Status = client.get("/status").map_err(|e| fail(format!("status: {e}")))?;
+    bed.netlink(host).set_pod_udp_coalescing(veth, status.pod_udp_coalesce())?;
     bed.netlink(pod).set_mtu("eth0", alloc.mtu)?;
     Ok((pod, addr))
 }

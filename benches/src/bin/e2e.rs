@@ -6,14 +6,14 @@
 //! device, measured only once both routers report the connection's overlay as `fastpath` and
 //! have programmed each other's pod MAC; the run fails if they do not within 20 s).
 //!
-//! The pods of weft's paths have their host-side veth as weft-cni leaves it: GRO with UDP GRO
-//! forwarding and a 20 µs flush timeout (`weft_kernel::offload`), so a pod's UDP burst reaches
-//! the router as super-frames; the baseline's pods have plain veths, as a kernel-VXLAN network
-//! (Flannel's) leaves them. `WEFT_E2E_NO_POD_GRO=1` gives weft's pods plain veths too (the
-//! figures before weft-cni did this), `WEFT_E2E_BASE_POD_GRO=1` gives the baseline's pods weft's
-//! setting (what that setting alone does for kernel VXLAN); `WEFT_E2E_POD_GRO_FLUSH_US=N` gives
-//! weft's pods another flush timeout than weft-cni's 20 µs (to weigh packet rate against the
-//! wait of a lone datagram).
+//! The pods of weft's paths have their host-side veth as weft-cni leaves it with the router's
+//! configuration: on the sleeve paths (encrypted, plain sleeve), GRO with UDP GRO forwarding and
+//! a 20 µs flush timeout (`weft_kernel::offload`), so a pod's UDP burst reaches the router as
+//! super-frames; on the fast path, plain veths, as the baseline's pods (a kernel-VXLAN network,
+//! Flannel's, leaves them so). `WEFT_E2E_NO_POD_GRO=1` gives weft's pods plain veths on every
+//! path, `WEFT_E2E_BASE_POD_GRO=1` gives the baseline's pods the sleeve paths' setting (what that
+//! setting alone does for kernel VXLAN); `WEFT_E2E_POD_GRO_FLUSH_US=N` gives weft's pods on every
+//! path that flush timeout (to weigh packet rate against the wait of a lone datagram).
 //!
 //! Every pod, the baseline's included, has the same MTU: weft's default pod MTU, 1376 (the
 //! routers get `--mtu` explicitly, and the run fails if IPAM hands out another), so that each
@@ -23,8 +23,11 @@
 //! Per path: TCP with one stream and with 4 parallel streams; UDP packet rate with 1348-byte and
 //! 64-byte payloads offered as fast as the sender can (`iperf3 -u -b 0`: packets per second
 //! received, and loss); ping round-trip time (200 echoes 10 ms apart, mean, median and 99th
-//! percentile), and the same for UDP requests of 64 bytes answered by an echo server (what a
-//! DNS query sees, and what the pods' UDP coalescing costs a lone datagram).
+//! percentile), the same with 1000 echoes 0.2 ms apart (no thread on the path sleeps long enough
+//! for its CPU to go idle: what the round trip costs under steady traffic), and the same for UDP requests of 64 bytes answered by an echo server (what a
+//! DNS query sees, and what the pods' UDP coalescing costs a lone datagram). Last, what one
+//! wake-up of a thread asleep for 10 ms costs on this machine (`weft_benches::wake_up_times`):
+//! the unit of a userspace overlay's added round-trip time.
 //! Each iperf3 run lasts SECONDS (default 5). Around each run: the machine's CPU use from
 //! `/proc/stat` (all processes, so other work on the machine counts too) and, on weft's paths,
 //! each router's from `/proc/PID/stat`. On weft's paths, last, the routers' CPU over 10 s
@@ -45,6 +48,8 @@
 //! of as fast as the sender can;
 //! `WEFT_E2E_QUICK=1` measures per path only single-stream TCP, the ping and UDP RTT and the idle CPU
 //! (for latency work: several runs in the time of one);
+//! `WEFT_E2E_HOLD=SECONDS` keeps each weft bed up and idle that long before measuring it, and
+//! prints its pods' namespaces (for tracing one packet's trip: `benches/trace-ping.sh`);
 //! `WEFT_E2E_PERF_DIR=DIR` records `perf` samples of each router during the encrypted
 //! single-stream TCP run (`perf record -e cpu-clock --call-graph dwarf`: this VM has no hardware
 //! counters) into `DIR/sender.data` (the client's host: its `weft-tap` thread carries the data
@@ -67,6 +72,9 @@ use weft_testbed::{NodeId, Rtt, TestBed, Throughput, UdpRate, iperf3_tcp, iperf3
 const UDP_PAYLOADS: [usize; 2] = [1348, 64];
 const PINGS: u32 = 200;
 const PING_INTERVAL: Duration = Duration::from_millis(10);
+/// Pings of the busy RTT run, and their spacing.
+const BUSY_PINGS: u32 = 1000;
+const BUSY_PING_INTERVAL: Duration = Duration::from_micros(200);
 /// How long the routers' CPU is measured without traffic, and with one ping a second.
 const IDLE: Duration = Duration::from_secs(10);
 /// The pods' MTU on every path unless `WEFT_E2E_MTU` says otherwise: weft's default.
@@ -153,6 +161,8 @@ struct PathResult {
     /// One per [`UDP_PAYLOADS`]; none with `WEFT_E2E_QUICK`.
     udp: Vec<(UdpRate, Cpu)>,
     rtt: Rtt,
+    /// Pings [`BUSY_PING_INTERVAL`] apart: no thread on the path goes idle between echoes.
+    busy_rtt: Rtt,
     /// UDP request and answer (64 bytes each way), as the ping.
     udp_rtt: Rtt,
     /// The sleeps (voluntary context switches) of the routers' data plane threads (`weft-tap`,
@@ -226,6 +236,7 @@ fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeI
     let rtt = bed.ping_rtt(client, server_addr, PINGS, PING_INTERVAL)?;
     let w1 = pids.iter().map(|&p| sleeps(p)).sum::<Result<u64, String>>()?;
     let wakeups = (pids.len() == 2).then(|| w1.saturating_sub(w0) as f64 / f64::from(PINGS));
+    let busy_rtt = bed.ping_rtt(client, server_addr, BUSY_PINGS, BUSY_PING_INTERVAL)?;
     let udp_rtt = bed.udp_rtt(client, server, server_addr, PINGS, PING_INTERVAL)?;
     let idle = if pids.len() == 2 {
         let both = |c: Cpu| c.routers.map_or(0.0, |[a, b]| a + b);
@@ -238,7 +249,7 @@ fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeI
     } else {
         None
     };
-    Ok(PathResult { label, tcp1, tcp4, udp, rtt, udp_rtt, wakeups, idle })
+    Ok(PathResult { label, tcp1, tcp4, udp, rtt, busy_rtt, udp_rtt, wakeups, idle })
 }
 
 fn run(d: Duration) -> Result<(), String> {
@@ -325,7 +336,16 @@ fn run(d: Duration) -> Result<(), String> {
         }
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("e2e: a thread's wake-up ...");
+    let wake = weft_benches::wake_up_times(PINGS, PING_INTERVAL)?;
     print!("{}", table(&results, d, mtu, load.trim(), load_after.trim()));
+    println!(
+        "a thread's wake-up after {} ms asleep ({PINGS} times): median {:.0} µs, p99 {:.0} µs (a round trip through a \
+         userspace overlay waits for at least three: see README's Performance)",
+        PING_INTERVAL.as_millis(),
+        wake.p50.as_secs_f64() * 1e6,
+        wake.p99.as_secs_f64() * 1e6
+    );
     Ok(())
 }
 
@@ -403,6 +423,10 @@ fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str)
     row("  p99 µs", true, &|r| Some(r.rtt.p99.as_secs_f64() * 1e6), &us);
     row("  data plane sleeps per echo (A+B)", false, &|r| r.wakeups, &|x| format!("{x:.2}"));
     row("  replies", false, &|r| Some(f64::from(r.rtt.received)), &|x| format!("{x:.0}/{PINGS}"));
+    row(&format!("ping RTT ({BUSY_PINGS} x {} ms): avg µs", BUSY_PING_INTERVAL.as_secs_f64() * 1e3), true, &|r| Some(r.busy_rtt.avg.as_secs_f64() * 1e6), &us);
+    row("  median µs", true, &|r| Some(r.busy_rtt.p50.as_secs_f64() * 1e6), &us);
+    row("  p99 µs", true, &|r| Some(r.busy_rtt.p99.as_secs_f64() * 1e6), &us);
+    row("  replies", false, &|r| Some(f64::from(r.busy_rtt.received)), &|x| format!("{x:.0}/{BUSY_PINGS}"));
     row(&format!("UDP 64 B request/answer RTT ({PINGS} x {} ms): avg µs", PING_INTERVAL.as_millis()), true, &|r| Some(r.udp_rtt.avg.as_secs_f64() * 1e6), &us);
     row("  median µs", true, &|r| Some(r.udp_rtt.p50.as_secs_f64() * 1e6), &us);
     row("  p99 µs", true, &|r| Some(r.udp_rtt.p99.as_secs_f64() * 1e6), &us);
@@ -496,14 +520,16 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
         let addr: Ipv4Addr = addr.parse().map_err(|_| "bad address")?;
         let gw: Ipv4Addr = a.gateway.as_deref().unwrap_or_default().parse().map_err(|_| "bad gateway")?;
         let pod = bed.add_pod(lan.hosts[i], &format!("pod{i}"), POD_BRIDGE, "vp0", addr, prefix.parse().map_err(|_| "bad prefix")?, Some(gw)).map_err(|e| chain(&e))?;
-        // The host end as weft-cni leaves it.
-        if std::env::var_os("WEFT_E2E_NO_POD_GRO").is_none() {
-            let timeout = match std::env::var("WEFT_E2E_POD_GRO_FLUSH_US") {
-                Ok(v) => Duration::from_micros(v.parse().map_err(|_| format!("WEFT_E2E_POD_GRO_FLUSH_US={v:?}: not a number of µs"))?),
-                Err(_) => weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT,
-            };
-            bed.netlink(lan.hosts[i]).set_pod_udp_coalescing("vp0", Some(timeout)).map_err(|e| chain(&e))?;
-        }
+        // The host end as weft-cni leaves it: what the router writes into the CNI configuration.
+        let coalesce = match (std::env::var_os("WEFT_E2E_NO_POD_GRO"), std::env::var("WEFT_E2E_POD_GRO_FLUSH_US")) {
+            (Some(_), _) => None,
+            (None, Ok(v)) => Some(Duration::from_micros(v.parse().map_err(|_| format!("WEFT_E2E_POD_GRO_FLUSH_US={v:?}: not a number of µs"))?)),
+            (None, Err(_)) => {
+                let status: weft_api::types::Status = r.client().get("/status").map_err(|e| format!("status: {e}"))?;
+                status.pod_udp_coalesce()
+            }
+        };
+        bed.netlink(lan.hosts[i]).set_pod_udp_coalescing("vp0", coalesce).map_err(|e| chain(&e))?;
         bed.netlink(pod).set_mtu("eth0", a.mtu).map_err(|e| chain(&e))?;
         pods.push((pod, addr));
     }
@@ -514,6 +540,7 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
     if mode == Mode::FastPath {
         wait_fastpath(&mut bed, [&r1, &r2], [lan.hosts[0], lan.hosts[1]], [pods[0].0, pods[1].0], pods[1].1)?;
     }
+    hold(&bed, [pods[0], pods[1]], [r1.pid, r2.pid])?;
     let result = f(&mut bed, pods[1].0, pods[0].0, pods[1].1, &[r1.pid, r2.pid])?;
     if mode == Mode::FastPath {
         // Still on the fast path after the measurements (a path on hold would have put the
@@ -528,6 +555,26 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
     bed.teardown().map_err(|e| chain(&e))?;
     drop(run);
     Ok(result)
+}
+
+/// With `WEFT_E2E_HOLD=SECONDS`, keeps a weft bed up, idle and ready, for that long (at most
+/// 600 s) before it is measured, and prints its namespaces, pods and router PIDs: to look at it
+/// from outside (`ip netns exec`, `perf record -a` around a few pings; `benches/trace-ping.sh`
+/// does that).
+fn hold(bed: &TestBed, pods: [(NodeId, Ipv4Addr); 2], routers: [u32; 2]) -> Result<(), String> {
+    let Ok(v) = std::env::var("WEFT_E2E_HOLD") else { return Ok(()) };
+    let secs: u64 = v.parse().ok().filter(|&s| s <= 600).ok_or_else(|| format!("WEFT_E2E_HOLD={v:?}: not a number of seconds up to 600"))?;
+    eprintln!(
+        "e2e: holding for {secs} s: client pod {} ({}), server pod {} ({}), routers {} and {}",
+        bed.ns(pods[0].0).name(),
+        pods[0].1,
+        bed.ns(pods[1].0).name(),
+        pods[1].1,
+        routers[0],
+        routers[1]
+    );
+    std::thread::sleep(Duration::from_secs(secs));
+    Ok(())
 }
 
 /// The overlay of `r`'s established connection to the peer nicknamed `peer`, as

@@ -110,8 +110,11 @@ pub struct RouterArgs {
     /// How long (µs) GRO on each pod's host-side veth holds the pod's UDP datagrams to coalesce
     /// them into super-frames; 0 turns coalescing off (a lone datagram is not held), at most 1000.
     /// Written into the CNI configuration, and set on the pods already there at start.
-    #[arg(long, env = "WEFT_POD_UDP_COALESCE_US", value_name = "MICROS", default_value_t = weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64)]
-    pub pod_udp_coalesce_us: u64,
+    /// Default: 20 when the sleeve carries the pods' traffic (a cluster password without
+    /// `--trusted-subnets`, or `--no-fastpath`), else 0 (the kernel fast path carries UDP at the
+    /// kernel's rate, and a held datagram would only wait).
+    #[arg(long, env = "WEFT_POD_UDP_COALESCE_US", value_name = "MICROS")]
+    pub pod_udp_coalesce_us: Option<u64>,
     /// Prometheus metrics address (also `/healthz` and `/readyz`).
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
     pub metrics_addr: SocketAddr,
@@ -381,10 +384,7 @@ impl Config {
             Some(n) => n,
             None => default_dataplane_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
         };
-        if args.pod_udp_coalesce_us > MAX_POD_GRO_FLUSH_MICROS {
-            return Err(ConfigError::PodUdpCoalesce(args.pod_udp_coalesce_us));
-        }
-        let pod_udp_coalesce = (args.pod_udp_coalesce_us > 0).then(|| std::time::Duration::from_micros(args.pod_udp_coalesce_us));
+        let pod_udp_coalesce = pod_udp_coalesce(&args, password.is_some())?;
         let ipalloc_consensus = match args.ipalloc_init.as_deref() {
             None if peers.is_empty() => None,
             None => Some(peers.len() + 1),
@@ -443,6 +443,19 @@ impl Config {
             policy_log_drops: (args.policy_log_drops > 0).then_some(args.policy_log_drops),
         })
     }
+}
+
+/// `--pod-udp-coalesce-us`, or its default for the paths the pods' traffic takes: held when only
+/// the sleeve carries it, not held when the kernel fast path may.
+fn pod_udp_coalesce(args: &RouterArgs, password: bool) -> Result<Option<std::time::Duration>, ConfigError> {
+    let sleeve_only = args.no_fastpath || (password && args.trusted_subnets.iter().all(|t| t.trim().is_empty()));
+    let micros = match args.pod_udp_coalesce_us {
+        Some(us) if us > MAX_POD_GRO_FLUSH_MICROS => return Err(ConfigError::PodUdpCoalesce(us)),
+        Some(us) => us,
+        None if sleeve_only => weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64,
+        None => 0,
+    };
+    Ok((micros > 0).then(|| std::time::Duration::from_micros(micros)))
 }
 
 /// The data plane queues a host with `cores` cores runs by default: one for every two cores
@@ -637,7 +650,16 @@ mod tests {
         assert_eq!(Config::from_args(args(&["--dataplane-threads", "64"]), no_env).unwrap().dataplane_threads, 64);
         assert_eq!(Config::from_args(args(&["--dataplane-threads=2"]), no_env).unwrap().dataplane_threads, 2);
         let coalesce = |a: &[&str]| Config::from_args(args(a), no_env).map(|c| c.pod_udp_coalesce);
-        assert_eq!(coalesce(&[]).unwrap(), Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT));
+        // Held by default only where the sleeve carries the pods' traffic.
+        let held = Some(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT);
+        assert_eq!(coalesce(&[]).unwrap(), None, "the fast path may carry it");
+        assert_eq!(coalesce(&["--no-fastpath"]).unwrap(), held);
+        let password = |v: &'static str| move |k: &str| (k == "WEFT_PASSWORD").then(|| v.to_owned());
+        let with_password = |a: &[&str]| Config::from_args(args(a), password("a cluster password of some length")).map(|c| c.pod_udp_coalesce);
+        assert_eq!(with_password(&[]).unwrap(), held, "encrypted: only the sleeve");
+        assert_eq!(with_password(&["--trusted-subnets", "192.0.2.0/24"]).unwrap(), None);
+        assert_eq!(with_password(&["--pod-udp-coalesce-us", "0"]).unwrap(), None);
+        assert_eq!(coalesce(&["--pod-udp-coalesce-us", "20"]).unwrap(), held);
         assert_eq!(coalesce(&["--pod-udp-coalesce-us", "0"]).unwrap(), None);
         assert_eq!(coalesce(&["--pod-udp-coalesce-us", "1000"]).unwrap(), Some(std::time::Duration::from_millis(1)));
         let e = coalesce(&["--pod-udp-coalesce-us", "1001"]).unwrap_err();
