@@ -24,10 +24,11 @@
 //! 64-byte payloads offered as fast as the sender can (`iperf3 -u -b 0`: packets per second
 //! received, and loss); ping round-trip time (200 echoes 10 ms apart, mean, median and 99th
 //! percentile), the same with 1000 echoes 0.2 ms apart (no thread on the path sleeps long enough
-//! for its CPU to go idle: what the round trip costs under steady traffic), and the same for UDP requests of 64 bytes answered by an echo server (what a
-//! DNS query sees, and what the pods' UDP coalescing costs a lone datagram). Last, what one
-//! wake-up of a thread asleep for 10 ms costs on this machine (`weft_benches::wake_up_times`):
-//! the unit of a userspace overlay's added round-trip time.
+//! for its CPU to go idle: what the round trip costs under steady traffic), and the same for UDP
+//! requests of 64 bytes answered by an echo server (what a DNS query sees, and what the pods' UDP
+//! coalescing costs a lone datagram). Last, what one wake-up of a thread asleep for 10 ms costs
+//! on this machine (`weft_benches::wake_up_times`): the unit of a userspace overlay's added
+//! round-trip time.
 //! Each iperf3 run lasts SECONDS (default 5). Around each run: the machine's CPU use from
 //! `/proc/stat` (all processes, so other work on the machine counts too) and, on weft's paths,
 //! each router's from `/proc/PID/stat`. On weft's paths, last, the routers' CPU over 10 s
