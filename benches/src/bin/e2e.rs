@@ -28,7 +28,8 @@
 //! requests of 64 bytes answered by an echo server (what a DNS query sees, and what the pods' UDP
 //! coalescing costs a lone datagram). Last, what one wake-up of a thread asleep for 10 ms costs
 //! on this machine (`weft_benches::wake_up_times`): the unit of a userspace overlay's added
-//! round-trip time.
+//! round-trip time; and what sealing a ping's datagram costs after 10 ms asleep, against right
+//! after (`weft_benches::seal_times`): what running cold costs.
 //! Each iperf3 run lasts SECONDS (default 5). Around each run: the machine's CPU use from
 //! `/proc/stat` (all processes, so other work on the machine counts too) and, on weft's paths,
 //! each router's from `/proc/PID/stat`. On weft's paths, last, the routers' CPU over 10 s
@@ -337,8 +338,9 @@ fn run(d: Duration) -> Result<(), String> {
         }
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!("e2e: a thread's wake-up ...");
+    eprintln!("e2e: a thread's wake-up, a cold seal ...");
     let wake = weft_benches::wake_up_times(PINGS, PING_INTERVAL)?;
+    let (cold, warm) = weft_benches::seal_times(PINGS, PING_INTERVAL)?;
     print!("{}", table(&results, d, mtu, load.trim(), load_after.trim()));
     println!(
         "a thread's wake-up after {} ms asleep ({PINGS} times): median {:.0} µs, p99 {:.0} µs (a round trip through a \
@@ -346,6 +348,13 @@ fn run(d: Duration) -> Result<(), String> {
         PING_INTERVAL.as_millis(),
         wake.p50.as_secs_f64() * 1e6,
         wake.p99.as_secs_f64() * 1e6
+    );
+    println!(
+        "sealing a ping's datagram ({:?}, 110-byte body) after {} ms asleep: median {:.2} µs; right after, warm: {:.2} µs",
+        weft_sleeve::Cipher::preferred(),
+        PING_INTERVAL.as_millis(),
+        cold.p50.as_secs_f64() * 1e6,
+        warm.p50.as_secs_f64() * 1e6
     );
     Ok(())
 }
