@@ -124,7 +124,7 @@ fn yes() -> bool {
 impl NetConf {
     /// The GRO flush timeout for the pod's host port; `None`: the pod's UDP is not coalesced.
     pub(crate) fn udp_coalesce(&self) -> Option<std::time::Duration> {
-        (self.udp_coalesce_micros > 0).then(|| std::time::Duration::from_micros(self.udp_coalesce_micros))
+        weft_kernel::offload::pod_gro_flush_from_micros(self.udp_coalesce_micros)
     }
 
     /// Parses stdin; an empty stdin is the default configuration (VERSION may send none).

@@ -39,6 +39,17 @@ pub const POD_GRO_FLUSH_TIMEOUT: Duration = Duration::from_micros(20);
 /// `udpCoalesceMicros`), in µs: a longer hold would only delay lone datagrams.
 pub const MAX_POD_GRO_FLUSH_MICROS: u64 = 1000;
 
+/// A pod GRO flush timeout as it is configured, in µs (`--pod-udp-coalesce-us`,
+/// `udpCoalesceMicros`): 0 is `None`, not coalesced.
+pub fn pod_gro_flush_from_micros(micros: u64) -> Option<Duration> {
+    (micros > 0).then(|| Duration::from_micros(micros))
+}
+
+/// The other way: the µs to configure for `timeout` (0 for `None`).
+pub fn pod_gro_flush_micros(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(0, |t| t.as_micros() as u64)
+}
+
 /// The features [`Handle::set_pod_udp_coalescing`] turns on.
 pub const POD_FEATURES: [&str; 2] = ["rx-gro", "rx-udp-gro-forwarding"];
 

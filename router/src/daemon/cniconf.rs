@@ -43,7 +43,7 @@ pub fn render(api_socket: &Path, coalesce: Option<Duration>) -> Result<String, C
     let plugins = v.get_mut("plugins").and_then(|p| p.as_array_mut()).ok_or(CniConfError::Shipped)?;
     let weft = plugins.iter_mut().find(|p| p["type"] == "weft-cni").ok_or(CniConfError::Shipped)?;
     weft["apiSocket"] = serde_json::json!(api_socket);
-    weft["udpCoalesceMicros"] = serde_json::json!(coalesce.map_or(0, |t| t.as_micros() as u64));
+    weft["udpCoalesceMicros"] = serde_json::json!(weft_kernel::offload::pod_gro_flush_micros(coalesce));
     let mut text = serde_json::to_string_pretty(&v).map_err(|_| CniConfError::Shipped)?;
     text.push('\n');
     Ok(text)

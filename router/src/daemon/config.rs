@@ -18,7 +18,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use weft_kernel::offload::MAX_POD_GRO_FLUSH_MICROS;
+use weft_kernel::offload::{self, MAX_POD_GRO_FLUSH_MICROS};
 use weft_mesh::ipam::Cidr;
 
 /// The most bytes read from a password file (or taken from `WEFT_PASSWORD`).
@@ -452,10 +452,10 @@ fn pod_udp_coalesce(args: &RouterArgs, password: bool) -> Result<Option<std::tim
     let micros = match args.pod_udp_coalesce_us {
         Some(us) if us > MAX_POD_GRO_FLUSH_MICROS => return Err(ConfigError::PodUdpCoalesce(us)),
         Some(us) => us,
-        None if sleeve_only => weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64,
+        None if sleeve_only => return Ok(Some(offload::POD_GRO_FLUSH_TIMEOUT)),
         None => 0,
     };
-    Ok((micros > 0).then(|| std::time::Duration::from_micros(micros)))
+    Ok(offload::pod_gro_flush_from_micros(micros))
 }
 
 /// The data plane queues a host with `cores` cores runs by default: one for every two cores

@@ -217,7 +217,7 @@ impl Daemon {
             connections,
             peers,
             ipam,
-            pod_udp_coalesce_us: self.config.pod_udp_coalesce.map_or(0, |t| t.as_micros() as u64),
+            pod_udp_coalesce_us: weft_kernel::offload::pod_gro_flush_micros(self.config.pod_udp_coalesce),
         }
     }
 

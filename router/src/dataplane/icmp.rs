@@ -94,8 +94,8 @@ pub fn too_big_reply(frame: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
 }
 
 /// The Internet checksum (RFC 1071) over the concatenation of `parts` (each of even length but
-/// the last).
-fn checksum(parts: &[&[u8]]) -> u16 {
+/// the last): the complement of their folded ones' complement sum.
+pub(super) fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     for p in parts {
         let mut chunks = p.chunks_exact(2);

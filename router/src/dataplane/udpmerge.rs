@@ -14,6 +14,7 @@
 //! [`MAX_SEGMENTS`] and 64 KB. A frame that does not continue the run ends it: frames keep
 //! their order. Pure: the caller writes what [`Merge::take`] hands back.
 
+use super::icmp::checksum;
 use super::vnet::{F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, GSO_UDP_L4, Header};
 
 /// Most datagrams merged into one frame (as the kernel's own UDP GRO).
@@ -105,12 +106,13 @@ impl Merge {
             let ip_len = (b.len() - 14) as u16;
             b[16..18].copy_from_slice(&ip_len.to_be_bytes());
             b[24..26].copy_from_slice(&[0, 0]);
-            let ip_sum = !fold(sum(&b[14..34]));
+            let ip_sum = checksum(&[&b[14..34]]);
             b[24..26].copy_from_slice(&ip_sum.to_be_bytes());
             let udp_len = ip_len - 20;
             b[UDP_AT + 4..UDP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
-            // The pseudo-header's sum, left for the kernel to complete per segment.
-            let pseudo = fold(sum(&b[26..34]) + 17 + u32::from(udp_len));
+            // The pseudo-header's folded sum (not complemented), left for the kernel to complete
+            // per segment.
+            let pseudo = !checksum(&[&b[26..34], &[0, 17], &udp_len.to_be_bytes()]);
             b[UDP_AT + UDP_CSUM..UDP_AT + UDP_CSUM + 2].copy_from_slice(&pseudo.to_be_bytes());
             self.vnet = Header { flags: F_NEEDS_CSUM, gso_type: GSO_UDP_L4, hdr_len: HEADERS as u16, gso_size: self.seg as u16, csum_start: UDP_AT as u16, csum_offset: UDP_CSUM as u16 };
         }
@@ -139,18 +141,6 @@ impl Datagram {
         let lengths = usize::from(u16_at(16)) == f.len() - 14 && usize::from(u16_at(UDP_AT + 4)) == f.len() - 34;
         (ipv4_udp && whole && lengths).then(|| Datagram { payload: f.len() - HEADERS, id: u16_at(18), df: u16_at(20) & 0x4000 != 0 })
     }
-}
-
-/// The ones' complement sum of `b` (big-endian 16-bit words), not folded.
-fn sum(b: &[u8]) -> u32 {
-    b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }
 
 #[cfg(test)]
@@ -215,11 +205,16 @@ mod tests {
         assert_eq!(out.vnet, Header { flags: F_NEEDS_CSUM, gso_type: GSO_UDP_L4, hdr_len: 42, gso_size: 1000, csum_start: 34, csum_offset: 6 });
         // A valid IPv4 header checksum (the bridge's netfilter checks it), and the UDP
         // pseudo-header sum over the merged length.
-        assert_eq!(fold(sum(&out.frame[14..34])), 0xffff);
+        assert_eq!(checksum(&[&out.frame[14..34]]), 0);
         let udp_len = u16::from_be_bytes([out.frame[38], out.frame[39]]);
         assert_eq!(udp_len, 8 + 4300);
-        let pseudo = fold(sum(&out.frame[26..34]) + 17 + u32::from(udp_len));
-        assert_eq!(u16::from_be_bytes([out.frame[40], out.frame[41]]), pseudo);
+        // Addresses (four 16-bit words), protocol and UDP length, summed and folded by hand.
+        let words = out.frame[26..34].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])));
+        let mut pseudo = words.sum::<u32>() + 17 + u32::from(udp_len);
+        while pseudo > 0xffff {
+            pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+        }
+        assert_eq!(u32::from(u16::from_be_bytes([out.frame[40], out.frame[41]])), pseudo);
         let back: Vec<Vec<u8>> = segment(&out).into_iter().map(without_checksums).collect();
         let want: Vec<Vec<u8>> = frames.iter().cloned().map(without_checksums).collect();
         assert_eq!(back, want);
