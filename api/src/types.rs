@@ -32,15 +32,28 @@ pub struct Status {
     /// IPAM's state.
     pub ipam: IpamSummary,
     /// How long (µs) GRO on the pods' host ports holds their UDP to coalesce it
-    /// (`--pod-udp-coalesce-us`, as written into the CNI configuration); 0: not held.
+    /// (`--pod-udp-coalesce-us`); 0: never held.
     #[serde(default)]
     pub pod_udp_coalesce_us: u64,
+    /// From which packet rate (per second, from one pod) its UDP is held
+    /// (`--pod-udp-coalesce-above`); 0: every pod's always, from when it attaches.
+    #[serde(default)]
+    pub pod_udp_coalesce_above: u64,
+    /// The pods' host ports whose UDP is held now.
+    #[serde(default)]
+    pub pod_udp_coalesce_ports: Vec<String>,
 }
 
 impl Status {
-    /// GRO's hold on the pods' UDP (what weft-cni sets on each host port); `None`: not held.
+    /// GRO's hold on the pods' UDP, when a pod's is held; `None`: never held.
     pub fn pod_udp_coalesce(&self) -> Option<std::time::Duration> {
         (self.pod_udp_coalesce_us > 0).then(|| std::time::Duration::from_micros(self.pod_udp_coalesce_us))
+    }
+
+    /// The hold a pod's host port gets when it attaches (what weft-cni sets): the hold when
+    /// every pod is held always, else none (the router holds a pod once it sends fast).
+    pub fn pod_udp_coalesce_at_attach(&self) -> Option<std::time::Duration> {
+        self.pod_udp_coalesce().filter(|_| self.pod_udp_coalesce_above == 0)
     }
 }
 

@@ -137,8 +137,9 @@ fn plumb(
     host.set_master(host_if, &conf.bridge).map_err(kernel("attach the host interface to the bridge"))?;
     host.set_hairpin(host_if, conf.hairpin).map_err(kernel("set hairpin mode"))?;
     host.set_up(host_if).map_err(kernel("bring the host interface up"))?;
-    // The pod's UDP reaches the router coalesced (weft_kernel::offload) when the configuration
-    // asks (the router writes it where only the sleeve carries the pods' traffic).
+    // The pod's UDP reaches the router coalesced (weft_kernel::offload) from the start when the
+    // configuration asks (the router writes it with `--pod-udp-coalesce-above 0`; by default it
+    // holds a pod's UDP itself, once the pod sends fast).
     // Only a speed-up: a kernel without UDP GRO forwarding (before 5.11) still gets a working pod.
     if let Some(timeout) = conf.udp_coalesce()
         && let Err(e) = host.set_pod_udp_coalescing(host_if, Some(timeout))

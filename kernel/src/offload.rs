@@ -2,9 +2,10 @@
 //! `rx-udp-gro-forwarding`, as `ethtool -K` sets them) and the GRO flush timeout of its NAPI
 //! contexts (`/sys/class/net/LINK/gro_flush_timeout`), each in the namespace of the [`Handle`].
 //!
-//! weft gives each pod's host-side veth [`Handle::set_pod_udp_coalescing`] where only the sleeve
+//! weft gives a pod's host-side veth [`Handle::set_pod_udp_coalescing`] where only the sleeve
 //! carries the pods' traffic (the router's `--pod-udp-coalesce-us`; by default not where the
-//! kernel fast path may carry it, which needs no help and would only make datagrams wait): a
+//! kernel fast path may carry it, which needs no help and would only make datagrams wait), and by
+//! default only while the pod sends fast (the router's `--pod-udp-coalesce-above`): a
 //! pod's UDP datagrams
 //! towards another host are coalesced by the kernel (GRO) into UDP super-frames of up to 64
 //! segments before they reach the bridge, so the router reads, seals and sends a burst of them

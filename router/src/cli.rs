@@ -114,9 +114,13 @@ pub fn render_status(s: &Status) -> String {
         ("Peers", s.peers.to_string()),
         ("IPAM", format!("{} — {}", s.ipam.state, s.ipam.detail)),
         ("Range", format!("{} ({} owned here, {} allocated)", s.ipam.range, s.ipam.owned, s.ipam.allocated)),
-        ("PodUDPCoalesce", match s.pod_udp_coalesce_us {
-            0 => "off".to_owned(),
-            us => format!("{us} µs (pods' UDP bursts cross the sleeve coalesced)"),
+        ("PodUDPCoalesce", match (s.pod_udp_coalesce_us, s.pod_udp_coalesce_above) {
+            (0, _) => "off".to_owned(),
+            (us, 0) => format!("{us} µs, every pod (pods' UDP bursts cross the sleeve coalesced)"),
+            (us, above) => {
+                let now = if s.pod_udp_coalesce_ports.is_empty() { "none now".to_owned() } else { format!("now {}", s.pod_udp_coalesce_ports.join(", ")) };
+                format!("{us} µs, pods sending ≥ {above} packets/s ({now})")
+            }
         }),
     ];
     let mut out = String::new();
@@ -228,6 +232,8 @@ mod tests {
             peers: 3,
             ipam: IpamSummary { state: "ready".into(), detail: "allocating from 1 range".into(), range: "10.32.0.0/12".into(), owned: 524288, allocated: 2 },
             pod_udp_coalesce_us: 20,
+            pod_udp_coalesce_above: 0,
+            pod_udp_coalesce_ports: Vec::new(),
         };
         let text = render_status(&s);
         let expected = "        Version: 0.1.0
@@ -239,9 +245,12 @@ mod tests {
           Peers: 3
            IPAM: ready — allocating from 1 range
           Range: 10.32.0.0/12 (524288 owned here, 2 allocated)
- PodUDPCoalesce: 20 µs (pods' UDP bursts cross the sleeve coalesced)
+ PodUDPCoalesce: 20 µs, every pod (pods' UDP bursts cross the sleeve coalesced)
 ";
         assert_eq!(text, expected);
+        let adaptive = |ports: &[&str]| Status { pod_udp_coalesce_above: 20_000, pod_udp_coalesce_ports: ports.iter().map(|p| p.to_string()).collect(), ..s.clone() };
+        assert!(render_status(&adaptive(&[])).ends_with(" PodUDPCoalesce: 20 µs, pods sending ≥ 20000 packets/s (none now)\n"));
+        assert!(render_status(&adaptive(&["veth1", "veth2"])).ends_with(" PodUDPCoalesce: 20 µs, pods sending ≥ 20000 packets/s (now veth1, veth2)\n"));
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub fn add_allocated_pod(bed: &mut TestBed, router: &RouterProc, host: NodeId, c
     let pod = bed.add_pod(host, name, "weft", veth, addr, prefix, gw)?;
     // As weft-cni leaves the host end: what the router writes into the CNI configuration.
     let status: Status = client.get("/status").map_err(|e| fail(format!("status: {e}")))?;
-    bed.netlink(host).set_pod_udp_coalescing(veth, status.pod_udp_coalesce())?;
+    bed.netlink(host).set_pod_udp_coalescing(veth, status.pod_udp_coalesce_at_attach())?;
     bed.netlink(pod).set_mtu("eth0", alloc.mtu)?;
     Ok((pod, addr))
 }

@@ -44,7 +44,8 @@
 //! against the default in a run of its own); `WEFT_E2E_BASE_NAT=1` gives
 //! the baseline's hosts a masquerade table like weft's, so that connection tracking weighs on
 //! kernel VXLAN as it does on weft's paths;
-//! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft (with
+//! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft (`=sleeve`: over
+//! the plain sleeve; with
 //! `WEFT_E2E_PERF_UDP=PAYLOAD`, a UDP run of that payload instead, profiled as the TCP run is);
 //! `WEFT_E2E_UDP_BITRATE=RATE` offers the UDP runs at iperf3's `-b RATE` (e.g. `300M`) instead
 //! of as fast as the sender can;
@@ -257,24 +258,30 @@ fn measure(label: &'static str, bed: &mut TestBed, server: NodeId, client: NodeI
 fn run(d: Duration) -> Result<(), String> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let perf = std::env::var_os("WEFT_E2E_PERF_DIR").map(|dir| Profile { dir: dir.into() });
-    if std::env::var_os("WEFT_E2E_ONLY_WEFT").is_some() {
+    if let Some(v) = std::env::var_os("WEFT_E2E_ONLY_WEFT") {
         let perf = perf.as_ref();
+        // `1` (or `encrypted`) is the encrypted sleeve; `sleeve` the plain one.
+        let mode = match v.to_str() {
+            Some("1" | "encrypted") => Mode::Encrypted,
+            Some("sleeve") => Mode::PlainSleeve,
+            _ => return Err(format!("WEFT_E2E_ONLY_WEFT={v:?}: not 1, encrypted or sleeve")),
+        };
         if let Ok(v) = std::env::var("WEFT_E2E_PERF_UDP") {
             let payload: usize = v.parse().map_err(|_| format!("WEFT_E2E_PERF_UDP={v:?}: not a payload size in bytes"))?;
-            let (u, cpu) = weft(Mode::Encrypted, POD_MTU, |bed, server, client, addr, pids| {
-                eprintln!("e2e: weft encrypted, UDP {payload} B ...");
+            let (u, cpu) = weft(mode, POD_MTU, |bed, server, client, addr, pids| {
+                eprintln!("e2e: {}, UDP {payload} B ...", mode.label());
                 with_cpu(pids, || profiled(perf, pids, d, || iperf3_udp(bed, server, client, addr, d, payload, "0")))
             })?;
             let [a, b] = cpu.routers.unwrap_or_default();
-            println!("weft sleeve, encrypted, UDP {payload} B: {:.1} kpackets/s received, loss {:.1}%; routers' CPU {:.0}% + {:.0}% of a core", u.packets_per_second / 1e3, u.loss_percent, a * 100.0, b * 100.0);
+            println!("{}, UDP {payload} B: {:.1} kpackets/s received, loss {:.1}%; routers' CPU {:.0}% + {:.0}% of a core", mode.label(), u.packets_per_second / 1e3, u.loss_percent, a * 100.0, b * 100.0);
             return Ok(());
         }
-        let (t, cpu) = weft(Mode::Encrypted, POD_MTU, |bed, server, client, addr, pids| {
-            eprintln!("e2e: weft encrypted, single-stream TCP ...");
+        let (t, cpu) = weft(mode, POD_MTU, |bed, server, client, addr, pids| {
+            eprintln!("e2e: {}, single-stream TCP ...", mode.label());
             with_cpu(pids, || profiled(perf, pids, d, || iperf3_tcp(bed, server, client, addr, d, 1)))
         })?;
         let [a, b] = cpu.routers.unwrap_or_default();
-        println!("weft sleeve, encrypted, single-stream TCP: {:.2} Gbit/s, retransmits {}; routers' CPU {:.0}% + {:.0}% of a core", t.bits_per_second / 1e9, t.retransmits, a * 100.0, b * 100.0);
+        println!("{}, single-stream TCP: {:.2} Gbit/s, retransmits {}; routers' CPU {:.0}% + {:.0}% of a core", mode.label(), t.bits_per_second / 1e9, t.retransmits, a * 100.0, b * 100.0);
         return Ok(());
     }
 
@@ -536,7 +543,7 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
             (None, Ok(v)) => Some(Duration::from_micros(v.parse().map_err(|_| format!("WEFT_E2E_POD_GRO_FLUSH_US={v:?}: not a number of µs"))?)),
             (None, Err(_)) => {
                 let status: weft_api::types::Status = r.client().get("/status").map_err(|e| format!("status: {e}"))?;
-                status.pod_udp_coalesce()
+                status.pod_udp_coalesce_at_attach()
             }
         };
         bed.netlink(lan.hosts[i]).set_pod_udp_coalescing("vp0", coalesce).map_err(|e| chain(&e))?;
@@ -552,6 +559,12 @@ fn weft<T>(mode: Mode, mtu: u32, f: impl FnOnce(&mut TestBed, NodeId, NodeId, Ip
     }
     hold(&bed, [pods[0], pods[1]], [r1.pid, r2.pid])?;
     let result = f(&mut bed, pods[1].0, pods[0].0, pods[1].1, &[r1.pid, r2.pid])?;
+    // How often each router held a pod's UDP for a flood, and let go (`--pod-udp-coalesce-above`).
+    for r in [&r1, &r2] {
+        let log = r.log_text();
+        let (held, let_go) = (log.matches("coalescing: holding the pod's datagrams").count(), log.matches("no longer holding the pod's datagrams").count());
+        eprintln!("e2e: {}: router {} held its pod's UDP {held} time(s), let go {let_go} time(s)", mode.label(), r.pid);
+    }
     if mode == Mode::FastPath {
         // Still on the fast path after the measurements (a path on hold would have put the
         // traffic back on the sleeve midway).

@@ -19,6 +19,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use weft_kernel::offload::{self, MAX_POD_GRO_FLUSH_MICROS};
+
+/// `--pod-udp-coalesce-above`'s default: a pod sending 20 000 packets a second or more is held
+/// (iperf3's UDP floods here send 90 000; a busy DNS client a few hundred).
+pub const DEFAULT_POD_UDP_COALESCE_ABOVE: u64 = 20_000;
 use weft_mesh::ipam::Cidr;
 
 /// The most bytes read from a password file (or taken from `WEFT_PASSWORD`).
@@ -115,6 +119,11 @@ pub struct RouterArgs {
     /// kernel's rate, and a held datagram would only wait).
     #[arg(long, env = "WEFT_POD_UDP_COALESCE_US", value_name = "MICROS")]
     pub pod_udp_coalesce_us: Option<u64>,
+    /// Hold a pod's UDP (`--pod-udp-coalesce-us`) only while the pod sends at least this many
+    /// packets a second (read every 100 ms; let go after a second below a quarter of it), so
+    /// that a lone datagram such as a DNS query is not held; 0 holds every pod's always.
+    #[arg(long, env = "WEFT_POD_UDP_COALESCE_ABOVE", value_name = "PACKETS_PER_SECOND", default_value_t = DEFAULT_POD_UDP_COALESCE_ABOVE)]
+    pub pod_udp_coalesce_above: u64,
     /// Prometheus metrics address (also `/healthz` and `/readyz`).
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
     pub metrics_addr: SocketAddr,
@@ -236,6 +245,8 @@ pub struct Config {
     pub dataplane_threads: usize,
     /// GRO's hold on pods' UDP (`--pod-udp-coalesce-us`); `None`: not coalesced.
     pub pod_udp_coalesce: Option<std::time::Duration>,
+    /// The packet rate from which a pod's UDP is held (`--pod-udp-coalesce-above`); 0: always.
+    pub pod_udp_coalesce_above: u64,
     /// Whether `--ipalloc-init` was given (else, with Kubernetes, the first Node list decides).
     pub ipalloc_init_given: bool,
     /// Kubernetes discovery, when on.
@@ -268,6 +279,7 @@ impl std::fmt::Debug for Config {
             .field("masquerade", &self.masquerade)
             .field("dataplane_threads", &self.dataplane_threads)
             .field("pod_udp_coalesce", &self.pod_udp_coalesce)
+            .field("pod_udp_coalesce_above", &self.pod_udp_coalesce_above)
             .finish_non_exhaustive()
     }
 }
@@ -349,6 +361,13 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The hold a pod's UDP gets when it attaches (written into the CNI configuration, set on
+    /// the pods already there at start): `--pod-udp-coalesce-us`'s when every pod is held always
+    /// (`--pod-udp-coalesce-above 0`), else none (the router holds a pod once it sends fast).
+    pub fn pod_udp_coalesce_at_attach(&self) -> Option<std::time::Duration> {
+        self.pod_udp_coalesce.filter(|_| self.pod_udp_coalesce_above == 0)
+    }
+
     /// Checks `args`, with `env` giving `WEFT_PEERS`, `WEFT_PASSWORD` and
     /// `KUBERNETES_SERVICE_HOST` (passed in for tests).
     pub fn from_args(args: RouterArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -433,6 +452,7 @@ impl Config {
             metrics_addr: args.metrics_addr,
             dataplane_threads,
             pod_udp_coalesce,
+            pod_udp_coalesce_above: args.pod_udp_coalesce_above,
             ipalloc_init_given: args.ipalloc_init.is_some(),
             kube,
             cni_conf,
@@ -664,6 +684,11 @@ mod tests {
         assert_eq!(coalesce(&["--pod-udp-coalesce-us", "1000"]).unwrap(), Some(std::time::Duration::from_millis(1)));
         let e = coalesce(&["--pod-udp-coalesce-us", "1001"]).unwrap_err();
         assert!(matches!(e, ConfigError::PodUdpCoalesce(1001)) && e.to_string().contains("between 0 (off) and 1000"), "{e}");
+        // Held only while a pod sends fast, by default: not when it attaches.
+        let attach = |a: &[&str]| Config::from_args(args(a), no_env).map(|c| (c.pod_udp_coalesce_above, c.pod_udp_coalesce_at_attach())).unwrap();
+        assert_eq!(attach(&["--no-fastpath"]), (20_000, None));
+        assert_eq!(attach(&["--no-fastpath", "--pod-udp-coalesce-above", "0"]), (0, held));
+        assert_eq!(attach(&["--pod-udp-coalesce-above", "0"]), (0, None), "nothing to hold");
         assert!(matches!(Config::from_args(args(&["--ipalloc-init", "consensus=0"]), no_env), Err(ConfigError::IpallocInit(_))));
         assert_eq!(Config::from_args(args(&["--ipalloc-init", "consensus=4"]), no_env).unwrap().ipalloc_consensus, Some(4));
         assert_eq!(Config::from_args(args(&["--peer", "a", "--peer", "b"]), no_env).unwrap().ipalloc_consensus, Some(3));

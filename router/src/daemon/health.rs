@@ -152,7 +152,7 @@ pub async fn become_ready(d: Arc<Daemon>) {
             Ok(gw) => {
                 match d.config.cni_conf.as_deref() {
                     Some(path) => {
-                        let (path, socket, coalesce) = (path.to_owned(), d.config.api_socket.clone(), d.config.pod_udp_coalesce);
+                        let (path, socket, coalesce) = (path.to_owned(), d.config.api_socket.clone(), d.config.pod_udp_coalesce_at_attach());
                         let written = tokio::task::spawn_blocking(move || super::cniconf::write(&path, &socket, coalesce).map(|w| (w, path))).await;
                         match written {
                             Ok(Ok((w, path))) => {

@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod peering;
 pub mod plumbing;
 pub mod policy;
+pub mod udphold;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -146,6 +147,8 @@ pub struct Daemon {
     pub(crate) reclaims: Mutex<Vec<String>>,
     hostnet: hostnet::HostNet,
     fast: Option<Arc<fastpath::FastShared>>,
+    /// The pod ports whose UDP is held now (with `--pod-udp-coalesce-above`).
+    udp_held: Option<Arc<Mutex<Vec<String>>>>,
     /// NetworkPolicy's state, when it is on.
     pub(crate) policy: Option<Arc<policy::PolicyShared>>,
 }
@@ -218,6 +221,8 @@ impl Daemon {
             peers,
             ipam,
             pod_udp_coalesce_us: weft_kernel::offload::pod_gro_flush_micros(self.config.pod_udp_coalesce),
+            pod_udp_coalesce_above: self.config.pod_udp_coalesce_above,
+            pod_udp_coalesce_ports: self.udp_held.as_ref().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default(),
         }
     }
 
@@ -360,7 +365,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     let taps = Tap::open_queues(&devices.tap, config.dataplane_threads)?;
     let mut repairs = plumbing::ensure(&mut nl, &devices)?;
     repairs.0.extend(plumbing::prune_bridge_addresses(&mut nl, &devices.bridge, config.ipalloc_range)?.0);
-    let (coalesced, not_coalesced) = plumbing::coalesce_pod_ports(&mut nl, &devices.bridge, config.pod_udp_coalesce)?;
+    let (coalesced, not_coalesced) = plumbing::coalesce_pod_ports(&mut nl, &devices.bridge, config.pod_udp_coalesce_at_attach())?;
     repairs.0.extend(coalesced.0);
     for r in &repairs.0 {
         tracing::info!("plumbing: {r}");
@@ -416,6 +421,15 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     }
     let dp = Arc::new(Shared::new(identity.name, control.routes(), queues));
     let dataplane = Dataplane::start(dp.clone()).map_err(io("start the data plane threads"))?;
+    let udp_hold = match config.pod_udp_coalesce {
+        Some(hold) if config.pod_udp_coalesce_above > 0 => {
+            tracing::info!(hold_us = hold.as_micros() as u64, above = config.pod_udp_coalesce_above, "pod UDP coalescing: a pod's datagrams are held while it sends at least {} packets/s", config.pod_udp_coalesce_above);
+            let dp = dp.clone();
+            let tap_frames = move || dp.queues.iter().map(|q| q.tap.load().frames_read()).sum::<u64>();
+            Some(udphold::UdpHold::start(devices.bridge.clone(), hold, config.pod_udp_coalesce_above, tap_frames).map_err(io("start the pod UDP coalescing thread"))?)
+        }
+        _ => None,
+    };
     let fast = if config.fastpath { Some(fastpath::FastPath::start(identity.name, devices.bridge.clone(), dp.clone()).map_err(io("start the fast-path thread"))?) } else { None };
     let mut selector = fastpath::Selector::new(config.password.is_some(), config.trusted_subnets.clone());
 
@@ -447,6 +461,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         reclaims: Mutex::new(Vec::new()),
         hostnet,
         fast: fast.as_ref().map(|f| f.shared().clone()),
+        udp_held: udp_hold.as_ref().map(|u| u.held()),
         policy,
     });
     let readiness = tokio::spawn(health::become_ready(daemon.clone()));
@@ -518,6 +533,9 @@ async fn main(config: Config) -> Result<(), DaemonError> {
     dataplane.stop();
     if let Some(f) = fast {
         f.stop();
+    }
+    if let Some(u) = udp_hold {
+        u.stop();
     }
     tracing::info!("stopped");
     Ok(())

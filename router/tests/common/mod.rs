@@ -150,7 +150,8 @@ pub fn netconf(dir: &Path, api_socket: &Path) {
     let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-weft.conflist")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&shipped).unwrap();
     v["plugins"][0]["apiSocket"] = serde_json::json!(api_socket);
-    // As the router writes it where only the sleeve carries the pods' traffic.
+    // As the router writes it with `--pod-udp-coalesce-above 0` where only the sleeve carries the
+    // pods' traffic (every pod held from when it attaches).
     v["plugins"][0]["udpCoalesceMicros"] = serde_json::json!(weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT.as_micros() as u64);
     // Chain the reference bandwidth plugin too: it shapes the host veth our result names.
     v["plugins"].as_array_mut().unwrap().push(serde_json::json!({
