@@ -19,11 +19,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use weft_kernel::offload::{self, MAX_POD_GRO_FLUSH_MICROS};
+use weft_mesh::ipam::Cidr;
 
 /// `--pod-udp-coalesce-above`'s default: a pod sending 20 000 packets a second or more is held
 /// (iperf3's UDP floods here send 90 000; a busy DNS client a few hundred).
 pub const DEFAULT_POD_UDP_COALESCE_ABOVE: u64 = 20_000;
-use weft_mesh::ipam::Cidr;
 
 /// The most bytes read from a password file (or taken from `WEFT_PASSWORD`).
 pub const MAX_PASSWORD: usize = 4096;
@@ -111,9 +111,9 @@ pub struct RouterArgs {
     /// (default: one for every two cores, 1 to 8).
     #[arg(long, env = "WEFT_DATAPLANE_THREADS", value_name = "N")]
     pub dataplane_threads: Option<usize>,
-    /// How long (µs) GRO on each pod's host-side veth holds the pod's UDP datagrams to coalesce
+    /// How long (µs) GRO on a pod's host-side veth holds the pod's UDP datagrams to coalesce
     /// them into super-frames; 0 turns coalescing off (a lone datagram is not held), at most 1000.
-    /// Written into the CNI configuration, and set on the pods already there at start.
+    /// Applied while a pod sends fast (`--pod-udp-coalesce-above`).
     /// Default: 20 when the sleeve carries the pods' traffic (a cluster password without
     /// `--trusted-subnets`, or `--no-fastpath`), else 0 (the kernel fast path carries UDP at the
     /// kernel's rate, and a held datagram would only wait).
