@@ -107,24 +107,30 @@ fn the_cli_shows_the_mesh_in_text_and_json() {
     assert!((s.pod_udp_coalesce_above, s.pod_udp_coalesce_at_attach(), s.pod_udp_coalesce_ports.len()) == (20_000, None, 0), "{s:?}");
     let (ns, to) = (m.bed.ns(m.pods[0][0].0), m.pods[1][0].1);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let flood = std::thread::scope(|sc| {
-        let sender = sc.spawn(|| ns.run(|| udp_flood(to, &stop)));
-        let held = routers::wait_for(a, Duration::from_secs(4), |s| s.pod_udp_coalesce_ports == ["vp1"]);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (held, sender.join().unwrap().unwrap())
-    });
-    let (held, sent) = flood;
-    held.unwrap_or_else(|e| panic!("a's pod port not held after {sent} datagrams: {e}\n{}", m.logs()));
-    let (_, text) = cli(a, &["status"]);
-    assert!(text.contains("PodUDPCoalesce: 20 µs, pods sending ≥ 20000 packets/s (now vp1)"), "{text}");
     let hold = weft_kernel::offload::POD_GRO_FLUSH_TIMEOUT;
     let mut a_host = weft_kernel::netlink::Handle::open_in(m.bed.ns(m.cluster.hosts[0])).unwrap();
-    assert!(a_host.pod_udp_coalescing_is("vp1", Some(hold)).unwrap(), "held in the status, not on the port");
+    // Once held, what the CLI, the metrics and the port say is read while the flood goes on.
+    let (held, seen, sent) = std::thread::scope(|sc| {
+        let sender = sc.spawn(|| ns.run(|| udp_flood(to, &stop)));
+        let held = routers::wait_for(a, Duration::from_secs(4), |s| s.pod_udp_coalesce_ports == ["vp1"]);
+        let seen = held.is_ok().then(|| {
+            let (_, text) = cli(a, &["status"]);
+            (text, metric(&metrics(&m.bed, m.cluster.hosts[0]), "weft_pod_udp_held_ports"), a_host.pod_udp_coalescing_is("vp1", Some(hold)).unwrap())
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (held, seen, sender.join().unwrap().unwrap())
+    });
+    held.unwrap_or_else(|e| panic!("a's pod port not held after {sent} datagrams: {e}\n{}", m.logs()));
+    let (text, gauge, on_port) = seen.unwrap();
+    assert!(text.contains("PodUDPCoalesce: 20 µs, pods sending ≥ 20000 packets/s (now vp1)"), "{text}");
+    assert_eq!(gauge, 1, "weft_pod_udp_held_ports");
+    assert!(on_port, "held in the status, not on the port");
     assert!(a.log_text().contains("holding the pod's datagrams"), "{}", a.log_text());
     let b_status: Status = m.routers[1].client().get("/status").unwrap();
     assert!(b_status.pod_udp_coalesce_ports.is_empty(), "b's pod only received: {b_status:?}");
     routers::wait_for(a, Duration::from_secs(5), |s| s.pod_udp_coalesce_ports.is_empty()).unwrap();
     assert!(a_host.pod_udp_coalescing_is("vp1", None).unwrap(), "let go in the status, still held on the port");
+    assert_eq!(metric(&metrics(&m.bed, m.cluster.hosts[0]), "weft_pod_udp_held_ports"), 0);
     println!("a's pod held after {sent} datagrams, let go once quiet");
     m.down();
 }
