@@ -49,6 +49,17 @@ pub struct LinkHealth {
     pub pmtu: Pmtu,
 }
 
+impl LinkHealth {
+    /// The next path MTU probe due, once the peer has been heard from on this link. Before that
+    /// a probe can only be lost (a peer behind NAT is not reachable at its sleeve address until
+    /// it has sent us something; its end of the session may not be installed yet), and a search
+    /// whose first round is all lost settles on a size far below the path's.
+    pub fn poll_probe(&mut self, now: Instant) -> Option<weft_sleeve::liveness::ControlMsg> {
+        self.liveness.last_seen()?;
+        self.pmtu.poll_probe(now)
+    }
+}
+
 /// The sleeve to one peer.
 #[derive(Debug)]
 pub struct SleeveLink {
@@ -220,5 +231,21 @@ impl Links {
     /// Every link.
     pub fn all(&self) -> Vec<Arc<SleeveLink>> {
         self.by_peer.load().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_mtu_search_waits_until_the_peer_is_heard_from() {
+        let t0 = Instant::now();
+        let mut h = LinkHealth { liveness: Liveness::new(t0, LivenessConfig::default()), pmtu: Pmtu::new(t0, PmtuConfig::default()) };
+        assert!(h.poll_probe(t0).is_none() && h.pmtu.probes() == 0, "nothing heard: no probe");
+        assert!(h.poll_probe(t0 + std::time::Duration::from_secs(2)).is_none());
+        let t1 = t0 + std::time::Duration::from_secs(2);
+        h.liveness.on_receive(t1);
+        assert!(h.poll_probe(t1).is_some(), "heard from: the search starts");
     }
 }

@@ -488,7 +488,7 @@ fn link_timers(sh: &Lane<'_>, sender: &mut Sender, now: Instant, link: &SleeveLi
     let (hb, probes) = {
         let mut h = link.health();
         let searching = h.pmtu.is_searching();
-        let probes = std::iter::from_fn(|| h.pmtu.poll_probe(now)).collect::<Vec<_>>();
+        let probes = std::iter::from_fn(|| h.poll_probe(now)).collect::<Vec<_>>();
         if searching && !h.pmtu.is_searching() {
             tracing::info!(peer = %link.peer, datagram = h.pmtu.current(), "sleeve: path MTU found");
         }
