@@ -425,7 +425,7 @@ async fn main(config: Config) -> Result<(), DaemonError> {
         Some(hold) if config.pod_udp_coalesce_above > 0 => {
             tracing::info!(hold_us = hold.as_micros() as u64, above = config.pod_udp_coalesce_above, "pod UDP coalescing: a pod's datagrams are held while it sends at least {} packets/s", config.pod_udp_coalesce_above);
             let dp = dp.clone();
-            let tap_frames = move || dp.queues.iter().map(|q| q.tap.load().frames_read()).sum::<u64>();
+            let tap_frames = move || dp.stats.tap_frames_in.load(std::sync::atomic::Ordering::Relaxed);
             Some(udphold::UdpHold::start(devices.bridge.clone(), hold, config.pod_udp_coalesce_above, tap_frames).map_err(io("start the pod UDP coalescing thread"))?)
         }
         _ => None,

@@ -158,7 +158,7 @@ pub struct UdpHold {
 impl UdpHold {
     /// Starts watching the veth ports of `bridge`: held `hold` long while their pod sends at
     /// least `above` packets a second; `tap_frames` reads the frames the router has read from
-    /// the TAP so far.
+    /// the TAP so far (a counter that only grows).
     pub fn start(bridge: String, hold: Duration, above: u64, tap_frames: impl Fn() -> u64 + Send + 'static) -> std::io::Result<UdpHold> {
         let stop = Arc::new(AtomicBool::new(false));
         let held = Arc::new(Mutex::new(Vec::new()));
@@ -189,8 +189,7 @@ fn run(bridge: &str, hold: Duration, above: u64, tap_frames: &dyn Fn() -> u64, s
         std::thread::sleep(SAMPLE);
         let now = Instant::now();
         let (f, elapsed) = (tap_frames(), now.saturating_duration_since(frames_at));
-        // A TAP opened again counts from 0: busy, to be safe.
-        let busy = f < frames || u128::from(f - frames) * 1_000_000 >= u128::from(above) * elapsed.as_micros();
+        let busy = u128::from(f.saturating_sub(frames)) * 1_000_000 >= u128::from(above) * elapsed.as_micros();
         (frames, frames_at) = (f, now);
         if !busy && !holds.any_held() {
             continue;
