@@ -99,13 +99,19 @@ pub struct UdpRate {
     pub sent: u64,
     /// Datagrams that did not arrive (from the sequence numbers), as a percentage of `sent`.
     pub loss_percent: f64,
+    /// Datagrams the server's network namespace dropped at a receiving socket whose buffer was
+    /// full (`RcvbufErrors` of its `/proc/net/snmp`, over the run): the part of the loss where the
+    /// receiving program fell behind, after every hop of the path had carried the datagram.
+    pub socket_drops: u64,
 }
 
 /// Runs a UDP `iperf3` test of `payload`-byte datagrams from `client` to `server_addr` (served
 /// from `server`) for `duration`, offered at `bitrate` (iperf3's `-b`: `0` is as fast as the
 /// sender can). Bounded as [`iperf3`].
 pub fn iperf3_udp(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr: Ipv4Addr, duration: Duration, payload: usize, bitrate: &str) -> Result<UdpRate, String> {
+    let drops_before = udp_rcvbuf_errors(bed.ns(server))?;
     let v = iperf3_json(bed, server, client, server_addr, duration, &["-u", "-l", &payload.to_string(), "-b", bitrate])?;
+    let socket_drops = udp_rcvbuf_errors(bed.ns(server))?.saturating_sub(drops_before);
     // iperf3 3.12 reports the receiver's view in end.sum (older) or end.sum_received (newer).
     let end = &v["end"];
     let sum = if end["sum_received"]["packets"].is_u64() { &end["sum_received"] } else { &end["sum"] };
@@ -118,7 +124,22 @@ pub fn iperf3_udp(bed: &mut TestBed, server: NodeId, client: NodeId, server_addr
         bits_per_second: (received * payload as u64 * 8) as f64 / secs,
         sent,
         loss_percent: if sent == 0 { 100.0 } else { lost as f64 * 100.0 / sent as f64 },
+        socket_drops,
     })
+}
+
+/// UDP datagrams `ns` has dropped at receiving sockets with a full buffer so far.
+fn udp_rcvbuf_errors(ns: &weft_kernel::netns::NetNs) -> Result<u64, String> {
+    let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp")).map_err(|e| weft_kernel::chain(&e))?.map_err(|e| format!("/proc/thread-self/net/snmp: {e}"))?;
+    parse_rcvbuf_errors(&snmp).ok_or_else(|| "/proc/thread-self/net/snmp: no Udp RcvbufErrors".to_owned())
+}
+
+/// `RcvbufErrors` of the `Udp:` lines of a `/proc/net/snmp` (a line of names, then one of values).
+fn parse_rcvbuf_errors(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// One iperf3 test (`extra` arguments added to the client's), its JSON report.
@@ -400,5 +421,18 @@ mod tests {
         let mut first = [0u8; 8];
         fill_stream(0, 0, &mut first);
         assert_eq!(first, 0xe220_a839_7b1d_cdafu64.to_le_bytes());
+    }
+
+    #[test]
+    fn the_udp_receive_buffer_drops_are_read_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 403442 0 17750 12 17749 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    UdpLite: 0 0 0 0 5 0\n";
+        assert_eq!(parse_rcvbuf_errors(snmp), Some(17749));
+        assert_eq!(parse_rcvbuf_errors("Udp: InDatagrams NoPorts\nUdp: 1 2\n"), None);
+        assert_eq!(parse_rcvbuf_errors("Udp: InDatagrams RcvbufErrors\n"), None);
+        assert_eq!(parse_rcvbuf_errors(""), None);
     }
 }

@@ -22,9 +22,11 @@
 //! Usage, as root: `benches/e2e.sh [SECONDS]` (builds the release binaries and runs this one).
 //! Per path: TCP with one stream and with 4 parallel streams; UDP packet rate with 1348-byte and
 //! 64-byte payloads offered as fast as the sender can (`iperf3 -u -b 0`: packets per second
-//! received, and loss); ping round-trip time (200 echoes 10 ms apart, mean, median and 99th
-//! percentile), the same with 1000 echoes 0.2 ms apart (no thread on the path sleeps long enough
-//! for its CPU to go idle: what the round trip costs under steady traffic), and the same for UDP
+//! received, and loss, with the part of it the server pod's socket dropped for a full buffer:
+//! what the receiving program did not keep up with, the path having carried it); ping
+//! round-trip time (200 echoes 10 ms apart, mean, median and 99th percentile), the same with
+//! 1000 echoes 0.2 ms apart (no thread on the path sleeps long enough for its CPU to go idle:
+//! what the round trip costs under steady traffic), and the same for UDP
 //! requests of 64 bytes answered by an echo server (what a DNS query sees, and what the pods' UDP
 //! coalescing costs a lone datagram). Last, what one wake-up of a thread asleep for 10 ms costs
 //! on this machine (`weft_benches::wake_up_times`): the unit of a userspace overlay's added
@@ -432,6 +434,7 @@ fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str)
     for (i, payload) in UDP_PAYLOADS.iter().enumerate() {
         row(&format!("UDP {payload} B, -b {bitrate}: kpackets/s"), true, &|r| r.udp.get(i).map(|u| u.0.packets_per_second), &kpps);
         row("  loss", false, &|r| r.udp.get(i).map(|u| u.0.loss_percent), &pct);
+        row("  of it at the server's socket", false, &|r| r.udp.get(i).map(|u| u.0.socket_drops as f64 * 100.0 / u.0.sent.max(1) as f64), &pct);
         row("  routers' CPU, cores (A+B)", true, &|r| r.udp.get(i).and_then(|u| u.1.routers).map(|c| c[0] + c[1]), &cores);
         row("  machine CPU, cores per Gbit/s", true, &|r| r.udp.get(i).map(|u| u.1.machine / (u.0.bits_per_second / 1e9)), &cores);
     }
