@@ -435,4 +435,39 @@ mod tests {
         assert_eq!(parse_rcvbuf_errors("Udp: InDatagrams RcvbufErrors\n"), None);
         assert_eq!(parse_rcvbuf_errors(""), None);
     }
+
+    /// Root needed: a real socket in a real namespace, never read, overflows; the counter of its
+    /// namespace says by how much and the sender's does not move.
+    #[test]
+    fn datagrams_a_full_socket_drops_are_counted_in_its_namespace() {
+        let mut bed = TestBed::new().expect("cannot build a test bed (root needed)");
+        let lan = crate::topology::shared_segment(&mut bed, 2).unwrap();
+        let (tx, rx) = (bed.ns(lan.hosts[0]), bed.ns(lan.hosts[1]));
+        let to = SocketAddr::new(lan.links[1].addr.into(), 5301);
+        let sink = rx.run(|| UdpSocket::bind(to)).unwrap().unwrap();
+        let src = tx.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+        // One datagram first, received: the neighbour is resolved before the burst (a burst
+        // to an unresolved neighbour would be cut short by its queue, not by the socket).
+        src.send_to(b"first", to).unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(sink.recv(&mut [0u8; 16]).unwrap(), 5);
+        let (tx0, rx0) = (udp_rcvbuf_errors(tx).unwrap(), udp_rcvbuf_errors(rx).unwrap());
+        const SENT: u64 = 400;
+        for _ in 0..SENT {
+            src.send_to(&[7u8; 1400], to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let dropped = udp_rcvbuf_errors(rx).unwrap() - rx0;
+        let mut queued = 0;
+        sink.set_nonblocking(true).unwrap();
+        while sink.recv(&mut [0u8; 2048]).is_ok() {
+            queued += 1;
+        }
+        // The default buffer (about 200 KB) holds well under 400 datagrams of 1400 bytes.
+        assert!(dropped >= 100, "only {dropped} of {SENT} datagrams dropped at the full socket");
+        assert_eq!(dropped + queued, SENT, "{dropped} dropped and {queued} queued");
+        assert_eq!(udp_rcvbuf_errors(tx).unwrap(), tx0);
+        drop(sink);
+        bed.teardown().unwrap();
+    }
 }
