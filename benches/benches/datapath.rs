@@ -3,16 +3,21 @@
 //! A's switch verdict, forwarding plan, packing into datagrams (several frame records per
 //! datagram, or fragments) and sealing in place at the end of the batch
 //! (`dataplane::sleeve::Sender::push` and `flush`, with this benchmark's [`Wire`] instead of the
-//! socket), and each GSO train of sealed datagrams is then received by B as `dataplane::receive_message` does: header view and
-//! link by session index, every datagram opened under one session lock, records walked
+//! socket) or, for a super-frame read laid out as the link's datagrams, sealing and sending
+//! where it lies (`Sender::send_laid_out`), as `dataplane::TapSide::serve` does; each GSO train
+//! of sealed datagrams is then received by B as `dataplane::receive_message` does: header view
+//! and link by session index, every datagram opened under one session lock, records walked
 //! (`dataplane::sleeve::for_each_record`, with reassembly), forwarding plan, peer learning,
 //! virtio-net header, frame out; B's switch learns once per batch.
 //!
-//! Two copies stand in for the kernel's: the sealed datagrams are copied into B's receive buffer
-//! (the socket's copy, at most 64 KB per message as UDP GSO and GRO carry them) and each delivered frame with its virtio-net header into an output buffer
-//! (the TAP write). Link counters and the ICMP "too big" check (which never fires for these
-//! frames) are left out. Links use 1472-byte datagrams, what the path MTU search finds on a
-//! 1500-byte underlay.
+//! Three copies stand in for the kernel's: each frame is copied into one of A's frame buffers
+//! (the TAP read: whole, or laid out as the link's datagrams once a super-frame went to it in
+//! pieces, as a router reads; `DATAPATH_WHOLE=1` reads every frame whole, as before layouts),
+//! the sealed datagrams into B's receive buffer (the socket's copy, at most 64 KB per message as
+//! UDP GSO and GRO carry them) and each delivered frame with its virtio-net header into an
+//! output buffer (the TAP write). Link counters and the ICMP "too big" check (which never fires
+//! for these frames) are left out. Links use 1472-byte datagrams, what the path MTU search finds
+//! on a 1500-byte underlay.
 //!
 //! Each iteration is a batch of [`BATCH`] frames (the TAP thread's batch), every one of which
 //! is checked to come out. Group `bytes` reports frame bytes per second (`Throughput::Bytes`,
@@ -34,6 +39,7 @@ use weft_router::dataplane::ethernet::Mac;
 use weft_router::dataplane::links::{Links, SleeveLink};
 use weft_router::dataplane::sleeve::{self, DataplaneStats, LazyReasm, Received, SendError, Sender, Wire};
 use weft_router::dataplane::switch::{Origin, PeerLearning, Switch, Verdict};
+use weft_router::dataplane::tapio::{FrameBuf, Layout};
 use weft_router::dataplane::{forward, vnet};
 use weft_sleeve::wire::{FrameRepr, Packet};
 use weft_sleeve::{Cipher, Config, Role, Session, SessionIds};
@@ -62,6 +68,10 @@ struct Router {
     sender: Sender,
     learning: PeerLearning,
     opened: Vec<Range<usize>>,
+    /// The TAP thread's frame buffers, the layout it reads with, a frame copied back together.
+    bufs: Vec<FrameBuf>,
+    layout: Option<Layout>,
+    whole: Vec<u8>,
 }
 
 impl Router {
@@ -82,6 +92,9 @@ impl Router {
             sender: Sender::default(),
             learning: PeerLearning::default(),
             opened: Vec::new(),
+            bufs: (0..BATCH).map(|_| FrameBuf::default()).collect(),
+            layout: None,
+            whole: Vec::new(),
         }
     }
 }
@@ -164,33 +177,51 @@ impl Wire for ToB<'_> {
     }
 }
 
-/// Carries one batch of TAP reads from A to B's output; returns (frames, frame bytes) delivered.
-/// `check` receives every delivered TAP write (virtio-net header and frame).
-fn batch(a: &mut Router, b: &mut Router, bufs: &[Vec<u8>], rx: &mut Vec<u8>, out: &mut TapOut, check: &mut dyn FnMut(&[u8])) -> (usize, usize) {
+/// Carries one batch of TAP reads (`packets`, each read into one of `a`'s frame buffers, laid
+/// out for the link once a super-frame went to it in pieces, unless `WHOLE`) from A to B's
+/// output; returns (frames, frame bytes) delivered. `check` receives every delivered TAP write
+/// (virtio-net header and frame).
+fn batch(a: &mut Router, b: &mut Router, packets: &[Vec<u8>], rx: &mut Vec<u8>, out: &mut TapOut, check: &mut dyn FnMut(&[u8])) -> (usize, usize) {
     out.frames = 0;
     out.bytes = 0;
     let now = Instant::now();
+    // The kernel's TAP reads.
+    for (packet, buf) in packets.iter().zip(a.bufs.iter_mut()) {
+        buf.fill(packet, a.layout);
+    }
     // A, the TAP thread: verdicts under one switch lock, then plan, seal, "send".
     let mut verdicts = [Verdict::Local; BATCH];
     {
         let mut sw = a.switch.lock().expect("switch");
-        for (buf, v) in bufs.iter().zip(verdicts.iter_mut()) {
-            *v = sw.from_local(now, &buf[vnet::LEN..]);
+        for (buf, v) in a.bufs.iter().zip(verdicts.iter_mut()) {
+            *v = sw.from_local(now, buf.frame_start());
         }
     }
     let mut wire = ToB { b, now, rx, out, check };
-    for (buf, v) in bufs.iter().zip(verdicts) {
-        let h = vnet::parse(buf).expect("virtio-net header");
+    let Router { me, routes, links, sender, bufs, layout, whole, .. } = a;
+    for (buf, v) in bufs.iter_mut().zip(verdicts) {
+        let h = vnet::parse(buf.vnet_hdr()).expect("virtio-net header");
         let vh = (h != vnet::Header::default()).then_some(h);
-        let frame = &buf[vnet::LEN..];
         assert!(!matches!(v, Verdict::Drop(_)), "A's switch dropped a frame: {v:?}");
-        let plan = forward::from_bridge(a.me, v, &a.routes);
+        let plan = forward::from_bridge(*me, v, routes);
+        let frame_len = buf.frame_len();
+        if let (forward::Onward::One(hop, envelope), Some(vh)) = (plan.onward, vh)
+            && let Some((l, data)) = buf.laid_out_mut()
+        {
+            let link = links.get(hop).expect("a link to the next hop");
+            assert!(sender.send_laid_out(now, &mut wire, &link, vh, envelope, l, data, frame_len).expect("send laid out"));
+            continue;
+        }
+        let frame = buf.whole(whole);
         for (hop, envelope) in plan.onward.sends() {
-            let link = a.links.get(hop).expect("a link to the next hop");
-            a.sender.push(now, &mut wire, &link, &FrameRepr { vnet: vh, envelope, frame }).expect("push");
+            let link = links.get(hop).expect("a link to the next hop");
+            sender.push(now, &mut wire, &link, &FrameRepr { vnet: vh, envelope, frame }).expect("push");
+            if frame.len() > SUPER / 2 && std::env::var_os("DATAPATH_WHOLE").is_none() {
+                *layout = Layout::new(link.datagram(), link.overhead);
+            }
         }
     }
-    a.sender.flush(now, &mut wire);
+    sender.flush(now, &mut wire);
     let ToB { b, out, .. } = wire;
     if !b.learning.is_empty() {
         b.switch.lock().expect("switch").learn_from_peers(now, &mut b.learning);

@@ -113,6 +113,12 @@ impl Tap {
         (&self.file).read(buf)
     }
 
+    /// Reads one frame, preceded by its virtio-net header, scattered over `parts` in order
+    /// (one `readv`). Blocks.
+    pub fn read_parts(&self, parts: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+        (&self.file).read_vectored(parts)
+    }
+
     /// Writes one frame, preceded by its virtio-net header.
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
         (&self.file).write(buf)

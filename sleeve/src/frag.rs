@@ -148,19 +148,32 @@ impl Cut {
         FragmentHeader { id: self.id, index: index as u16, count: self.count as u16, total_len: self.total_len as u32 }
     }
 
+    /// Payload bytes per piece (the last may carry fewer).
+    pub fn piece_len(&self) -> usize {
+        self.piece_len
+    }
+
     /// Writes piece `index` (below [`Cut::count`]) as a Fragment record with `flags` into `w`.
     /// The payload is `head` followed by `tail` (for a frame: what
     /// [`wire::FrameRepr::emit_head`] wrote, then the Ethernet frame), `total_len` bytes in all.
     pub fn write_piece(&self, w: &mut BodyWriter<'_>, flags: u8, index: usize, head: &[u8], tail: &[u8]) -> Result<(), wire::Error> {
         debug_assert_eq!(head.len() + tail.len(), self.total_len);
+        let dst = self.write_piece_header(w, flags, index)?;
+        copy_range(dst, head, tail, index * self.piece_len);
+        Ok(())
+    }
+
+    /// Writes the record and fragment headers of piece `index` into `w`, and leaves the piece's
+    /// bytes as they are in the rest of the record, which it returns: for a payload already put
+    /// where its pieces go.
+    pub fn write_piece_header<'w>(&self, w: &'w mut BodyWriter<'_>, flags: u8, index: usize) -> Result<&'w mut [u8], wire::Error> {
         let off = index * self.piece_len;
         let len = self.piece_len.min(self.total_len.saturating_sub(off));
         let p = w.reserve(RecordKind::Fragment, flags, FRAG_HEADER_LEN + len)?;
-        let (h, dst) = p.split_at_mut(FRAG_HEADER_LEN);
+        let (h, rest) = p.split_at_mut(FRAG_HEADER_LEN);
         // `h` is exactly FRAG_HEADER_LEN bytes long.
         let _ = self.header(index).emit(h);
-        copy_range(dst, head, tail, off);
-        Ok(())
+        Ok(rest)
     }
 }
 

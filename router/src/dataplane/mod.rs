@@ -80,7 +80,7 @@ use weft_sleeve::wire::{self, FrameRepr, Packet};
 use links::{Links, SleeveLink};
 use sleeve::{DataplaneStats, LazyReasm, Received, SendError, Sender, Wire};
 use switch::{PeerLearning, Switch, Verdict};
-use tapio::{FrameBuf, TapIo};
+use tapio::{FrameBuf, Layout, TapIo};
 use udpmerge::{Merge, Offer};
 
 /// Frames read from the TAP per batch.
@@ -240,8 +240,9 @@ impl Dataplane {
     }
 }
 
-/// The TAP side's state, allocated once: the frame buffers, their verdicts, the sender and
-/// the buffer for "too big" answers. It sits behind `Shared::tap_side`'s lock so that either
+/// The TAP side's state, allocated once: the frame buffers, their verdicts, the sender, the
+/// buffer for "too big" answers, the layout frames are read with and a buffer for a laid-out
+/// frame that must be sent otherwise. It sits behind `Shared::tap_side`'s lock so that either
 /// thread may serve the TAP (see the module's documentation); frames read under the lock leave
 /// (flushed) under it too, so they keep their order.
 struct TapSide {
@@ -249,11 +250,23 @@ struct TapSide {
     verdicts: [Verdict; TAP_BATCH],
     sender: Sender,
     reply: [u8; 1400],
+    /// The layout of the link the last batch's last fragmented super-frame went to (see
+    /// `tapio`): the next batch is read straight into its datagrams. None after a batch
+    /// without one.
+    layout: Option<Layout>,
+    whole: Vec<u8>,
 }
 
 impl Default for TapSide {
     fn default() -> Self {
-        TapSide { bufs: (0..TAP_BATCH).map(|_| FrameBuf::default()).collect(), verdicts: [Verdict::Local; TAP_BATCH], sender: Sender::default(), reply: [0u8; 1400] }
+        TapSide {
+            bufs: (0..TAP_BATCH).map(|_| FrameBuf::default()).collect(),
+            verdicts: [Verdict::Local; TAP_BATCH],
+            sender: Sender::default(),
+            reply: [0u8; 1400],
+            layout: None,
+            whole: Vec::with_capacity(tapio::MAX_FRAME),
+        }
     }
 }
 
@@ -261,8 +274,8 @@ impl TapSide {
     /// Reads the frames ready on `tap` (up to a batch, without waiting) and sends each to its
     /// next hops, flushed before it returns; returns how many frames were read.
     fn serve(&mut self, sh: &Lane<'_>, tap: &TapIo) -> std::io::Result<usize> {
-        let TapSide { bufs, verdicts, sender, reply } = self;
-        let n = tap.read_ready(bufs)?;
+        let TapSide { bufs, verdicts, sender, reply, layout, whole } = self;
+        let n = tap.read_ready_laid_out(bufs, *layout)?;
         if n == 0 {
             return Ok(0);
         }
@@ -271,15 +284,16 @@ impl TapSide {
         {
             let mut sw = sh.switch();
             for (b, v) in bufs[..n].iter().zip(verdicts.iter_mut()) {
-                *v = sw.from_local(now, &b.packet()[vnet::LEN..]);
+                *v = sw.from_local(now, b.frame_start());
             }
         }
         let routes = sh.routes.load();
-        for (b, &v) in bufs[..n].iter().zip(verdicts.iter()) {
-            let packet = b.packet();
-            let Ok(h) = vnet::parse(packet) else { continue };
+        // Frames are read laid out only while super-frames come (a read over a layout's many
+        // pieces costs a small frame more than a plain read).
+        let mut next_layout = None;
+        for (b, &v) in bufs[..n].iter_mut().zip(verdicts.iter()) {
+            let Ok(h) = vnet::parse(b.vnet_hdr()) else { continue };
             let vh = (h != vnet::Header::default()).then_some(h);
-            let frame = &packet[vnet::LEN..];
             if let Verdict::Drop(_) = v {
                 inc(&sh.stats.drop_switch);
                 continue;
@@ -288,6 +302,25 @@ impl TapSide {
             if plan.dropped.is_some() {
                 inc(&sh.stats.drop_no_route);
             }
+            let frame_len = b.frame_len();
+            // A super-frame read laid out, for one next hop: sent from where it was read.
+            if let (forward::Onward::One(hop, envelope), Some(vh)) = (plan.onward, vh)
+                && let Some((l, buf)) = b.laid_out_mut()
+                && let Some(link) = sh.links.get(hop)
+            {
+                match sender.send_laid_out(now, &mut Net { sh, now }, &link, vh, envelope, l, buf, frame_len) {
+                    Ok(true) => {
+                        next_layout = Some(l);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        lost(sh, now, &link, 1, e);
+                        continue;
+                    }
+                }
+            }
+            let frame = b.whole(whole);
             // A unicast packet that may not be fragmented and does not fit one datagram to the
             // next hop is answered as a router on the path would: "fragmentation needed".
             // While the path MTU search runs, frames are fragmented instead: a pod would keep
@@ -306,8 +339,16 @@ impl TapSide {
             }
             for (hop, envelope) in plan.onward.sends() {
                 send(sh, sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
+                // A fragmented super-frame: the next ones are read laid out for this link.
+                if vh.is_some_and(|h| vnet::is_gso(&h))
+                    && let Some(link) = sh.links.get(hop)
+                    && wire::RECORD_HEADER_LEN + wire::FRAME_HEAD_MAX + frame.len() > link.max_body()
+                {
+                    next_layout = Layout::new(link.datagram(), link.overhead);
+                }
             }
         }
+        *layout = next_layout;
         sender.flush(now, &mut Net { sh, now });
         Ok(n)
     }

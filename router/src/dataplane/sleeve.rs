@@ -18,11 +18,12 @@ use std::sync::{Arc, MutexGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use weft_sleeve::frag::{self, FragError, Reassembler};
+use weft_sleeve::frag::{self, FRAG_HEADER_LEN, FragError, Reassembler};
 use weft_sleeve::udp::SleeveSocket;
-use weft_sleeve::wire::{self, BodyRecord, BodyWriter, FrameRepr, RecordKind, Records};
+use weft_sleeve::wire::{self, BodyRecord, BodyWriter, EnvelopeRepr, FrameRepr, RecordKind, Records, VnetHdr};
 
 use super::links::SleeveLink;
+use super::tapio::Layout;
 
 /// Smallest datagram the sleeve sends (and so the smallest path it works over).
 pub const MIN_DATAGRAM: usize = 576;
@@ -301,6 +302,54 @@ impl Sender {
             t.flush(now, wire);
         }
         self.used = 0;
+    }
+
+    /// Sends a super-frame that was read laid out for `link` (`layout`, see
+    /// [`tapio`](super::tapio)): writes its head (`vnet`, `envelope`) and the record and fragment
+    /// headers around its pieces in `buf`, seals the datagrams where they lie and sends them as
+    /// one GSO train, after everything queued before it (flushed first, so that every flow keeps
+    /// its order). No byte of the frame is copied. Returns false, having done nothing, when the
+    /// link's datagram size or overhead is no longer what `layout` was made for (the caller
+    /// then sends a copy). Errors concern this frame only; a refused seal or send goes to
+    /// [`Wire::failed`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_laid_out(&mut self, now: Instant, wire: &mut dyn Wire, link: &Arc<SleeveLink>, vnet: VnetHdr, envelope: EnvelopeRepr, layout: Layout, buf: &mut [u8], frame_len: usize) -> Result<bool, SendError> {
+        let (dsize, overhead) = (link.datagram(), link.overhead);
+        let head = FrameRepr { vnet: Some(vnet), envelope, frame: &[] };
+        if Layout::new(dsize, overhead) != Some(layout) || head.head_len() != layout.head {
+            return Ok(false);
+        }
+        let plen = layout.head + frame_len;
+        if plen > wire::MAX_FRAME_PAYLOAD {
+            return Err(SendError::TooBig(frame_len));
+        }
+        let cut = frag::Cut::new(link.next_frag_id(), plen, dsize - overhead).map_err(|e| SendError::Fragment(plen, e))?;
+        debug_assert_eq!(cut.piece_len(), layout.piece_len);
+        self.flush(now, wire);
+        head.emit_head(&mut buf[layout.piece_at..layout.piece_at + layout.head])?;
+        let body = |k: usize| wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN + cut.piece_len().min(plen - k * cut.piece_len());
+        for k in 0..cut.count() {
+            let at = k * dsize + wire::HEADER_LEN;
+            cut.write_piece_header(&mut BodyWriter::new(&mut buf[at..at + body(k)]), head.flags(), k)?;
+        }
+        let sealed = {
+            let mut session = link.session();
+            (0..cut.count()).try_for_each(|k| session.seal_in_place(now, &mut buf[k * dsize..k * dsize + overhead + body(k)], body(k)).map(|_| ()))
+        };
+        let last = cut.count() - 1;
+        let sent = match sealed {
+            Ok(()) => wire.send(link, &buf[..last * dsize + overhead + body(last)], Some(dsize)).map_err(SendError::from),
+            Err(e) => Err(e.into()),
+        };
+        match sent {
+            Ok(()) => {
+                link.stats.datagrams_out.fetch_add(cut.count() as u64, Ordering::Relaxed);
+                link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                link.stats.bytes_out.fetch_add(frame_len as u64, Ordering::Relaxed);
+            }
+            Err(e) => wire.failed(link, 1, e),
+        }
+        Ok(true)
     }
 
     /// Whether frames are queued.
@@ -629,6 +678,56 @@ mod tests {
             assert!(segment.unwrap_or(bytes.len()) <= 700);
         }
         assert_eq!(frames_of(receive(now, &rx, &wire.sends, tx.peer).0), frames);
+    }
+
+    /// A super-frame read laid out (as `FrameBuf::fill` lays it, as a `readv` from the TAP does)
+    /// for a link, between small frames queued for the same link.
+    #[test]
+    fn a_super_frame_read_laid_out_leaves_from_where_it_lies_and_in_order() {
+        use super::super::tapio::{FrameBuf, Layout};
+        let now = Instant::now();
+        let (tx, rx) = (sealed_link(now, 2, 1472), peer_link(now, Config::sealed(weft_sleeve::Cipher::ChaCha20Poly1305)));
+        let vnet = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        let mut hdr = [0u8; super::super::vnet::LEN];
+        super::super::vnet::emit(&vnet, &mut hdr);
+        let layout = Layout::new(1472, tx.overhead).unwrap();
+        let mut sender = Sender::default();
+        let mut wire = Recorder::default();
+        let (small, big, last) = (eth(64, 1), eth(65_549, 2), eth(64, 3));
+        sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &small }).unwrap();
+        let mut b = FrameBuf::default();
+        b.fill(&[&hdr[..], &big].concat(), Some(layout));
+        assert!(b.frame().is_none(), "a super-frame spans pieces");
+        assert_eq!(b.frame_start(), &big[..layout.piece_len - layout.head]);
+        let mut whole = Vec::new();
+        b.gather(&mut whole);
+        assert_eq!(whole, big);
+        let (l, buf) = b.laid_out_mut().unwrap();
+        assert!(sender.send_laid_out(now, &mut wire, &tx, vnet, ENV, l, buf, big.len()).unwrap());
+        assert_eq!(wire.sends.len(), 2, "the small frame queued before it left first");
+        sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &last }).unwrap();
+        sender.flush(now, &mut wire);
+        // 65 573 bytes of payload (head and frame) in pieces of 1420: 47 datagrams, one GSO train.
+        assert_eq!(wire.sends[1].2, Some(1472));
+        let (items, datagrams) = receive(now, &rx, &wire.sends, tx.peer);
+        assert_eq!(datagrams, 1 + 47 + 1);
+        assert!(matches!(items[1], Item::Frame(Some(v), _, _) if v == vnet), "the vnet header crossed");
+        assert_eq!(frames_of(items), vec![small.clone(), big.clone(), last]);
+        assert_eq!(tx.stats.frames_out.load(Ordering::Relaxed), 3);
+        assert_eq!(tx.stats.bytes_out.load(Ordering::Relaxed), 64 + 65_549 + 64);
+        // A small frame read laid out lies whole in the first piece.
+        b.fill(&[&hdr[..], &small].concat(), Some(layout));
+        assert_eq!(b.frame(), Some(&small[..]));
+        assert!(b.laid_out_mut().is_none());
+        // Once the link's datagram size changed, the layout no longer fits: nothing is sent.
+        b.fill(&[&hdr[..], &big].concat(), Some(layout));
+        tx.set_datagram(1400);
+        let (l, buf) = b.laid_out_mut().unwrap();
+        assert!(!sender.send_laid_out(now, &mut wire, &tx, vnet, ENV, l, buf, big.len()).unwrap());
+        assert_eq!(wire.sends.len(), 3);
+        // Every datagram size the sleeve uses has a layout; none has room for no frame bytes.
+        assert!(Layout::new(MIN_DATAGRAM, tx.overhead).is_some());
+        assert_eq!(Layout::new(tx.overhead + 40, tx.overhead), None);
     }
 
     #[test]

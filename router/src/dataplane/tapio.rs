@@ -1,7 +1,10 @@
 //! Batched I/O on the TAP: wait once, then read every frame that is ready (up to a batch) so one
 //! wakeup serves many frames; frames carry their virtio-net header and may be 64 KB super-frames.
-//! Buffers are allocated once per reader. The sender copies each frame once, from here into its
-//! datagram buffer, where it is sealed in place.
+//! Buffers are allocated once per reader. A frame is read either whole into one buffer (the
+//! sender then copies it into its datagrams, where they are sealed in place), or laid out
+//! ([`Layout`]): scattered by one `readv` straight to where a link's datagrams carry its pieces,
+//! with room left for their headers, so that a super-frame is sealed and sent where the kernel
+//! put it, without a copy in between.
 //!
 //! With a multi-queue TAP, [`queue_of`] picks the queue a frame from a peer is written to by
 //! its flow: the kernel then reads the flow's frames towards that peer from the same queue
@@ -17,27 +20,183 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use weft_kernel::tap::Tap;
 
+use weft_sleeve::frag::FRAG_HEADER_LEN;
+use weft_sleeve::wire::{FRAME_HEAD_MAX, HEADER_LEN, RECORD_HEADER_LEN};
+
 use super::vnet;
 
 /// Largest frame the TAP hands over: a 64 KB IP super-frame, its Ethernet header and vnet header.
 pub const MAX_FRAME: usize = vnet::LEN + 14 + 65535;
 
-/// A frame buffer allocated once and reused: the vnet header and frame.
+/// A frame buffer's size: a largest frame, laid out with up to an eighth more for the headers
+/// and tags of its datagrams.
+const CAPACITY: usize = MAX_FRAME + MAX_FRAME / 8;
+
+/// Where a laid-out read puts a frame: as the datagrams of a link (its datagram size and
+/// per-datagram overhead) carry it cut into Fragment records. Datagram `k` starts at
+/// `k * dsize`; its piece of the frame payload (wire virtio-net header and envelope, then the
+/// Ethernet frame) at `piece_at` after that, `piece_len` bytes long; the first piece starts
+/// with the `head` bytes the sender writes, the frame follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Datagram size.
+    pub dsize: usize,
+    /// Where a piece starts in its datagram: after the sleeve header, record and fragment headers.
+    pub piece_at: usize,
+    /// Payload bytes per piece (as `weft_sleeve::frag::Cut` cuts them).
+    pub piece_len: usize,
+    /// Bytes before the frame in the first piece: a super-frame's wire virtio-net header and
+    /// envelope.
+    pub head: usize,
+}
+
+impl Layout {
+    /// The layout for datagrams of `dsize` bytes of which `overhead` are the session's (header
+    /// and tag); None where the pieces of a largest frame would not fit a buffer.
+    pub fn new(dsize: usize, overhead: usize) -> Option<Layout> {
+        let piece_len = dsize.checked_sub(overhead + RECORD_HEADER_LEN + FRAG_HEADER_LEN)?;
+        let head = FRAME_HEAD_MAX;
+        if piece_len <= head || overhead < HEADER_LEN {
+            return None;
+        }
+        let pieces = (head + MAX_FRAME - vnet::LEN).div_ceil(piece_len);
+        (pieces * dsize <= CAPACITY).then_some(Layout { dsize, piece_at: HEADER_LEN + RECORD_HEADER_LEN + FRAG_HEADER_LEN, piece_len, head })
+    }
+
+    /// Frame bytes the first piece holds.
+    fn first(&self) -> usize {
+        self.piece_len - self.head
+    }
+}
+
+/// A frame buffer allocated once and reused: the vnet header and frame, read whole or laid out.
 pub struct FrameBuf {
     data: Box<[u8]>,
+    /// Bytes read (vnet header and frame).
     len: usize,
+    /// The vnet header of a laid-out frame.
+    hdr: [u8; vnet::LEN],
+    /// How the frame was read: None for whole, in `data` after its vnet header.
+    layout: Option<Layout>,
 }
 
 impl Default for FrameBuf {
     fn default() -> Self {
-        FrameBuf { data: vec![0u8; MAX_FRAME].into_boxed_slice(), len: 0 }
+        FrameBuf { data: vec![0u8; CAPACITY].into_boxed_slice(), len: 0, hdr: [0; vnet::LEN], layout: None }
     }
 }
 
 impl FrameBuf {
-    /// The vnet header and frame that were read.
+    /// The vnet header and frame that were read whole (nothing for a laid-out frame).
     pub fn packet(&self) -> &[u8] {
+        if self.layout.is_some() {
+            return &[];
+        }
         &self.data[..self.len]
+    }
+
+    /// The frame's vnet header.
+    pub fn vnet_hdr(&self) -> &[u8] {
+        match self.layout {
+            Some(_) => &self.hdr,
+            None => &self.data[..vnet::LEN],
+        }
+    }
+
+    /// The frame's length.
+    pub fn frame_len(&self) -> usize {
+        self.len.saturating_sub(vnet::LEN)
+    }
+
+    /// The whole frame, if it lies in one piece (always when it was read whole).
+    pub fn frame(&self) -> Option<&[u8]> {
+        match self.layout {
+            None => Some(&self.data[vnet::LEN.min(self.len)..self.len]),
+            Some(l) => (self.frame_len() <= l.first()).then(|| &self.data[l.piece_at + l.head..][..self.frame_len()]),
+        }
+    }
+
+    /// The frame's first bytes: all of it, or what its first piece holds (its headers).
+    pub fn frame_start(&self) -> &[u8] {
+        match (self.frame(), self.layout) {
+            (Some(f), _) => f,
+            (None, Some(l)) => &self.data[l.piece_at + l.head..][..l.first()],
+            (None, None) => &[],
+        }
+    }
+
+    /// Copies the frame into `out` (emptied first).
+    pub fn gather(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let (Some(l), None) = (self.layout, self.frame()) else {
+            out.extend_from_slice(self.frame().unwrap_or_default());
+            return;
+        };
+        let total = self.frame_len();
+        out.extend_from_slice(self.frame_start());
+        for k in 1.. {
+            if out.len() == total {
+                break;
+            }
+            let n = (total - out.len()).min(l.piece_len);
+            out.extend_from_slice(&self.data[k * l.dsize + l.piece_at..][..n]);
+        }
+    }
+
+    /// The whole frame: where it lies if in one piece, else copied together into `scratch`.
+    pub fn whole<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        match self.frame() {
+            Some(f) => f,
+            None => {
+                self.gather(scratch);
+                scratch
+            }
+        }
+    }
+
+    /// A frame spread over pieces: its layout and the buffer its datagrams are built in.
+    pub fn laid_out_mut(&mut self) -> Option<(Layout, &mut [u8])> {
+        match self.layout {
+            Some(l) if self.frame().is_none() => Some((l, &mut self.data)),
+            _ => None,
+        }
+    }
+
+    /// One read from `tap`, whole or laid out.
+    fn read_from(&mut self, tap: &Tap, layout: Option<Layout>) -> io::Result<usize> {
+        self.layout = layout;
+        let Some(l) = layout else { return tap.read(&mut self.data) };
+        tap.read_parts(&mut self.parts(l))
+    }
+
+    /// Where a read laid out as `l` puts the vnet header and the frame, in order.
+    fn parts(&mut self, l: Layout) -> Vec<io::IoSliceMut<'_>> {
+        let mut parts = Vec::with_capacity(CAPACITY / l.dsize + 1);
+        parts.push(io::IoSliceMut::new(&mut self.hdr[..]));
+        for (k, d) in self.data.chunks_exact_mut(l.dsize).enumerate() {
+            let from = if k == 0 { l.piece_at + l.head } else { l.piece_at };
+            parts.push(io::IoSliceMut::new(&mut d[from..l.piece_at + l.piece_len]));
+        }
+        parts
+    }
+
+    /// Fills the buffer as a read of `packet` (vnet header and frame) laid out as `layout`
+    /// would (whole if None): for tests and benchmarks without a TAP. Panics if `packet` is
+    /// longer than a read could be.
+    pub fn fill(&mut self, packet: &[u8], layout: Option<Layout>) {
+        self.layout = layout;
+        self.len = packet.len();
+        let Some(l) = layout else {
+            self.data[..packet.len()].copy_from_slice(packet);
+            return;
+        };
+        let mut rest = packet;
+        for part in self.parts(l).iter_mut() {
+            let n = part.len().min(rest.len());
+            part[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+        assert!(rest.is_empty(), "a packet of {} bytes does not fit the layout", packet.len());
     }
 }
 
@@ -90,10 +249,15 @@ impl TapIo {
     /// Reads the frames that are ready into `bufs`, without waiting; returns how many buffers
     /// were filled (0 if none was ready).
     pub fn read_ready(&self, bufs: &mut [FrameBuf]) -> io::Result<usize> {
+        self.read_ready_laid_out(bufs, None)
+    }
+
+    /// As [`read_ready`](Self::read_ready), each frame laid out as `layout` says (whole if None).
+    pub fn read_ready_laid_out(&self, bufs: &mut [FrameBuf], layout: Option<Layout>) -> io::Result<usize> {
         let mut n = 0;
         while n < bufs.len() {
             let b = &mut bufs[n];
-            match self.tap.read(&mut b.data) {
+            match b.read_from(&self.tap, layout) {
                 Ok(len) if len > vnet::LEN => {
                     b.len = len;
                     n += 1;
