@@ -309,14 +309,14 @@ impl Sender {
     /// headers around its pieces in `buf`, seals the datagrams where they lie and sends them as
     /// one GSO train, after everything queued before it (flushed first, so that every flow keeps
     /// its order). No byte of the frame is copied. Returns false, having done nothing, when the
-    /// link's datagram size or overhead is no longer what `layout` was made for (the caller
-    /// then sends a copy). Errors concern this frame only; a refused seal or send goes to
+    /// link's datagram size or overhead is no longer what `layout` was made for, or is below
+    /// [`MIN_DATAGRAM`] (the caller then sends a copy, or learns why not). Errors concern this frame only; a refused seal or send goes to
     /// [`Wire::failed`].
     #[allow(clippy::too_many_arguments)]
     pub fn send_laid_out(&mut self, now: Instant, wire: &mut dyn Wire, link: &Arc<SleeveLink>, vnet: VnetHdr, envelope: EnvelopeRepr, layout: Layout, buf: &mut [u8], frame_len: usize) -> Result<bool, SendError> {
         let (dsize, overhead) = (link.datagram(), link.overhead);
         let head = FrameRepr { vnet: Some(vnet), envelope, frame: &[] };
-        if Layout::new(dsize, overhead) != Some(layout) || head.head_len() != layout.head {
+        if dsize < MIN_DATAGRAM || Layout::new(dsize, overhead) != Some(layout) || head.head_len() != layout.head {
             return Ok(false);
         }
         let plen = layout.head + frame_len;
@@ -724,6 +724,11 @@ mod tests {
         tx.set_datagram(1400);
         let (l, buf) = b.laid_out_mut().unwrap();
         assert!(!sender.send_laid_out(now, &mut wire, &tx, vnet, ENV, l, buf, big.len()).unwrap());
+        // Nor below the sleeve's smallest datagram, even with a layout made for it.
+        tx.set_datagram(MIN_DATAGRAM - 76);
+        let small_layout = Layout::new(MIN_DATAGRAM - 76, tx.overhead).expect("a layout for 500-byte datagrams");
+        let (_, buf) = b.laid_out_mut().unwrap();
+        assert!(!sender.send_laid_out(now, &mut wire, &tx, vnet, ENV, small_layout, buf, big.len()).unwrap());
         assert_eq!(wire.sends.len(), 3);
         // Every datagram size the sleeve uses has a layout; none has room for no frame bytes.
         assert!(Layout::new(MIN_DATAGRAM, tx.overhead).is_some());
