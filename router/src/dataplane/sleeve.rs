@@ -23,7 +23,7 @@ use weft_sleeve::udp::SleeveSocket;
 use weft_sleeve::wire::{self, BodyRecord, BodyWriter, EnvelopeRepr, FrameRepr, RecordKind, Records, VnetHdr};
 
 use super::links::SleeveLink;
-use super::tapio::Layout;
+use super::tapio::{self, Layout};
 
 /// Smallest datagram the sleeve sends (and so the smallest path it works over).
 pub const MIN_DATAGRAM: usize = 576;
@@ -305,28 +305,29 @@ impl Sender {
     }
 
     /// Sends a super-frame that was read laid out for `link` (`layout`, see
-    /// [`tapio`](super::tapio)): writes its head (`vnet`, `envelope`) and the record and fragment
+    /// [`tapio`]): writes its head (`vnet`, `envelope`) and the record and fragment
     /// headers around its pieces in `buf`, seals the datagrams where they lie and sends them as
     /// one GSO train, after everything queued before it (flushed first, so that every flow keeps
     /// its order). No byte of the frame is copied. Returns false, having done nothing, when the
-    /// link's datagram size or overhead is no longer what `layout` was made for, or is below
-    /// [`MIN_DATAGRAM`] (the caller then sends a copy, or learns why not). Errors concern this frame only; a refused seal or send goes to
-    /// [`Wire::failed`].
+    /// link's datagram size or overhead is no longer what `layout` was made for (none is made
+    /// below [`MIN_DATAGRAM`]; the caller then sends a copy, or learns why not). Errors concern
+    /// this frame only; a refused seal or send goes to [`Wire::failed`].
     #[allow(clippy::too_many_arguments)]
     pub fn send_laid_out(&mut self, now: Instant, wire: &mut dyn Wire, link: &Arc<SleeveLink>, vnet: VnetHdr, envelope: EnvelopeRepr, layout: Layout, buf: &mut [u8], frame_len: usize) -> Result<bool, SendError> {
         let (dsize, overhead) = (link.datagram(), link.overhead);
-        let head = FrameRepr { vnet: Some(vnet), envelope, frame: &[] };
-        if dsize < MIN_DATAGRAM || Layout::new(dsize, overhead) != Some(layout) || head.head_len() != layout.head {
+        if Layout::new(dsize, overhead) != Some(layout) {
             return Ok(false);
         }
-        let plen = layout.head + frame_len;
+        let head = FrameRepr { vnet: Some(vnet), envelope, frame: &[] };
+        debug_assert_eq!(head.head_len(), tapio::HEAD);
+        let plen = tapio::HEAD + frame_len;
         if plen > wire::MAX_FRAME_PAYLOAD {
             return Err(SendError::TooBig(frame_len));
         }
         let cut = frag::Cut::new(link.next_frag_id(), plen, dsize - overhead).map_err(|e| SendError::Fragment(plen, e))?;
         debug_assert_eq!(cut.piece_len(), layout.piece_len);
         self.flush(now, wire);
-        head.emit_head(&mut buf[layout.piece_at..layout.piece_at + layout.head])?;
+        head.emit_head(&mut buf[tapio::PIECE_AT..tapio::PIECE_AT + tapio::HEAD])?;
         let body = |k: usize| wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN + cut.piece_len().min(plen - k * cut.piece_len());
         for k in 0..cut.count() {
             let at = k * dsize + wire::HEADER_LEN;
@@ -698,7 +699,7 @@ mod tests {
         let mut b = FrameBuf::default();
         b.fill(&[&hdr[..], &big].concat(), Some(layout));
         assert!(b.frame().is_none(), "a super-frame spans pieces");
-        assert_eq!(b.frame_start(), &big[..layout.piece_len - layout.head]);
+        assert_eq!(b.frame_start(), &big[..layout.piece_len - super::super::tapio::HEAD]);
         let mut whole = Vec::new();
         b.gather(&mut whole);
         assert_eq!(whole, big);
@@ -724,11 +725,11 @@ mod tests {
         tx.set_datagram(1400);
         let (l, buf) = b.laid_out_mut().unwrap();
         assert!(!sender.send_laid_out(now, &mut wire, &tx, vnet, ENV, l, buf, big.len()).unwrap());
-        // Nor below the sleeve's smallest datagram, even with a layout made for it.
+        // Nor below the sleeve's smallest datagram: no layout is made for it.
         tx.set_datagram(MIN_DATAGRAM - 76);
-        let small_layout = Layout::new(MIN_DATAGRAM - 76, tx.overhead).expect("a layout for 500-byte datagrams");
+        assert_eq!(Layout::new(MIN_DATAGRAM - 76, tx.overhead), None);
         let (_, buf) = b.laid_out_mut().unwrap();
-        assert!(!sender.send_laid_out(now, &mut wire, &tx, vnet, ENV, small_layout, buf, big.len()).unwrap());
+        assert!(!sender.send_laid_out(now, &mut wire, &tx, vnet, ENV, layout, buf, big.len()).unwrap());
         assert_eq!(wire.sends.len(), 3);
         // Every datagram size the sleeve uses has a layout; none has room for no frame bytes.
         assert!(Layout::new(MIN_DATAGRAM, tx.overhead).is_some());

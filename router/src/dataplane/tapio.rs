@@ -23,6 +23,7 @@ use weft_kernel::tap::Tap;
 use weft_sleeve::frag::FRAG_HEADER_LEN;
 use weft_sleeve::wire::{FRAME_HEAD_MAX, HEADER_LEN, RECORD_HEADER_LEN};
 
+use super::sleeve::MIN_DATAGRAM;
 use super::vnet;
 
 /// Largest frame the TAP hands over: a 64 KB IP super-frame, its Ethernet header and vnet header.
@@ -32,40 +33,46 @@ pub const MAX_FRAME: usize = vnet::LEN + 14 + 65535;
 /// and tags of its datagrams.
 const CAPACITY: usize = MAX_FRAME + MAX_FRAME / 8;
 
+/// Where a piece starts in its datagram: after the sleeve header, record and fragment headers.
+pub const PIECE_AT: usize = HEADER_LEN + RECORD_HEADER_LEN + FRAG_HEADER_LEN;
+/// Bytes before the frame in the first piece: a super-frame's wire virtio-net header and
+/// envelope (what the sender writes there).
+pub const HEAD: usize = FRAME_HEAD_MAX;
+/// Most places a laid-out read scatters to: the vnet header, and a piece per datagram of the
+/// smallest size that fits a buffer.
+const MAX_PARTS: usize = 1 + CAPACITY / MIN_DATAGRAM;
+
 /// Where a laid-out read puts a frame: as the datagrams of a link (its datagram size and
 /// per-datagram overhead) carry it cut into Fragment records. Datagram `k` starts at
 /// `k * dsize`; its piece of the frame payload (wire virtio-net header and envelope, then the
-/// Ethernet frame) at `piece_at` after that, `piece_len` bytes long; the first piece starts
-/// with the `head` bytes the sender writes, the frame follows.
+/// Ethernet frame) at [`PIECE_AT`] after that, `piece_len` bytes long; the first piece starts
+/// with the [`HEAD`] bytes the sender writes, the frame follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// Datagram size.
     pub dsize: usize,
-    /// Where a piece starts in its datagram: after the sleeve header, record and fragment headers.
-    pub piece_at: usize,
     /// Payload bytes per piece (as `weft_sleeve::frag::Cut` cuts them).
     pub piece_len: usize,
-    /// Bytes before the frame in the first piece: a super-frame's wire virtio-net header and
-    /// envelope.
-    pub head: usize,
+    /// Pieces of a largest frame.
+    pieces: usize,
 }
 
 impl Layout {
     /// The layout for datagrams of `dsize` bytes of which `overhead` are the session's (header
-    /// and tag); None where the pieces of a largest frame would not fit a buffer.
+    /// and tag); None for datagrams below the sleeve's minimum, or where the pieces of a
+    /// largest frame would not fit a buffer.
     pub fn new(dsize: usize, overhead: usize) -> Option<Layout> {
         let piece_len = dsize.checked_sub(overhead + RECORD_HEADER_LEN + FRAG_HEADER_LEN)?;
-        let head = FRAME_HEAD_MAX;
-        if piece_len <= head || overhead < HEADER_LEN {
+        if dsize < MIN_DATAGRAM || piece_len <= HEAD || overhead < HEADER_LEN {
             return None;
         }
-        let pieces = (head + MAX_FRAME - vnet::LEN).div_ceil(piece_len);
-        (pieces * dsize <= CAPACITY).then_some(Layout { dsize, piece_at: HEADER_LEN + RECORD_HEADER_LEN + FRAG_HEADER_LEN, piece_len, head })
+        let pieces = (HEAD + MAX_FRAME - vnet::LEN).div_ceil(piece_len);
+        (pieces * dsize <= CAPACITY).then_some(Layout { dsize, piece_len, pieces })
     }
 
     /// Frame bytes the first piece holds.
     fn first(&self) -> usize {
-        self.piece_len - self.head
+        self.piece_len - HEAD
     }
 }
 
@@ -112,7 +119,7 @@ impl FrameBuf {
     pub fn frame(&self) -> Option<&[u8]> {
         match self.layout {
             None => Some(&self.data[vnet::LEN.min(self.len)..self.len]),
-            Some(l) => (self.frame_len() <= l.first()).then(|| &self.data[l.piece_at + l.head..][..self.frame_len()]),
+            Some(l) => (self.frame_len() <= l.first()).then(|| &self.data[PIECE_AT + HEAD..][..self.frame_len()]),
         }
     }
 
@@ -120,7 +127,7 @@ impl FrameBuf {
     pub fn frame_start(&self) -> &[u8] {
         match (self.frame(), self.layout) {
             (Some(f), _) => f,
-            (None, Some(l)) => &self.data[l.piece_at + l.head..][..l.first()],
+            (None, Some(l)) => &self.data[PIECE_AT + HEAD..][..l.first()],
             (None, None) => &[],
         }
     }
@@ -139,7 +146,7 @@ impl FrameBuf {
                 break;
             }
             let n = (total - out.len()).min(l.piece_len);
-            out.extend_from_slice(&self.data[k * l.dsize + l.piece_at..][..n]);
+            out.extend_from_slice(&self.data[k * l.dsize + PIECE_AT..][..n]);
         }
     }
 
@@ -166,18 +173,21 @@ impl FrameBuf {
     fn read_from(&mut self, tap: &Tap, layout: Option<Layout>) -> io::Result<usize> {
         self.layout = layout;
         let Some(l) = layout else { return tap.read(&mut self.data) };
-        tap.read_parts(&mut self.parts(l))
+        let (mut parts, n) = self.parts(l);
+        tap.read_parts(&mut parts[..n])
     }
 
-    /// Where a read laid out as `l` puts the vnet header and the frame, in order.
-    fn parts(&mut self, l: Layout) -> Vec<io::IoSliceMut<'_>> {
-        let mut parts = Vec::with_capacity(CAPACITY / l.dsize + 1);
-        parts.push(io::IoSliceMut::new(&mut self.hdr[..]));
-        for (k, d) in self.data.chunks_exact_mut(l.dsize).enumerate() {
-            let from = if k == 0 { l.piece_at + l.head } else { l.piece_at };
-            parts.push(io::IoSliceMut::new(&mut d[from..l.piece_at + l.piece_len]));
+    /// Where a read laid out as `l` puts the vnet header and the frame, in order (the first
+    /// `n` of the array; no allocation per read).
+    fn parts(&mut self, l: Layout) -> ([io::IoSliceMut<'_>; MAX_PARTS], usize) {
+        let mut parts: [io::IoSliceMut<'_>; MAX_PARTS] = std::array::from_fn(|_| io::IoSliceMut::new(&mut []));
+        parts[0] = io::IoSliceMut::new(&mut self.hdr[..]);
+        // Layout::new keeps `pieces` within the buffer, and so within MAX_PARTS - 1.
+        for (k, d) in self.data.chunks_exact_mut(l.dsize).take(l.pieces).enumerate() {
+            let from = if k == 0 { PIECE_AT + HEAD } else { PIECE_AT };
+            parts[1 + k] = io::IoSliceMut::new(&mut d[from..PIECE_AT + l.piece_len]);
         }
-        parts
+        (parts, 1 + l.pieces)
     }
 
     /// Fills the buffer as a read of `packet` (vnet header and frame) laid out as `layout`
@@ -191,10 +201,11 @@ impl FrameBuf {
             return;
         };
         let mut rest = packet;
-        for part in self.parts(l).iter_mut() {
-            let n = part.len().min(rest.len());
-            part[..n].copy_from_slice(&rest[..n]);
-            rest = &rest[n..];
+        let (mut parts, n) = self.parts(l);
+        for part in parts[..n].iter_mut() {
+            let k = part.len().min(rest.len());
+            part[..k].copy_from_slice(&rest[..k]);
+            rest = &rest[k..];
         }
         assert!(rest.is_empty(), "a packet of {} bytes does not fit the layout", packet.len());
     }
