@@ -7,15 +7,17 @@
 //! where it lies (`Sender::send_laid_out`), as `dataplane::TapSide::serve` does; each GSO train
 //! of sealed datagrams is then received by B as `dataplane::receive_message` does: header view
 //! and link by session index, every datagram opened under one session lock, records walked
-//! (`dataplane::sleeve::for_each_record`, with reassembly), forwarding plan, peer learning,
-//! virtio-net header, frame out; B's switch learns once per batch.
+//! (`dataplane::sleeve::for_each_record`: a super-frame's pieces gathered where they were
+//! received, the receive buffer holding them swapped for a spare, as `dataplane::gather` does;
+//! other fragmented frames reassembled), forwarding plan, peer learning, virtio-net header,
+//! frame out; B's switch learns once per batch.
 //!
 //! Three copies stand in for the kernel's: each frame is copied into one of A's frame buffers
 //! (the TAP read: whole, or laid out as the link's datagrams once a super-frame went to it in
 //! pieces, as a router reads; `DATAPATH_WHOLE=1` reads every frame whole, as before layouts),
 //! the sealed datagrams into B's receive buffer (the socket's copy, at most 64 KB per message as
 //! UDP GSO and GRO carry them) and each delivered frame with its virtio-net header into an
-//! output buffer (the TAP write). Link counters and the ICMP "too big" check (which never fires
+//! output buffer (the TAP write, from a gathered frame's pieces where they lie). Link counters and the ICMP "too big" check (which never fires
 //! for these frames) are left out. Links use 1472-byte datagrams, what the path MTU search finds
 //! on a 1500-byte underlay.
 //!
@@ -39,8 +41,10 @@ use weft_router::dataplane::ethernet::Mac;
 use weft_router::dataplane::links::{Links, SleeveLink};
 use weft_router::dataplane::sleeve::{self, DataplaneStats, LazyReasm, Received, SendError, Sender, Wire};
 use weft_router::dataplane::switch::{Origin, PeerLearning, Switch, Verdict};
+use weft_router::dataplane::gather::Gather;
 use weft_router::dataplane::tapio::{FrameBuf, Layout};
 use weft_router::dataplane::{forward, vnet};
+use weft_sleeve::udp::RECV_BUFFER;
 use weft_sleeve::wire::{FrameRepr, Packet};
 use weft_sleeve::{Cipher, Config, Role, Session, SessionIds};
 
@@ -68,6 +72,8 @@ struct Router {
     sender: Sender,
     learning: PeerLearning,
     opened: Vec<Range<usize>>,
+    /// The sleeve thread's super-frame being gathered where its pieces were received.
+    gather: Gather,
     /// The TAP thread's frame buffers, the layout it reads with, a frame copied back together.
     bufs: Vec<FrameBuf>,
     layout: Option<Layout>,
@@ -92,6 +98,7 @@ impl Router {
             sender: Sender::default(),
             learning: PeerLearning::default(),
             opened: Vec::new(),
+            gather: Gather::default(),
             bufs: (0..BATCH).map(|_| FrameBuf::default()).collect(),
             layout: None,
             whole: Vec::new(),
@@ -136,12 +143,15 @@ struct TapOut {
 }
 
 impl TapOut {
-    fn write_frame(&mut self, hdr: &[u8], frame: &[u8]) {
+    /// One write of the header and the frame's parts (one, or a gathered frame's pieces).
+    fn write_frame<'a>(&mut self, hdr: &[u8], parts: impl IntoIterator<Item = &'a [u8]>) {
         self.buf.clear();
         self.buf.extend_from_slice(hdr);
-        self.buf.extend_from_slice(frame);
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
         self.frames += 1;
-        self.bytes += frame.len();
+        self.bytes += self.buf.len() - hdr.len();
     }
 }
 
@@ -149,7 +159,7 @@ impl TapOut {
 struct ToB<'a> {
     b: &'a mut Router,
     now: Instant,
-    rx: &'a mut Vec<u8>,
+    rx: &'a mut Box<[u8]>,
     out: &'a mut TapOut,
     check: &'a mut dyn FnMut(&[u8]),
 }
@@ -163,11 +173,14 @@ impl Wire for ToB<'_> {
         for message in datagrams.chunks(stride * (MAX_GSO_BYTES / stride).max(1)) {
             // Datagram by datagram, as the kernel copies a train's segments (and as before
             // frames were packed: one large copy would count differently under callgrind).
-            self.rx.clear();
+            let mut len = 0;
             for d in message.chunks(stride) {
-                self.rx.extend_from_slice(d);
+                self.rx[len..len + d.len()].copy_from_slice(d);
+                len += d.len();
             }
-            receive_message(self.b, self.now, self.rx, stride, self.out, self.check);
+            receive_message(self.b, self.now, &mut self.rx[..len], stride, self.out, self.check);
+            // Pieces of a frame being gathered outlive the next receive into this buffer.
+            self.b.gather.keep(self.rx);
         }
         Ok(())
     }
@@ -181,7 +194,7 @@ impl Wire for ToB<'_> {
 /// out for the link once a super-frame went to it in pieces, unless `WHOLE`) from A to B's
 /// output; returns (frames, frame bytes) delivered. `check` receives every delivered TAP write
 /// (virtio-net header and frame).
-fn batch(a: &mut Router, b: &mut Router, packets: &[Vec<u8>], rx: &mut Vec<u8>, out: &mut TapOut, check: &mut dyn FnMut(&[u8])) -> (usize, usize) {
+fn batch(a: &mut Router, b: &mut Router, packets: &[Vec<u8>], rx: &mut Box<[u8]>, out: &mut TapOut, check: &mut dyn FnMut(&[u8])) -> (usize, usize) {
     out.frames = 0;
     out.bytes = 0;
     let now = Instant::now();
@@ -252,19 +265,21 @@ fn receive_message(r: &mut Router, now: Instant, data: &mut [u8], stride: usize,
             }
         }
         link.seen(now, src);
-        let Router { me, routes, stats, learning, opened, .. } = r;
+        let Router { me, routes, stats, learning, opened, gather, .. } = r;
         let mut reasm = LazyReasm::new(&link);
+        let mut deliver = |vh: Option<vnet::Header>, envelope, first: &[u8], parts: &mut dyn Iterator<Item = &[u8]>| {
+            let plan = forward::from_peer(*me, link.peer, envelope, &*routes);
+            assert!(plan.local && plan.dropped.is_none(), "B does not keep the frame: {plan:?}");
+            assert_eq!(learning.from_peer(PeerName(envelope.src), first), Verdict::Local);
+            let mut hdr = [0u8; vnet::LEN];
+            vnet::emit(&vh.unwrap_or_default(), &mut hdr);
+            out.write_frame(&hdr, parts);
+            check(&out.buf);
+        };
         for body in opened.iter() {
-            sleeve::for_each_record(now, &data[body.clone()], &mut reasm, stats, |item| match item {
-                Received::Frame(f) => {
-                    let plan = forward::from_peer(*me, link.peer, f.envelope, &*routes);
-                    assert!(plan.local && plan.dropped.is_none(), "B does not keep the frame: {plan:?}");
-                    assert_eq!(learning.from_peer(PeerName(f.envelope.src), f.frame), Verdict::Local);
-                    let mut hdr = [0u8; vnet::LEN];
-                    vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
-                    out.write_frame(&hdr, f.frame);
-                    check(&out.buf);
-                }
+            sleeve::for_each_record(now, data, body.clone(), &mut reasm, gather, stats, |item| match item {
+                Received::Frame(f) => deliver(f.vnet, f.envelope, f.frame, &mut std::iter::once(f.frame)),
+                Received::Pieces(p) => deliver(p.vnet, p.envelope, p.first, &mut p.parts()),
                 Received::Control(_) => panic!("no control records are sent"),
             });
         }
@@ -302,7 +317,7 @@ fn datapath(c: &mut Criterion) {
                 let now = Instant::now();
                 let (mut a, mut b) = pair(*config, now);
                 let bufs: Vec<Vec<u8>> = (0..BATCH).map(|i| tap_frame(size, i as u8)).collect();
-                let mut rx = Vec::with_capacity(256 * 1024);
+                let mut rx: Box<[u8]> = vec![0u8; RECV_BUFFER].into();
                 let mut out = TapOut::default();
                 // One batch, checked: every frame comes out as it went in, in order.
                 let mut k = 0;
@@ -343,7 +358,7 @@ fn fixed(batches: usize) {
     let now = Instant::now();
     let (mut a, mut b) = pair(config, now);
     let bufs: Vec<Vec<u8>> = (0..BATCH).map(|i| tap_frame(size, i as u8)).collect();
-    let mut rx = Vec::with_capacity(256 * 1024);
+    let mut rx: Box<[u8]> = vec![0u8; RECV_BUFFER].into();
     let mut out = TapOut::default();
     let (mut frames, mut bytes) = (0, 0);
     for _ in 0..batches {

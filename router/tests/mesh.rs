@@ -116,6 +116,12 @@ fn a_gigabyte_crosses_from_a_pod_on_a_to_a_pod_on_c_through_b_intact() {
     let (secs, checked) = transfer(&m.bed, a_pod, c_pod, c_addr, total);
     assert_eq!(checked, total);
     println!("1 GiB A -> C via B, every byte checked: {secs:.1} s, {:.2} Gbit/s", total as f64 * 8.0 / secs / 1e9);
+    // B relays the super-frames (copied together); C writes them to its TAP from their pieces
+    // where they were received, as they come in order.
+    let text = metrics_text(&m, 2);
+    let (gathered, written) = (metric(&text, "weft_gathered_frames_total"), metric(&text, "weft_tap_frames_total{direction=\"to_bridge\"}"));
+    println!("C: {gathered} of {written} frames to its TAP written from their pieces where they were received");
+    assert!(gathered > 1000, "C gathered {gathered} super-frames\n{text}");
     // Frames at the full pod MTU cross (DF set); larger ones are refused to the sender.
     let mtu = 1376;
     let ok = ping_out(&m.bed, a_pod, c_addr, &["-M", "do", "-s", &(mtu - 28).to_string(), "-c", "2", "-W", "2"]);
@@ -343,10 +349,15 @@ fn parallel_flows(bed: &TestBed, from: NodeId, to: NodeId, to_addr: Ipv4Addr, fl
     t0.elapsed().as_secs_f64()
 }
 
+/// Host `host`'s router's metrics text.
+fn metrics_text(m: &Mesh, host: usize) -> String {
+    let out = m.bed.run(m.cluster.hosts[host], Command::new("curl").args(["-sf", "http://127.0.0.1:6782/metrics"])).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Host `host`'s TAP frames read and datagrams sent per queue (of 2), and its metrics text.
 fn queue_counts(m: &Mesh, host: usize) -> (Vec<u64>, Vec<u64>, String) {
-    let out = m.bed.run(m.cluster.hosts[host], Command::new("curl").args(["-sf", "http://127.0.0.1:6782/metrics"])).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = metrics_text(m, host);
     let tap = (0..2).map(|q| metric(&text, &format!("weft_dataplane_queue_tap_frames_total{{queue=\"{q}\"}}"))).collect();
     let sent = (0..2).map(|q| metric(&text, &format!("weft_dataplane_queue_datagrams_total{{queue=\"{q}\",direction=\"out\"}}"))).collect();
     (tap, sent, text)

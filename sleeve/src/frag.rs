@@ -269,6 +269,11 @@ impl Reassembler {
         self.slots.iter().filter(|s| s.busy).count()
     }
 
+    /// Whether pieces of frame `id` are held.
+    pub fn holds(&self, id: u32) -> bool {
+        self.slots.iter().any(|s| s.busy && s.id == id)
+    }
+
     /// When the oldest partial frame times out.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.slots.iter().filter(|s| s.busy).map(|s| s.started + self.config.timeout).min()

@@ -293,11 +293,17 @@ impl RecvBatch {
         }
     }
 
+    /// Buffer `i` itself, to be swapped for another (so that what it holds outlives the next
+    /// receive); a buffer of any length may take its place, the next receive fills what it has.
+    pub fn buffer_mut(&mut self, i: usize) -> &mut Box<[u8]> {
+        &mut self.bufs[i]
+    }
+
     /// Buffer `i` of the last receive: the sender, the bytes (one or more datagrams of
     /// `stride` bytes each, the last possibly shorter) and the stride.
     pub fn get_mut(&mut self, i: usize) -> (SocketAddr, &mut [u8], usize) {
         let m = &self.meta[i];
-        let len = m.len.min(RECV_BUFFER);
+        let len = m.len.min(self.bufs[i].len());
         (m.addr, &mut self.bufs[i][..len], m.stride.max(1))
     }
 }

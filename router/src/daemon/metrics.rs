@@ -14,6 +14,7 @@
 //! | `weft_sleeve_rekeys_total` | counter | |
 //! | `weft_tap_frames_total` | counter | `direction` (from_bridge, to_bridge) |
 //! | `weft_udp_merged_datagrams_total` | counter | |
+//! | `weft_gathered_frames_total` | counter | |
 //! | `weft_pod_udp_held_ports` | gauge | (with pods' UDP held only while they send fast: `--pod-udp-coalesce-above`) |
 //! | `weft_drops_total` | counter | `reason` (no_route, malformed, unknown_session, auth, replay, mtu, io, switch, other) |
 //! | `weft_ipam_addresses_owned`, `weft_ipam_addresses_allocated` | gauge | |
@@ -128,6 +129,8 @@ pub fn render(d: &Daemon) -> String {
     let _ = writeln!(out, "weft_tap_frames_total{{direction=\"to_bridge\"}} {}", get(&s.tap_frames_out));
     header(&mut out, "weft_udp_merged_datagrams_total", "counter", "UDP datagrams from the sleeve written to the TAP merged with others of their flow into one frame.");
     let _ = writeln!(out, "weft_udp_merged_datagrams_total {}", get(&s.udp_merged));
+    header(&mut out, "weft_gathered_frames_total", "counter", "Fragmented super-frames written to the TAP from their pieces where they were received, not copied together.");
+    let _ = writeln!(out, "weft_gathered_frames_total {}", get(&s.frames_gathered));
     if let Some(held) = &d.udp_held {
         let n = held.lock().unwrap_or_else(|p| p.into_inner()).len();
         header(&mut out, "weft_pod_udp_held_ports", "gauge", "Pods' host ports whose UDP is held for coalescing now (their pod sends at least --pod-udp-coalesce-above packets/s).");

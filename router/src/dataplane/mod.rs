@@ -8,6 +8,8 @@
 //! - [`icmp`]: "fragmentation needed" / "packet too big" answers to pods;
 //! - [`links`]: the sleeve link to each connected peer (session, address, reassembly, health);
 //! - [`sleeve`]: sealing and sending frames (whole or fragmented), walking opened bodies;
+//! - [`gather`]: fragmented super-frames written to the TAP from the receive buffers their
+//!   pieces lie in;
 //! - [`udpmerge`]: UDP datagrams for this host merged per flow into one frame for the TAP.
 //!
 //! Two threads per queue, each side of a queue read by one thread at a time (see below): a
@@ -56,6 +58,7 @@
 
 pub mod ethernet;
 pub mod forward;
+pub mod gather;
 pub mod icmp;
 pub mod links;
 pub mod sleeve;
@@ -75,9 +78,10 @@ use weft_mesh::peer::PeerName;
 use weft_mesh::routes::{Routes, RoutesHandle};
 use weft_sleeve::liveness::{CONTROL_LEN, ControlMsg};
 use weft_sleeve::udp::{RecvBatch, SleeveSocket};
-use weft_sleeve::wire::{self, FrameRepr, Packet};
+use weft_sleeve::wire::{self, EnvelopeRepr, FrameRepr, Packet};
 
 use links::{Links, SleeveLink};
+use gather::{Gather, Pieces};
 use sleeve::{DataplaneStats, LazyReasm, Received, SendError, Sender, Wire};
 use switch::{PeerLearning, Switch, Verdict};
 use tapio::{FrameBuf, Layout, TapIo};
@@ -472,6 +476,10 @@ struct Receiver {
     /// The queues whose TAP the batch at hand wrote frames to (bit Q: queue Q; at most 64
     /// queues).
     to_tap: u64,
+    /// The super-frame being gathered from its pieces where they were received.
+    gather: Gather,
+    /// A gathered frame copied together, for a relay.
+    whole: Vec<u8>,
 }
 
 fn sleeve_thread(sh: &Shared, q: usize) {
@@ -496,6 +504,8 @@ fn sleeve_thread(sh: &Shared, q: usize) {
             for i in 0..n {
                 let (src, data, stride) = batch.get_mut(i);
                 receive_message(sh, &mut rx, &routes, &tap, now, src, data, stride);
+                // Pieces of a frame being gathered outlive the next receive.
+                rx.gather.keep(batch.buffer_mut(i));
             }
             // Relayed frames leave packed, as the TAP thread's do; merged datagrams are written.
             rx.sender.flush(now, &mut Net { sh, now });
@@ -618,14 +628,19 @@ fn receive_message(sh: &Lane<'_>, rx: &mut Receiver, routes: &Routes, tap: &TapI
         }
         link.stats.datagrams_in.fetch_add(rx.opened.len() as u64, Ordering::Relaxed);
         // Walk what opened.
-        let Receiver { sender, opened, learning, merge, to_tap } = rx;
+        let Receiver { sender, opened, learning, merge, to_tap, gather, whole } = rx;
         let mut reasm = LazyReasm::new(&link);
         for body in opened.iter() {
-            sleeve::for_each_record(now, &data[body.clone()], &mut reasm, &sh.stats, |item| match item {
+            sleeve::for_each_record(now, data, body.clone(), &mut reasm, gather, &sh.stats, |item| match item {
                 Received::Frame(f) => {
                     link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                     link.stats.bytes_in.fetch_add(f.frame.len() as u64, Ordering::Relaxed);
                     deliver(sh, sender, learning, merge, to_tap, routes, tap, now, link.peer, &f);
+                }
+                Received::Pieces(p) => {
+                    link.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                    link.stats.bytes_in.fetch_add(p.len() as u64, Ordering::Relaxed);
+                    deliver_pieces(sh, sender, learning, merge, to_tap, whole, routes, tap, now, link.peer, &p);
                 }
                 Received::Control(payload) => on_control(sh, sender, now, &link, payload),
             });
@@ -650,20 +665,13 @@ fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, merg
     if !plan.local {
         return;
     }
-    if learning.from_peer(PeerName(f.envelope.src), f.frame) != Verdict::Local {
-        inc(&sh.stats.drop_switch);
-        return;
-    }
-    // With several queues, the flow's TAP queue: its frames back are read there (see the
-    // module doc).
+    let Some(q) = local_queue(sh, learning, f.envelope, f.frame) else { return };
     let flow_tap;
-    let (q, tap) = match sh.queues.len() {
-        1 => (0, tap),
-        n => {
-            let q = tapio::queue_of(f.frame, n);
-            flow_tap = sh.queues[q].tap.load();
-            (q, &**flow_tap)
-        }
+    let tap = if q == 0 && sh.queues.len() == 1 {
+        tap
+    } else {
+        flow_tap = sh.queues[q].tap.load();
+        &**flow_tap
     };
     loop {
         match merge.offer(q, f.vnet, f.frame) {
@@ -677,7 +685,39 @@ fn deliver(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, merg
     }
     let mut hdr = [0u8; vnet::LEN];
     vnet::emit(&f.vnet.unwrap_or_default(), &mut hdr);
-    write_to_tap(sh, tap, q, &hdr, f.frame, 1, to_tap);
+    let r = tap.write_frame(&hdr, f.frame);
+    tap_written(sh, q, r, 1, to_tap);
+}
+
+/// A super-frame gathered from its pieces, from neighbour `from`: written to the TAP from where
+/// the pieces lie when it is for this host alone, copied together (into `whole`) and delivered
+/// as any frame when it is relayed or dropped.
+#[allow(clippy::too_many_arguments)]
+fn deliver_pieces(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearning, merge: &mut Merge, to_tap: &mut u64, whole: &mut Vec<u8>, routes: &Routes, tap: &TapIo, now: Instant, from: PeerName, p: &Pieces<'_>) {
+    let plan = forward::from_peer(sh.me, from, p.envelope, routes);
+    if !plan.local || plan.dropped.is_some() || plan.onward.sends().next().is_some() {
+        let frame = p.copy_into(whole);
+        deliver(sh, sender, learning, merge, to_tap, routes, tap, now, from, &FrameRepr { vnet: p.vnet, envelope: p.envelope, frame });
+        return;
+    }
+    let Some(q) = local_queue(sh, learning, p.envelope, p.first) else { return };
+    // A super-frame is never merged; what was merged before it goes first.
+    write_merged(sh, merge, to_tap);
+    let mut hdr = [0u8; vnet::LEN];
+    vnet::emit(&p.vnet.unwrap_or_default(), &mut hdr);
+    let r = sh.queues[q].tap.load().write_frame_parts(&hdr, p.parts());
+    tap_written(sh, q, r, 1, to_tap);
+}
+
+/// The TAP queue a frame for this host (`frame`: at least its headers) is written to, if the
+/// switch lets it in from the peer that sent it: with several queues, the flow's (its frames
+/// back are read there, see the module doc).
+fn local_queue(sh: &Lane<'_>, learning: &mut PeerLearning, envelope: EnvelopeRepr, frame: &[u8]) -> Option<usize> {
+    if learning.from_peer(PeerName(envelope.src), frame) != Verdict::Local {
+        inc(&sh.stats.drop_switch);
+        return None;
+    }
+    Some(tapio::queue_of(frame, sh.queues.len()))
 }
 
 /// Writes the run of UDP datagrams `merge` holds, if any, to its queue's TAP.
@@ -685,16 +725,16 @@ fn write_merged(sh: &Lane<'_>, merge: &mut Merge, to_tap: &mut u64) {
     let Some(out) = merge.take() else { return };
     let mut hdr = [0u8; vnet::LEN];
     vnet::emit(&out.vnet, &mut hdr);
-    let tap = sh.queues[out.queue].tap.load();
-    if write_to_tap(sh, &tap, out.queue, &hdr, out.frame, out.datagrams as u64, to_tap) && out.datagrams > 1 {
+    let r = sh.queues[out.queue].tap.load().write_frame(&hdr, out.frame);
+    if tap_written(sh, out.queue, r, out.datagrams as u64, to_tap) && out.datagrams > 1 {
         sh.stats.udp_merged.fetch_add(out.datagrams as u64, Ordering::Relaxed);
     }
 }
 
-/// Writes one frame (carrying `datagrams` datagrams) to `tap`, queue `q`; false if it was
-/// dropped (counted).
-fn write_to_tap(sh: &Lane<'_>, tap: &TapIo, q: usize, hdr: &[u8; vnet::LEN], frame: &[u8], datagrams: u64, to_tap: &mut u64) -> bool {
-    match tap.write_frame(hdr, frame) {
+/// Counts a write to queue `q`'s TAP of one frame carrying `datagrams` datagrams: written
+/// (true), or dropped (counted).
+fn tap_written(sh: &Lane<'_>, q: usize, r: std::io::Result<bool>, datagrams: u64, to_tap: &mut u64) -> bool {
+    match r {
         Ok(true) => {
             inc(&sh.stats.tap_frames_out);
             *to_tap |= 1 << q;

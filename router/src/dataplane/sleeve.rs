@@ -10,10 +10,14 @@
 //! but the last. A link's datagrams lie end to end in one buffer, are sealed in place under one
 //! session lock at the end of the batch and handed to the kernel as UDP GSO trains (one send per
 //! run of equal-sized datagrams). The receiver opens each datagram, walks all its records,
-//! reassembles, and hands each frame to the TAP with its virtio-net header, so a 64 KB TCP
-//! super-frame crosses whole and is segmented (if at all) by the receiving kernel.
+//! reassembles (or, for a super-frame whose pieces come in order, gathers them where they were
+//! received: [`gather`]), and hands each frame to the TAP with its virtio-net header, so a 64 KB
+//! TCP super-frame crosses whole and is segmented (if at all) by the receiving kernel.
+//!
+//! [`gather`]: super::gather
 
 use std::io;
+use std::ops::Range;
 use std::sync::{Arc, MutexGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -22,6 +26,7 @@ use weft_sleeve::frag::{self, FRAG_HEADER_LEN, FragError, Reassembler};
 use weft_sleeve::udp::SleeveSocket;
 use weft_sleeve::wire::{self, BodyRecord, BodyWriter, EnvelopeRepr, FrameRepr, RecordKind, Records, VnetHdr};
 
+use super::gather::{Gather, Offer, Pieces};
 use super::links::SleeveLink;
 use super::tapio::{self, Layout};
 
@@ -38,6 +43,9 @@ pub struct DataplaneStats {
     /// UDP datagrams from the sleeve written to the TAP merged with others of their flow
     /// (`udpmerge`).
     pub udp_merged: AtomicU64,
+    /// Fragmented super-frames written to the TAP from their pieces where they were received
+    /// (`gather`), not copied together by the reassembler.
+    pub frames_gathered: AtomicU64,
     /// Frames relayed for other peers.
     pub relayed: AtomicU64,
     /// Dropped: no route to the destination peer (or no link to the next hop).
@@ -384,6 +392,8 @@ impl Sender {
 pub enum Received<'a> {
     /// A whole frame (reassembled if it came in pieces).
     Frame(FrameRepr<'a>),
+    /// A super-frame gathered from its pieces where they were received ([`super::gather`]).
+    Pieces(Pieces<'a>),
     /// A control record's payload (heartbeat, probe).
     Control(&'a [u8]),
 }
@@ -407,21 +417,52 @@ impl<'a> LazyReasm<'a> {
     }
 }
 
-/// Hands each frame and control record of an opened datagram body to `f`, reassembling
-/// fragmented frames on the way. Malformed records and fragments are counted and dropped.
-pub fn for_each_record(now: Instant, body: &[u8], reasm: &mut LazyReasm<'_>, stats: &DataplaneStats, mut f: impl FnMut(Received<'_>)) {
+/// Hands each frame and control record of the opened datagram body at `body` in `data` (a
+/// received message) to `f`. Fragmented super-frames whose pieces come in order are gathered
+/// where they lie (`gather`; after the message, [`Gather::keep`] must see its buffer), other
+/// fragmented frames are reassembled. Malformed records and fragments are counted and dropped.
+pub fn for_each_record(now: Instant, data: &[u8], body: Range<usize>, reasm: &mut LazyReasm<'_>, gather: &mut Gather, stats: &DataplaneStats, mut f: impl FnMut(Received<'_>)) {
+    let Some(body) = data.get(body) else {
+        inc(&stats.drop_malformed);
+        return;
+    };
     for r in Records::new(body) {
         match r {
             Ok(BodyRecord::Frame(frame)) => f(Received::Frame(frame)),
             Ok(BodyRecord::Control { payload, .. }) => f(Received::Control(payload)),
-            Ok(BodyRecord::Fragment { flags, payload }) => match reasm.get().push(now, flags, payload) {
-                Ok(Some(whole)) => match FrameRepr::parse(whole.flags, whole.payload) {
-                    Ok(frame) => f(Received::Frame(frame)),
-                    Err(_) => inc(&stats.drop_malformed),
-                },
-                Ok(None) => {}
-                Err(_) => inc(&stats.drop_malformed),
-            },
+            Ok(BodyRecord::Fragment { flags, payload }) => {
+                if let Ok((h, _)) = frag::FragmentHeader::parse(payload) {
+                    // Where the fragment lies in the message (`payload` is a part of `data`).
+                    let at = payload.as_ptr() as usize - data.as_ptr() as usize;
+                    let fragment = at..at + payload.len();
+                    let mut offer = gather.offer(now, reasm.link, flags, &h, data, fragment.clone(), |id| reasm.get().holds(id));
+                    if offer == (Offer::Refused { spill: true }) {
+                        // The frame being gathered did not continue: reassembled from here on,
+                        // and this piece may start the next one.
+                        for (flags, fragment) in gather.spill(data) {
+                            reassemble(now, reasm, flags, fragment, stats, &mut f);
+                        }
+                        gather.clear();
+                        offer = gather.offer(now, reasm.link, flags, &h, data, fragment, |id| reasm.get().holds(id));
+                    }
+                    match offer {
+                        Offer::Taken => continue,
+                        Offer::Complete => {
+                            match gather.complete(data) {
+                                Some(p) => {
+                                    inc(&stats.frames_gathered);
+                                    f(Received::Pieces(p));
+                                }
+                                None => inc(&stats.drop_malformed),
+                            }
+                            gather.clear();
+                            continue;
+                        }
+                        Offer::Refused { .. } => {}
+                    }
+                }
+                reassemble(now, reasm, flags, payload, stats, &mut f);
+            }
             Err(_) => {
                 inc(&stats.drop_malformed);
                 break;
@@ -430,9 +471,22 @@ pub fn for_each_record(now: Instant, body: &[u8], reasm: &mut LazyReasm<'_>, sta
     }
 }
 
+/// Pushes one fragment into the link's reassembler; hands the frame to `f` if it completes it.
+fn reassemble(now: Instant, reasm: &mut LazyReasm<'_>, flags: u8, fragment: &[u8], stats: &DataplaneStats, f: &mut impl FnMut(Received<'_>)) {
+    match reasm.get().push(now, flags, fragment) {
+        Ok(Some(whole)) => match FrameRepr::parse(whole.flags, whole.payload) {
+            Ok(frame) => f(Received::Frame(frame)),
+            Err(_) => inc(&stats.drop_malformed),
+        },
+        Ok(None) => {}
+        Err(_) => inc(&stats.drop_malformed),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::gather;
     use weft_mesh::peer::PeerName;
     use weft_sleeve::wire::{EnvelopeRepr, VnetHdr};
     use weft_sleeve::{Config, Role, Session, SessionIds};
@@ -450,16 +504,147 @@ mod tests {
         Control(Vec<u8>),
     }
 
-    fn walk(now: Instant, link: &SleeveLink, body: &[u8], stats: &DataplaneStats) -> Vec<Item> {
+    /// Walks `body` as a received message of its own with `gather`.
+    fn walk(now: Instant, link: &SleeveLink, body: &[u8], gather: &mut Gather, stats: &DataplaneStats) -> Vec<Item> {
+        walk_message(now, link, &[body], gather, stats)
+    }
+
+    /// Walks `bodies` as one received message (a GRO train of their datagrams) with `gather`,
+    /// then overwrites the message's buffer, as the next receive would, unless `gather` kept it.
+    fn walk_message(now: Instant, link: &SleeveLink, bodies: &[&[u8]], gather: &mut Gather, stats: &DataplaneStats) -> Vec<Item> {
+        let mut buf: Box<[u8]> = bodies.concat().into();
         let mut items = Vec::new();
         let mut reasm = LazyReasm::new(link);
-        for_each_record(now, body, &mut reasm, stats, |r| {
-            items.push(match r {
-                Received::Frame(f) => Item::Frame(f.vnet, f.envelope, f.frame.to_vec()),
-                Received::Control(p) => Item::Control(p.to_vec()),
-            })
-        });
+        let mut at = 0;
+        for b in bodies {
+            for_each_record(now, &buf, at..at + b.len(), &mut reasm, gather, stats, |r| {
+                items.push(match r {
+                    Received::Frame(f) => Item::Frame(f.vnet, f.envelope, f.frame.to_vec()),
+                    Received::Pieces(p) => Item::Frame(p.vnet, p.envelope, p.copy_into(&mut Vec::new()).to_vec()),
+                    Received::Control(p) => Item::Control(p.to_vec()),
+                })
+            });
+            at += b.len();
+        }
+        drop(reasm);
+        gather.keep(&mut buf);
+        buf.fill(0xee);
         items
+    }
+
+    /// The bodies of `frame` (as frame `id`) cut into fragments for bodies of `max_body` bytes.
+    fn fragment_bodies(id: u32, frame: &FrameRepr<'_>, max_body: usize) -> Vec<Vec<u8>> {
+        let mut head = [0u8; wire::FRAME_HEAD_MAX];
+        let hlen = frame.emit_head(&mut head).unwrap();
+        let cut = frag::Cut::new(id, frame.buffer_len(), max_body).unwrap();
+        (0..cut.count())
+            .map(|k| {
+                let mut body = vec![0u8; max_body];
+                let mut w = BodyWriter::new(&mut body);
+                cut.write_piece(&mut w, frame.flags(), k, &head[..hlen], frame.frame).unwrap();
+                let n = w.len();
+                body.truncate(n);
+                body
+            })
+            .collect()
+    }
+
+    const TSO: VnetHdr = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+
+    /// Walks each group of `bodies` (from, to: by index) as one message; every item, in order.
+    fn walk_groups(now: Instant, link: &SleeveLink, bodies: &[Vec<u8>], groups: &[(usize, usize)], gather: &mut Gather, stats: &DataplaneStats) -> Vec<Item> {
+        let mut items = Vec::new();
+        for &(from, to) in groups {
+            let msg: Vec<&[u8]> = bodies[from..to].iter().map(Vec::as_slice).collect();
+            items.extend(walk_message(now, link, &msg, gather, stats));
+            assert!(gather.held() <= gather::MAX_HELD);
+        }
+        items
+    }
+
+    #[test]
+    fn a_super_frame_in_order_is_gathered_where_it_lies_across_messages() {
+        let now = Instant::now();
+        let link = link(now);
+        let stats = DataplaneStats::default();
+        let env = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
+        let big = eth(65_549, 3);
+        let sf = FrameRepr { vnet: Some(TSO), envelope: env, frame: &big };
+        let bodies = fragment_bodies(5, &sf, 1400);
+        let n = bodies.len();
+        assert!(n > 44 && n <= gather::MAX_PIECES, "{n} pieces");
+        let gather = &mut Gather::default();
+        // As UDP GRO hands them over: 44 datagrams, then the rest.
+        assert_eq!(walk_groups(now, &link, &bodies, &[(0, 44)], gather, &stats), vec![]);
+        assert_eq!(gather.held(), 1, "the first message's buffer is held");
+        assert_eq!(walk_groups(now, &link, &bodies, &[(44, n)], gather, &stats), vec![Item::Frame(Some(TSO), env, big.clone())]);
+        assert_eq!((gather.held(), gather.is_gathering()), (0, false));
+        assert_eq!(stats.frames_gathered.load(Ordering::Relaxed), 1);
+        assert_eq!(link.reassembler().stats().completed, 0, "nothing was copied together");
+
+        // Also when it ends a message's datagrams and starts the next message's; and in
+        // messages of one datagram each, it is gathered as far as MAX_HELD buffers go and
+        // then reassembled.
+        let items = walk_groups(now, &link, &bodies, &[(0, 1), (1, n)], gather, &stats);
+        assert_eq!(items, vec![Item::Frame(Some(TSO), env, big.clone())]);
+        assert_eq!(stats.frames_gathered.load(Ordering::Relaxed), 2);
+        let ones: Vec<(usize, usize)> = (0..n).map(|i| (i, i + 1)).collect();
+        assert_eq!(walk_groups(now, &link, &bodies, &ones, gather, &stats), vec![Item::Frame(Some(TSO), env, big)]);
+        assert_eq!(stats.frames_gathered.load(Ordering::Relaxed), 2);
+        assert_eq!(link.reassembler().stats().completed, 1);
+        assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn pieces_out_of_order_lost_or_of_other_frames_are_reassembled_and_nothing_else_is_lost() {
+        let now = Instant::now();
+        let (x, y) = (link(now), peer_link(now, Config::plain()));
+        let stats = DataplaneStats::default();
+        let env = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
+        let (f1, f2, f3) = (eth(30_000, 1), eth(30_000, 2), eth(20_000, 3));
+        let a = fragment_bodies(1, &FrameRepr { vnet: Some(TSO), envelope: env, frame: &f1 }, 1400);
+        let b = fragment_bodies(2, &FrameRepr { vnet: Some(TSO), envelope: env, frame: &f2 }, 1400);
+        let gather = &mut Gather::default();
+
+        // Frame 1: piece 11 comes after 12..20. Spilled at 12, reassembled.
+        let order: Vec<usize> = (0..11).chain(12..21).chain([11]).chain(21..a.len()).collect();
+        let shuffled: Vec<Vec<u8>> = order.iter().map(|&i| a[i].clone()).collect();
+        let items = walk_groups(now, &x, &shuffled, &[(0, 15), (15, a.len())], gather, &stats);
+        assert_eq!(items, vec![Item::Frame(Some(TSO), env, f1.clone())]);
+        assert_eq!((stats.frames_gathered.load(Ordering::Relaxed), x.reassembler().stats().completed), (0, 1));
+
+        // Frame 1 again as id 1 is done; a frame whose tail is lost (pieces 0..5 of frame 1 cut
+        // anew as id 3), then frame 2 in order: the partial one waits in the reassembler,
+        // frame 2 is gathered.
+        let lost = fragment_bodies(3, &FrameRepr { vnet: Some(TSO), envelope: env, frame: &f1 }, 1400);
+        let mut seq: Vec<Vec<u8>> = lost[..5].to_vec();
+        seq.extend(b.iter().cloned());
+        let items = walk_groups(now, &x, &seq, &[(0, 10), (10, seq.len())], gather, &stats);
+        assert_eq!(items, vec![Item::Frame(Some(TSO), env, f2.clone())]);
+        assert_eq!(stats.frames_gathered.load(Ordering::Relaxed), 1);
+        assert_eq!(x.reassembler().pending(), 1, "the partial frame waits for its timeout");
+
+        // Pieces of another link, and a frame without offloads (not a super-frame), between
+        // two halves of a frame being gathered: theirs are reassembled, it is gathered.
+        let plain = fragment_bodies(7, &FrameRepr { vnet: None, envelope: env, frame: &f3 }, 1400);
+        let other = fragment_bodies(8, &FrameRepr { vnet: Some(TSO), envelope: env, frame: &f3 }, 1400);
+        assert_eq!(walk_groups(now, &x, &b, &[(0, 10)], gather, &stats), vec![]);
+        let on_y = walk_groups(now, &y, &other, &[(0, other.len())], gather, &stats);
+        assert_eq!(on_y, vec![Item::Frame(Some(TSO), env, f3.clone())]);
+        assert_eq!(walk_groups(now, &x, &b, &[(10, b.len())], gather, &stats), vec![Item::Frame(Some(TSO), env, f2.clone())]);
+        assert_eq!(stats.frames_gathered.load(Ordering::Relaxed), 2);
+        assert_eq!(walk_groups(now, &x, &plain, &[(0, plain.len())], gather, &stats), vec![Item::Frame(None, env, f3.clone())]);
+        assert_eq!(stats.frames_gathered.load(Ordering::Relaxed), 2);
+        assert_eq!((x.reassembler().stats().completed, y.reassembler().stats().completed), (2, 1));
+
+        // A repeated piece spills; the frame still comes out once.
+        let mut dup = b.clone();
+        dup.insert(7, b[6].clone());
+        let b2 = fragment_bodies(9, &FrameRepr { vnet: Some(TSO), envelope: env, frame: &f2 }, 1400);
+        dup.extend(b2.iter().cloned());
+        let items = walk_groups(now, &x, &dup, &[(0, 30), (30, dup.len())], gather, &stats);
+        assert_eq!(items, vec![Item::Frame(Some(TSO), env, f2.clone()), Item::Frame(Some(TSO), env, f2)]);
+        assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -468,7 +653,7 @@ mod tests {
         let link = link(now);
         let stats = DataplaneStats::default();
         let env = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
-        let vnet = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        let vnet = TSO;
         let small: Vec<u8> = (0..60u8).collect();
         let big: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
         let whole = FrameRepr { vnet: None, envelope: env, frame: &small };
@@ -482,7 +667,8 @@ mod tests {
             w.push_control(0, b"hb").unwrap();
             w.len()
         };
-        assert_eq!(walk(now, &link, &body[..n], &stats), vec![Item::Frame(None, env, small.clone()), Item::Control(b"hb".to_vec())]);
+        let gather = &mut Gather::default();
+        assert_eq!(walk(now, &link, &body[..n], gather, &stats), vec![Item::Frame(None, env, small.clone()), Item::Control(b"hb".to_vec())]);
 
         // The super-frame cut into bodies of 1400 bytes, delivered last piece first.
         let mut head = [0u8; wire::FRAME_HEAD_MAX];
@@ -493,7 +679,7 @@ mod tests {
             let mut w = BodyWriter::new(&mut body);
             cut.write_piece(&mut w, super_frame.flags(), k, &head[..hlen], &big).unwrap();
             let n = w.len();
-            got.extend(walk(now, &link, &body[..n], &stats));
+            got.extend(walk(now, &link, &body[..n], gather, &stats));
         }
         assert_eq!(got, vec![Item::Frame(Some(vnet), env, big.clone())]);
         assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 0);
@@ -503,7 +689,7 @@ mod tests {
         w.push_fragment(0, &[0; 20]).unwrap();
         let n = w.len();
         body[n..n + 4].copy_from_slice(&[9, 0, 0, 0]);
-        assert_eq!(walk(now, &link, &body[..n + 4], &stats), vec![]);
+        assert_eq!(walk(now, &link, &body[..n + 4], gather, &stats), vec![]);
         assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 2);
     }
 
@@ -548,6 +734,7 @@ mod tests {
     /// control record, in order, and how many datagrams there were.
     fn receive(now: Instant, rx: &SleeveLink, sends: &[(PeerName, Vec<u8>, Option<usize>)], peer: PeerName) -> (Vec<Item>, usize) {
         let stats = DataplaneStats::default();
+        let gather = &mut Gather::default();
         let mut items = Vec::new();
         let mut datagrams = 0;
         for (_, bytes, segment) in sends.iter().filter(|s| s.0 == peer) {
@@ -559,7 +746,7 @@ mod tests {
                     assert!(d.len() <= stride);
                 }
                 let body = rx.session().open(now, d).expect("the datagram opens");
-                items.extend(walk(now, rx, &d[body], &stats));
+                items.extend(walk(now, rx, &d[body], gather, &stats));
                 datagrams += 1;
             }
         }

@@ -295,6 +295,21 @@ impl TapIo {
     pub fn write_frame(&self, vnet_hdr: &[u8; vnet::LEN], frame: &[u8]) -> io::Result<bool> {
         queued(self.tap.write_parts(&[io::IoSlice::new(vnet_hdr), io::IoSlice::new(frame)]))
     }
+
+    /// As [`write_frame`](Self::write_frame), with the frame in `parts` (at most
+    /// [`gather::MAX_PIECES`](super::gather::MAX_PIECES); more are refused as invalid input),
+    /// gathered by one `writev` from where they lie.
+    pub fn write_frame_parts<'a>(&self, vnet_hdr: &[u8; vnet::LEN], parts: impl IntoIterator<Item = &'a [u8]>) -> io::Result<bool> {
+        let mut iov = [io::IoSlice::new(&[]); 1 + super::gather::MAX_PIECES];
+        iov[0] = io::IoSlice::new(vnet_hdr);
+        let mut n = 1;
+        for p in parts {
+            let slot = iov.get_mut(n).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a frame in more parts than a TAP write takes"))?;
+            *slot = io::IoSlice::new(p);
+            n += 1;
+        }
+        queued(self.tap.write_parts(&iov[..n]))
+    }
 }
 
 /// The queue (of `queues`, at least 1) that frames of `frame`'s flow are written to: a hash of
