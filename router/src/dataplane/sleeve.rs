@@ -549,6 +549,9 @@ mod tests {
             .collect()
     }
 
+    /// The envelope of frames from the link's peer to this host.
+    const ENV_IN: EnvelopeRepr = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
+
     const TSO: VnetHdr = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
 
     /// Walks each group of `bodies` (from, to: by index) as one message; every item, in order.
@@ -567,7 +570,7 @@ mod tests {
         let now = Instant::now();
         let link = link(now);
         let stats = DataplaneStats::default();
-        let env = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
+        let env = ENV_IN;
         let big = eth(65_549, 3);
         let sf = FrameRepr { vnet: Some(TSO), envelope: env, frame: &big };
         let bodies = fragment_bodies(5, &sf, 1400);
@@ -600,7 +603,7 @@ mod tests {
         let now = Instant::now();
         let (x, y) = (link(now), peer_link(now, Config::plain()));
         let stats = DataplaneStats::default();
-        let env = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
+        let env = ENV_IN;
         let (f1, f2, f3) = (eth(30_000, 1), eth(30_000, 2), eth(20_000, 3));
         let a = fragment_bodies(1, &FrameRepr { vnet: Some(TSO), envelope: env, frame: &f1 }, 1400);
         let b = fragment_bodies(2, &FrameRepr { vnet: Some(TSO), envelope: env, frame: &f2 }, 1400);
@@ -652,7 +655,7 @@ mod tests {
         let now = Instant::now();
         let link = link(now);
         let stats = DataplaneStats::default();
-        let env = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
+        let env = ENV_IN;
         let vnet = TSO;
         let small: Vec<u8> = (0..60u8).collect();
         let big: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
