@@ -120,8 +120,11 @@ fn a_gigabyte_crosses_from_a_pod_on_a_to_a_pod_on_c_through_b_intact() {
     // where they were received, as they come in order.
     let text = metrics_text(&m, 2);
     let (gathered, written) = (metric(&text, "weft_gathered_frames_total"), metric(&text, "weft_tap_frames_total{direction=\"to_bridge\"}"));
-    println!("C: {gathered} of {written} frames to its TAP written from their pieces where they were received");
+    let reassembled = metric(&text, "weft_reassembled_frames_total");
+    println!("C: {gathered} of {written} frames to its TAP written from their pieces where they were received, {reassembled} reassembled");
     assert!(gathered > 1000, "C gathered {gathered} super-frames\n{text}");
+    let b_text = metrics_text(&m, 1);
+    assert_eq!(metric(&b_text, "weft_gathered_frames_total"), 0, "B relays every frame, copied together\n{b_text}");
     // Frames at the full pod MTU cross (DF set); larger ones are refused to the sender.
     let mtu = 1376;
     let ok = ping_out(&m.bed, a_pod, c_addr, &["-M", "do", "-s", &(mtu - 28).to_string(), "-c", "2", "-W", "2"]);

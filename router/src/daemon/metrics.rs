@@ -15,6 +15,8 @@
 //! | `weft_tap_frames_total` | counter | `direction` (from_bridge, to_bridge) |
 //! | `weft_udp_merged_datagrams_total` | counter | |
 //! | `weft_gathered_frames_total` | counter | |
+//! | `weft_reassembled_frames_total` | counter | |
+//! | `weft_reassembly_dropped_frames_total` | counter | `reason` (timeout, evicted) |
 //! | `weft_pod_udp_held_ports` | gauge | (with pods' UDP held only while they send fast: `--pod-udp-coalesce-above`) |
 //! | `weft_drops_total` | counter | `reason` (no_route, malformed, unknown_session, auth, replay, mtu, io, switch, other) |
 //! | `weft_ipam_addresses_owned`, `weft_ipam_addresses_allocated` | gauge | |
@@ -84,7 +86,12 @@ pub fn render(d: &Daemon) -> String {
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (mut f_in, mut f_out, mut b_in, mut b_out, mut d_in, mut d_out) = (0, 0, 0, 0, 0, 0);
     let (mut auth, mut replay, mut other, mut rekeys) = (0, 0, 0, 0);
+    let mut reasm = weft_sleeve::frag::ReasmStats::default();
     for l in dp.links.all() {
+        let r = l.reassembler().stats();
+        reasm.completed += r.completed;
+        reasm.timed_out += r.timed_out;
+        reasm.evicted += r.evicted;
         f_in += get(&l.stats.frames_in);
         f_out += get(&l.stats.frames_out);
         b_in += get(&l.stats.bytes_in);
@@ -129,6 +136,11 @@ pub fn render(d: &Daemon) -> String {
     let _ = writeln!(out, "weft_tap_frames_total{{direction=\"to_bridge\"}} {}", get(&s.tap_frames_out));
     header(&mut out, "weft_udp_merged_datagrams_total", "counter", "UDP datagrams from the sleeve written to the TAP merged with others of their flow into one frame.");
     let _ = writeln!(out, "weft_udp_merged_datagrams_total {}", get(&s.udp_merged));
+    header(&mut out, "weft_reassembled_frames_total", "counter", "Fragmented frames copied together by a reassembler (pieces out of order, or a frame that is no super-frame) on current links.");
+    let _ = writeln!(out, "weft_reassembled_frames_total {}", reasm.completed);
+    header(&mut out, "weft_reassembly_dropped_frames_total", "counter", "Partial fragmented frames dropped by a reassembler on current links: after its timeout, or evicted for a newer one.");
+    let _ = writeln!(out, "weft_reassembly_dropped_frames_total{{reason=\"timeout\"}} {}", reasm.timed_out);
+    let _ = writeln!(out, "weft_reassembly_dropped_frames_total{{reason=\"evicted\"}} {}", reasm.evicted);
     header(&mut out, "weft_gathered_frames_total", "counter", "Fragmented super-frames written to the TAP from their pieces where they were received, not copied together.");
     let _ = writeln!(out, "weft_gathered_frames_total {}", get(&s.frames_gathered));
     if let Some(held) = &d.udp_held {

@@ -706,7 +706,9 @@ fn deliver_pieces(sh: &Lane<'_>, sender: &mut Sender, learning: &mut PeerLearnin
     let mut hdr = [0u8; vnet::LEN];
     vnet::emit(&p.vnet.unwrap_or_default(), &mut hdr);
     let r = sh.queues[q].tap.load().write_frame_parts(&hdr, p.parts());
-    tap_written(sh, q, r, 1, to_tap);
+    if tap_written(sh, q, r, 1, to_tap) {
+        inc(&sh.stats.frames_gathered);
+    }
 }
 
 /// The TAP queue a frame for this host (`frame`: at least its headers) is written to, if the

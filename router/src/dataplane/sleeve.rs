@@ -44,7 +44,7 @@ pub struct DataplaneStats {
     /// (`udpmerge`).
     pub udp_merged: AtomicU64,
     /// Fragmented super-frames written to the TAP from their pieces where they were received
-    /// (`gather`), not copied together by the reassembler.
+    /// (`gather`), not copied together.
     pub frames_gathered: AtomicU64,
     /// Frames relayed for other peers.
     pub relayed: AtomicU64,
@@ -449,10 +449,7 @@ pub fn for_each_record(now: Instant, data: &[u8], body: Range<usize>, reasm: &mu
                         Offer::Taken => continue,
                         Offer::Complete => {
                             match gather.complete(data) {
-                                Some(p) => {
-                                    inc(&stats.frames_gathered);
-                                    f(Received::Pieces(p));
-                                }
+                                Some(p) => f(Received::Pieces(p)),
                                 None => inc(&stats.drop_malformed),
                             }
                             gather.clear();
@@ -511,6 +508,7 @@ mod tests {
 
     /// Walks `bodies` as one received message (a GRO train of their datagrams) with `gather`,
     /// then overwrites the message's buffer, as the next receive would, unless `gather` kept it.
+    /// Frames handed over in pieces are counted in `stats.frames_gathered`.
     fn walk_message(now: Instant, link: &SleeveLink, bodies: &[&[u8]], gather: &mut Gather, stats: &DataplaneStats) -> Vec<Item> {
         let mut buf: Box<[u8]> = bodies.concat().into();
         let mut items = Vec::new();
@@ -520,7 +518,11 @@ mod tests {
             for_each_record(now, &buf, at..at + b.len(), &mut reasm, gather, stats, |r| {
                 items.push(match r {
                     Received::Frame(f) => Item::Frame(f.vnet, f.envelope, f.frame.to_vec()),
-                    Received::Pieces(p) => Item::Frame(p.vnet, p.envelope, p.copy_into(&mut Vec::new()).to_vec()),
+                    Received::Pieces(p) => {
+                        // As the data plane counts the gathered frames it writes.
+                        inc(&stats.frames_gathered);
+                        Item::Frame(p.vnet, p.envelope, p.copy_into(&mut Vec::new()).to_vec())
+                    }
                     Received::Control(p) => Item::Control(p.to_vec()),
                 })
             });
