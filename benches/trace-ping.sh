@@ -31,7 +31,7 @@ ip netns exec "$client" ping -q -c 20 -i 0.05 "$server_addr" | tail -1
 perf record -q -o "$dir/trace.data" -a \
     -e sched:sched_switch -e sched:sched_wakeup \
     -e net:net_dev_queue -e net:netif_receive_skb -e net:netif_rx \
-    -e syscalls:sys_enter_read -e syscalls:sys_exit_read -e syscalls:sys_enter_writev \
+    -e syscalls:sys_enter_read -e syscalls:sys_exit_read -e syscalls:sys_enter_writev -e syscalls:sys_exit_writev -e syscalls:sys_exit_sendmsg \
     -e syscalls:sys_enter_sendmsg -e syscalls:sys_enter_recvmmsg -e syscalls:sys_exit_recvmmsg \
     -e syscalls:sys_enter_poll -e syscalls:sys_exit_poll \
     -- ip netns exec "$client" ping -c 5 -i 0.2 "$server_addr" | tail -1
