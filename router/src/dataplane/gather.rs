@@ -14,11 +14,11 @@
 //! Anything else goes to the reassembler ([`weft_sleeve::frag::Reassembler`]), as before: a
 //! piece out of order, lost or repeated, a frame that is no super-frame, has more than
 //! [`MAX_PIECES`] pieces or spans more than [`MAX_HELD`] held buffers, a frame the reassembler
-//! already holds pieces of. A frame being
-//! gathered that its link's next piece does not continue is first *spilled*: its pieces so far
-//! are pushed into the reassembler, in order, and the frame completes there or times out there.
-//! Pieces of other links go to their own reassemblers and leave the frame being gathered alone.
-//! Memory is bounded: at most [`MAX_HELD`] receive buffers held, and as many spares.
+//! already holds pieces of. A frame being gathered that its link's next piece does not continue
+//! is first *spilled*: its pieces so far are pushed into the reassembler, in order, and the frame
+//! completes there or times out there. Pieces of other links go to their own reassemblers and
+//! leave the frame being gathered alone. Memory is bounded: a `Gather` owns at most
+//! [`MAX_HELD`] buffers besides the receive batch's, held or spare.
 
 use std::ops::Range;
 use std::time::Instant;
@@ -33,7 +33,8 @@ use super::vnet;
 /// Most pieces of a frame gathered (the rest are reassembled by copy): a 64 KB super-frame in
 /// datagrams of about 1100 bytes or more. The TAP write takes one `iovec` per piece.
 pub const MAX_PIECES: usize = 64;
-/// Most receive buffers one frame being gathered holds (it spans at most one more message).
+/// Most receive buffers one frame being gathered holds: besides the message being walked (a
+/// 64 KB frame in 1472-byte datagrams spans two GRO messages, three when it starts late in one).
 pub const MAX_HELD: usize = 3;
 
 /// Which link a frame comes from: its peer, connection and session index.
