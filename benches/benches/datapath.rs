@@ -78,6 +78,8 @@ struct Router {
     bufs: Vec<FrameBuf>,
     layout: Option<Layout>,
     whole: Vec<u8>,
+    /// Every frame read whole, never laid out (`DATAPATH_WHOLE=1`).
+    reads_whole: bool,
 }
 
 impl Router {
@@ -102,6 +104,7 @@ impl Router {
             bufs: (0..BATCH).map(|_| FrameBuf::default()).collect(),
             layout: None,
             whole: Vec::new(),
+            reads_whole: std::env::var_os("DATAPATH_WHOLE").is_some(),
         }
     }
 }
@@ -211,7 +214,7 @@ fn batch(a: &mut Router, b: &mut Router, packets: &[Vec<u8>], rx: &mut Box<[u8]>
         }
     }
     let mut wire = ToB { b, now, rx, out, check };
-    let Router { me, routes, links, sender, bufs, layout, whole, .. } = a;
+    let Router { me, routes, links, sender, bufs, layout, whole, reads_whole, .. } = a;
     for (buf, v) in bufs.iter_mut().zip(verdicts) {
         let h = vnet::parse(buf.vnet_hdr()).expect("virtio-net header");
         let vh = (h != vnet::Header::default()).then_some(h);
@@ -229,8 +232,8 @@ fn batch(a: &mut Router, b: &mut Router, packets: &[Vec<u8>], rx: &mut Box<[u8]>
         for (hop, envelope) in plan.onward.sends() {
             let link = links.get(hop).expect("a link to the next hop");
             sender.push(now, &mut wire, &link, &FrameRepr { vnet: vh, envelope, frame }).expect("push");
-            if frame.len() > SUPER / 2 && std::env::var_os("DATAPATH_WHOLE").is_none() {
-                *layout = Layout::new(link.datagram(), link.overhead);
+            if !*reads_whole && let Some(l) = Layout::after(vh, frame.len(), &link) {
+                *layout = Some(l);
             }
         }
     }

@@ -104,6 +104,7 @@ pub struct Pieces<'a> {
     pub envelope: EnvelopeRepr,
     /// The start of the Ethernet frame (its headers): what the first piece carries of it.
     pub first: &'a [u8],
+    len: usize,
     gather: &'a Gather,
     current: &'a [u8],
 }
@@ -117,7 +118,7 @@ impl<'a> Pieces<'a> {
 
     /// The Ethernet frame's length.
     pub fn len(&self) -> usize {
-        self.parts().map(<[u8]>::len).sum()
+        self.len
     }
 
     /// Whether the frame is empty (never: a frame has at least its Ethernet header).
@@ -186,9 +187,10 @@ impl Gather {
         let f = self.frame.as_ref().filter(|f| self.pieces.len() == f.count)?;
         let first = self.piece(self.pieces.first()?, current);
         let r = FrameRepr::parse(f.flags, first).ok()?;
-        let p = Pieces { vnet: r.vnet, envelope: r.envelope, first: r.frame, gather: self, current };
+        let mut p = Pieces { vnet: r.vnet, envelope: r.envelope, first: r.frame, len: 0, gather: self, current };
+        p.len = p.parts().map(<[u8]>::len).sum();
         // Every piece where it was noted (a buffer not kept after its message would not be).
-        (r.head_len() + p.len() == f.total).then_some(p)
+        (r.head_len() + p.len == f.total).then_some(p)
     }
 
     /// The frame being gathered, to push into its link's reassembler in order (spilled): its

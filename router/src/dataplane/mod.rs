@@ -344,11 +344,8 @@ impl TapSide {
             for (hop, envelope) in plan.onward.sends() {
                 send(sh, sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
                 // A fragmented super-frame: the next ones are read laid out for this link.
-                if vh.is_some_and(|h| vnet::is_gso(&h))
-                    && let Some(link) = sh.links.get(hop)
-                    && wire::RECORD_HEADER_LEN + wire::FRAME_HEAD_MAX + frame.len() > link.max_body()
-                {
-                    next_layout = Layout::new(link.datagram(), link.overhead);
+                if let Some(l) = sh.links.get(hop).and_then(|link| Layout::after(vh, frame.len(), &link)) {
+                    next_layout = Some(l);
                 }
             }
         }

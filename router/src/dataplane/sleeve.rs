@@ -676,15 +676,9 @@ mod tests {
         assert_eq!(walk(now, &link, &body[..n], gather, &stats), vec![Item::Frame(None, env, small.clone()), Item::Control(b"hb".to_vec())]);
 
         // The super-frame cut into bodies of 1400 bytes, delivered last piece first.
-        let mut head = [0u8; wire::FRAME_HEAD_MAX];
-        let hlen = super_frame.emit_head(&mut head).unwrap();
-        let cut = frag::Cut::new(9, super_frame.buffer_len(), 1400).unwrap();
         let mut got = Vec::new();
-        for k in (0..cut.count()).rev() {
-            let mut w = BodyWriter::new(&mut body);
-            cut.write_piece(&mut w, super_frame.flags(), k, &head[..hlen], &big).unwrap();
-            let n = w.len();
-            got.extend(walk(now, &link, &body[..n], gather, &stats));
+        for piece in fragment_bodies(9, &super_frame, 1400).iter().rev() {
+            got.extend(walk(now, &link, piece, gather, &stats));
         }
         assert_eq!(got, vec![Item::Frame(Some(vnet), env, big.clone())]);
         assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 0);

@@ -23,6 +23,7 @@ use weft_kernel::tap::Tap;
 use weft_sleeve::frag::FRAG_HEADER_LEN;
 use weft_sleeve::wire::{FRAME_HEAD_MAX, HEADER_LEN, RECORD_HEADER_LEN};
 
+use super::links::SleeveLink;
 use super::sleeve::MIN_DATAGRAM;
 use super::vnet;
 
@@ -68,6 +69,17 @@ impl Layout {
         }
         let pieces = (HEAD + MAX_FRAME - vnet::LEN).div_ceil(piece_len);
         (pieces * dsize <= CAPACITY).then_some(Layout { dsize, piece_len, pieces })
+    }
+
+    /// The layout to read the next batch with after a frame of `frame_len` bytes with
+    /// virtio-net header `hdr` went to `link`: the link's, if it was a super-frame cut into
+    /// pieces; None otherwise.
+    pub fn after(hdr: Option<vnet::Header>, frame_len: usize, link: &SleeveLink) -> Option<Layout> {
+        let fragmented = RECORD_HEADER_LEN + FRAME_HEAD_MAX + frame_len > link.max_body();
+        if !(hdr.is_some_and(|h| vnet::is_gso(&h)) && fragmented) {
+            return None;
+        }
+        Layout::new(link.datagram(), link.overhead)
     }
 
     /// Frame bytes the first piece holds.
