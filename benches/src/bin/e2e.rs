@@ -47,7 +47,7 @@
 //! the baseline's hosts a masquerade table like weft's, so that connection tracking weighs on
 //! kernel VXLAN as it does on weft's paths;
 //! `WEFT_E2E_ONLY_WEFT=1` runs only the encrypted single-stream TCP over weft (`=sleeve`: over
-//! the plain sleeve; with
+//! the plain sleeve; `WEFT_E2E_STREAMS=N`: N streams instead of one; with
 //! `WEFT_E2E_PERF_UDP=PAYLOAD`, a UDP run of that payload instead, profiled as the TCP run is);
 //! `WEFT_E2E_UDP_BITRATE=RATE` offers the UDP runs at iperf3's `-b RATE` (e.g. `300M`) instead
 //! of as fast as the sender can;
@@ -278,12 +278,17 @@ fn run(d: Duration) -> Result<(), String> {
             println!("{}, UDP {payload} B: {:.1} kpackets/s received, loss {:.1}%; routers' CPU {:.0}% + {:.0}% of a core", mode.label(), u.packets_per_second / 1e3, u.loss_percent, a * 100.0, b * 100.0);
             return Ok(());
         }
+        let streams = match std::env::var("WEFT_E2E_STREAMS") {
+            Ok(v) => v.parse().ok().filter(|n| (1..=16).contains(n)).ok_or_else(|| format!("WEFT_E2E_STREAMS={v:?}: not 1 to 16"))?,
+            Err(_) => 1,
+        };
+        let what = if streams == 1 { "single-stream TCP".to_string() } else { format!("TCP, {streams} streams") };
         let (t, cpu) = weft(mode, POD_MTU, |bed, server, client, addr, pids| {
-            eprintln!("e2e: {}, single-stream TCP ...", mode.label());
-            with_cpu(pids, || profiled(perf, pids, d, || iperf3_tcp(bed, server, client, addr, d, 1)))
+            eprintln!("e2e: {}, {what} ...", mode.label());
+            with_cpu(pids, || profiled(perf, pids, d, || iperf3_tcp(bed, server, client, addr, d, streams)))
         })?;
         let [a, b] = cpu.routers.unwrap_or_default();
-        println!("{}, single-stream TCP: {:.2} Gbit/s, retransmits {}; routers' CPU {:.0}% + {:.0}% of a core", mode.label(), t.bits_per_second / 1e9, t.retransmits, a * 100.0, b * 100.0);
+        println!("{}, {what}: {:.2} Gbit/s, retransmits {}; routers' CPU {:.0}% + {:.0}% of a core", mode.label(), t.bits_per_second / 1e9, t.retransmits, a * 100.0, b * 100.0);
         return Ok(());
     }
 
