@@ -457,7 +457,7 @@ fn table(rs: &[PathResult], d: Duration, mtu: u32, load: &str, load_after: &str)
     row("  p99 µs", true, &|r| Some(r.udp_rtt.p99.as_secs_f64() * 1e6), &us);
     row("  answers", false, &|r| Some(f64::from(r.udp_rtt.received)), &|x| format!("{x:.0}/{PINGS}"));
     let idle_s = IDLE.as_secs();
-    row(&format!("routers idle {idle_s} s: % of a core"), false, &|r| r.idle.map(|i| i.0 * 100.0), &|x| format!("{x:.2}%"));
+    row(&format!("routers idle {idle_s} s: % of a core (A+B)"), false, &|r| r.idle.map(|i| i.0 * 100.0), &|x| format!("{x:.2}%"));
     row(&format!("  with 1 ping/s for {idle_s} s"), false, &|r| r.idle.map(|i| i.1 * 100.0), &|x| format!("{x:.2}%"));
     s
 }
