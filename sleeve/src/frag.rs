@@ -415,8 +415,8 @@ mod tests {
     }
 
     /// The fragment payloads of `payload` cut into pieces of `max` bytes (rounded down to
-    /// [`PIECE_ALIGN`]), written by [`Cut`]
-    /// from the payload given as two parts (split where the frame head would end).
+    /// [`PIECE_ALIGN`]), written by [`Cut`] from the payload given as two parts (split where
+    /// the frame head would end).
     fn fragments(id: u32, payload: &[u8], max: usize) -> Vec<Vec<u8>> {
         let max_body = max + wire::RECORD_HEADER_LEN + FRAG_HEADER_LEN;
         let cut = Cut::new(id, payload.len(), max_body).unwrap();
