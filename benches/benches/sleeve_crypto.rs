@@ -8,11 +8,17 @@
 //! freshly sealed packet, prepared outside the timed routine (same batching for both).
 //!
 //! Ratio to report: session bytes/s ÷ raw bytes/s for the same cipher and size.
+//!
+//! `piece_body/*`: raw `ring` on the sealed body of a datagram carrying a full piece of a
+//! super-frame on a 1472-byte datagram, as cut now (1424 bytes: whole 16-byte blocks,
+//! `weft_sleeve::frag::PIECE_ALIGN`) and as cut before (1436 bytes: the last block partial);
+//! `Throughput::Bytes` is the body bytes.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use weft_sleeve::ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use weft_sleeve::wire::{ENVELOPE_LEN, EnvelopeRepr, HEADER_LEN, RecordKind, TAG_LEN};
 use weft_sleeve::{BodyWriter, Cipher, Config, Role, Session, SessionIds};
@@ -84,25 +90,61 @@ fn seal_frame(s: &mut Session, now: Instant, buf: &mut [u8], size: usize) -> usi
     s.seal_in_place(now, buf, body_len).expect("seal")
 }
 
+/// Raw `ring` sealing `size` bytes with a sleeve header's worth of AAD, as `raw_ring/{size}`.
+fn raw_seal(g: &mut BenchmarkGroup<'_, WallTime>, cipher: Cipher, size: usize) {
+    let key = raw_key(cipher);
+    let header = [0u8; HEADER_LEN];
+    let mut frame = vec![0xabu8; size];
+    let mut counter = 0u64;
+    g.bench_function(format!("raw_ring/{size}"), |b| {
+        b.iter(|| {
+            counter += 1;
+            let tag = key
+                .seal_in_place_separate_tag(nonce(counter), Aad::from(&header), &mut frame)
+                .expect("seal");
+            black_box(&tag);
+        })
+    });
+}
+
+/// Raw `ring` opening `size` bytes sealed as [`raw_seal`] seals them, as `raw_ring/{size}`.
+fn raw_open(g: &mut BenchmarkGroup<'_, WallTime>, cipher: Cipher, size: usize) {
+    let key = raw_key(cipher);
+    let header = [0u8; HEADER_LEN];
+    let mut counter = 0u64;
+    g.bench_function(format!("raw_ring/{size}"), |b| {
+        b.iter_batched_ref(
+            || {
+                counter += 1;
+                let mut p = vec![0xabu8; size + TAG_LEN];
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        nonce(counter),
+                        Aad::from(&header),
+                        &mut p[..size],
+                    )
+                    .expect("seal");
+                p[size..].copy_from_slice(tag.as_ref());
+                (counter, p)
+            },
+            |(n, p)| {
+                let plain = key
+                    .open_in_place(nonce(*n), Aad::from(&header), p)
+                    .expect("open");
+                black_box(plain.len());
+            },
+            BatchSize::NumIterations(BATCH),
+        )
+    });
+}
+
 fn seal(c: &mut Criterion) {
     let now = Instant::now();
     for cipher in Cipher::ALL {
         let mut g = c.benchmark_group(format!("seal/{}", name(cipher)));
         for size in SIZES {
             g.throughput(Throughput::Bytes(size as u64));
-            let key = raw_key(cipher);
-            let header = [0u8; HEADER_LEN];
-            let mut frame = vec![0xabu8; size];
-            let mut counter = 0u64;
-            g.bench_function(format!("raw_ring/{size}"), |b| {
-                b.iter(|| {
-                    counter += 1;
-                    let tag = key
-                        .seal_in_place_separate_tag(nonce(counter), Aad::from(&header), &mut frame)
-                        .expect("seal");
-                    black_box(&tag);
-                })
-            });
+            raw_seal(&mut g, cipher, size);
             let (mut tx, _) = sessions(cipher, now);
             let mut buf = vec![0xabu8; size + 64];
             g.bench_function(format!("session/{size}"), |b| {
@@ -119,33 +161,7 @@ fn open(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("open/{}", name(cipher)));
         for size in SIZES {
             g.throughput(Throughput::Bytes(size as u64));
-            let key = raw_key(cipher);
-            let header = [0u8; HEADER_LEN];
-            let mut counter = 0u64;
-            g.bench_function(format!("raw_ring/{size}"), |b| {
-                b.iter_batched_ref(
-                    || {
-                        counter += 1;
-                        let mut p = vec![0xabu8; size + TAG_LEN];
-                        let tag = key
-                            .seal_in_place_separate_tag(
-                                nonce(counter),
-                                Aad::from(&header),
-                                &mut p[..size],
-                            )
-                            .expect("seal");
-                        p[size..].copy_from_slice(tag.as_ref());
-                        (counter, p)
-                    },
-                    |(n, p)| {
-                        let plain = key
-                            .open_in_place(nonce(*n), Aad::from(&header), p)
-                            .expect("open");
-                        black_box(plain.len());
-                    },
-                    BatchSize::NumIterations(BATCH),
-                )
-            });
+            raw_open(&mut g, cipher, size);
             let (mut tx, mut rx) = sessions(cipher, now);
             g.bench_function(format!("session/{size}"), |b| {
                 b.iter_batched_ref(
@@ -167,5 +183,21 @@ fn open(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, seal, open);
+/// A full piece's body as cut now and as cut before (see the module doc), sealed and opened.
+const PIECE_BODIES: [usize; 2] = [1424, 1436];
+
+fn piece_body(c: &mut Criterion) {
+    for cipher in Cipher::ALL {
+        for (op, bench) in [("seal", raw_seal as fn(&mut BenchmarkGroup<'_, WallTime>, Cipher, usize)), ("open", raw_open)] {
+            let mut g = c.benchmark_group(format!("piece_body/{}/{op}", name(cipher)));
+            for size in PIECE_BODIES {
+                g.throughput(Throughput::Bytes(size as u64));
+                bench(&mut g, cipher, size);
+            }
+            g.finish();
+        }
+    }
+}
+
+criterion_group!(benches, seal, open, piece_body);
 criterion_main!(benches);
