@@ -342,9 +342,9 @@ impl TapSide {
                 continue;
             }
             for (hop, envelope) in plan.onward.sends() {
-                send(sh, sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
+                let link = send(sh, sender, now, hop, &FrameRepr { vnet: vh, envelope, frame });
                 // A fragmented super-frame: the next ones are read laid out for this link.
-                if let Some(l) = sh.links.get(hop).and_then(|link| Layout::after(vh, frame.len(), &link)) {
+                if let Some(l) = link.and_then(|link| Layout::after(vh, frame.len(), &link)) {
                     next_layout = Some(l);
                 }
             }
@@ -394,15 +394,17 @@ pub(crate) fn ip_mtu(link: &SleeveLink) -> u16 {
     frame.saturating_sub(ethernet::HEADER_LEN).min(u16::MAX as usize) as u16
 }
 
-/// Queues `frame` for `hop`'s link; it leaves at the batch's [`Sender::flush`].
-fn send(sh: &Lane<'_>, sender: &mut Sender, now: Instant, hop: PeerName, frame: &FrameRepr<'_>) {
+/// Queues `frame` for `hop`'s link; it leaves at the batch's [`Sender::flush`]. Returns the
+/// link, if there is one.
+fn send(sh: &Lane<'_>, sender: &mut Sender, now: Instant, hop: PeerName, frame: &FrameRepr<'_>) -> Option<Arc<SleeveLink>> {
     let Some(link) = sh.links.get(hop) else {
         inc(&sh.stats.drop_no_route);
-        return;
+        return None;
     };
     if let Err(e) = sender.push(now, &mut Net { sh, now }, &link, frame) {
         lost(sh, now, &link, 1, e);
     }
+    Some(link)
 }
 
 /// The data plane's [`Wire`]: the sleeve socket, and the counters and path MTU search a lost

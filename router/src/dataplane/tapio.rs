@@ -21,7 +21,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use weft_kernel::tap::Tap;
 
 use weft_sleeve::frag::{self, FRAG_HEADER_LEN};
-use weft_sleeve::wire::{FRAME_HEAD_MAX, HEADER_LEN, RECORD_HEADER_LEN};
+use weft_sleeve::wire::{FRAME_HEAD_MAX, HEADER_LEN, RECORD_HEADER_LEN, max_frame_in_body};
 
 use super::links::SleeveLink;
 use super::sleeve::MIN_DATAGRAM;
@@ -77,8 +77,7 @@ impl Layout {
     /// virtio-net header `hdr` went to `link`: the link's, if it was a super-frame cut into
     /// pieces; None otherwise.
     pub fn after(hdr: Option<vnet::Header>, frame_len: usize, link: &SleeveLink) -> Option<Layout> {
-        let fragmented = RECORD_HEADER_LEN + FRAME_HEAD_MAX + frame_len > link.max_body();
-        if !(hdr.is_some_and(|h| vnet::is_gso(&h)) && fragmented) {
+        if !hdr.is_some_and(|h| vnet::is_gso(&h)) || frame_len <= max_frame_in_body(link.max_body()) {
             return None;
         }
         Layout::new(link.datagram(), link.overhead)
